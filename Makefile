@@ -1,0 +1,31 @@
+# The venv's own python everywhere: `python3` on PATH may be a slow pyenv shim.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench bench-smoke clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) setup.cfg setup.py pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## make run: set up and run the demo service (the founding document's TestService) in the foreground
+run: $(STAMP)
+	$(PY) -m servicefactory.TestService
+
+## make test: set up and run the whole test suite
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+## make bench: measure against the peers (installs the bench extra)
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""The `servicefactory` command line (installed as the package servicefactory.cli)."""

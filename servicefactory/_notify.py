@@ -1,0 +1,57 @@
+"""Tell whoever started this process that the service is ready, or why it failed to start.
+
+Two channels: a pipe whose fd the servicefactory CLI passes in $SERVICEFACTORY_READY_FD (one JSON
+line), and systemd's $NOTIFY_SOCKET (sd_notify READY=1 / STOPPING=1).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any
+
+READY_FD_ENV = "SERVICEFACTORY_READY_FD"
+
+
+def notify_ready(**details: Any) -> None:
+    """Report readiness on every channel the parent set up."""
+    _write_pipe({"ready": True, **details})
+    sd_notify(f"READY=1\nMAINPID={os.getpid()}")
+
+
+def notify_failed(error: BaseException) -> None:
+    """Report a failed start, with the error's type and message."""
+    _write_pipe({"ready": False, "type": type(error).__name__, "error": str(error)})
+
+
+def notify_stopping() -> None:
+    """Tell systemd the service is stopping."""
+    sd_notify("STOPPING=1")
+
+
+def _write_pipe(message: dict) -> None:
+    value = os.environ.pop(READY_FD_ENV, None)
+    if not value:
+        return
+    try:
+        fd = int(value)
+        os.write(fd, json.dumps(message).encode() + b"\n")
+        os.close(fd)
+    except (ValueError, OSError):
+        pass  # the parent went away; nobody is waiting for the answer
+
+
+def sd_notify(state: str) -> bool:
+    """Send `state` to systemd's notify socket if there is one; True if sent."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+        return True
+    except OSError:
+        return False

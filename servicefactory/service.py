@@ -1,0 +1,424 @@
+"""The service lifecycle: claim the name, bind the API, loop until asked to stop, finalize once."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from . import _notify
+from ._logging import ensure_default_output, service_logger
+from .api import DEFAULT_MAX_BODY, Action, collect_actions, handle
+from .errors import AlreadyRunning, ServiceFactoryError, StartupError, StateError, TokenRequired
+
+logger = logging.getLogger(__name__)
+
+#: how long a loop() that ignores the stop request may run on before it is interrupted
+STOP_GRACE = 0.2
+#: the framework's own names on a service class; a user's method of the same name would break them
+RESERVED = frozenset({"run", "log", "sleep", "stop", "stopping", "perform", "address"})
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how a service class exposes its API."""
+
+    port: int = 0
+    host: str = "127.0.0.1"
+    name: str | None = None
+    max_body: int = DEFAULT_MAX_BODY
+    workers: int = 16
+    require_token: bool = False
+
+
+def endpoint(port: int = 0, host: str = "127.0.0.1", *, name: str | None = None,
+             max_body: int = DEFAULT_MAX_BODY, workers: int = 16,
+             require_token: bool = False) -> Callable[[type], type]:
+    """Class decorator: serve the class's actions over HTTP/JSON on host:port (0 picks a free port)."""
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an integer from 0 to 65535, not {port!r}")
+
+    def apply(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, ServiceBase)):
+            raise TypeError("Service.API.endpoint decorates subclasses of Service.base")
+        cls._servicefactory_endpoint = Endpoint(port, host, name, max_body, workers, require_token)
+        return cls
+
+    return apply
+
+
+class _Interrupted(BaseException):
+    """Raised inside loop() to cut short a loop that did not return after a stop request."""
+
+
+class _Runtime:
+    """Everything a running service keeps, out of the user's namespace."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.log = service_logger(name)
+        self.stop_event = threading.Event()
+        self.stop_reason = ""
+        self.lock = threading.Lock()
+        self.loop_holds_lock = False
+        self.loop_thread = 0
+        self.in_loop = False
+        self.interrupt_due = False
+        self.iterations = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self.started = time.time()
+        self.started_monotonic = time.monotonic()
+        self.server: Any = None
+        self.timer: threading.Thread | None = None
+        self.loop_done = threading.Event()
+        self.ready = threading.Event()
+
+    def request_stop(self, reason: str) -> bool:
+        """Ask the service to stop; True the first time. Safe from any thread or a signal handler."""
+        if self.stop_event.is_set():
+            return False
+        self.stop_reason = reason
+        self.stop_event.set()
+        self.log.info("shutdown requested")
+        return True
+
+    def interrupt_overdue_loop(self) -> None:
+        """Thread body: once a stop is requested, interrupt a loop() that has not returned in time."""
+        self.stop_event.wait()
+        # a loop blocked in time.sleep() never sees the event; repeat, because one interrupt can land
+        # between two calls of loop(), or be swallowed by a bare `except:` in the user's code
+        while not self.loop_done.wait(STOP_GRACE):
+            if self.in_loop:
+                self.interrupt_due = True
+                try:
+                    signal.pthread_kill(self.loop_thread, signal.SIGINT)
+                except (ProcessLookupError, OSError):
+                    return
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        """Signal handler: request the stop; cut loop() short only when overdue or asked a second time."""
+        first = self.request_stop(signal.Signals(signum).name)
+        if self.in_loop and (self.interrupt_due or not first):
+            self.interrupt_due = False
+            raise _Interrupted()
+
+
+class ServiceBase:
+    """Base class of every service: implement loop(), optionally finalize(), expose actions."""
+
+    _servicefactory_builtin = True
+    _servicefactory_endpoint: Endpoint | None = None
+    _servicefactory_actions: Mapping[str, Action] = {}
+    _servicefactory_runtime: _Runtime | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "_servicefactory_builtin" not in vars(cls):
+            cls._servicefactory_builtin = False
+            clashes = sorted(RESERVED.intersection(vars(cls)))
+            if clashes:
+                raise TypeError(f"{cls.__qualname__} defines {', '.join(clashes)}, reserved by "
+                                f"servicefactory's Service.base; rename "
+                                f"{'it' if len(clashes) == 1 else 'them'}")
+        cls._servicefactory_actions = collect_actions(cls)
+
+    # -- what users implement --
+
+    def loop(self) -> None:
+        """One iteration of the service's work; called until the service stops."""
+        self.sleep(3600)
+
+    def finalize(self) -> None:
+        """Release resources; runs once, in the main thread, after the loop and the API stopped."""
+
+    # -- what users call --
+
+    def log(self, message: Any, *args: Any, level: int = logging.INFO) -> None:
+        """Log `message` as `<ServiceName> : <message>` (through stdlib logging)."""
+        runtime = self._servicefactory_runtime
+        target = runtime.log if runtime else service_logger(self._servicefactory_name())
+        target.log(level, message, *args)
+
+    def sleep(self, seconds: float) -> bool:
+        """Wait `seconds`, returning at once (False) if the service is asked to stop; True otherwise."""
+        runtime = self._servicefactory_runtime
+        if runtime is None:
+            time.sleep(seconds)
+            return True
+        if runtime.loop_holds_lock and threading.get_ident() == runtime.loop_thread:
+            # exclusive handlers run while the loop sleeps, not only between iterations
+            # in_loop off while the lock changes hands: an interrupt there would leave it inconsistent
+            runtime.in_loop = False
+            runtime.lock.release()
+            runtime.loop_holds_lock = False
+            runtime.in_loop = True
+            try:
+                return not runtime.stop_event.wait(seconds)
+            finally:
+                runtime.in_loop = False
+                runtime.lock.acquire()
+                runtime.loop_holds_lock = True
+                runtime.in_loop = True
+        return not runtime.stop_event.wait(seconds)
+
+    def stop(self) -> None:
+        """Ask the running service to stop (from any thread); run() then finalizes and returns."""
+        runtime = self._servicefactory_runtime
+        if runtime is not None:
+            runtime.request_stop("stop()")
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop has been requested."""
+        runtime = self._servicefactory_runtime
+        return runtime is not None and runtime.stop_event.is_set()
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """The API's bound (host, port) while it runs (the real port when configured with 0)."""
+        runtime = self._servicefactory_runtime
+        server = runtime.server if runtime else None
+        return (server.host, server.port) if server else None
+
+    @classmethod
+    def perform(cls, action: str, data: Any = None, *, timeout: float = 10.0, name: str | None = None,
+                session: Any = None, registry: Any = None) -> Any:
+        """Call `action` with JSON `data` on the running instance of this service; return its result."""
+        from .client import perform
+        endpoint_ = cls._servicefactory_endpoint
+        fallback = (endpoint_.host, endpoint_.port) if endpoint_ and endpoint_.port else None
+        return perform(name or cls._servicefactory_name(), action, data, timeout=timeout,
+                       registry=registry, fallback=fallback, session=session)
+
+    # -- built-in actions --
+
+    @handle("shutdown", post_only=True)
+    def _servicefactory_shutdown(self, data: Any) -> None:
+        """Stop the service gracefully (answered before the process goes away)."""
+        return None
+
+    @handle("health")
+    def _servicefactory_health(self, data: Any) -> dict:
+        """Name, pid, uptime, loop iterations and errors, version."""
+        from . import __version__
+        runtime = self._servicefactory_runtime
+        assert runtime is not None
+        return {
+            "name": runtime.name, "pid": os.getpid(), "version": __version__,
+            "state": "stopping" if runtime.stop_event.is_set() else "running",
+            "uptime": round(time.monotonic() - runtime.started_monotonic, 3),
+            "iterations": runtime.iterations, "errors": runtime.errors, "last_error": runtime.last_error,
+        }
+
+    @handle("actions")
+    def _servicefactory_list_actions(self, data: Any) -> list:
+        """The actions this service exposes."""
+        return [{"name": action.name, "doc": action.doc, "methods": ["POST"] if action.post_only else ["GET", "POST"]}
+                for action in sorted(type(self)._servicefactory_actions.values(), key=lambda a: a.name)]
+
+    # -- the lifecycle --
+
+    @classmethod
+    def _servicefactory_name(cls) -> str:
+        endpoint_ = cls._servicefactory_endpoint
+        return (endpoint_.name if endpoint_ and endpoint_.name else None) or cls.__name__
+
+    def run(self, *, name: str | None = None, host: str | None = None, port: int | None = None,
+            registry: Any = None, target: str = "") -> None:
+        """Serve the API and call loop() until stopped (Ctrl+C, SIGTERM, `shutdown`, stop()); then finalize."""
+        if self._servicefactory_runtime is not None:
+            raise RuntimeError("this service instance is already running")
+        runtime = _Runtime(name or self._servicefactory_name())
+        self._servicefactory_runtime = runtime
+        ensure_default_output()
+        _line_buffer_stdout()
+        try:
+            with _Registration(runtime, registry, target) as registration:
+                self._start_api(runtime, registration, host, port)
+                registration.publish(self, runtime)
+                _notify.notify_ready(name=runtime.name, pid=os.getpid(), url=registration.url)
+                runtime.ready.set()
+                self._servicefactory_serve(runtime)
+        except (StartupError, AlreadyRunning) as exc:
+            _notify.notify_failed(exc)
+            _report_uncaught_in_one_line(exc)
+            raise
+        finally:
+            self._servicefactory_runtime = None
+
+    def _start_api(self, runtime: _Runtime, registration: "_Registration", host: str | None,
+                   port: int | None) -> None:
+        endpoint_ = type(self)._servicefactory_endpoint
+        if endpoint_ is None and host is None and port is None:
+            return
+        endpoint_ = endpoint_ or Endpoint()
+        from .api import App
+        from .server import Server, bind
+        host = host if host is not None else endpoint_.host
+        port = port if port is not None else endpoint_.port
+        token = registration.token()
+        if host not in _LOOPBACK and not token:
+            raise TokenRequired(
+                f"{runtime.name} would bind {host}:{port}, reachable from other hosts, without a token; "
+                f"set SERVICEFACTORY_TOKEN or write one to {registration.token_path()} (mode 0600)")
+        if not endpoint_.require_token and host in _LOOPBACK:
+            token = None
+        elif endpoint_.require_token and not token:
+            raise TokenRequired(f"{runtime.name} requires a token; set SERVICEFACTORY_TOKEN")
+        sock = bind(host, port)
+        app = App(self, type(self)._servicefactory_actions, max_body=endpoint_.max_body, token=token,
+                  bound_host=host, exclusive_lock=runtime.lock,
+                  on_shutdown=lambda: runtime.request_stop("shutdown action"))
+        runtime.server = Server(app, sock, max_workers=endpoint_.workers, max_body=endpoint_.max_body)
+        runtime.server.start()
+
+    def _servicefactory_serve(self, runtime: _Runtime) -> None:
+        main = threading.current_thread() is threading.main_thread()
+        previous = _install_signals(runtime) if main else None
+        if main:
+            runtime.timer = threading.Thread(target=runtime.interrupt_overdue_loop, daemon=True,
+                                             name="servicefactory-stop")
+            runtime.timer.start()
+        try:
+            self._servicefactory_loop(runtime)
+        finally:
+            runtime.loop_done.set()
+            runtime.stop_event.set()
+            _notify.notify_stopping()
+            if runtime.timer is not None:
+                runtime.timer.join(1.0)
+            if runtime.server is not None:
+                runtime.server.stop()
+            try:
+                self.finalize()
+            except (Exception, _Interrupted):
+                runtime.log.exception("finalize() failed")
+            finally:
+                if previous is not None:
+                    _restore_signals(previous)
+
+    def _servicefactory_loop(self, runtime: _Runtime) -> None:
+        runtime.loop_thread = threading.get_ident()
+        backoff = 0.0
+        while not runtime.stop_event.is_set():
+            try:
+                try:
+                    runtime.lock.acquire()
+                    runtime.loop_holds_lock = True
+                    runtime.in_loop = True
+                    self.loop()
+                finally:
+                    runtime.in_loop = False
+                    if runtime.loop_holds_lock:
+                        runtime.loop_holds_lock = False
+                        runtime.lock.release()
+                runtime.iterations += 1
+                backoff = 0.0
+            except _Interrupted:
+                break
+            except (KeyboardInterrupt, SystemExit) as exc:
+                runtime.request_stop(type(exc).__name__)
+                break
+            except Exception as exc:
+                runtime.errors += 1
+                runtime.last_error = f"{type(exc).__name__}: {exc}"
+                backoff = min(30.0, backoff * 2 if backoff else 0.5)
+                runtime.log.exception("loop() raised; calling it again in %.1f s", backoff)
+                try:
+                    runtime.stop_event.wait(backoff)
+                except _Interrupted:
+                    break
+
+
+class _Registration:
+    """The service's entry in the registry, for as long as run() lasts."""
+
+    def __init__(self, runtime: _Runtime, registry: Any, target: str) -> None:
+        self.runtime = runtime
+        self.target = target
+        self.registry = registry
+        self.claim: Any = None
+        self.url: str | None = None
+
+    def __enter__(self) -> "_Registration":
+        if self.registry is None:
+            from .registry import default_registry
+            self.registry = default_registry()
+        try:
+            self.claim = self.registry.claim(self.runtime.name)
+        except StateError as exc:
+            self.runtime.log.warning("not registered, the CLI will not see this service: %s", exc)
+        return self
+
+    def token(self) -> str | None:
+        try:
+            return self.registry.token()
+        except StateError as exc:
+            raise StartupError(str(exc)) from None
+
+    def token_path(self) -> str:
+        return str(getattr(self.registry, "home", "~/.servicefactory")) + "/token"
+
+    def publish(self, service: ServiceBase, runtime: _Runtime) -> None:
+        from .registry import ServiceRecord
+        from .state import process_start_time
+        server = runtime.server
+        record = ServiceRecord(
+            name=runtime.name, pid=os.getpid(), host=server.host if server else None,
+            port=server.port if server else None, create_time=process_start_time(os.getpid()) or 0.0,
+            started=time.time(), target=self.target or f"{type(service).__module__}:{type(service).__qualname__}",
+            log_path=os.environ.get("SERVICEFACTORY_LOG_FILE"), hostname=socket.gethostname(),
+            supervisor_pid=int(os.environ["SERVICEFACTORY_SUPERVISOR_PID"])
+            if os.environ.get("SERVICEFACTORY_SUPERVISOR_PID", "").isdigit() else None)
+        self.url = record.url
+        if self.claim is not None:
+            try:
+                self.registry.publish(self.claim, record)
+            except OSError as exc:
+                runtime.log.warning("could not write metadata: %s", exc)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.claim is not None:
+            self.registry.release(self.claim)
+
+
+def _install_signals(runtime: _Runtime) -> dict:
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, runtime.on_signal)
+    return previous
+
+
+def _restore_signals(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def _line_buffer_stdout() -> None:
+    # a service's output goes to logs and pipes: hold back no line, as a terminal would not
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None and not getattr(sys.stdout, "line_buffering", True):
+        try:
+            reconfigure(line_buffering=True)
+        except (ValueError, OSError):
+            pass
+
+
+def _report_uncaught_in_one_line(error: ServiceFactoryError) -> None:
+    """If nobody catches `error`, print one line instead of a traceback (the script then exits 1)."""
+    previous = sys.excepthook
+
+    def hook(kind: type, value: BaseException, tb: Any) -> None:
+        if value is error:
+            sys.stderr.write(f"error: {value}\n")
+        else:
+            previous(kind, value, tb)
+
+    sys.excepthook = hook

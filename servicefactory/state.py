@@ -1,0 +1,255 @@
+"""The local state directory: the embedded backend of the service registry.
+
+Per service NAME it holds `NAME.pid` (locked with flock by the live service for as long as it
+runs, so a held lock is proof of life that survives pid reuse), `NAME.json` (metadata, written
+atomically) and `NAME.log` (a daemon's output).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import AlreadyRunning, StateError
+from .registry import Claim, ServiceRecord
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+
+
+def default_home() -> Path:
+    """Where state lives: $SERVICEFACTORY_HOME, else $XDG_RUNTIME_DIR/servicefactory, else ~/.servicefactory."""
+    explicit = os.environ.get("SERVICEFACTORY_HOME")
+    if explicit:
+        return Path(explicit).expanduser()
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return Path(runtime) / "servicefactory"
+    return Path.home() / ".servicefactory"
+
+
+def check_name(name: str) -> str:
+    """Return `name` if it can name a service's files, else raise StateError."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise StateError(f"invalid service name {name!r}: use letters, digits, '_', '-' and '.'")
+    return name
+
+
+def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data` so that readers see the old file or the new one, never a part."""
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+def process_start_time(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch, as psutil reports it), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        ticks = int(fields[19])
+        return round(_boot_time() + ticks / os.sysconf("SC_CLK_TCK"), 2)
+    except FileNotFoundError:
+        return None
+    except (OSError, IndexError, ValueError):
+        try:
+            import psutil
+            return round(psutil.Process(pid).create_time(), 2)
+        except Exception:
+            return None
+
+
+_boot: list[float] = []
+
+
+def _boot_time() -> float:
+    if not _boot:
+        with open("/proc/stat", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"btime"):
+                    _boot.append(float(line.split()[1]))
+                    break
+    return _boot[0]
+
+
+class LocalRegistry:
+    """The registry kept in one directory on this host (pidfiles, metadata, logs)."""
+
+    def __init__(self, home: Path | str | None = None) -> None:
+        self.home = Path(home) if home is not None else default_home()
+
+    # -- paths --
+
+    def pidfile(self, name: str) -> Path:
+        """The pidfile of service `name`."""
+        return self.home / f"{check_name(name)}.pid"
+
+    def metadata_file(self, name: str) -> Path:
+        """The metadata file of service `name`."""
+        return self.home / f"{check_name(name)}.json"
+
+    def log_file(self, name: str) -> Path:
+        """The default log file of service `name`."""
+        return self.home / f"{check_name(name)}.log"
+
+    def ensure(self) -> Path:
+        """Create the directory 0700 if missing; refuse one that others own or may write."""
+        try:
+            self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot create state directory {self.home}: {exc.strerror}") from None
+        self.check()
+        return self.home
+
+    def check(self) -> None:
+        """Raise StateError if the directory is owned by another user or writable by others."""
+        try:
+            info = self.home.stat()
+        except FileNotFoundError:
+            raise StateError(f"state directory {self.home} does not exist (was it deleted?)") from None
+        if info.st_uid != os.geteuid():
+            raise StateError(f"state directory {self.home} is owned by uid {info.st_uid}, not by you; "
+                             f"set SERVICEFACTORY_HOME to a directory of your own")
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise StateError(f"state directory {self.home} is writable by others; run: chmod 700 {self.home}")
+
+    # -- the registry interface --
+
+    def claim(self, name: str) -> Claim:
+        """Take the name for this process (flock on its pidfile); raise AlreadyRunning if it is held."""
+        self.ensure()
+        path = self.pidfile(name)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                record = self.lookup(name)
+                where = f" (pid {record.pid}, {record.url or 'no API'})" if record else ""
+                raise AlreadyRunning(f"{name} is already running{where}") from None
+            # the previous owner may have unlinked the file between our open and our lock
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return Claim(name=name, handle=fd)
+
+    def publish(self, claim: Claim, record: ServiceRecord) -> None:
+        """Write the metadata of the service holding `claim`."""
+        write_atomically(self.metadata_file(claim.name), json.dumps(record.to_dict(), indent=1).encode())
+
+    def release(self, claim: Claim) -> None:
+        """Remove the service's files and drop the lock (unlink first: a waiter then finds a new file)."""
+        for path in (self.metadata_file(claim.name), self.pidfile(claim.name)):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        try:
+            os.close(claim.handle)
+        except OSError:
+            pass
+
+    def lookup(self, name: str) -> ServiceRecord | None:
+        """The recorded metadata of `name`, or None (a missing or half-written file reads as none)."""
+        try:
+            raw = self.metadata_file(name).read_bytes()
+            return ServiceRecord.from_dict(json.loads(raw))
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+    def names(self) -> list[str]:
+        """Every name with a pidfile or metadata here, sorted."""
+        try:
+            entries = os.listdir(self.home)
+        except FileNotFoundError:
+            return []
+        found = {entry.rsplit(".", 1)[0] for entry in entries
+                 if entry.endswith((".pid", ".json")) and not entry.startswith(".")}
+        return sorted(found)
+
+    def records(self) -> Iterator[ServiceRecord]:
+        """The metadata of every registered service."""
+        for name in self.names():
+            record = self.lookup(name)
+            if record is not None:
+                yield record
+
+    def is_held(self, name: str) -> bool:
+        """Whether a live process holds `name`'s pidfile lock."""
+        try:
+            fd = os.open(self.pidfile(name), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def state_of(self, name: str) -> tuple[str, ServiceRecord | None]:
+        """`running`, `stale` or `stopped`, with the record if any."""
+        record = self.lookup(name)
+        held = self.is_held(name)
+        if not held:
+            has_files = record is not None or self.pidfile(name).exists()
+            return ("stale" if has_files else "stopped"), record
+        if record is None:
+            return "starting", None
+        started = process_start_time(record.pid)
+        if started is None or abs(started - record.create_time) > 1.0:
+            return "stale", record
+        return "running", record
+
+    def clean(self, name: str) -> None:
+        """Remove a stale service's leftovers; never touches a name whose lock is held."""
+        if self.is_held(name):
+            return
+        for path in (self.metadata_file(name), self.pidfile(name)):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def token(self) -> str | None:
+        """The API token from $SERVICEFACTORY_TOKEN, else from the `token` file here (must be 0600)."""
+        token = os.environ.get("SERVICEFACTORY_TOKEN", "").strip()
+        if token:
+            return token
+        path = self.home / "token"
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        if info.st_mode & 0o077:
+            raise StateError(f"token file {path} is readable by others; run: chmod 600 {path}")
+        return path.read_text().strip() or None
+
+    def describe(self) -> dict[str, Any]:
+        """Where this registry keeps its state, for messages."""
+        return {"backend": "local", "home": str(self.home)}
