@@ -5,12 +5,11 @@ heavier than the standard library until a service runs or is called.
 """
 from __future__ import annotations
 
-from .api import handle as _handle
+from typing import Any
+
 from .errors import (ActionFailed, AddressInUse, AlreadyRunning, InvalidData, LoadError, ProtocolError,
                      ServiceFactoryError, ServiceNotRunning, ServiceTimeout, StartupError, StateError,
                      TokenRequired, Unauthorized, UnknownAction)
-from .service import ServiceBase as _ServiceBase
-from .service import endpoint as _endpoint
 
 __version__ = "0.2.0"
 
@@ -22,15 +21,10 @@ __all__ = [
 ]
 
 
-class _API:
-    """`Service.API`: the decorators that expose a service over HTTP/JSON."""
-
-    endpoint = staticmethod(_endpoint)
-    handle = staticmethod(_handle)
-
-
-class Service:
-    """The founding document's namespace: `Service.base`, `Service.API.endpoint`, `Service.API.handle`."""
-
-    base = _ServiceBase
-    API = _API
+def __getattr__(name: str) -> Any:
+    # the service machinery loads on first use, so `servicefactory perform` and friends start fast
+    if name == "Service":
+        from ._facade import Service
+        globals()["Service"] = Service
+        return Service
+    raise AttributeError(f"module 'servicefactory' has no attribute {name!r}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 SERVICE_LOGGER = "servicefactory.service"
@@ -40,7 +41,8 @@ def ensure_default_output() -> None:
     handler.setFormatter(ServiceFormatter("%(message)s"))
     package.addHandler(handler)
     if package.level == logging.NOTSET:
-        package.setLevel(logging.INFO)
+        level = os.environ.get("SERVICEFACTORY_LOG_LEVEL", "INFO").upper()
+        package.setLevel(level if level in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO")
 
 
 def service_logger(name: str) -> logging.Logger:

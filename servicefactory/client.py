@@ -66,10 +66,8 @@ def resolve(name: str, registry: Any = None, fallback: tuple[str, int] | None = 
     if not fresh and key in _addresses:
         return _addresses[key]
     record = registry.lookup(name)
-    if record is not None and record.port is not None:
-        url = record.url or ""
-        host = url.split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
-        address = (host, record.port)
+    if record is not None and record.address is not None:
+        address = record.address
     elif fallback is not None and fallback[1]:
         address = (fallback[0] if fallback[0] not in ("0.0.0.0", "::", "") else "127.0.0.1", fallback[1])
     else:

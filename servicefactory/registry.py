@@ -18,17 +18,28 @@ class ServiceRecord:
     target: str = ""
     log_path: str | None = None
     hostname: str = ""
-    supervisor_pid: int | None = None
+    state: str = "running"  # as the supervisor sees it: starting, running, backoff, failed, stopped
+    supervisor: str | None = None  # the name of the supervisor that owns this service, if any
+    restarts: int = 0
+    last_exit: int | None = None  # exit code, or -N for death by signal N
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """Where a client connects: the bound (host, port), a wildcard bind read as loopback."""
+        if self.port is None or self.host is None:
+            return None
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return host, self.port
 
     @property
     def url(self) -> str | None:
         """The API's base URL, or None for a service without an API."""
-        if self.port is None or self.host is None:
+        address = self.address
+        if address is None:
             return None
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else ("::1" if self.host == "::" else self.host)
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.port}"
+        host = f"[{address[0]}]" if ":" in address[0] else address[0]
+        return f"http://{host}:{address[1]}"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""

@@ -340,7 +340,7 @@ class Server:
         if environ.get("HTTP_TRANSFER_ENCODING") and not chunked:
             raise _Reject("501 Not Implemented", "unsupported Transfer-Encoding")
         if length_text:
-            if not length_text.isdigit():
+            if not (length_text.isascii() and length_text.isdigit()):
                 raise _Reject("400 Bad Request", "invalid Content-Length")
             length = int(length_text)
             if length > self.max_body:

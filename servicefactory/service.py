@@ -19,10 +19,12 @@ from .errors import AlreadyRunning, ServiceFactoryError, StartupError, StateErro
 logger = logging.getLogger(__name__)
 
 #: how long a loop() that ignores the stop request may run on before it is interrupted
-STOP_GRACE = 0.2
+STOP_GRACE = 0.05
 #: the framework's own names on a service class; a user's method of the same name would break them
 RESERVED = frozenset({"run", "log", "sleep", "stop", "stopping", "perform", "address"})
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: set by a supervisor to the name it claimed for the child it starts
+SUPERVISED_ENV = "SERVICEFACTORY_SUPERVISED"
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,31 @@ def endpoint(port: int = 0, host: str = "127.0.0.1", *, name: str | None = None,
         if not (isinstance(cls, type) and issubclass(cls, ServiceBase)):
             raise TypeError("Service.API.endpoint decorates subclasses of Service.base")
         cls._servicefactory_endpoint = Endpoint(port, host, name, max_body, workers, require_token)
+        return cls
+
+    return apply
+
+
+RESTART_POLICIES = ("on-failure", "always", "no")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How a supervisor treats a service: restart policy and stop timeout."""
+
+    restart: str = "on-failure"
+    stop_timeout: float = 10.0
+
+
+def policy(*, restart: str = "on-failure", stop_timeout: float = 10.0) -> Callable[[type], type]:
+    """Class decorator: the restart policy (`on-failure`, `always`, `no`) and stop timeout under supervision."""
+    if restart not in RESTART_POLICIES:
+        raise ValueError(f"restart must be one of {', '.join(RESTART_POLICIES)}, not {restart!r}")
+    if stop_timeout <= 0:
+        raise ValueError("stop_timeout must be positive")
+
+    def apply(cls: type) -> type:
+        cls._servicefactory_policy = Policy(restart, float(stop_timeout))
         return cls
 
     return apply
@@ -79,6 +106,8 @@ class _Runtime:
         self.timer: threading.Thread | None = None
         self.loop_done = threading.Event()
         self.ready = threading.Event()
+        self.interruptible = True
+        self.exit_request: SystemExit | None = None
 
     def request_stop(self, reason: str) -> bool:
         """Ask the service to stop; True the first time. Safe from any thread or a signal handler."""
@@ -105,7 +134,7 @@ class _Runtime:
     def on_signal(self, signum: int, frame: Any) -> None:
         """Signal handler: request the stop; cut loop() short only when overdue or asked a second time."""
         first = self.request_stop(signal.Signals(signum).name)
-        if self.in_loop and (self.interrupt_due or not first):
+        if self.interruptible and self.in_loop and (self.interrupt_due or not first):
             self.interrupt_due = False
             raise _Interrupted()
 
@@ -115,6 +144,9 @@ class ServiceBase:
 
     _servicefactory_builtin = True
     _servicefactory_endpoint: Endpoint | None = None
+    _servicefactory_policy: Policy = Policy()
+    #: whether a loop() that overstays a stop request is interrupted (off for loops that must finish)
+    _servicefactory_interruptible = True
     _servicefactory_actions: Mapping[str, Action] = {}
     _servicefactory_runtime: _Runtime | None = None
 
@@ -236,6 +268,7 @@ class ServiceBase:
         if self._servicefactory_runtime is not None:
             raise RuntimeError("this service instance is already running")
         runtime = _Runtime(name or self._servicefactory_name())
+        runtime.interruptible = type(self)._servicefactory_interruptible
         self._servicefactory_runtime = runtime
         ensure_default_output()
         _line_buffer_stdout()
@@ -243,7 +276,9 @@ class ServiceBase:
             with _Registration(runtime, registry, target) as registration:
                 self._start_api(runtime, registration, host, port)
                 registration.publish(self, runtime)
-                _notify.notify_ready(name=runtime.name, pid=os.getpid(), url=registration.url)
+                server = runtime.server
+                _notify.notify_ready(name=runtime.name, pid=os.getpid(), url=registration.url,
+                                     host=server.host if server else None, port=server.port if server else None)
                 runtime.ready.set()
                 self._servicefactory_serve(runtime)
         except (StartupError, AlreadyRunning) as exc:
@@ -282,7 +317,7 @@ class ServiceBase:
     def _servicefactory_serve(self, runtime: _Runtime) -> None:
         main = threading.current_thread() is threading.main_thread()
         previous = _install_signals(runtime) if main else None
-        if main:
+        if main and runtime.interruptible:
             runtime.timer = threading.Thread(target=runtime.interrupt_overdue_loop, daemon=True,
                                              name="servicefactory-stop")
             runtime.timer.start()
@@ -303,6 +338,8 @@ class ServiceBase:
             finally:
                 if previous is not None:
                     _restore_signals(previous)
+        if runtime.exit_request is not None:
+            raise runtime.exit_request
 
     def _servicefactory_loop(self, runtime: _Runtime) -> None:
         runtime.loop_thread = threading.get_ident()
@@ -325,6 +362,8 @@ class ServiceBase:
                 break
             except (KeyboardInterrupt, SystemExit) as exc:
                 runtime.request_stop(type(exc).__name__)
+                if isinstance(exc, SystemExit):
+                    runtime.exit_request = exc  # the user's exit code survives the graceful stop
                 break
             except Exception as exc:
                 runtime.errors += 1
@@ -351,6 +390,8 @@ class _Registration:
         if self.registry is None:
             from .registry import default_registry
             self.registry = default_registry()
+        if os.environ.get(SUPERVISED_ENV) == self.runtime.name:
+            return self  # the supervisor holds the name and publishes what we report on the ready pipe
         try:
             self.claim = self.registry.claim(self.runtime.name)
         except StateError as exc:
@@ -374,9 +415,7 @@ class _Registration:
             name=runtime.name, pid=os.getpid(), host=server.host if server else None,
             port=server.port if server else None, create_time=process_start_time(os.getpid()) or 0.0,
             started=time.time(), target=self.target or f"{type(service).__module__}:{type(service).__qualname__}",
-            log_path=os.environ.get("SERVICEFACTORY_LOG_FILE"), hostname=socket.gethostname(),
-            supervisor_pid=int(os.environ["SERVICEFACTORY_SUPERVISOR_PID"])
-            if os.environ.get("SERVICEFACTORY_SUPERVISOR_PID", "").isdigit() else None)
+            hostname=socket.gethostname())
         self.url = record.url
         if self.claim is not None:
             try:

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -42,6 +41,8 @@ def check_name(name: str) -> str:
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace `path` with `data` so that readers see the old file or the new one, never a part."""
+    import tempfile  # only writers pay for it; `perform` and `status` only read
+
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, mode)
@@ -213,14 +214,17 @@ class LocalRegistry:
         return False
 
     def state_of(self, name: str) -> tuple[str, ServiceRecord | None]:
-        """`running`, `stale` or `stopped`, with the record if any."""
+        """`running`, `stale`, `stopped`, or what a supervisor reports (`starting`, `backoff`, `failed`, ...)."""
         record = self.lookup(name)
-        held = self.is_held(name)
-        if not held:
+        if not self.is_held(name):
             has_files = record is not None or self.pidfile(name).exists()
             return ("stale" if has_files else "stopped"), record
         if record is None:
             return "starting", None
+        if record.supervisor and not self.is_held(record.supervisor):
+            return "stale", record  # its supervisor died; the child follows it out
+        if record.state != "running":
+            return record.state, record
         started = process_start_time(record.pid)
         if started is None or abs(started - record.create_time) > 1.0:
             return "stale", record

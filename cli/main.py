@@ -1,0 +1,546 @@
+"""The `servicefactory` command: run services, call them, and stop them.
+
+Commands import what they need inside their bodies, so `perform`, `status` and `stop` start fast.
+Only this module turns errors into messages and exit codes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from servicefactory import __version__
+from servicefactory.errors import ServiceFactoryError
+
+EXIT_CODES = """\b
+Exit codes:
+  0  success                     5  the action failed (remote error on stderr)
+  1  failure (service did not    6  timeout
+     start, loop crashed, ...)   7  unauthorized (token missing or wrong)
+  2  usage: bad arguments,       8  protocol error (not a servicefactory API)
+     bad JSON, bad target        9  already running
+  3  not running                10  state directory unusable
+  4  unknown action
+"""
+
+
+def _fail(error: ServiceFactoryError | str, code: int | None = None) -> NoReturn:
+    message = str(error)
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code if code is not None else getattr(error, "exit_code", 1))
+
+
+def _registry() -> Any:
+    from servicefactory.state import LocalRegistry
+    return LocalRegistry()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
+@click.version_option(__version__, "--version", "-V", prog_name="servicefactory")
+def cli() -> None:
+    """Run, call, supervise and stop servicefactory services.
+
+    \b
+    Example:
+      servicefactory run mymodule:Test
+      servicefactory perform Test action '"hi"'
+      servicefactory stop Test
+    """
+
+
+# -- run -----------------------------------------------------------------------------------
+
+@cli.command(epilog="""\b
+Examples:
+  servicefactory run TestService:Test             # foreground; Ctrl+C stops it
+  servicefactory run mymodule --daemon            # every service in mymodule.py, detached
+  servicefactory run path/to/app.py:Api --port 0  # a free port; perform finds it
+""")
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--daemon", "-d", is_flag=True, help="Detach; return once every service is ready.")
+@click.option("--name", help="Run under this name instead of the class name (one service only).")
+@click.option("--host", help="Bind the API to this address (one service only).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Bind the API to this port; 0 picks a free one.")
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Write the service's output here (one service only).")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Level of the services' log output (default INFO).")
+@click.option("--restart", type=click.Choice(["on-failure", "always", "no"]),
+              help="Restart policy (default: the class's Service.policy, else on-failure).")
+@click.option("--stop-timeout", type=click.FloatRange(min=0.1), help="Seconds a stop may take before SIGKILL.")
+@click.option("--max-failures", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Fast failures in a row before a service is left failed.")
+@click.option("--backoff", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+              help="First restart delay in seconds; doubles per fast failure, up to 60.")
+@click.option("--ready-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Seconds a service may take to become ready.")
+@click.option("--log-max-bytes", type=click.IntRange(min=1024), default=10 * 1024 * 1024, show_default=True,
+              help="Rotate a service's log file past this size.")
+@click.option("--log-backups", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Rotated log files kept per service.")
+def run(targets: tuple[str, ...], daemon: bool, name: str | None, host: str | None, port: int | None,
+        log_file: str | None, log_level: str | None, restart: str | None, stop_timeout: float | None,
+        max_failures: int, backoff: float, ready_timeout: float, log_max_bytes: int, log_backups: int) -> None:
+    """Run services (TARGET: module, module:Class, file.py or file.py:Class), each in its own process."""
+    from servicefactory.supervisor import Settings, Spec
+
+    specs = _specs(targets, name, host, port, log_file, restart, stop_timeout)
+    registry = _registry()
+    _check_free(specs, registry)
+    if log_level:
+        os.environ["SERVICEFACTORY_LOG_LEVEL"] = log_level.upper()
+    settings = Settings(backoff=backoff, max_failures=max_failures, ready_timeout=ready_timeout,
+                        log_max_bytes=log_max_bytes, log_backups=log_backups, foreground=not daemon)
+    if daemon:
+        _run_daemon(specs, settings, registry)
+    else:
+        _run_foreground(specs, settings, registry)
+
+
+def _specs(targets: tuple[str, ...], name: str | None, host: str | None, port: int | None,
+           log_file: str | None, restart: str | None, stop_timeout: float | None) -> list:
+    from servicefactory.loader import TargetImportError, load
+    from servicefactory.supervisor import Spec
+
+    specs: list[Spec] = []
+    for target in targets:
+        try:
+            classes = load(target)
+        except TargetImportError as exc:
+            click.echo(exc.traceback, err=True, nl=False)
+            _fail(exc)
+        except ServiceFactoryError as exc:
+            _fail(exc)
+        module_part = target.partition(":")[0]
+        if module_part.endswith(".py") or os.sep in module_part:
+            module_part = os.path.abspath(module_part)
+        for cls in classes:
+            specs.append(Spec(name=cls._servicefactory_name(), target=f"{module_part}:{cls.__qualname__}",
+                              restart=restart or cls._servicefactory_policy.restart,
+                              stop_timeout=stop_timeout or cls._servicefactory_policy.stop_timeout))
+    if len(specs) > 1 and (name or host or port is not None or log_file):
+        listed = ", ".join(spec.name for spec in specs)
+        _fail(f"--name, --host, --port and --log-file apply to one service; these targets define {listed}", 2)
+    if specs and len(specs) == 1:
+        spec = specs[0]
+        spec.name = name or spec.name
+        spec.host, spec.port = host, port
+        spec.log_file = os.path.abspath(log_file) if log_file else None
+    from servicefactory.state import check_name
+    seen: set[str] = set()
+    for spec in specs:
+        try:
+            check_name(spec.name)
+        except ServiceFactoryError as exc:
+            _fail(exc, 2)
+        if spec.name in seen:
+            _fail(f"two services are named {spec.name!r}; run them separately with --name", 2)
+        seen.add(spec.name)
+    return specs
+
+
+def _check_free(specs: list, registry: Any) -> None:
+    from servicefactory.errors import AlreadyRunning
+
+    for spec in specs:
+        try:
+            state, record = registry.state_of(spec.name)
+        except ServiceFactoryError as exc:
+            _fail(exc)
+        if state not in ("stopped", "stale"):
+            where = f" (pid {record.pid}, {record.url or 'no API'})" if record and record.pid else ""
+            hint = "; use `servicefactory restart`" if state in ("stopped", "failed") else ""
+            _fail(AlreadyRunning(f"{spec.name} is already {state}{where}{hint}"))
+
+
+def _run_foreground(specs: list, settings: Any, registry: Any) -> None:
+    import logging
+    import signal
+
+    from servicefactory.supervisor import run_supervisor
+
+    printer = _Printer([spec.name for spec in specs])
+    handler = logging.Handler()
+    handler.emit = lambda record: printer("servicefactory", record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("servicefactory").addHandler(handler)
+    logging.getLogger("servicefactory").setLevel(logging.INFO)
+    logging.getLogger("servicefactory").propagate = False
+    # SIGHUP (terminal closed) stops the services gracefully like Ctrl+C
+    signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
+    try:
+        code = run_supervisor(specs, settings, printer=printer, registry=registry)
+    except ServiceFactoryError as exc:
+        _fail(exc)
+    sys.exit(code)
+
+
+def _run_daemon(specs: list, settings: Any, registry: Any) -> None:
+    import dataclasses
+    import subprocess
+    import time
+
+    from servicefactory._notify import READY_FD_ENV
+
+    try:
+        registry.ensure()
+    except ServiceFactoryError as exc:
+        _fail(exc)
+    config = json.dumps({"specs": [dataclasses.asdict(spec) for spec in specs],
+                         "settings": dataclasses.asdict(settings)})
+    ready_read, ready_write = os.pipe()
+    log_path = registry.home / "supervisor.log"
+    env = dict(os.environ, **{READY_FD_ENV: str(ready_write)})
+    with open(log_path, "ab") as log:
+        os.chmod(log_path, 0o600)
+        process = subprocess.Popen([sys.executable, "-m", "servicefactory.supervisor", config],
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                   pass_fds=(ready_write,), start_new_session=True)
+    os.close(ready_write)
+    with os.fdopen(ready_read, "rb") as ready:
+        line = ready.readline()  # EOF if the supervisor dies: never a hang
+    try:
+        message = json.loads(line) if line else None
+    except ValueError:
+        message = None
+    if not message:
+        process.wait(5)
+        from servicefactory.logfiles import tail
+        click.echo("\n".join(tail(log_path, 15)), err=True)
+        _fail(f"the supervisor exited before its services were ready (see {log_path})", 1)
+    if not message.get("ready"):
+        for line_text in message.get("output") or []:
+            click.echo(f"  {message.get('service', '')} | {line_text}", err=True)
+        service = message.get("service")
+        prefix = f"{service} failed to start: " if service else ""
+        deadline = time.monotonic() + 15
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # it is releasing the names: let it finish before we report
+        _fail(f"{prefix}{message.get('error')}", message.get("exit_code") if not service else 1)
+    for service in message["services"]:
+        click.echo(f"{service['name']} running (pid {service['pid']}, {service['url'] or 'no API'})")
+
+
+class _Printer:
+    """Prints `HH:MM:SS name | line`, a colour per service when stdout is a terminal."""
+
+    COLOURS = ["cyan", "green", "yellow", "magenta", "blue", "red", "bright_cyan", "bright_green"]
+
+    def __init__(self, names: list[str]) -> None:
+        self.width = max([len(name) for name in names] + [len("servicefactory")])
+        self.colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        self.colours = {name: self.COLOURS[i % len(self.COLOURS)] for i, name in enumerate(names)}
+
+    def __call__(self, name: str, text: str) -> None:
+        import time
+
+        prefix = f"{time.strftime('%H:%M:%S')} {name:<{self.width}} |"
+        if self.colour:
+            prefix = click.style(prefix, fg=self.colours.get(name, "white"))
+        try:
+            click.echo(f"{prefix} {text}")
+        except (BrokenPipeError, OSError):
+            pass
+
+
+# -- perform -------------------------------------------------------------------------------
+
+@cli.command(epilog="""\b
+Examples:
+  servicefactory perform Test action '"hello world"'
+  servicefactory perform Test health
+  echo '{"a": 1}' | servicefactory perform Api store -
+""")
+@click.argument("name")
+@click.argument("action")
+@click.argument("data", required=False)
+@click.option("--timeout", type=click.FloatRange(min=0.001), default=10.0, show_default=True,
+              help="Seconds to wait for the answer.")
+def perform(name: str, action: str, data: str | None, timeout: float) -> None:
+    """Call ACTION on the running service NAME with JSON DATA ('-' reads stdin); print the JSON result."""
+    from servicefactory import client
+
+    if data == "-":
+        data = sys.stdin.read()
+    value = None
+    if data is not None:
+        try:
+            value = json.loads(data)
+        except ValueError as exc:
+            _fail(f"DATA is not valid JSON ({exc}); strings need quotes: '\"hello\"'", 2)
+    try:
+        result = client.perform(name, action, value, timeout=timeout)
+    except ServiceFactoryError as exc:
+        _fail(exc)
+    click.echo(json.dumps(result))
+
+
+# -- stop ----------------------------------------------------------------------------------
+
+@cli.command(epilog="""\b
+Examples:
+  servicefactory stop Test
+  servicefactory stop --all --timeout 5
+""")
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Stop every service and every supervisor.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds to wait before SIGKILL.")
+def stop(names: tuple[str, ...], all_: bool, timeout: float) -> None:
+    """Stop services gracefully; SIGKILL (with a warning) those still alive after --timeout."""
+    from servicefactory import control
+
+    if bool(names) == all_:
+        _fail("give service names or --all (not both)", 2)
+    registry = _registry()
+    try:
+        if not registry.home.exists():
+            if all_:
+                click.echo("nothing is running")
+                return
+            control.check_home(registry)
+        outcomes = control.stop_all(timeout, registry) if all_ else _stop_each(names, timeout, registry)
+    except ServiceFactoryError as exc:
+        _fail(exc)
+    if all_ and not outcomes:
+        click.echo("nothing is running")
+    for outcome in outcomes:
+        if outcome.killed:
+            click.echo(f"warning: {outcome.message}", err=True)
+        else:
+            click.echo(outcome.message)
+
+
+def _stop_each(names: tuple[str, ...], timeout: float, registry: Any) -> list:
+    import threading
+
+    from servicefactory import control
+    from servicefactory.state import check_name
+
+    for name in names:
+        check_name(name)
+    outcomes: dict[str, Any] = {}
+    errors: list[ServiceFactoryError] = []
+
+    def one(name: str) -> None:
+        try:
+            outcomes[name] = control.stop(name, timeout, registry)
+        except ServiceFactoryError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return [outcomes[name] for name in names]
+
+
+# -- restart -------------------------------------------------------------------------------
+
+@cli.command(epilog="""\b
+Example:
+  servicefactory restart Test
+""")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds a stop may take before SIGKILL.")
+def restart(names: tuple[str, ...], timeout: float) -> None:
+    """Restart services: under their supervisor, or stop and run again from their recorded target."""
+    from servicefactory import client, control
+    from servicefactory.errors import ServiceNotRunning
+
+    registry = _registry()
+    for name in names:
+        try:
+            state, record = registry.state_of(name)
+            if record is None or state == "stale":
+                raise ServiceNotRunning(f"{name} is not running; start it with `servicefactory run`")
+            if record.supervisor:
+                rows = client.perform(record.supervisor, "restart", {"names": [name]}, timeout=timeout + 75,
+                                      registry=registry)
+                row = rows[0]
+                if row["state"] != "running":
+                    _fail(f"{name} did not come back: {row['state']} ({row.get('error') or 'see its log'})", 1)
+                click.echo(f"{name} running (pid {row['pid']}, {row['url'] or 'no API'})")
+                continue
+            if not record.target or record.target.startswith("__main__:"):
+                _fail(f"{name} was started as a script ({record.target or 'unknown target'}), not by "
+                      f"`servicefactory run`: restart it the way you started it", 1)
+            control.stop(name, timeout, registry)
+        except ServiceFactoryError as exc:
+            _fail(exc)
+        command = [sys.executable, "-m", "servicefactory", "run", record.target, "--daemon", "--name", name]
+        import subprocess
+        code = subprocess.call(command)
+        if code:
+            sys.exit(code)
+
+
+# -- status --------------------------------------------------------------------------------
+
+@cli.command(epilog="""\b
+Examples:
+  servicefactory status
+  servicefactory status Test --json
+""")
+@click.argument("names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
+@click.option("--all", "all_", is_flag=True, help="Include the supervisors themselves.")
+def status(names: tuple[str, ...], as_json: bool, all_: bool) -> None:
+    """Show services: NAME, STATE, PID, URL, UPTIME, RESTARTS, EXIT, CPU, MEMORY.
+
+    Exits 0 only if every listed service is running (3 otherwise), as `systemctl is-active` does.
+    """
+    from servicefactory import control
+    from servicefactory.state import check_name
+
+    registry = _registry()
+    try:
+        for name in names:
+            check_name(name)
+        if registry.home.exists():
+            registry.check()
+        rows = control.status(list(names), registry, include_supervisors=all_)
+    except ServiceFactoryError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif not rows:
+        click.echo(f"no services (state directory {registry.home})")
+    else:
+        _print_table(rows)
+    if any(row["state"] != "running" for row in rows):
+        sys.exit(3)
+
+
+def _print_table(rows: list[dict]) -> None:
+    headers = ["NAME", "STATE", "PID", "URL", "UPTIME", "RESTARTS", "EXIT", "CPU", "MEMORY"]
+    table = [[row["name"], row["state"], str(row["pid"] or "-"), row["url"] or "-", _duration(row["uptime"]),
+              str(row["restarts"]), "-" if row["last_exit"] is None else str(row["last_exit"]),
+              "-" if row["cpu"] is None else f"{row['cpu']:.2f}s",
+              "-" if row["memory"] is None else f"{row['memory'] / 1048576:.1f}M"] for row in rows]
+    widths = [max(len(line[i]) for line in [headers] + table) for i in range(len(headers))]
+    for line in [headers] + table:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+# -- logs ----------------------------------------------------------------------------------
+
+@cli.command(epilog="""\b
+Examples:
+  servicefactory logs Test -n 50
+  servicefactory logs Test -f
+  servicefactory logs            # every service, interleaved
+""")
+@click.argument("name", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (across rotations) until Ctrl+C.")
+@click.option("-n", "--lines", type=click.IntRange(min=0), default=20, show_default=True, help="Lines of history.")
+def logs(name: str | None, follow: bool, lines: int) -> None:
+    """Show a service's log (or every service's, interleaved, when NAME is omitted)."""
+    from pathlib import Path
+
+    from servicefactory import logfiles
+    from servicefactory.state import check_name
+
+    registry = _registry()
+    if name is not None:
+        try:
+            check_name(name)
+        except ServiceFactoryError as exc:
+            _fail(exc, 2)
+        record = registry.lookup(name)
+        path = Path(record.log_path) if record and record.log_path else registry.log_file(name)
+        if not path.exists():
+            _fail(f"no log for {name} at {path} (services run with `servicefactory run` have logs)", 3)
+        sources = {name: path}
+    else:
+        if not registry.home.exists():
+            _fail(f"no logs: state directory {registry.home} does not exist", 3)
+        sources = {p.name[:-4]: p for p in sorted(registry.home.glob("*.log")) if p.name != "supervisor.log"}
+        if not sources:
+            _fail(f"no service logs in {registry.home}", 3)
+    prefix = name is None
+    history = []
+    for source, path in sources.items():
+        history.extend((line[:23], source, line) for line in logfiles.tail(path, lines))
+    history.sort(key=lambda item: item[0]) if prefix else None
+    try:
+        for _, source, line in history[-lines:] if lines else []:
+            click.echo(f"{source} | {line}" if prefix else line)
+        if follow:
+            _follow(sources, prefix)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
+        sys.stderr.close()
+
+
+def _follow(sources: dict, prefix: bool) -> None:
+    import queue
+    import threading
+
+    from servicefactory import logfiles
+
+    lines: queue.Queue = queue.Queue()
+    for source, path in sources.items():
+        def pump(source: str = source, path: Any = path) -> None:
+            for line in logfiles.follow(path):
+                lines.put((source, line))
+        threading.Thread(target=pump, daemon=True).start()
+    while True:
+        source, line = lines.get()
+        click.echo(f"{source} | {line}" if prefix else line)
+
+
+# -- list ----------------------------------------------------------------------------------
+
+@cli.command(name="list", epilog="""\b
+Example:
+  servicefactory list mymodule
+""")
+@click.argument("target")
+def list_(target: str) -> None:
+    """List the services TARGET defines, with their ports and actions, without running them."""
+    from servicefactory.api import BUILTIN_ACTIONS
+    from servicefactory.loader import TargetImportError, load
+
+    try:
+        classes = load(target)
+    except TargetImportError as exc:
+        click.echo(exc.traceback, err=True, nl=False)
+        _fail(exc)
+    except ServiceFactoryError as exc:
+        _fail(exc)
+    for cls in classes:
+        endpoint = cls._servicefactory_endpoint
+        where = f"{endpoint.host}:{endpoint.port or 'auto'}" if endpoint else "no API"
+        actions = [name for name in sorted(cls._servicefactory_actions) if name not in BUILTIN_ACTIONS]
+        click.echo(f"{cls._servicefactory_name()}  {where}  actions: {', '.join(actions) or '-'}"
+                   f"  (+ {', '.join(BUILTIN_ACTIONS)})" if endpoint else
+                   f"{cls._servicefactory_name()}  {where}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="servicefactory")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""What the CLI does to running services, as library calls: stop, restart, status."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import client
+from .errors import ProtocolError, ServiceFactoryError, ServiceNotRunning, ServiceTimeout, StateError
+from .registry import ServiceRecord
+from .state import LocalRegistry, process_start_time
+
+SUPERVISOR_PREFIX = "_supervisor-"
+
+
+@dataclass
+class StopOutcome:
+    """What stopping one service did."""
+
+    name: str
+    was_running: bool
+    killed: bool = False
+    message: str = ""
+
+
+def _gone(record: ServiceRecord) -> bool:
+    started = process_start_time(record.pid)
+    return started is None or abs(started - record.create_time) > 1.0
+
+
+def wait_gone(record: ServiceRecord, timeout: float) -> bool:
+    """Wait until the recorded process has exited; True if it did within `timeout`."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while not _gone(record):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.05)
+    return True
+
+
+def stop(name: str, timeout: float = 10.0, registry: LocalRegistry | None = None) -> StopOutcome:
+    """Stop `name` gracefully (its supervisor's `stop`, its `shutdown` action, or SIGTERM); SIGKILL after `timeout`."""
+    registry = registry or LocalRegistry()
+    state, record = registry.state_of(name)
+    if state == "stopped" and record is None:
+        return StopOutcome(name, False, message=f"{name} is not running")
+    if state == "stale":
+        if record is not None and record.supervisor and not _gone(record):
+            _kill(record)  # an orphan of a dead supervisor that did not follow it out
+        registry.clean(name)
+        return StopOutcome(name, False, message=f"{name} was not running (removed its stale pidfile)")
+    if record is not None and record.supervisor:
+        return _stop_supervised(name, record, timeout, registry)
+    if record is None:
+        return StopOutcome(name, False, message=f"{name} is starting; try again in a moment")
+    return _stop_standalone(name, record, timeout, registry)
+
+
+def _stop_supervised(name: str, record: ServiceRecord, timeout: float, registry: LocalRegistry) -> StopOutcome:
+    rows = client.perform(record.supervisor, "stop", {"names": [name], "timeout": timeout},
+                          timeout=timeout + 15, registry=registry)
+    row = rows[0] if rows else {}
+    killed = row.get("last_exit") == -signal.SIGKILL
+    return StopOutcome(name, True, killed=killed, message=f"{name} stopped" + (" (killed)" if killed else ""))
+
+
+def _stop_standalone(name: str, record: ServiceRecord, timeout: float, registry: LocalRegistry) -> StopOutcome:
+    deadline = time.monotonic() + timeout
+    asked = False
+    if record.url:
+        try:
+            client.perform(name, "shutdown", timeout=max(0.1, min(3.0, timeout)), registry=registry)
+            asked = True
+        except (ServiceNotRunning, ServiceTimeout, ProtocolError):
+            pass  # not answering: fall back to the signal
+    if not asked:
+        try:
+            os.kill(record.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    killed = False
+    if not wait_gone(record, max(0.0, deadline - time.monotonic())):
+        _kill(record)
+        killed = True
+        wait_gone(record, 5.0)
+    registry.clean(name)  # a graceful exit removed them already; a killed process could not
+    message = f"{name} did not stop within {timeout:g} s; killed it" if killed else f"{name} stopped"
+    return StopOutcome(name, True, killed=killed, message=message)
+
+
+def _kill(record: ServiceRecord) -> None:
+    if _gone(record):
+        return
+    try:
+        os.kill(record.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop_all(timeout: float = 10.0, registry: LocalRegistry | None = None) -> list[StopOutcome]:
+    """Stop every service and every supervisor, all in parallel."""
+    registry = registry or LocalRegistry()
+    outcomes: list[StopOutcome] = []
+    lock = threading.Lock()
+
+    def one(function: Any, *args: Any) -> None:
+        try:
+            result = function(*args)
+        except ServiceFactoryError as exc:
+            result = [StopOutcome(args[0], True, message=f"{args[0]}: {exc}")]
+        with lock:
+            outcomes.extend(result if isinstance(result, list) else [result])
+
+    threads = []
+    names = registry.names()
+    for name in names:
+        state, record = registry.state_of(name)
+        if name.startswith(SUPERVISOR_PREFIX):
+            if state == "running" and record is not None:
+                threads.append(threading.Thread(target=one, args=(_stop_supervisor, name, record, timeout, registry)))
+            else:
+                registry.clean(name)
+        elif not (record is not None and record.supervisor and state != "stale"):
+            threads.append(threading.Thread(target=one, args=(stop, name, timeout, registry)))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sorted(outcomes, key=lambda outcome: outcome.name)
+
+
+def _stop_supervisor(name: str, record: ServiceRecord, timeout: float, registry: LocalRegistry) -> list[StopOutcome]:
+    supervised = [n for n in registry.names() if not n.startswith(SUPERVISOR_PREFIX)
+                  and (registry.lookup(n) or ServiceRecord("", 0)).supervisor == name]
+    try:
+        client.perform(name, "stop", {"names": [], "timeout": timeout}, timeout=timeout + 15, registry=registry)
+        client.perform(name, "shutdown", timeout=5.0, registry=registry)
+    except (ServiceNotRunning, ProtocolError):
+        pass
+    if not wait_gone(record, timeout + 5.0):
+        _kill(record)
+    for child in supervised:
+        registry.clean(child)
+    return [StopOutcome(child, True, message=f"{child} stopped") for child in supervised]
+
+
+def status(names: list[str] | None = None, registry: LocalRegistry | None = None,
+           include_supervisors: bool = False) -> list[dict[str, Any]]:
+    """One row per service: name, state, pid, host, port, url, started, uptime, restarts, last exit, cpu, memory."""
+    registry = registry or LocalRegistry()
+    if not names:
+        names = [n for n in registry.names() if include_supervisors or not n.startswith(SUPERVISOR_PREFIX)]
+    rows = []
+    now = time.time()
+    for name in names:
+        state, record = registry.state_of(name)
+        row: dict[str, Any] = {"name": name, "state": state, "pid": None, "host": None, "port": None, "url": None,
+                               "started": None, "uptime": None, "restarts": 0, "last_exit": None,
+                               "cpu": None, "memory": None, "supervisor": None, "target": None}
+        if record is not None:
+            live = state in ("running", "starting", "stopping")
+            row.update(pid=record.pid if live and record.pid else None, host=record.host, port=record.port,
+                       url=record.url if state == "running" else None, started=record.started,
+                       restarts=record.restarts, last_exit=record.last_exit, supervisor=record.supervisor,
+                       target=record.target)
+            if state == "running":
+                row["uptime"] = round(now - record.started, 1)
+                row.update(_usage(record.pid))
+        rows.append(row)
+    return rows
+
+
+def _usage(pid: int) -> dict[str, Any]:
+    try:
+        import psutil
+
+        process = psutil.Process(pid)
+        with process.oneshot():
+            times = process.cpu_times()
+            return {"cpu": round(times.user + times.system, 2), "memory": process.memory_info().rss}
+    except Exception:
+        return {}
+
+
+def check_home(registry: LocalRegistry) -> None:
+    """Raise StateError with a clear message when the state directory is gone or unsafe."""
+    if not registry.home.exists():
+        raise StateError(f"state directory {registry.home} does not exist: no service was started with it, "
+                         f"or it was deleted (running services keep running but cannot be found)")
+    registry.check()

@@ -1,0 +1,136 @@
+"""Service log files: size-rotated writing, tailing, and following across rotations."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_BACKUPS = 5
+
+
+class RotatingLog:
+    """Appends to `path`; past `max_bytes` renames it to path.1 (path.1 to path.2, ...), keeping `backups`."""
+
+    def __init__(self, path: Path | str, max_bytes: int = DEFAULT_MAX_BYTES, backups: int = DEFAULT_BACKUPS) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.dropped = 0
+        self._file = None
+        self._size = 0
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            self._file = open(self.path, "ab", buffering=0)
+            os.chmod(self.path, 0o600)
+            self._size = self._file.tell()
+        except OSError as exc:
+            self._file = None
+            logger.warning("cannot open log file %s: %s", self.path, exc)
+
+    def write(self, data: bytes) -> None:
+        """Append `data` (whole lines); on a full disk drop it and go on, never raise."""
+        if self._file is None:
+            self._open()
+            if self._file is None:
+                self.dropped += len(data)
+                return
+        if self._size and self._size + len(data) > self.max_bytes:
+            self.rotate()
+        try:
+            self._file.write(data)
+            self._size += len(data)
+        except OSError as exc:
+            if not self.dropped:
+                logger.warning("writing %s failed (%s); dropping output until it works again", self.path, exc)
+            self.dropped += len(data)
+
+    def rotate(self) -> None:
+        """Shift path -> path.1 -> ... -> path.N, dropping the oldest, and start a new file."""
+        self.close()
+        try:
+            if self.backups <= 0:
+                os.unlink(self.path)
+            else:
+                for index in range(self.backups - 1, 0, -1):
+                    older = self.path.with_name(f"{self.path.name}.{index}")
+                    if older.exists():
+                        os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+                os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        except OSError as exc:
+            logger.warning("rotating %s failed: %s", self.path, exc)
+        self._open()
+
+    def close(self) -> None:
+        """Close the current file."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+
+
+def tail(path: Path | str, lines: int) -> list[str]:
+    """The last `lines` lines of `path` (fewer if it is shorter), read from the end."""
+    if lines <= 0:
+        return []
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        end = position = handle.tell()
+        data = b""
+        while position > 0 and data.count(b"\n") <= lines:
+            step = min(65536, position)
+            position -= step
+            handle.seek(position)
+            data = handle.read(step) + data
+        del end
+    text = data.decode(errors="replace").splitlines()
+    return text[-lines:]
+
+
+def follow(path: Path | str, *, stop: Callable[[], bool] = lambda: False, poll: float = 0.2,
+           start_at_end: bool = True) -> Iterator[str]:
+    """Yield lines appended to `path` as they come, reopening it when it is rotated or truncated."""
+    path = Path(path)
+    handle = None
+    inode = None
+    pending = b""
+    while not stop():
+        if handle is None:
+            try:
+                handle = open(path, "rb")
+            except FileNotFoundError:
+                time.sleep(poll)
+                continue
+            inode = os.fstat(handle.fileno()).st_ino
+            if start_at_end:
+                handle.seek(0, os.SEEK_END)
+            start_at_end = False  # a file that appears after a rotation is read from its start
+        chunk = handle.read(65536)
+        if chunk:
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            for line in complete:
+                yield line.decode(errors="replace")
+            continue
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is None or current.st_ino != inode:
+            handle.close()  # rotated: what the old file held is read; go on with the new one
+            handle = None
+            continue
+        if current.st_size < handle.tell():
+            handle.seek(0)  # truncated in place
+            continue
+        time.sleep(poll)
+    if handle is not None:
+        handle.close()

@@ -1,0 +1,622 @@
+"""The supervisor: runs each service in its own process, restarts crashes with backoff, keeps logs.
+
+It is itself a service (its API takes `stop`, `restart` and `status` from the CLI), registered as
+`_supervisor-<pid>`. One thread does all the child work: a selector waits on every child's exit
+(pidfd), readiness pipe and output pipe at once, so 50 idle services cost no polling. API
+handlers hand their requests to that thread and wait for the outcome.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from . import _notify
+from ._child import SUPERVISOR_PID_ENV
+from .api import handle
+from .errors import AlreadyRunning, ServiceFactoryError, StateError
+from .logfiles import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, RotatingLog
+from .registry import ServiceRecord
+from .service import SUPERVISED_ENV, ServiceBase
+from .state import LocalRegistry, process_start_time
+
+logger = logging.getLogger("servicefactory.supervisor")  # also when run as __main__
+
+SUPERVISOR_PREFIX = "_supervisor-"
+ACTIVE = ("starting", "running", "backoff", "stopping")
+
+
+@dataclass
+class Spec:
+    """One service to supervise."""
+
+    name: str
+    target: str
+    host: str | None = None
+    port: int | None = None
+    restart: str = "on-failure"
+    stop_timeout: float = 10.0
+    log_file: str | None = None
+
+
+@dataclass
+class Settings:
+    """Knobs shared by every service of one supervisor."""
+
+    backoff: float = 1.0  # first restart delay; doubles per fast failure
+    backoff_max: float = 60.0
+    reset_after: float = 10.0  # a run this long clears the failure count
+    max_failures: int = 5  # fast failures in a row before a service is left `failed`
+    ready_timeout: float = 60.0
+    log_max_bytes: int = DEFAULT_MAX_BYTES
+    log_backups: int = DEFAULT_BACKUPS
+    foreground: bool = False
+
+
+class Child:
+    """One supervised service and its current process."""
+
+    def __init__(self, spec: Spec, claim: Any, log: RotatingLog) -> None:
+        self.spec = spec
+        self.claim = claim
+        self.log = log
+        self.state = "stopped"
+        self.popen: subprocess.Popen | None = None
+        self.pidfd: int | None = None
+        self.ready_fd: int | None = None
+        self.output_fd: int | None = None
+        self.partial = b""
+        self.ready_buffer = b""
+        self.started_at = 0.0
+        self.ready_at: float | None = None
+        self.next_start = 0.0
+        self.stop_deadline: float | None = None
+        self.killed = False
+        self.fast_failures = 0
+        self.restarts = 0
+        self.last_exit: int | None = None
+        self.host: str | None = None
+        self.port: int | None = None
+        self.error: str | None = None
+        self.user_stopped = False
+        self.ever_ready = False
+        self.restart_after_stop = False
+        self.exited = threading.Event()
+        self.tail: list[str] = []
+
+
+class Supervisor(ServiceBase):
+    """Runs services as child processes and keeps them running by their restart policy."""
+
+    _servicefactory_interruptible = False
+
+    def __init__(self, specs: list[Spec], settings: Settings | None = None, registry: LocalRegistry | None = None,
+                 printer: Callable[[str, str], None] | None = None, ready_fd: int | None = None) -> None:
+        self.specs = specs
+        self.settings = settings or Settings()
+        self.registry = registry or LocalRegistry()
+        self.printer = printer
+        self.ready_fd = ready_fd
+        self.children: dict[str, Child] = {}
+        self.selector = selectors.DefaultSelector()
+        self.commands: queue.Queue = queue.Queue()
+        self.wake_read, self.wake_write = os.pipe()
+        os.set_blocking(self.wake_read, False)
+        self.selector.register(self.wake_read, selectors.EVENT_READ, ("wake", None))
+        self.starting_up = True
+        self.begun = False
+        self.failure: dict | None = None
+        self.exit_code = 0
+        self.name = f"{SUPERVISOR_PREFIX}{os.getpid()}"
+
+    # -- claims: taken before anything starts, so a duplicate is refused up front --
+
+    def claim_all(self) -> None:
+        """Own every service name (pidfile locks); on any clash release what was taken and raise."""
+        self.registry.ensure()
+        try:
+            for spec in self.specs:
+                claim = self.registry.claim(spec.name)
+                log_path = Path(spec.log_file) if spec.log_file else self.registry.log_file(spec.name)
+                log = RotatingLog(log_path, self.settings.log_max_bytes, self.settings.log_backups)
+                self.children[spec.name] = Child(spec, claim, log)
+        except (AlreadyRunning, StateError, OSError):
+            self.release_all()
+            raise
+
+    def release_all(self) -> None:
+        """Withdraw every record and drop every lock."""
+        for child in self.children.values():
+            child.log.close()
+            self.registry.release(child.claim)
+        self.children.clear()
+
+    # -- the loop: one select over every child's pipes and exit --
+
+    def loop(self) -> None:
+        """Wait for child events (or the next due restart) and act on them."""
+        if not self.begun:
+            self.begun = True
+            for child in self.children.values():
+                self._spawn(child)
+        now = time.monotonic()
+        due = [c.next_start for c in self.children.values() if c.state == "backoff"]
+        timeout = max(0.0, min([0.25] + [t - now for t in due]))
+        for key, _ in self.selector.select(timeout):
+            kind, child = key.data
+            if kind == "wake":
+                _drain(self.wake_read)
+            elif kind == "out":
+                self._pump(child)
+            elif kind == "ready":
+                self._read_ready(child)
+            elif kind == "exit":
+                self._reap(child)
+        self._run_commands()
+        for child in list(self.children.values()):
+            if child.popen is not None and child.pidfd is None and child.popen.poll() is not None:
+                self._reap(child)  # no pidfd on this system: polled instead
+        now = time.monotonic()
+        for child in self.children.values():
+            if child.state == "backoff" and now >= child.next_start:
+                self._spawn(child)
+            elif child.state == "starting" and now - child.started_at > self.settings.ready_timeout:
+                self._event(child, f"not ready after {self.settings.ready_timeout:g} s; stopping it")
+                child.error = f"not ready within {self.settings.ready_timeout:g} s"
+                self._signal(child, signal.SIGTERM)
+                child.state = "stopping"
+                child.stop_deadline = now + child.spec.stop_timeout
+            if child.stop_deadline is not None and now > child.stop_deadline and not child.killed:
+                self._event(child, f"did not stop within {child.spec.stop_timeout:g} s; killing it", warn=True)
+                self._signal(child, signal.SIGKILL)
+                child.killed = True
+        self._check_startup()
+        self._check_done()
+
+    def _spawn(self, child: Child) -> None:
+        spec = child.spec
+        ready_read, ready_write = os.pipe()
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{
+            SUPERVISED_ENV: spec.name, SUPERVISOR_PID_ENV: str(os.getpid()),
+            _notify.READY_FD_ENV: str(ready_write)})
+        env.pop("NOTIFY_SOCKET", None)  # systemd hears from the supervisor, not from each child
+        args = [sys.executable, "-u", "-m", "servicefactory._child", spec.target, spec.name,
+                spec.host or "", "" if spec.port is None else str(spec.port)]
+        try:
+            child.popen = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                pass_fds=(ready_write, child.claim.handle), start_new_session=True)
+        except OSError as exc:
+            os.close(ready_read)
+            os.close(ready_write)
+            child.error = f"cannot start: {exc}"
+            self._after_exit(child, 127)
+            return
+        finally:
+            if child.popen is not None:
+                os.close(ready_write)
+        child.state = "starting"
+        child.started_at = time.monotonic()
+        child.ready_at = None
+        child.killed = False
+        child.stop_deadline = None
+        child.error = None
+        child.tail = []
+        child.exited.clear()
+        os.set_blocking(ready_read, False)
+        child.ready_fd = ready_read
+        self.selector.register(ready_read, selectors.EVENT_READ, ("ready", child))
+        assert child.popen.stdout is not None
+        child.output_fd = child.popen.stdout.fileno()
+        os.set_blocking(child.output_fd, False)
+        self.selector.register(child.output_fd, selectors.EVENT_READ, ("out", child))
+        try:
+            child.pidfd = os.pidfd_open(child.popen.pid)
+            self.selector.register(child.pidfd, selectors.EVENT_READ, ("exit", child))
+        except (AttributeError, OSError):
+            child.pidfd = None  # no pidfd: polled in _poll_exits
+        os.ftruncate(child.claim.handle, 0)
+        os.pwrite(child.claim.handle, f"{child.popen.pid}\n".encode(), 0)
+        self._publish(child)
+
+    def _pump(self, child: Child) -> None:
+        try:
+            data = os.read(child.output_fd, 65536) if child.output_fd is not None else b""
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close_output(child)
+            return
+        lines = (child.partial + data).split(b"\n")
+        child.partial = lines.pop()
+        if len(child.partial) > 65536:  # a runaway line without newline: flush it anyway
+            lines.append(child.partial)
+            child.partial = b""
+        for line in lines:
+            self._emit(child, line.decode(errors="replace"))
+
+    def _emit(self, child: Child, text: str) -> None:
+        child.log.write(f"{_stamp()} {text}\n".encode())
+        child.tail = (child.tail + [text])[-20:]
+        if self.printer is not None:
+            self.printer(child.spec.name, text)
+
+    def _close_output(self, child: Child) -> None:
+        if child.output_fd is not None:
+            self._unregister(child.output_fd)
+            if child.partial:
+                self._emit(child, child.partial.decode(errors="replace"))
+                child.partial = b""
+            if child.popen is not None and child.popen.stdout is not None:
+                child.popen.stdout.close()
+            child.output_fd = None
+
+    def _read_ready(self, child: Child) -> None:
+        try:
+            data = os.read(child.ready_fd, 4096) if child.ready_fd is not None else b""
+        except BlockingIOError:
+            return
+        child.ready_buffer += data
+        if data and b"\n" not in child.ready_buffer:
+            return
+        self._unregister(child.ready_fd)
+        os.close(child.ready_fd)
+        child.ready_fd = None
+        line, child.ready_buffer = child.ready_buffer.split(b"\n", 1)[0], b""
+        try:
+            message = json.loads(line) if line else {}
+        except ValueError:
+            message = {}
+        if message.get("ready") and child.state == "starting":
+            child.state = "running"
+            child.ready_at = time.monotonic()
+            child.ever_ready = True
+            child.host, child.port = message.get("host"), message.get("port")
+            self._publish(child)
+            self._event(child, f"ready (pid {child.popen.pid}{', ' + _url(child) if child.port else ''})")
+        elif not message.get("ready"):
+            child.error = message.get("error") or child.error
+
+    def _reap(self, child: Child) -> None:
+        popen = child.popen
+        if popen is None:
+            return
+        code = popen.wait()
+        if child.pidfd is not None:
+            self._unregister(child.pidfd)
+            os.close(child.pidfd)
+            child.pidfd = None
+        if child.ready_fd is not None:
+            self._read_ready(child)
+        while child.output_fd is not None:  # what the child wrote last is often why it died
+            before = child.output_fd
+            self._pump(child)
+            if child.output_fd == before and not _readable(before):
+                self._close_output(child)
+        child.popen = None
+        self._after_exit(child, code)
+
+    def _after_exit(self, child: Child, code: int) -> None:
+        child.last_exit = code
+        child.stop_deadline = None
+        ran = time.monotonic() - child.started_at
+        described = f"exited with code {code}" if code >= 0 else f"killed by {_signal_name(-code)}"
+        if child.user_stopped:
+            child.state = "stopped"
+            self._event(child, f"stopped ({described})")
+        elif self.stopping or (self.starting_up and not child.ever_ready):
+            child.state = "failed" if code or self.starting_up else "stopped"
+            self._event(child, described)
+        else:
+            crashed = code != 0
+            restart = child.spec.restart == "always" or (crashed and child.spec.restart == "on-failure")
+            if not restart:
+                child.state = "failed" if crashed else "stopped"
+                self._event(child, f"{described}; not restarting (restart={child.spec.restart})")
+            else:
+                if ran >= self.settings.reset_after and child.ready_at is not None:
+                    child.fast_failures = 0
+                child.fast_failures += 1
+                if child.fast_failures >= self.settings.max_failures:
+                    child.state = "failed"
+                    self._event(child, f"{described}; {child.fast_failures} fast failures in a row, "
+                                       f"leaving it down", warn=True)
+                else:
+                    delay = min(self.settings.backoff_max, self.settings.backoff * 2 ** (child.fast_failures - 1))
+                    child.state = "backoff"
+                    child.next_start = time.monotonic() + delay
+                    child.restarts += 1
+                    self._event(child, f"{described}; restarting in {delay:g} s")
+        if child.restart_after_stop:
+            child.restart_after_stop = False
+            child.user_stopped = False
+            child.fast_failures = 0
+            child.restarts += 1
+            self._spawn(child)
+        self._publish(child)
+        child.exited.set()
+
+    # -- stopping --
+
+    def _signal(self, child: Child, signum: int) -> None:
+        if child.popen is None:
+            return
+        try:
+            os.killpg(child.popen.pid, signum)  # the whole group: the service's own children too
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            child.popen.send_signal(signum)
+
+    def _stop_child(self, child: Child, *, restart: bool = False, timeout: float | None = None) -> None:
+        child.user_stopped = True
+        child.restart_after_stop = restart
+        if child.popen is not None:
+            if child.stop_deadline is None:
+                child.state = "stopping"
+                child.stop_deadline = time.monotonic() + (timeout or child.spec.stop_timeout)
+                self._signal(child, signal.SIGTERM)
+                self._publish(child)
+        else:
+            child.state = "stopped"
+            child.exited.set()
+            if restart:
+                child.user_stopped = False
+                child.restart_after_stop = False
+                child.fast_failures = 0
+                self._spawn(child)
+            self._publish(child)
+
+    def finalize(self) -> None:
+        """Stop every child in parallel, each within its stop timeout, then release every name."""
+        for child in self.children.values():
+            self._stop_child(child)
+        while any(child.popen is not None for child in self.children.values()):
+            self.loop()
+        self._report_startup()
+        self.release_all()
+        self.selector.close()
+        for fd in (self.wake_read, self.wake_write):
+            os.close(fd)
+
+    # -- startup and exit --
+
+    def _check_startup(self) -> None:
+        if not self.starting_up:
+            return
+        children = list(self.children.values())
+        never = [c for c in children if not c.ever_ready and c.state not in ("starting", "running")]
+        if never:
+            bad = never[0]
+            self.failure = {"service": bad.spec.name, "error": bad.error or f"exited with code {bad.last_exit}",
+                            "output": bad.tail[-20:], "exit_code": bad.last_exit}
+            self.exit_code = 1
+            self.starting_up = False
+            self._event(bad, f"failed to start: {self.failure['error']}", warn=True)
+            self.stop()
+        elif children and all(c.ever_ready for c in children):
+            self.starting_up = False
+            self._report_startup()
+            _notify.sd_notify("READY=1")
+
+    def _report_startup(self) -> None:
+        if self.ready_fd is None:
+            return
+        if self.failure is not None:
+            message = {"ready": False, **self.failure}
+        else:
+            message = {"ready": True, "supervisor": self.name, "pid": os.getpid(),
+                       "services": [{"name": c.spec.name, "pid": c.popen.pid if c.popen else None, "url": _url(c)}
+                                    for c in self.children.values()]}
+        try:
+            os.write(self.ready_fd, json.dumps(message).encode() + b"\n")
+            os.close(self.ready_fd)
+        except OSError:
+            pass
+        self.ready_fd = None
+
+    def _check_done(self) -> None:
+        if self.starting_up or self.stopping:
+            return
+        states = [child.state for child in self.children.values()]
+        if any(state in ACTIVE for state in states):
+            return
+        failed = any(state == "failed" for state in states)
+        if failed and not self.settings.foreground:
+            return  # stay, so that `status` shows the failure and its exit code until someone acts
+        self.exit_code = 1 if failed else 0
+        self.stop()
+
+    # -- records --
+
+    def _publish(self, child: Child) -> None:
+        popen = child.popen
+        record = ServiceRecord(
+            name=child.spec.name, pid=popen.pid if popen else 0,
+            host=child.host if child.state == "running" else None,
+            port=child.port if child.state == "running" else None,
+            create_time=(process_start_time(popen.pid) or 0.0) if popen else 0.0,
+            started=time.time(), target=child.spec.target, log_path=str(child.log.path),
+            hostname=os.uname().nodename, state=child.state, supervisor=self.name, restarts=child.restarts,
+            last_exit=child.last_exit)
+        try:
+            self.registry.publish(child.claim, record)
+        except OSError as exc:
+            logger.warning("cannot write the record of %s: %s", child.spec.name, exc)
+
+    def _event(self, child: Child, text: str, warn: bool = False) -> None:
+        line = f"[servicefactory] {child.spec.name} {text}"
+        child.log.write(f"{_stamp()} {line}\n".encode())
+        if self.printer is not None:
+            self.printer(child.spec.name, line)
+        else:
+            (logger.warning if warn else logger.info)("%s", line)
+
+    def _unregister(self, fd: int | None) -> None:
+        if fd is None:
+            return
+        try:
+            self.selector.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+
+    # -- commands from the API threads, run in the loop's thread --
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                command, reply = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                reply.put((True, command()))
+            except Exception as exc:  # handed back to the caller's thread
+                reply.put((False, exc))
+
+    def _call(self, command: Callable[[], Any], timeout: float = 10.0) -> Any:
+        reply: queue.Queue = queue.Queue()
+        self.commands.put((command, reply))
+        os.write(self.wake_write, b"x")
+        ok, value = reply.get(timeout=timeout)
+        if not ok:
+            raise value
+        return value
+
+    def _children_named(self, names: Any) -> list[Child]:
+        children = dict(self.children)
+        if not names:
+            return list(children.values())
+        unknown = [name for name in names if name not in children]
+        if unknown:
+            raise ServiceFactoryError(f"not supervised here: {', '.join(unknown)}")
+        return [children[name] for name in names]
+
+    @handle("stop", post_only=True)
+    def handle_stop(self, data: Any) -> list:
+        """Stop the named services for good (no restart); answers once they are gone."""
+        data = data if isinstance(data, dict) else {}
+        timeout = data.get("timeout")
+        timeout = float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else None
+        children = self._call(lambda: self._children_named(data.get("names")))
+        self._call(lambda: [self._stop_child(child, timeout=timeout) for child in children])
+        return self._await_exit(children, timeout)
+
+    @handle("restart", post_only=True)
+    def handle_restart(self, data: Any) -> list:
+        """Stop (if running) and start the named services again; answers once they are ready."""
+        data = data if isinstance(data, dict) else {}
+        children = self._call(lambda: self._children_named(data.get("names")))
+        self._call(lambda: [self._stop_child(child, restart=True) for child in children])
+        deadline = time.monotonic() + max(c.spec.stop_timeout for c in children) + self.settings.ready_timeout
+        while time.monotonic() < deadline:
+            states = self._call(lambda: [c.state for c in children])
+            if all(state in ("running", "failed", "stopped") for state in states):
+                break
+            time.sleep(0.02)
+        return self.handle_status({"names": [c.spec.name for c in children]})
+
+    @handle("status")
+    def handle_status(self, data: Any) -> list:
+        """State, pid, restarts and last exit code of every supervised service."""
+        names = (data or {}).get("names") if isinstance(data, dict) else None
+        # read without the loop thread: it may be busy stopping (and waiting for this very answer)
+        rows = []
+        for child in self._children_named(names):
+            popen = child.popen
+            rows.append({"name": child.spec.name, "state": child.state, "pid": popen.pid if popen else None,
+                         "restarts": child.restarts, "last_exit": child.last_exit,
+                         "url": _url(child) if child.state == "running" else None, "error": child.error})
+        return rows
+
+    def _await_exit(self, children: list[Child], timeout: float | None = None) -> list:
+        if not children:
+            return []
+        deadline = time.monotonic() + (timeout or max(c.spec.stop_timeout for c in children)) + 5.0
+        for child in children:
+            child.exited.wait(max(0.0, deadline - time.monotonic()))
+        return self.handle_status({"names": [c.spec.name for c in children]})
+
+
+def _url(child: Child) -> str | None:
+    if child.port is None or child.host is None:
+        return None
+    record = ServiceRecord(name=child.spec.name, pid=0, host=child.host, port=child.port)
+    return record.url
+
+
+def _stamp() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _readable(fd: int) -> bool:
+    import select
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except (BlockingIOError, OSError):
+        pass
+
+
+def run_supervisor(specs: list[Spec], settings: Settings, *, printer: Callable[[str, str], None] | None = None,
+                   ready_fd: int | None = None, registry: LocalRegistry | None = None) -> int:
+    """Claim the names, run the supervisor until it stops, return its exit code."""
+    supervisor = Supervisor(specs, settings, registry=registry, printer=printer, ready_fd=ready_fd)
+    supervisor.claim_all()
+    try:
+        supervisor.run(name=supervisor.name, host="127.0.0.1", port=0, registry=registry)
+    except BaseException:
+        supervisor.release_all()
+        raise
+    return supervisor.exit_code
+
+
+def daemon_main() -> int:
+    """Entry of a detached supervisor: `python -m servicefactory.supervisor SPEC_JSON`."""
+    ready = os.environ.pop(_notify.READY_FD_ENV, None)
+    ready_fd = int(ready) if ready and ready.isdigit() else None
+    config = json.loads(sys.argv[1])
+    specs = [Spec(**spec) for spec in config["specs"]]
+    settings = Settings(**config["settings"])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d]: %(message)s",
+                        stream=sys.stdout)
+    try:
+        return run_supervisor(specs, settings, ready_fd=ready_fd)
+    except ServiceFactoryError as exc:
+        if ready_fd is not None:
+            os.write(ready_fd, json.dumps({"ready": False, "error": str(exc), "type": type(exc).__name__,
+                                           "exit_code": exc.exit_code}).encode() + b"\n")
+        logger.error("%s", exc)
+        return exc.exit_code
+
+
+def settings_dict(settings: Settings) -> dict:
+    """Settings as JSON-ready dict (for handing to a detached supervisor)."""
+    return asdict(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(daemon_main())
