@@ -1,11 +1,11 @@
 """Actions: the per-class handler registry and the WSGI app that serves them as HTTP/JSON."""
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import re
-from dataclasses import dataclass
+from collections import namedtuple
+from _operator import _compare_digest as compare_digest  # hmac's, without loading OpenSSL (3.7 MiB)
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
@@ -27,15 +27,10 @@ _STATUS_LINES = {
 }
 
 
-@dataclass(frozen=True)
-class Action:
+class Action(namedtuple("Action", "name attribute exclusive post_only doc", defaults=(False, False, ""))):
     """One exposed action: its name, the method implementing it, and how it runs."""
 
-    name: str
-    attribute: str
-    exclusive: bool = False
-    post_only: bool = False
-    doc: str = ""
+    __slots__ = ()
 
 
 def valid_action_name(name: object) -> bool:
@@ -154,11 +149,13 @@ class App:
         except Exception as exc:  # the handler's failure is the caller's answer, not ours
             logger.exception("action %r failed", name)
             return (*_error(500, type(exc).__name__, str(exc)), None)
-        if result is None and "application/json" not in environ.get("HTTP_ACCEPT", ""):
-            body = _PLAIN_OK  # what curl users see, as the founding transcript shows
+        if result is None:
+            # curl and browsers see the founding transcript's `ok`; JSON clients get null, so that
+            # perform() returns None, as the transcript's REPL (which echoes no result) shows
+            body = b"null\n" if "application/json" in environ.get("HTTP_ACCEPT", "") else _PLAIN_OK
         else:
             try:
-                body = json.dumps("ok" if result is None else result).encode() + b"\n"
+                body = json.dumps(result).encode() + b"\n"
             except (TypeError, ValueError) as exc:
                 return (*_error(500, type(exc).__name__, f"result is not JSON serialisable: {exc}"), None)
         after = self.on_shutdown if name == "shutdown" and action.attribute == "_servicefactory_shutdown" else None
@@ -175,7 +172,7 @@ class App:
         if self.token is not None:
             given = environ.get("HTTP_AUTHORIZATION", "")
             scheme, _, credential = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), self.token):
+            if scheme.lower() != "bearer" or not compare_digest(credential.strip().encode(), self.token):
                 return _error(401, "Unauthorized", "missing or wrong token: send 'Authorization: Bearer <token>'")
         return None
 

@@ -1,28 +1,41 @@
 """Where is service X: one small interface, so that etcd can later stand where the state dir stands."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from collections import namedtuple
 from typing import Any, Iterator, Protocol
 
 
-@dataclass
+_FIELDS = {
+    "name": "", "pid": 0, "host": None, "port": None,
+    "create_time": 0.0,  # the process's start time, to tell a reused pid from ours
+    "started": 0.0,  # wall-clock time the service was ready
+    "target": "", "log_path": None, "hostname": "",
+    "state": "running",  # as the supervisor sees it: starting, running, backoff, failed, stopped
+    "supervisor": None,  # the name of the supervisor that owns this service, if any
+    "restarts": 0,
+    "last_exit": None,  # exit code, or -N for death by signal N
+}
+
+
 class ServiceRecord:
     """What a running service publishes about itself."""
 
-    name: str
-    pid: int
-    host: str | None = None
-    port: int | None = None
-    create_time: float = 0.0  # the process's start time, to tell a reused pid from ours
-    started: float = 0.0  # wall-clock time the service was ready
-    target: str = ""
-    log_path: str | None = None
-    hostname: str = ""
-    state: str = "running"  # as the supervisor sees it: starting, running, backoff, failed, stopped
-    supervisor: str | None = None  # the name of the supervisor that owns this service, if any
-    restarts: int = 0
-    last_exit: int | None = None  # exit code, or -N for death by signal N
-    extra: dict[str, Any] = field(default_factory=dict)
+    __slots__ = tuple(_FIELDS)
+
+    def __init__(self, name: str, pid: int, **values: Any) -> None:
+        unknown = set(values) - set(_FIELDS)
+        if unknown:
+            raise TypeError(f"unknown ServiceRecord fields: {', '.join(sorted(unknown))}")
+        for key, default in _FIELDS.items():
+            setattr(self, key, values.get(key, default))
+        self.name = name
+        self.pid = pid
+
+    def __repr__(self) -> str:
+        return f"ServiceRecord({self.name!r}, pid={self.pid}, state={self.state!r}, url={self.url!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ServiceRecord) and self.to_dict() == other.to_dict()
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -43,24 +56,22 @@ class ServiceRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return asdict(self)
+        return {key: getattr(self, key) for key in _FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ServiceRecord":
         """Build from `to_dict()` output, ignoring keys a newer version added."""
-        known = {f.name for f in fields(cls)}
-        record = cls(**{key: value for key, value in data.items() if key in known})
-        if not isinstance(record.name, str) or not isinstance(record.pid, int):
+        values = {key: value for key, value in data.items() if key in _FIELDS}
+        name, pid = values.pop("name"), values.pop("pid")
+        if not isinstance(name, str) or not isinstance(pid, int):
             raise TypeError("malformed service record")
-        return record
+        return cls(name, pid, **values)
 
 
-@dataclass
-class Claim:
+class Claim(namedtuple("Claim", "name handle")):
     """Proof that this process owns a service name until it releases it."""
 
-    name: str
-    handle: Any
+    __slots__ = ()
 
 
 class Registry(Protocol):

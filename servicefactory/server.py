@@ -125,7 +125,16 @@ class Server:
         for worker in list(self._workers):
             if worker is not threading.current_thread():
                 worker.join(max(0.0, deadline - time.monotonic()))
+        self._close_returned()
         self._close_pipes()
+
+    def _close_returned(self) -> None:
+        while True:
+            try:
+                conn = self._returned.popleft()
+            except IndexError:
+                return
+            _close(conn.sock)
 
     def _close_pipes(self) -> None:
         if not self._closed:
@@ -173,8 +182,7 @@ class Server:
             selector.close()
             for conn in waiting.values():
                 _close(conn.sock)
-            while self._returned:
-                _close(self._returned.popleft().sock)
+            self._close_returned()
             self.socket.close()
 
     def _accept(self, selector: selectors.BaseSelector, waiting: dict) -> None:
@@ -322,6 +330,8 @@ class Server:
             conn.buffer = buffer
             self._returned.append(conn)
             self._wake()
+            if self._stopping.is_set():
+                self._close_returned()  # the selector may have drained the queue before we added to it
             return
 
     def _serve_one(self, sock: socket.socket, buffer: bytes) -> tuple[bool, bytes]:

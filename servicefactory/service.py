@@ -8,7 +8,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections import namedtuple
 from typing import Any, Callable, Mapping
 
 from . import _notify
@@ -27,16 +27,11 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SUPERVISED_ENV = "SERVICEFACTORY_SUPERVISED"
 
 
-@dataclass(frozen=True)
-class Endpoint:
+class Endpoint(namedtuple("Endpoint", "port host name max_body workers require_token",
+                          defaults=(0, "127.0.0.1", None, DEFAULT_MAX_BODY, 16, False))):
     """Where and how a service class exposes its API."""
 
-    port: int = 0
-    host: str = "127.0.0.1"
-    name: str | None = None
-    max_body: int = DEFAULT_MAX_BODY
-    workers: int = 16
-    require_token: bool = False
+    __slots__ = ()
 
 
 def endpoint(port: int = 0, host: str = "127.0.0.1", *, name: str | None = None,
@@ -58,12 +53,10 @@ def endpoint(port: int = 0, host: str = "127.0.0.1", *, name: str | None = None,
 RESTART_POLICIES = ("on-failure", "always", "no")
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(namedtuple("Policy", "restart stop_timeout", defaults=("on-failure", 10.0))):
     """How a supervisor treats a service: restart policy and stop timeout."""
 
-    restart: str = "on-failure"
-    stop_timeout: float = 10.0
+    __slots__ = ()
 
 
 def policy(*, restart: str = "on-failure", stop_timeout: float = 10.0) -> Callable[[type], type]:
