@@ -350,7 +350,7 @@ Example:
               help="Seconds a stop may take before SIGKILL.")
 def restart(names: tuple[str, ...], timeout: float) -> None:
     """Restart services: under their supervisor, or stop and run again from their recorded target."""
-    from servicefactory import client, control
+    from servicefactory import control
     from servicefactory.errors import ServiceNotRunning
 
     registry = _registry()
@@ -360,8 +360,8 @@ def restart(names: tuple[str, ...], timeout: float) -> None:
             if record is None or state == "stale":
                 raise ServiceNotRunning(f"{name} is not running; start it with `servicefactory run`")
             if record.supervisor:
-                rows = client.perform(record.supervisor, "restart", {"names": [name]}, timeout=timeout + 75,
-                                      registry=registry)
+                rows = control.call_supervisor(record.supervisor, "restart", {"names": [name]}, timeout + 75,
+                                               registry)
                 row = rows[0]
                 if row["state"] != "running":
                     _fail(f"{name} did not come back: {row['state']} ({row.get('error') or 'see its log'})", 1)
@@ -410,7 +410,11 @@ def status(names: tuple[str, ...], as_json: bool, all_: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     elif not rows:
-        click.echo(f"no services (state directory {registry.home})")
+        if registry.home.exists():
+            click.echo(f"no services (state directory {registry.home})")
+        else:
+            click.echo(f"no services: the state directory {registry.home} does not exist "
+                       f"(deleted? services started with it keep running, but cannot be found)")
     else:
         _print_table(rows)
     if any(row["state"] != "running" for row in rows):

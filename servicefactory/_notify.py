@@ -41,9 +41,9 @@ def _write_pipe(message: dict) -> None:
         pass  # the parent went away; nobody is waiting for the answer
 
 
-def sd_notify(state: str) -> bool:
-    """Send `state` to systemd's notify socket if there is one; True if sent."""
-    address = os.environ.get("NOTIFY_SOCKET")
+def sd_notify(state: str, address: str | None = None) -> bool:
+    """Send `state` to systemd's notify socket (`address`, else $NOTIFY_SOCKET) if any; True if sent."""
+    address = address or os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False
     if address.startswith("@"):

@@ -71,8 +71,11 @@ def resolve(name: str, registry: Any = None, fallback: tuple[str, int] | None = 
     elif fallback is not None and fallback[1]:
         address = (fallback[0] if fallback[0] not in ("0.0.0.0", "::", "") else "127.0.0.1", fallback[1])
     else:
-        where = getattr(registry, "home", "the registry")
-        raise ServiceNotRunning(f"{name} is not running (nothing registered in {where})")
+        home = getattr(registry, "home", None)
+        if home is not None and not home.exists():
+            raise ServiceNotRunning(f"{name} is not running, or cannot be found: the state directory {home} "
+                                    f"does not exist (deleted? services started with it keep running)")
+        raise ServiceNotRunning(f"{name} is not running (nothing registered in {home or 'the registry'})")
     _addresses[key] = address
     return address
 
@@ -139,10 +142,18 @@ def _host_header(address: tuple[str, int]) -> str:
     return f"{host}:{address[1]}"
 
 
+class _Pool(dict):
+    """One thread's connections; closed with the thread, so no socket is left for the collector."""
+
+    def __del__(self) -> None:
+        for connection in self.values():
+            connection.close()
+
+
 def _connection(address: tuple[str, int], name: str, timeout: float) -> tuple["_Connection", bool]:
     pool = getattr(_local, "pool", None)
     if pool is None:
-        pool = _local.pool = {}
+        pool = _local.pool = _Pool()
     connection = pool.get(address)
     if connection is not None and connection.open:
         return connection, True

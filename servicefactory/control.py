@@ -61,9 +61,16 @@ def stop(name: str, timeout: float = 10.0, registry: LocalRegistry | None = None
     return _stop_standalone(name, record, timeout, registry)
 
 
+def call_supervisor(supervisor: str, action: str, data: Any, timeout: float, registry: LocalRegistry) -> Any:
+    """Perform `action` on a supervisor's control API, with the token from its (owner-only) record."""
+    record = registry.lookup(supervisor)
+    if record is None:
+        raise ServiceNotRunning(f"supervisor {supervisor} is not running")
+    return client.perform(supervisor, action, data, timeout=timeout, registry=registry, token=record.token)
+
+
 def _stop_supervised(name: str, record: ServiceRecord, timeout: float, registry: LocalRegistry) -> StopOutcome:
-    rows = client.perform(record.supervisor, "stop", {"names": [name], "timeout": timeout},
-                          timeout=timeout + 15, registry=registry)
+    rows = call_supervisor(record.supervisor, "stop", {"names": [name], "timeout": timeout}, timeout + 15, registry)
     row = rows[0] if rows else {}
     killed = row.get("last_exit") == -signal.SIGKILL
     return StopOutcome(name, True, killed=killed, message=f"{name} stopped" + (" (killed)" if killed else ""))
@@ -138,8 +145,8 @@ def _stop_supervisor(name: str, record: ServiceRecord, timeout: float, registry:
     supervised = [n for n in registry.names() if not n.startswith(SUPERVISOR_PREFIX)
                   and (registry.lookup(n) or ServiceRecord("", 0)).supervisor == name]
     try:
-        client.perform(name, "stop", {"names": [], "timeout": timeout}, timeout=timeout + 15, registry=registry)
-        client.perform(name, "shutdown", timeout=5.0, registry=registry)
+        call_supervisor(name, "stop", {"names": [], "timeout": timeout}, timeout + 15, registry)
+        call_supervisor(name, "shutdown", None, 5.0, registry)
     except (ServiceNotRunning, ProtocolError):
         pass
     if not wait_gone(record, timeout + 5.0):

@@ -14,6 +14,7 @@ _FIELDS = {
     "supervisor": None,  # the name of the supervisor that owns this service, if any
     "restarts": 0,
     "last_exit": None,  # exit code, or -N for death by signal N
+    "token": None,  # a supervisor's control token: only its owner can read this file
 }
 
 

@@ -497,6 +497,16 @@ def _send_error(sock: socket.socket, status: str, message: str) -> None:
     try:
         sock.settimeout(1.0)
         sock.sendall(head + body)
+        # closing with unread input makes the kernel send RST, which can destroy the answer before
+        # the client reads it: shut our side, then drain what the client still sends, briefly
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + 1.0
+        drained = 0
+        while drained < 4 * 1024 * 1024 and time.monotonic() < deadline:
+            data = sock.recv(65536)
+            if not data:
+                break
+            drained += len(data)
     except OSError:
         pass
 

@@ -291,7 +291,7 @@ class ServiceBase:
         from .server import Server, bind
         host = host if host is not None else endpoint_.host
         port = port if port is not None else endpoint_.port
-        token = registration.token()
+        token = self._servicefactory_token(registration)
         if host not in _LOOPBACK and not token:
             raise TokenRequired(
                 f"{runtime.name} would bind {host}:{port}, reachable from other hosts, without a token; "
@@ -306,6 +306,12 @@ class ServiceBase:
                   on_shutdown=lambda: runtime.request_stop("shutdown action"))
         runtime.server = Server(app, sock, max_workers=endpoint_.workers, max_body=endpoint_.max_body)
         runtime.server.start()
+
+    def _servicefactory_token(self, registration: "_Registration") -> str | None:
+        return registration.token()
+
+    def _servicefactory_record_extras(self) -> dict:
+        return {}
 
     def _servicefactory_serve(self, runtime: _Runtime) -> None:
         main = threading.current_thread() is threading.main_thread()
@@ -408,7 +414,7 @@ class _Registration:
             name=runtime.name, pid=os.getpid(), host=server.host if server else None,
             port=server.port if server else None, create_time=process_start_time(os.getpid()) or 0.0,
             started=time.time(), target=self.target or f"{type(service).__module__}:{type(service).__qualname__}",
-            hostname=socket.gethostname())
+            hostname=socket.gethostname(), **service._servicefactory_record_extras())
         self.url = record.url
         if self.claim is not None:
             try:

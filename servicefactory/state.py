@@ -60,10 +60,12 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
 
 
 def process_start_time(pid: int) -> float | None:
-    """When process `pid` started (seconds since the epoch, as psutil reports it), or None if gone."""
+    """When process `pid` started (seconds since the epoch, as psutil reports it), or None if it is dead."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             fields = handle.read().rsplit(b")", 1)[1].split()
+        if fields[0] in (b"Z", b"X"):
+            return None  # dead, only waiting for its parent to reap it
         ticks = int(fields[19])
         return round(_boot_time() + ticks / os.sysconf("SC_CLK_TCK"), 2)
     except FileNotFoundError:
@@ -217,7 +219,7 @@ class LocalRegistry:
         """`running`, `stale`, `stopped`, or what a supervisor reports (`starting`, `backoff`, `failed`, ...)."""
         record = self.lookup(name)
         if not self.is_held(name):
-            has_files = record is not None or self.pidfile(name).exists()
+            has_files = record is not None or self.pidfile(name).exists() or self.metadata_file(name).exists()
             return ("stale" if has_files else "stopped"), record
         if record is None:
             return "starting", None

@@ -27,13 +27,18 @@ from .api import handle
 from .errors import AlreadyRunning, ServiceFactoryError, StateError
 from .logfiles import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, RotatingLog
 from .registry import ServiceRecord
-from .service import SUPERVISED_ENV, ServiceBase
+from .service import SUPERVISED_ENV, Endpoint, ServiceBase
 from .state import LocalRegistry, process_start_time
 
 logger = logging.getLogger("servicefactory.supervisor")  # also when run as __main__
 
 SUPERVISOR_PREFIX = "_supervisor-"
 ACTIVE = ("starting", "running", "backoff", "stopping")
+
+
+def _api_token() -> str:
+    import secrets
+    return secrets.token_urlsafe(24)
 
 
 @dataclass
@@ -90,6 +95,7 @@ class Child:
         self.error: str | None = None
         self.user_stopped = False
         self.ever_ready = False
+        self.ready_wall = 0.0
         self.restart_after_stop = False
         self.exited = threading.Event()
         self.tail: list[str] = []
@@ -99,6 +105,7 @@ class Supervisor(ServiceBase):
     """Runs services as child processes and keeps them running by their restart policy."""
 
     _servicefactory_interruptible = False
+    _servicefactory_endpoint = Endpoint(port=0, require_token=True)
 
     def __init__(self, specs: list[Spec], settings: Settings | None = None, registry: LocalRegistry | None = None,
                  printer: Callable[[str, str], None] | None = None, ready_fd: int | None = None) -> None:
@@ -118,6 +125,16 @@ class Supervisor(ServiceBase):
         self.failure: dict | None = None
         self.exit_code = 0
         self.name = f"{SUPERVISOR_PREFIX}{os.getpid()}"
+        # systemd should hear READY=1 when the services are ready, not when our own API is
+        self.notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
+        # the control API can stop everything: only who can read our record (the owner) may call it
+        self.token = _api_token()
+
+    def _servicefactory_token(self, registration: Any) -> str | None:
+        return self.token
+
+    def _servicefactory_record_extras(self) -> dict:
+        return {"token": self.token}
 
     # -- claims: taken before anything starts, so a duplicate is refused up front --
 
@@ -189,7 +206,6 @@ class Supervisor(ServiceBase):
         env = dict(os.environ, PYTHONUNBUFFERED="1", **{
             SUPERVISED_ENV: spec.name, SUPERVISOR_PID_ENV: str(os.getpid()),
             _notify.READY_FD_ENV: str(ready_write)})
-        env.pop("NOTIFY_SOCKET", None)  # systemd hears from the supervisor, not from each child
         args = [sys.executable, "-u", "-m", "servicefactory._child", spec.target, spec.name,
                 spec.host or "", "" if spec.port is None else str(spec.port)]
         try:
@@ -283,6 +299,7 @@ class Supervisor(ServiceBase):
             child.state = "running"
             child.ready_at = time.monotonic()
             child.ever_ready = True
+            child.ready_wall = time.time()
             child.host, child.port = message.get("host"), message.get("port")
             self._publish(child)
             self._event(child, f"ready (pid {child.popen.pid}{', ' + _url(child) if child.port else ''})")
@@ -409,7 +426,7 @@ class Supervisor(ServiceBase):
         elif children and all(c.ever_ready for c in children):
             self.starting_up = False
             self._report_startup()
-            _notify.sd_notify("READY=1")
+            _notify.sd_notify("READY=1", self.notify_socket)
 
     def _report_startup(self) -> None:
         if self.ready_fd is None:
@@ -448,7 +465,7 @@ class Supervisor(ServiceBase):
             host=child.host if child.state == "running" else None,
             port=child.port if child.state == "running" else None,
             create_time=(process_start_time(popen.pid) or 0.0) if popen else 0.0,
-            started=time.time(), target=child.spec.target, log_path=str(child.log.path),
+            started=child.ready_wall or time.time(), target=child.spec.target, log_path=str(child.log.path),
             hostname=os.uname().nodename, state=child.state, supervisor=self.name, restarts=child.restarts,
             last_exit=child.last_exit)
         try:
