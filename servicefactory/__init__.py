@@ -5,6 +5,7 @@ heavier than the standard library until a service runs or is called.
 """
 from __future__ import annotations
 
+import os as _os
 from typing import Any
 
 from .errors import (ActionFailed, AddressInUse, AlreadyRunning, InvalidData, LoadError, ProtocolError,
@@ -19,6 +20,15 @@ __all__ = [
     "InvalidData", "Unauthorized", "ProtocolError", "StartupError", "AddressInUse", "TokenRequired",
     "AlreadyRunning", "LoadError", "StateError",
 ]
+
+
+# In a source checkout the CLI's sources sit beside this package, in ../cli (installed copies have
+# them in servicefactory/cli): let `servicefactory.cli` resolve there too, so `python -m
+# servicefactory` works from the checkout's root, where this directory shadows the installed one.
+_checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _os.path.isfile(_os.path.join(_checkout, "cli", "main.py")) and \
+        _os.path.isfile(_os.path.join(_checkout, "setup.cfg")):
+    __path__.append(_checkout)  # type: ignore[name-defined]
 
 
 def __getattr__(name: str) -> Any:
