@@ -155,7 +155,7 @@ class App:
             body = b"null\n" if "application/json" in environ.get("HTTP_ACCEPT", "") else _PLAIN_OK
         else:
             try:
-                body = json.dumps(result).encode() + b"\n"
+                body = json.dumps(result, allow_nan=False).encode() + b"\n"
             except (TypeError, ValueError) as exc:
                 return (*_error(500, type(exc).__name__, f"result is not JSON serialisable: {exc}"), None)
         after = self.on_shutdown if name == "shutdown" and action.attribute == "_servicefactory_shutdown" else None
@@ -192,7 +192,7 @@ class App:
             # form and text types can be sent cross-site by any web page without a preflight
             raise _BadRequest(415, "UnsupportedMediaType", "send the body as Content-Type: application/json")
         try:
-            return json.loads(body)
+            return json.loads(body, parse_constant=_reject_constant)
         except RecursionError:
             raise _BadRequest(400, "BadRequest", "JSON nested too deeply") from None
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
@@ -204,6 +204,10 @@ class App:
             with self.exclusive_lock:
                 return method(data)
         return method(data)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 class _BadRequest(Exception):

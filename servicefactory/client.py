@@ -27,7 +27,7 @@ def encode(data: Any) -> bytes:
     if data is None:
         return b""
     try:
-        return json.dumps(data).encode()
+        return json.dumps(data, allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
         raise InvalidData(f"data is not JSON serialisable: {exc}") from None
 

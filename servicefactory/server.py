@@ -385,7 +385,9 @@ class Server:
                 size = int(line.split(b";", 1)[0].strip(), 16)
             except ValueError:
                 raise _Reject("400 Bad Request", "invalid chunk size") from None
-            if size < 0 or len(body) + size > self.max_body:
+            if size < 0:
+                raise _Reject("400 Bad Request", "invalid chunk size")
+            if len(body) + size > self.max_body:
                 raise _Reject("413 Content Too Large", f"body over the {self.max_body} byte limit")
             if size == 0:
                 while b"\r\n" not in buffer:  # trailers end with an empty line
