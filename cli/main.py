@@ -296,10 +296,12 @@ def stop(names: tuple[str, ...], all_: bool, timeout: float) -> None:
     registry = _registry()
     try:
         if not registry.home.exists():
-            if all_:
-                click.echo("nothing is running")
-                return
-            control.check_home(registry)
+            # nothing can be registered: say so, and what that means if services were started with it
+            for name in names or ["nothing"]:
+                click.echo(f"{name} is not running" if names else "nothing is running", nl=False)
+                click.echo(f" (the state directory {registry.home} does not exist; services started "
+                           f"with it, if it was deleted, keep running but cannot be found)")
+            return
         outcomes = control.stop_all(timeout, registry) if all_ else _stop_each(names, timeout, registry)
     except ServiceFactoryError as exc:
         _fail(exc)

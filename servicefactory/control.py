@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import client
-from .errors import ProtocolError, ServiceFactoryError, ServiceNotRunning, ServiceTimeout, StateError
+from .errors import ProtocolError, ServiceFactoryError, ServiceNotRunning, ServiceTimeout
 from .registry import ServiceRecord
 from .state import LocalRegistry, process_start_time
 
@@ -192,11 +192,3 @@ def _usage(pid: int) -> dict[str, Any]:
             return {"cpu": round(times.user + times.system, 2), "memory": process.memory_info().rss}
     except Exception:
         return {}
-
-
-def check_home(registry: LocalRegistry) -> None:
-    """Raise StateError with a clear message when the state directory is gone or unsafe."""
-    if not registry.home.exists():
-        raise StateError(f"state directory {registry.home} does not exist: no service was started with it, "
-                         f"or it was deleted (running services keep running but cannot be found)")
-    registry.check()

@@ -90,6 +90,8 @@ class _Runtime:
         self.loop_thread = 0
         self.in_loop = False
         self.interrupt_due = False
+        self.nudging = False
+        self.in_self_sleep = False
         self.iterations = 0
         self.errors = 0
         self.last_error: str | None = None
@@ -112,24 +114,48 @@ class _Runtime:
         return True
 
     def interrupt_overdue_loop(self) -> None:
-        """Thread body: once a stop is requested, interrupt a loop() that has not returned in time."""
+        """Thread body: once a stop is requested, interrupt a loop() that does not return by itself."""
         self.stop_event.wait()
-        # a loop blocked in time.sleep() never sees the event; repeat, because one interrupt can land
-        # between two calls of loop(), or be swallowed by a bare `except:` in the user's code
-        while not self.loop_done.wait(STOP_GRACE):
+        # the first nudge cuts short a loop blocked in a call (time.sleep, a socket); a loop busy
+        # computing gets STOP_GRACE to finish. Repeat, because one nudge can land between two calls
+        # of loop(), or be swallowed by a bare `except:` in the user's code
+        overdue = False
+        while not self.loop_done.is_set():
             if self.in_loop:
-                self.interrupt_due = True
+                self.interrupt_due = overdue
+                self.nudging = True
                 try:
                     signal.pthread_kill(self.loop_thread, signal.SIGINT)
                 except (ProcessLookupError, OSError):
                     return
+            if self.loop_done.wait(STOP_GRACE):
+                return
+            overdue = True
 
     def on_signal(self, signum: int, frame: Any) -> None:
-        """Signal handler: request the stop; cut loop() short only when overdue or asked a second time."""
-        first = self.request_stop(signal.Signals(signum).name)
-        if self.interruptible and self.in_loop and (self.interrupt_due or not first):
+        """Signal handler: request the stop; cut loop() short if blocked, overdue, or asked twice."""
+        nudge, self.nudging = self.nudging and signum == signal.SIGINT, False
+        first = self.request_stop(signal.Signals(signum).name) if not nudge else False
+        if not (self.interruptible and self.in_loop) or self.in_self_sleep:
+            return
+        if self.interrupt_due or (not first and not nudge) or _blocked_in_call(frame):
             self.interrupt_due = False
             raise _Interrupted()
+
+
+def _blocked_in_call(frame: Any) -> bool:
+    """Whether `frame` was waiting in a call (time.sleep, a socket, a lock) when the signal came.
+
+    Python runs a signal handler either between bytecodes of busy code, or from inside a blocking
+    C call that was interrupted; in the second case the frame's current instruction is that call.
+    """
+    if frame is None:
+        return False
+    from opcode import opname
+
+    code = frame.f_code.co_code
+    index = frame.f_lasti
+    return 0 <= index < len(code) and opname[code[index]].startswith("CALL")
 
 
 class ServiceBase:
@@ -184,9 +210,11 @@ class ServiceBase:
             runtime.lock.release()
             runtime.loop_holds_lock = False
             runtime.in_loop = True
+            runtime.in_self_sleep = True
             try:
                 return not runtime.stop_event.wait(seconds)
             finally:
+                runtime.in_self_sleep = False
                 runtime.in_loop = False
                 runtime.lock.acquire()
                 runtime.loop_holds_lock = True
