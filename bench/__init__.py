@@ -1,0 +1,1 @@
+"""The benchmark harness: servicefactory measured next to its peers (run bench/run.py)."""
