@@ -359,9 +359,7 @@ def restart(names: tuple[str, ...], timeout: float) -> None:
     for name in names:
         try:
             state, record = registry.state_of(name)
-            if record is None or state == "stale":
-                raise ServiceNotRunning(f"{name} is not running; start it with `servicefactory run`")
-            if record.supervisor:
+            if record is not None and record.supervisor and state != "stale":
                 rows = control.call_supervisor(record.supervisor, "restart", {"names": [name]}, timeout + 75,
                                                registry)
                 row = rows[0]
@@ -369,17 +367,32 @@ def restart(names: tuple[str, ...], timeout: float) -> None:
                     _fail(f"{name} did not come back: {row['state']} ({row.get('error') or 'see its log'})", 1)
                 click.echo(f"{name} running (pid {row['pid']}, {row['url'] or 'no API'})")
                 continue
-            if not record.target or record.target.startswith("__main__:"):
-                _fail(f"{name} was started as a script ({record.target or 'unknown target'}), not by "
-                      f"`servicefactory run`: restart it the way you started it", 1)
-            control.stop(name, timeout, registry)
+            spec = registry.remembered(name) or {}
+            if record is not None and state != "stale":
+                if not record.target or record.target.startswith("__main__:"):
+                    _fail(f"{name} was started as a script ({record.target or 'unknown target'}), not by "
+                          f"`servicefactory run`: restart it the way you started it", 1)
+                spec = {"target": record.target}
+                control.stop(name, timeout, registry)
+            elif not spec:
+                raise ServiceNotRunning(f"{name} is not running and was never run by `servicefactory run`; "
+                                        f"start it with `servicefactory run`")
         except ServiceFactoryError as exc:
             _fail(exc)
-        command = [sys.executable, "-m", "servicefactory", "run", record.target, "--daemon", "--name", name]
-        import subprocess
-        code = subprocess.call(command)
-        if code:
-            sys.exit(code)
+        _run_again(name, spec)
+
+
+def _run_again(name: str, spec: dict) -> None:
+    import subprocess
+
+    command = [sys.executable, "-m", "servicefactory", "run", spec["target"], "--daemon", "--name", name]
+    for option, key in (("--host", "host"), ("--port", "port"), ("--log-file", "log_file"),
+                        ("--restart", "restart"), ("--stop-timeout", "stop_timeout")):
+        if spec.get(key) is not None:
+            command += [option, str(spec[key])]
+    code = subprocess.call(command)
+    if code:
+        sys.exit(code)
 
 
 # -- status --------------------------------------------------------------------------------
@@ -484,21 +497,27 @@ def logs(name: str | None, follow: bool, lines: int) -> None:
             _fail(f"no service logs in {registry.home}", 3)
     prefix = name is None
     history = []
+    offsets = {}
     for source, path in sources.items():
-        history.extend((line[:23], source, line) for line in logfiles.tail(path, lines))
-    history.sort(key=lambda item: item[0]) if prefix else None
+        if follow:  # a line still being written is left to the follower, so none is lost or doubled
+            tail, offsets[source] = logfiles.tail_and_offset(path, lines)
+        else:
+            tail = logfiles.tail(path, lines)
+        history.extend((line[:23], source, line) for line in tail)
+    if prefix:
+        history.sort(key=lambda item: item[0])  # lines start with their timestamp
     try:
         for _, source, line in history[-lines:] if lines else []:
             click.echo(f"{source} | {line}" if prefix else line)
         if follow:
-            _follow(sources, prefix)
+            _follow(sources, offsets, prefix)
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:
         sys.stderr.close()
 
 
-def _follow(sources: dict, prefix: bool) -> None:
+def _follow(sources: dict, offsets: dict, prefix: bool) -> None:
     import queue
     import threading
 
@@ -507,7 +526,7 @@ def _follow(sources: dict, prefix: bool) -> None:
     lines: queue.Queue = queue.Queue()
     for source, path in sources.items():
         def pump(source: str = source, path: Any = path) -> None:
-            for line in logfiles.follow(path):
+            for line in logfiles.follow(path, offset=offsets[source]):  # from where the history ended
                 lines.put((source, line))
         threading.Thread(target=pump, daemon=True).start()
     while True:

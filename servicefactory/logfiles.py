@@ -43,6 +43,9 @@ class RotatingLog:
                 return
         if self._size and self._size + len(data) > self.max_bytes:
             self.rotate()
+            if self._file is None:
+                self.dropped += len(data)
+                return
         try:
             self._file.write(data)
             self._size += len(data)
@@ -81,6 +84,15 @@ def tail(path: Path | str, lines: int) -> list[str]:
     """The last `lines` lines of `path` (fewer if it is shorter), read from the end."""
     if lines <= 0:
         return []
+    complete, offset = tail_and_offset(path, lines)
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        partial = handle.read().decode(errors="replace")
+    return (complete + partial.splitlines())[-lines:]
+
+
+def tail_and_offset(path: Path | str, lines: int) -> tuple[list[str], int]:
+    """The last `lines` complete lines of `path`, and the offset just after them (to follow from)."""
     with open(path, "rb") as handle:
         handle.seek(0, os.SEEK_END)
         end = position = handle.tell()
@@ -90,29 +102,37 @@ def tail(path: Path | str, lines: int) -> list[str]:
             position -= step
             handle.seek(position)
             data = handle.read(step) + data
-        del end
-    text = data.decode(errors="replace").splitlines()
-    return text[-lines:]
+    complete = data.rfind(b"\n") + 1  # a line still being written is left to the follower
+    offset = end - (len(data) - complete)
+    text = data[:complete].decode(errors="replace").splitlines()
+    return (text[-lines:] if lines > 0 else []), offset
 
 
 def follow(path: Path | str, *, stop: Callable[[], bool] = lambda: False, poll: float = 0.2,
-           start_at_end: bool = True) -> Iterator[str]:
-    """Yield lines appended to `path` as they come, reopening it when it is rotated or truncated."""
+           offset: int | None = None) -> Iterator[str]:
+    """Yield lines appended to `path` after `offset` (default: its current end; its start if it does
+    not exist yet), reopening it when it is rotated or truncated."""
     path = Path(path)
     handle = None
     inode = None
     pending = b""
+    start: int | None = offset
+    first = True
     while not stop():
         if handle is None:
             try:
                 handle = open(path, "rb")
             except FileNotFoundError:
+                first = False  # it appears later: everything in it is new
+                start = 0
                 time.sleep(poll)
                 continue
             inode = os.fstat(handle.fileno()).st_ino
-            if start_at_end:
+            if start is None and first:
                 handle.seek(0, os.SEEK_END)
-            start_at_end = False  # a file that appears after a rotation is read from its start
+            elif start:
+                handle.seek(start)
+            start, first = 0, False  # a file that replaces this one after a rotation is read whole
         chunk = handle.read(65536)
         if chunk:
             pending += chunk

@@ -242,6 +242,18 @@ class LocalRegistry:
             except OSError:
                 pass
 
+    def remember(self, name: str, spec: dict[str, Any]) -> None:
+        """Keep how `name` was run (target and options), so that `restart` can bring it back later."""
+        write_atomically(self.home / f"{check_name(name)}.last", json.dumps(spec).encode())
+
+    def remembered(self, name: str) -> dict[str, Any] | None:
+        """How `name` was last run, if known."""
+        try:
+            spec = json.loads((self.home / f"{check_name(name)}.last").read_bytes())
+        except (OSError, ValueError):
+            return None
+        return spec if isinstance(spec, dict) and isinstance(spec.get("target"), str) else None
+
     def token(self) -> str | None:
         """The API token from $SERVICEFACTORY_TOKEN, else from the `token` file here (must be 0600)."""
         token = os.environ.get("SERVICEFACTORY_TOKEN", "").strip()

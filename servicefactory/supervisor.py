@@ -152,9 +152,14 @@ class Supervisor(ServiceBase):
             raise
 
     def release_all(self) -> None:
-        """Withdraw every record and drop every lock."""
+        """Withdraw every record and drop every lock; remember how each service ran, for `restart`."""
         for child in self.children.values():
             child.log.close()
+            if child.ever_ready:
+                try:
+                    self.registry.remember(child.spec.name, asdict(child.spec))
+                except OSError:
+                    pass
             self.registry.release(child.claim)
         self.children.clear()
 
