@@ -99,20 +99,26 @@ def run(targets: tuple[str, ...], daemon: bool, name: str | None, host: str | No
         _run_foreground(specs, settings, registry)
 
 
+def _load(target: str) -> list:
+    """The service classes of `target`, or exit: one line for our errors, the user's traceback for theirs."""
+    from servicefactory.loader import TargetImportError, load
+
+    try:
+        return load(target)
+    except TargetImportError as exc:
+        click.echo(exc.traceback, err=True, nl=False)
+        _fail(exc)
+    except ServiceFactoryError as exc:
+        _fail(exc)
+
+
 def _specs(targets: tuple[str, ...], name: str | None, host: str | None, port: int | None,
            log_file: str | None, restart: str | None, stop_timeout: float | None) -> list:
-    from servicefactory.loader import TargetImportError, load
     from servicefactory.supervisor import Spec
 
     specs: list[Spec] = []
     for target in targets:
-        try:
-            classes = load(target)
-        except TargetImportError as exc:
-            click.echo(exc.traceback, err=True, nl=False)
-            _fail(exc)
-        except ServiceFactoryError as exc:
-            _fail(exc)
+        classes = _load(target)
         module_part = target.partition(":")[0]
         if module_part.endswith(".py") or os.sep in module_part:
             module_part = os.path.abspath(module_part)
@@ -544,16 +550,8 @@ Example:
 def list_(target: str) -> None:
     """List the services TARGET defines, with their ports and actions, without running them."""
     from servicefactory.api import BUILTIN_ACTIONS
-    from servicefactory.loader import TargetImportError, load
 
-    try:
-        classes = load(target)
-    except TargetImportError as exc:
-        click.echo(exc.traceback, err=True, nl=False)
-        _fail(exc)
-    except ServiceFactoryError as exc:
-        _fail(exc)
-    for cls in classes:
+    for cls in _load(target):
         endpoint = cls._servicefactory_endpoint
         where = f"{endpoint.host}:{endpoint.port or 'auto'}" if endpoint else "no API"
         actions = [name for name in sorted(cls._servicefactory_actions) if name not in BUILTIN_ACTIONS]

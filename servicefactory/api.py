@@ -177,14 +177,20 @@ class App:
         return None
 
     def _read_json(self, environ: dict) -> Any:
-        length_text = environ.get("CONTENT_LENGTH") or "0"
-        try:
-            length = int(length_text)
-        except ValueError:
-            raise _BadRequest(400, "BadRequest", "invalid Content-Length") from None
-        if length > self.max_body:
-            raise _BadRequest(413, "ContentTooLarge", f"body over the {self.max_body} byte limit")
-        body = environ["wsgi.input"].read(length) if length else b""
+        length_text = environ.get("CONTENT_LENGTH")
+        if not length_text and environ.get("wsgi.input_terminated"):
+            # a chunked body the server passes through: read no more than one byte past the limit
+            body = environ["wsgi.input"].read(self.max_body + 1)
+            if len(body) > self.max_body:
+                raise _BadRequest(413, "ContentTooLarge", f"body over the {self.max_body} byte limit")
+        else:
+            try:
+                length = int(length_text or "0")
+            except ValueError:
+                raise _BadRequest(400, "BadRequest", "invalid Content-Length") from None
+            if length > self.max_body:
+                raise _BadRequest(413, "ContentTooLarge", f"body over the {self.max_body} byte limit")
+            body = environ["wsgi.input"].read(length) if length else b""
         if not body:
             return None
         content_type = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()

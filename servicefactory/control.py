@@ -95,6 +95,10 @@ def _stop_standalone(name: str, record: ServiceRecord, timeout: float, registry:
         _kill(record)
         killed = True
         wait_gone(record, 5.0)
+        # the kernel drops a killed process's flock a moment after it is seen dead
+        release_deadline = time.monotonic() + 2.0
+        while registry.is_held(name) and time.monotonic() < release_deadline:
+            time.sleep(0.01)
     registry.clean(name)  # a graceful exit removed them already; a killed process could not
     message = f"{name} did not stop within {timeout:g} s; killed it" if killed else f"{name} stopped"
     return StopOutcome(name, True, killed=killed, message=message)

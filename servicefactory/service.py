@@ -27,24 +27,29 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SUPERVISED_ENV = "SERVICEFACTORY_SUPERVISED"
 
 
-class Endpoint(namedtuple("Endpoint", "port host name max_body workers require_token",
-                          defaults=(0, "127.0.0.1", None, DEFAULT_MAX_BODY, 16, False))):
+SERVERS = ("builtin", "werkzeug")
+
+
+class Endpoint(namedtuple("Endpoint", "port host name max_body workers require_token server",
+                          defaults=(0, "127.0.0.1", None, DEFAULT_MAX_BODY, 16, False, "builtin"))):
     """Where and how a service class exposes its API."""
 
     __slots__ = ()
 
 
 def endpoint(port: int = 0, host: str = "127.0.0.1", *, name: str | None = None,
-             max_body: int = DEFAULT_MAX_BODY, workers: int = 16,
-             require_token: bool = False) -> Callable[[type], type]:
+             max_body: int = DEFAULT_MAX_BODY, workers: int = 16, require_token: bool = False,
+             server: str = "builtin") -> Callable[[type], type]:
     """Class decorator: serve the class's actions over HTTP/JSON on host:port (0 picks a free port)."""
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an integer from 0 to 65535, not {port!r}")
+    if server not in SERVERS:
+        raise ValueError(f"server must be one of {', '.join(SERVERS)}, not {server!r}")
 
     def apply(cls: type) -> type:
         if not (isinstance(cls, type) and issubclass(cls, ServiceBase)):
             raise TypeError("Service.API.endpoint decorates subclasses of Service.base")
-        cls._servicefactory_endpoint = Endpoint(port, host, name, max_body, workers, require_token)
+        cls._servicefactory_endpoint = Endpoint(port, host, name, max_body, workers, require_token, server)
         return cls
 
     return apply
@@ -332,7 +337,11 @@ class ServiceBase:
         app = App(self, type(self)._servicefactory_actions, max_body=endpoint_.max_body, token=token,
                   bound_host=host, exclusive_lock=runtime.lock,
                   on_shutdown=lambda: runtime.request_stop("shutdown action"))
-        runtime.server = Server(app, sock, max_workers=endpoint_.workers, max_body=endpoint_.max_body)
+        if endpoint_.server == "werkzeug":
+            from ._werkzeug import WerkzeugServer
+            runtime.server = WerkzeugServer(app, sock)
+        else:
+            runtime.server = Server(app, sock, max_workers=endpoint_.workers, max_body=endpoint_.max_body)
         runtime.server.start()
 
     def _servicefactory_token(self, registration: "_Registration") -> str | None:
