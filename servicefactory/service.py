@@ -8,6 +8,7 @@ import socket
 import sys
 import threading
 import time
+from opcode import opname  # at import: a signal handler must not import (it can be re-entered)
 from collections import namedtuple
 from typing import Any, Callable, Mapping
 
@@ -156,8 +157,6 @@ def _blocked_in_call(frame: Any) -> bool:
     """
     if frame is None:
         return False
-    from opcode import opname
-
     code = frame.f_code.co_code
     index = frame.f_lasti
     return 0 <= index < len(code) and opname[code[index]].startswith("CALL")

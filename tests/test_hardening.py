@@ -411,3 +411,27 @@ def test_deleting_the_state_directory_leaves_services_running_and_the_cli_says_s
                     proc.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+def test_signals_at_random_moments_always_stop_cleanly(tmp_path, sf_home):
+    """SIGINT or SIGTERM landing anywhere (in print, in time.sleep, in the framework) never shows a traceback."""
+    import random
+    script = tmp_path / "seedling.py"
+    script.write_text(Path(__file__).resolve().parent.parent.joinpath("servicefactory", "TestService.py")
+                      .read_text().replace("port=1234", "port=0"))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", SERVICEFACTORY_HOME=str(sf_home))
+    randomness = random.Random(1234)
+    for attempt in range(25):
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=env)
+        try:
+            first = proc.stdout.readline()
+            time.sleep(randomness.random() * 0.03)
+            proc.send_signal(randomness.choice([signal.SIGINT, signal.SIGTERM]))
+            output = (first + proc.stdout.read()).decode()
+            assert proc.wait(timeout=5) == 0, output
+        finally:
+            proc.kill()
+            proc.wait(5)
+            proc.stdout.close()
+        assert "Traceback" not in output and output.endswith("Test : finalizing...\n"), (attempt, output)
