@@ -146,18 +146,30 @@ def stop_all(timeout: float = 10.0, registry: LocalRegistry | None = None) -> li
 
 
 def _stop_supervisor(name: str, record: ServiceRecord, timeout: float, registry: LocalRegistry) -> list[StopOutcome]:
-    supervised = [n for n in registry.names() if not n.startswith(SUPERVISOR_PREFIX)
-                  and (registry.lookup(n) or ServiceRecord("", 0)).supervisor == name]
+    before = {n: (registry.lookup(n) or ServiceRecord(n, 0, state="stopped")).state for n in registry.names()
+              if not n.startswith(SUPERVISOR_PREFIX)
+              and (registry.lookup(n) or ServiceRecord("", 0)).supervisor == name}
+    rows: list = []
     try:
-        call_supervisor(name, "stop", {"names": [], "timeout": timeout}, timeout + 15, registry)
+        rows = call_supervisor(name, "stop", {"names": [], "timeout": timeout}, timeout + 15, registry)
         call_supervisor(name, "shutdown", None, 5.0, registry)
     except (ServiceNotRunning, ProtocolError):
         pass
     if not wait_gone(record, timeout + 5.0):
         _kill(record)
-    for child in supervised:
+    for child in before:
         registry.clean(child)
-    return [StopOutcome(child, True, message=f"{child} stopped") for child in supervised]
+    killed = {row["name"] for row in rows if row.get("last_exit") == -signal.SIGKILL}
+    outcomes = []
+    for child, state in sorted(before.items()):
+        if state == "stopped":
+            outcomes.append(StopOutcome(child, False, message=f"{child} was already stopped"))
+        elif child in killed and state != "failed":
+            outcomes.append(StopOutcome(child, True, killed=True,
+                                        message=f"{child} did not stop within {timeout:g} s; killed it"))
+        else:
+            outcomes.append(StopOutcome(child, True, message=f"{child} stopped"))
+    return outcomes
 
 
 def status(names: list[str] | None = None, registry: LocalRegistry | None = None,
