@@ -1,18 +1,20 @@
 """The `servicefactory` command: run services, call them, and stop them.
 
 Commands import what they need inside their bodies, so `perform`, `status` and `stop` start fast.
-Only this module turns errors into messages and exit codes.
+Only the CLI turns errors into messages and exit codes (servicefactory.cli.common.fail).
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from servicefactory import __version__
+from servicefactory.cli.common import fail as _fail
+from servicefactory.cli.common import registry as _registry
 from servicefactory.errors import ServiceFactoryError
 
 EXIT_CODES = """\b
@@ -25,17 +27,6 @@ Exit codes:
   3  not running                10  state directory unusable
   4  unknown action
 """
-
-
-def _fail(error: ServiceFactoryError | str, code: int | None = None) -> NoReturn:
-    message = str(error)
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code if code is not None else getattr(error, "exit_code", 1))
-
-
-def _registry() -> Any:
-    from servicefactory.state import LocalRegistry
-    return LocalRegistry()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
@@ -84,170 +75,20 @@ def run(targets: tuple[str, ...], daemon: bool, name: str | None, host: str | No
         log_file: str | None, log_level: str | None, restart: str | None, stop_timeout: float | None,
         max_failures: int, backoff: float, ready_timeout: float, log_max_bytes: int, log_backups: int) -> None:
     """Run services (TARGET: module, module:Class, file.py or file.py:Class), each in its own process."""
-    from servicefactory.supervisor import Settings, Spec
+    from servicefactory.cli import running
+    from servicefactory.supervisor import Settings
 
-    specs = _specs(targets, name, host, port, log_file, restart, stop_timeout)
+    specs = running.specs(targets, name, host, port, log_file, restart, stop_timeout)
     registry = _registry()
-    _check_free(specs, registry)
+    running.check_free(specs, registry)
     if log_level:
         os.environ["SERVICEFACTORY_LOG_LEVEL"] = log_level.upper()
     settings = Settings(backoff=backoff, max_failures=max_failures, ready_timeout=ready_timeout,
                         log_max_bytes=log_max_bytes, log_backups=log_backups, foreground=not daemon)
     if daemon:
-        _run_daemon(specs, settings, registry)
+        running.run_daemon(specs, settings, registry)
     else:
-        _run_foreground(specs, settings, registry)
-
-
-def _load(target: str) -> list:
-    """The service classes of `target`, or exit: one line for our errors, the user's traceback for theirs."""
-    from servicefactory.loader import TargetImportError, load
-
-    try:
-        return load(target)
-    except TargetImportError as exc:
-        click.echo(exc.traceback, err=True, nl=False)
-        _fail(exc)
-    except ServiceFactoryError as exc:
-        _fail(exc)
-
-
-def _specs(targets: tuple[str, ...], name: str | None, host: str | None, port: int | None,
-           log_file: str | None, restart: str | None, stop_timeout: float | None) -> list:
-    from servicefactory.supervisor import Spec
-
-    specs: list[Spec] = []
-    for target in targets:
-        classes = _load(target)
-        module_part = target.partition(":")[0]
-        if module_part.endswith(".py") or os.sep in module_part:
-            module_part = os.path.abspath(module_part)
-        for cls in classes:
-            specs.append(Spec(name=cls._servicefactory_name(), target=f"{module_part}:{cls.__qualname__}",
-                              restart=restart or cls._servicefactory_policy.restart,
-                              stop_timeout=stop_timeout or cls._servicefactory_policy.stop_timeout))
-    if len(specs) > 1 and (name or host or port is not None or log_file):
-        listed = ", ".join(spec.name for spec in specs)
-        _fail(f"--name, --host, --port and --log-file apply to one service; these targets define {listed}", 2)
-    if specs and len(specs) == 1:
-        spec = specs[0]
-        spec.name = name or spec.name
-        spec.host, spec.port = host, port
-        spec.log_file = os.path.abspath(log_file) if log_file else None
-    from servicefactory.state import check_name
-    seen: set[str] = set()
-    for spec in specs:
-        try:
-            check_name(spec.name)
-        except ServiceFactoryError as exc:
-            _fail(exc, 2)
-        if spec.name in seen:
-            _fail(f"two services are named {spec.name!r}; run them separately with --name", 2)
-        seen.add(spec.name)
-    return specs
-
-
-def _check_free(specs: list, registry: Any) -> None:
-    from servicefactory.errors import AlreadyRunning
-
-    for spec in specs:
-        try:
-            state, record = registry.state_of(spec.name)
-        except ServiceFactoryError as exc:
-            _fail(exc)
-        if state not in ("stopped", "stale"):
-            where = f" (pid {record.pid}, {record.url or 'no API'})" if record and record.pid else ""
-            hint = "; use `servicefactory restart`" if state in ("stopped", "failed") else ""
-            _fail(AlreadyRunning(f"{spec.name} is already {state}{where}{hint}"))
-
-
-def _run_foreground(specs: list, settings: Any, registry: Any) -> None:
-    import logging
-    import signal
-
-    from servicefactory.supervisor import run_supervisor
-
-    printer = _Printer([spec.name for spec in specs])
-    handler = logging.Handler()
-    handler.emit = lambda record: printer("servicefactory", record.getMessage())  # type: ignore[method-assign]
-    logging.getLogger("servicefactory").addHandler(handler)
-    logging.getLogger("servicefactory").setLevel(logging.INFO)
-    logging.getLogger("servicefactory").propagate = False
-    # SIGHUP (terminal closed) stops the services gracefully like Ctrl+C
-    signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
-    try:
-        code = run_supervisor(specs, settings, printer=printer, registry=registry)
-    except ServiceFactoryError as exc:
-        _fail(exc)
-    sys.exit(code)
-
-
-def _run_daemon(specs: list, settings: Any, registry: Any) -> None:
-    import dataclasses
-    import subprocess
-    import time
-
-    from servicefactory._notify import READY_FD_ENV
-
-    try:
-        registry.ensure()
-    except ServiceFactoryError as exc:
-        _fail(exc)
-    config = json.dumps({"specs": [dataclasses.asdict(spec) for spec in specs],
-                         "settings": dataclasses.asdict(settings)})
-    ready_read, ready_write = os.pipe()
-    log_path = registry.home / "supervisor.log"
-    env = dict(os.environ, **{READY_FD_ENV: str(ready_write)})
-    with open(log_path, "ab") as log:
-        os.chmod(log_path, 0o600)
-        process = subprocess.Popen([sys.executable, "-m", "servicefactory.supervisor", config],
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                                   pass_fds=(ready_write,), start_new_session=True)
-    os.close(ready_write)
-    with os.fdopen(ready_read, "rb") as ready:
-        line = ready.readline()  # EOF if the supervisor dies: never a hang
-    try:
-        message = json.loads(line) if line else None
-    except ValueError:
-        message = None
-    if not message:
-        process.wait(5)
-        from servicefactory.logfiles import tail
-        click.echo("\n".join(tail(log_path, 15)), err=True)
-        _fail(f"the supervisor exited before its services were ready (see {log_path})", 1)
-    if not message.get("ready"):
-        for line_text in message.get("output") or []:
-            click.echo(f"  {message.get('service', '')} | {line_text}", err=True)
-        service = message.get("service")
-        prefix = f"{service} failed to start: " if service else ""
-        deadline = time.monotonic() + 15
-        while process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)  # it is releasing the names: let it finish before we report
-        _fail(f"{prefix}{message.get('error')}", message.get("exit_code") if not service else 1)
-    for service in message["services"]:
-        click.echo(f"{service['name']} running (pid {service['pid']}, {service['url'] or 'no API'})")
-
-
-class _Printer:
-    """Prints `HH:MM:SS name | line`, a colour per service when stdout is a terminal."""
-
-    COLOURS = ["cyan", "green", "yellow", "magenta", "blue", "red", "bright_cyan", "bright_green"]
-
-    def __init__(self, names: list[str]) -> None:
-        self.width = max([len(name) for name in names] + [len("servicefactory")])
-        self.colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-        self.colours = {name: self.COLOURS[i % len(self.COLOURS)] for i, name in enumerate(names)}
-
-    def __call__(self, name: str, text: str) -> None:
-        import time
-
-        prefix = f"{time.strftime('%H:%M:%S')} {name:<{self.width}} |"
-        if self.colour:
-            prefix = click.style(prefix, fg=self.colours.get(name, "white"))
-        try:
-            click.echo(f"{prefix} {text}")
-        except (BrokenPipeError, OSError):
-            pass
+        running.run_foreground(specs, settings, registry)
 
 
 # -- perform -------------------------------------------------------------------------------
@@ -550,8 +391,9 @@ Example:
 def list_(target: str) -> None:
     """List the services TARGET defines, with their ports and actions, without running them."""
     from servicefactory.api import BUILTIN_ACTIONS
+    from servicefactory.cli.running import load
 
-    for cls in _load(target):
+    for cls in load(target):
         endpoint = cls._servicefactory_endpoint
         where = f"{endpoint.host}:{endpoint.port or 'auto'}" if endpoint else "no API"
         actions = [name for name in sorted(cls._servicefactory_actions) if name not in BUILTIN_ACTIONS]

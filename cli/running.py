@@ -1,0 +1,164 @@
+"""The body of `servicefactory run`: load targets, refuse duplicates, supervise in the foreground
+or hand over to a detached supervisor and wait until it says the services are ready."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from servicefactory.cli.common import fail as _fail
+from servicefactory.errors import ServiceFactoryError
+
+
+def load(target: str) -> list:
+    """The service classes of `target`, or exit: one line for our errors, the user's traceback for theirs."""
+    from servicefactory.loader import TargetImportError, load
+
+    try:
+        return load(target)
+    except TargetImportError as exc:
+        click.echo(exc.traceback, err=True, nl=False)
+        _fail(exc)
+    except ServiceFactoryError as exc:
+        _fail(exc)
+
+
+def specs(targets: tuple[str, ...], name: str | None, host: str | None, port: int | None,
+           log_file: str | None, restart: str | None, stop_timeout: float | None) -> list:
+    from servicefactory.supervisor import Spec
+
+    specs: list[Spec] = []
+    for target in targets:
+        classes = load(target)
+        module_part = target.partition(":")[0]
+        if module_part.endswith(".py") or os.sep in module_part:
+            module_part = os.path.abspath(module_part)
+        for cls in classes:
+            specs.append(Spec(name=cls._servicefactory_name(), target=f"{module_part}:{cls.__qualname__}",
+                              restart=restart or cls._servicefactory_policy.restart,
+                              stop_timeout=stop_timeout or cls._servicefactory_policy.stop_timeout))
+    if len(specs) > 1 and (name or host or port is not None or log_file):
+        listed = ", ".join(spec.name for spec in specs)
+        _fail(f"--name, --host, --port and --log-file apply to one service; these targets define {listed}", 2)
+    if specs and len(specs) == 1:
+        spec = specs[0]
+        spec.name = name or spec.name
+        spec.host, spec.port = host, port
+        spec.log_file = os.path.abspath(log_file) if log_file else None
+    from servicefactory.state import check_name
+    seen: set[str] = set()
+    for spec in specs:
+        try:
+            check_name(spec.name)
+        except ServiceFactoryError as exc:
+            _fail(exc, 2)
+        if spec.name in seen:
+            _fail(f"two services are named {spec.name!r}; run them separately with --name", 2)
+        seen.add(spec.name)
+    return specs
+
+
+def check_free(specs: list, registry: Any) -> None:
+    from servicefactory.errors import AlreadyRunning
+
+    for spec in specs:
+        try:
+            state, record = registry.state_of(spec.name)
+        except ServiceFactoryError as exc:
+            _fail(exc)
+        if state not in ("stopped", "stale"):
+            where = f" (pid {record.pid}, {record.url or 'no API'})" if record and record.pid else ""
+            hint = "; use `servicefactory restart`" if state in ("stopped", "failed") else ""
+            _fail(AlreadyRunning(f"{spec.name} is already {state}{where}{hint}"))
+
+
+def run_foreground(specs: list, settings: Any, registry: Any) -> None:
+    import logging
+    import signal
+
+    from servicefactory.supervisor import run_supervisor
+
+    printer = Printer([spec.name for spec in specs])
+    handler = logging.Handler()
+    handler.emit = lambda record: printer("servicefactory", record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("servicefactory").addHandler(handler)
+    logging.getLogger("servicefactory").setLevel(logging.INFO)
+    logging.getLogger("servicefactory").propagate = False
+    # SIGHUP (terminal closed) stops the services gracefully like Ctrl+C
+    signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
+    try:
+        code = run_supervisor(specs, settings, printer=printer, registry=registry)
+    except ServiceFactoryError as exc:
+        _fail(exc)
+    sys.exit(code)
+
+
+def run_daemon(specs: list, settings: Any, registry: Any) -> None:
+    import dataclasses
+    import subprocess
+    import time
+
+    from servicefactory._notify import READY_FD_ENV
+
+    try:
+        registry.ensure()
+    except ServiceFactoryError as exc:
+        _fail(exc)
+    config = json.dumps({"specs": [dataclasses.asdict(spec) for spec in specs],
+                         "settings": dataclasses.asdict(settings)})
+    ready_read, ready_write = os.pipe()
+    log_path = registry.home / "supervisor.log"
+    env = dict(os.environ, **{READY_FD_ENV: str(ready_write)})
+    with open(log_path, "ab") as log:
+        os.chmod(log_path, 0o600)
+        process = subprocess.Popen([sys.executable, "-m", "servicefactory.supervisor", config],
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                   pass_fds=(ready_write,), start_new_session=True)
+    os.close(ready_write)
+    with os.fdopen(ready_read, "rb") as ready:
+        line = ready.readline()  # EOF if the supervisor dies: never a hang
+    try:
+        message = json.loads(line) if line else None
+    except ValueError:
+        message = None
+    if not message:
+        process.wait(5)
+        from servicefactory.logfiles import tail
+        click.echo("\n".join(tail(log_path, 15)), err=True)
+        _fail(f"the supervisor exited before its services were ready (see {log_path})", 1)
+    if not message.get("ready"):
+        for line_text in message.get("output") or []:
+            click.echo(f"  {message.get('service', '')} | {line_text}", err=True)
+        service = message.get("service")
+        prefix = f"{service} failed to start: " if service else ""
+        deadline = time.monotonic() + 15
+        while process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # it is releasing the names: let it finish before we report
+        _fail(f"{prefix}{message.get('error')}", message.get("exit_code") if not service else 1)
+    for service in message["services"]:
+        click.echo(f"{service['name']} running (pid {service['pid']}, {service['url'] or 'no API'})")
+
+
+class Printer:
+    """Prints `HH:MM:SS name | line`, a colour per service when stdout is a terminal."""
+
+    COLOURS = ["cyan", "green", "yellow", "magenta", "blue", "red", "bright_cyan", "bright_green"]
+
+    def __init__(self, names: list[str]) -> None:
+        self.width = max([len(name) for name in names] + [len("servicefactory")])
+        self.colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        self.colours = {name: self.COLOURS[i % len(self.COLOURS)] for i, name in enumerate(names)}
+
+    def __call__(self, name: str, text: str) -> None:
+        import time
+
+        prefix = f"{time.strftime('%H:%M:%S')} {name:<{self.width}} |"
+        if self.colour:
+            prefix = click.style(prefix, fg=self.colours.get(name, "white"))
+        try:
+            click.echo(f"{prefix} {text}")
+        except (BrokenPipeError, OSError):
+            pass
