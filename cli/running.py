@@ -15,10 +15,11 @@ from servicefactory.errors import ServiceFactoryError
 
 def load(target: str) -> list:
     """The service classes of `target`, or exit: one line for our errors, the user's traceback for theirs."""
-    from servicefactory.loader import TargetImportError, load
+    from servicefactory.loader import TargetImportError
+    from servicefactory.loader import load as load_target
 
     try:
-        return load(target)
+        return load_target(target)
     except TargetImportError as exc:
         click.echo(exc.traceback, err=True, nl=False)
         _fail(exc)
