@@ -29,6 +29,7 @@ def load(target: str) -> list:
 
 def specs(targets: tuple[str, ...], name: str | None, host: str | None, port: int | None,
            log_file: str | None, restart: str | None, stop_timeout: float | None) -> list:
+    """One Spec per service the targets define, with the one-service options applied; exit on misuse."""
     from servicefactory.supervisor import Spec
 
     specs: list[Spec] = []
@@ -63,6 +64,7 @@ def specs(targets: tuple[str, ...], name: str | None, host: str | None, port: in
 
 
 def check_free(specs: list, registry: Any) -> None:
+    """Exit with `already running` if any name is taken (the supervisor's flock is the real guard)."""
     from servicefactory.errors import AlreadyRunning
 
     for spec in specs:
@@ -77,6 +79,7 @@ def check_free(specs: list, registry: Any) -> None:
 
 
 def run_foreground(specs: list, settings: Any, registry: Any) -> None:
+    """Supervise in this process, printing prefixed lines, until Ctrl+C/SIGTERM; exit with its code."""
     import logging
     import signal
 
@@ -98,6 +101,7 @@ def run_foreground(specs: list, settings: Any, registry: Any) -> None:
 
 
 def run_daemon(specs: list, settings: Any, registry: Any) -> None:
+    """Start a detached supervisor and return once it reports every service ready (or exit with why not)."""
     import dataclasses
     import subprocess
     import time

@@ -28,6 +28,7 @@ class _FlushingHandler(logging.StreamHandler):
         super().__init__(sys.stdout)
 
     def emit(self, record: logging.LogRecord) -> None:
+        """Write the record to the current sys.stdout."""
         self.stream = sys.stdout
         super().emit(record)
 

@@ -81,6 +81,7 @@ class _After:
         return iter(self._body)
 
     def close(self) -> None:
+        """Called by the server once the response is sent."""
         self._callback()
 
 

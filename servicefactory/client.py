@@ -182,6 +182,7 @@ class _Connection:
         self.open = True
 
     def close(self) -> None:
+        """Close the socket; the pool then opens a new connection."""
         self.open = False
         try:
             self.sock.close()
@@ -189,6 +190,7 @@ class _Connection:
             pass
 
     def exchange(self, request: bytes, deadline: float) -> tuple[int, str, bytes]:
+        """Send one request and read its answer: (status, content type, body)."""
         sock = self.sock
         sock.settimeout(max(0.001, deadline - time.monotonic()))
         try:
