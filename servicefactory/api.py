@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections import namedtuple
 from _operator import _compare_digest as compare_digest  # hmac's, without loading OpenSSL (3.7 MiB)
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
+
+from ._names import valid_action_name
 
 logger = logging.getLogger(__name__)
 
@@ -16,8 +17,6 @@ BUILTIN_ACTIONS = ("shutdown", "health", "actions")
 DEFAULT_MAX_BODY = 1024 * 1024
 
 _MARK = "__servicefactory_action__"
-# letters, digits, '_' and '-', in dot-separated words: no '..', no '/', no NUL, no unicode
-_ACTION_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\Z")
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]", "localhost.localdomain", "ip6-localhost"}
 _JSON_HEADERS = [("Content-Type", "application/json")]
 _STATUS_LINES = {
@@ -31,11 +30,6 @@ class Action(namedtuple("Action", "name attribute exclusive post_only doc", defa
     """One exposed action: its name, the method implementing it, and how it runs."""
 
     __slots__ = ()
-
-
-def valid_action_name(name: object) -> bool:
-    """Whether `name` may name an action (ASCII words joined by single dots)."""
-    return isinstance(name, str) and bool(_ACTION_NAME.match(name))
 
 
 def handle(action: str, *, exclusive: bool = False, post_only: bool = False,

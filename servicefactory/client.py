@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any
 
+from ._names import valid_action_name
 from .errors import (ActionFailed, InvalidData, ProtocolError, ServiceNotRunning, ServiceTimeout,
                      Unauthorized, UnknownAction)
 
@@ -94,6 +95,8 @@ def perform(name: str, action: str, data: Any = None, *, timeout: float = DEFAUL
     if registry is None:
         from .registry import default_registry
         registry = default_registry()
+    if not valid_action_name(action):
+        raise InvalidData(f"invalid action name {action!r}: use letters, digits, '_', '-' and single dots")
     body = encode(data)
     token = token if token is not None else _token(registry)
     address = resolve(name, registry, fallback)
@@ -125,14 +128,18 @@ def _send(address: tuple[str, int], name: str, action: str, body: bytes, timeout
         except _Stale:
             connection.close()
             if reused and attempt == 1:
-                continue  # the server closed an idle keep-alive connection: nothing was processed
-            raise ProtocolError(f"{name} closed the connection without answering") from None
+                continue  # the request could not be sent at all: nothing ran, sending again is safe
+            raise ProtocolError(f"{name} closed the connection before the request was sent") from None
         except socket.timeout:
             connection.close()
             raise ServiceTimeout(f"{name} did not answer {action!r} within {timeout:g} s") from None
         except OSError as exc:
             connection.close()
-            raise ProtocolError(f"connection to {name} failed: {exc}") from None
+            raise ProtocolError(f"{name} closed the connection without a complete answer ({exc}); "
+                                f"{action!r} may or may not have run") from None
+        except BaseException:
+            connection.close()  # half-read: the next call on it would read this call's answer
+            raise
         return decode_answer(status, content_type, answer, action, name)
     raise AssertionError("unreachable")
 
@@ -155,8 +162,10 @@ def _connection(address: tuple[str, int], name: str, timeout: float) -> tuple["_
     if pool is None:
         pool = _local.pool = _Pool()
     connection = pool.get(address)
-    if connection is not None and connection.open:
-        return connection, True
+    if connection is not None:
+        if connection.usable():
+            return connection, True
+        connection.close()  # closed by the server while idle: never send a request into it
     try:
         sock = socket.create_connection(address, timeout=min(timeout, 5.0))
     except ConnectionRefusedError:
@@ -171,7 +180,7 @@ def _connection(address: tuple[str, int], name: str, timeout: float) -> tuple["_
 
 
 class _Stale(Exception):
-    """The connection closed before a single byte of the answer arrived."""
+    """The request could not be sent: the peer had closed the connection."""
 
 
 class _Connection:
@@ -180,6 +189,19 @@ class _Connection:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.open = True
+
+    def usable(self) -> bool:
+        """Whether the idle connection is still open and has nothing unread (peeked, without blocking)."""
+        if not self.open:
+            return False
+        try:
+            self.sock.settimeout(0)  # with a timeout set, Python would wait on EAGAIN instead of raising
+            self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return True  # nothing to read: open and quiet, as an idle keep-alive connection should be
+        except OSError:
+            return False
+        return False  # end of file, or bytes nobody asked for: either way not reusable
 
     def close(self) -> None:
         """Close the socket; the pool then opens a new connection."""
@@ -205,9 +227,8 @@ class _Connection:
             except ConnectionResetError:
                 data = b""
             if not data:
-                if buffer:
-                    raise OSError("connection closed in the middle of the answer")
-                raise _Stale()
+                raise OSError("connection closed before the answer" if not buffer else
+                              "connection closed in the middle of the answer")
             buffer += data
         head, _, rest = buffer.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
@@ -220,10 +241,13 @@ class _Connection:
             key, _, value = line.partition(":")
             headers[key.strip().lower()] = value.strip()
         if "content-length" in headers:
-            length = int(headers["content-length"])
+            length_text = headers["content-length"]
+            if not (length_text.isascii() and length_text.isdigit()):
+                raise OSError(f"invalid Content-Length {length_text[:20]!r}")
+            length = int(length_text)
             while len(rest) < length:
                 sock.settimeout(max(0.001, deadline - time.monotonic()))
-                data = sock.recv(max(65536, length - len(rest)))
+                data = sock.recv(min(1 << 20, length - len(rest)))
                 if not data:
                     raise OSError("connection closed in the middle of the answer")
                 rest += data
@@ -258,11 +282,24 @@ def _send_requests(session: Any, address: tuple[str, int], name: str, action: st
     except requests.exceptions.ConnectionError as exc:
         if isinstance(exc, requests.exceptions.ConnectTimeout):
             raise ServiceTimeout(f"connecting to {name} timed out") from None
-        raise ServiceNotRunning(f"{name} is not running ({url} refused)") from None
+        if _caused_by(exc, ConnectionRefusedError):
+            raise ServiceNotRunning(f"{name} is not running ({url} refused)") from None
+        raise ProtocolError(f"connection to {name} failed: {exc}; {action!r} may or may not have run") from None
     except requests.exceptions.Timeout:
         raise ServiceTimeout(f"{name} did not answer {action!r} within {timeout:g} s") from None
     return decode_answer(response.status_code, response.headers.get("Content-Type", ""),
                          response.content, action, name)
+
+
+def _caused_by(error: BaseException | None, kind: type, depth: int = 0) -> bool:
+    # requests wraps urllib3's errors, which wrap the socket's: look through args, reason and context
+    if error is None or depth > 8:
+        return False
+    if isinstance(error, kind):
+        return True
+    inner = [arg for arg in getattr(error, "args", ()) if isinstance(arg, BaseException)]
+    inner += [getattr(error, "reason", None), error.__cause__, error.__context__]
+    return any(_caused_by(item, kind, depth + 1) for item in inner if isinstance(item, BaseException))
 
 
 def close_connections() -> None:

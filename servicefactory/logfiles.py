@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Callable, Iterator
@@ -23,13 +24,17 @@ class RotatingLog:
         self.dropped = 0
         self._file = None
         self._size = 0
+        self._regular = True
         self._open()
 
     def _open(self) -> None:
         try:
-            self._file = open(self.path, "ab", buffering=0)
-            os.chmod(self.path, 0o600)
-            self._size = self._file.tell()
+            # created 0600; an existing file keeps its mode (it may be a device such as /dev/null)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._file = os.fdopen(fd, "ab", buffering=0)
+            info = os.fstat(fd)
+            self._regular = stat.S_ISREG(info.st_mode)
+            self._size = info.st_size if self._regular else 0
         except OSError as exc:
             self._file = None
             logger.warning("cannot open log file %s: %s", self.path, exc)
@@ -41,8 +46,8 @@ class RotatingLog:
             if self._file is None:
                 self.dropped += len(data)
                 return
-        if self._size and self._size + len(data) > self.max_bytes:
-            self.rotate()
+        if self._regular and self._size and self._size + len(data) > self.max_bytes:
+            self.rotate()  # only regular files: a device or a pipe is never renamed
             if self._file is None:
                 self.dropped += len(data)
                 return

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import threading
 import time
 from typing import Any, Iterator
@@ -15,7 +16,7 @@ import requests
 import servicefactory
 from conftest import PYTHON, free_port, wait_until
 from servicefactory import (ActionFailed, InvalidData, Service, ServiceFactoryError, ServiceNotRunning,
-                            ServiceTimeout, UnknownAction, client)
+                            ProtocolError, ServiceTimeout, UnknownAction, client)
 from servicefactory.registry import ServiceRecord
 from servicefactory.state import LocalRegistry
 from servicefactory.testing import running
@@ -293,3 +294,99 @@ def test_perform_through_a_requests_session_works(remote):
             Remote.perform("slow", timeout=0.3, session=session)
         remote.release.set()
         assert Remote.perform("echo", "after", session=session) == "after"
+
+
+def _fake_server(behaviour):
+    """A one-shot raw TCP server on a free port; `behaviour(conn, requests_seen)` runs per connection."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                behaviour(conn, seen)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, seen
+
+
+def _read_request(conn) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    return data
+
+
+def test_a_request_the_server_received_is_never_sent_twice():
+    """The server reads the POST and closes without answering: perform fails, it does not resend."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n1\n"
+
+    def behaviour(conn, seen):
+        while True:
+            request = _read_request(conn)
+            if not request:
+                return
+            seen.append(request)
+            if len(seen) == 2:
+                return  # got the second POST, and hang up without answering it
+            conn.sendall(answer)
+
+    listener, seen = _fake_server(behaviour)
+    try:
+        address = listener.getsockname()
+        assert client.perform("Fake", "once", 1, fallback=address) == 1
+        with pytest.raises(ServiceFactoryError, match="may or may not have run"):
+            client.perform("Fake", "once", 2, fallback=address)
+        time.sleep(0.2)
+        assert len(seen) == 2
+    finally:
+        listener.close()
+        client.close_connections()
+
+
+def test_a_malformed_content_length_in_an_answer_is_a_protocol_error():
+    def behaviour(conn, seen):
+        _read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1e9\r\n\r\n")
+
+    listener, _ = _fake_server(behaviour)
+    try:
+        with pytest.raises(ProtocolError):
+            client.perform("Fake", "bad", fallback=listener.getsockname(), timeout=2)
+    finally:
+        listener.close()
+        client.close_connections()
+
+
+@pytest.mark.parametrize("action", ["日本", "a b", "x\r\nX-Injected: 1", "../up", ""])
+def test_an_invalid_action_name_is_refused_before_anything_is_sent(action):
+    with pytest.raises(InvalidData):
+        client.perform("Anything", action, fallback=("127.0.0.1", 9))
+
+
+def test_an_interrupted_call_does_not_leave_its_half_read_connection_for_the_next_call(remote):
+    """A BaseException (a stop interrupting the loop) mid-call must not desynchronise the pool."""
+    import signal as signal_module
+    Remote.perform("echo", "warm")
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal_module.signal(signal_module.SIGALRM, interrupt)
+    try:
+        signal_module.setitimer(signal_module.ITIMER_REAL, 0.2)
+        with pytest.raises(KeyboardInterrupt):
+            Remote.perform("slow", 1.0, timeout=5)
+    finally:
+        signal_module.setitimer(signal_module.ITIMER_REAL, 0)
+        signal_module.signal(signal_module.SIGALRM, previous)
+    assert Remote.perform("echo", "next") == "next"

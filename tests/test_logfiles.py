@@ -285,3 +285,17 @@ def test_follow_returns_once_stop_is_true_even_while_the_file_is_missing(tmp_pat
     started = time.monotonic()
     follower.stop()
     assert time.monotonic() - started < 1.0
+
+
+def test_a_device_as_log_file_is_neither_chmodded_nor_rotated(tmp_path):
+    """--log-file /dev/null must stay /dev/null: no chmod, no rename, however much is written."""
+    from servicefactory.logfiles import RotatingLog
+
+    before = os.stat("/dev/null")
+    log = RotatingLog("/dev/null", max_bytes=1024, backups=2)
+    for _ in range(20):
+        log.write(b"x" * 200 + b"\n")
+    log.close()
+    after = os.stat("/dev/null")
+    assert (after.st_mode, after.st_ino, after.st_rdev) == (before.st_mode, before.st_ino, before.st_rdev)
+    assert not os.path.exists("/dev/null.1")
