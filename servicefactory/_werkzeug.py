@@ -26,8 +26,8 @@ class WerkzeugServer:
     @property
     def url(self) -> str:
         """The base URL clients use to reach this server."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        from .server import format_url
+        return format_url(self.host, self.port)
 
     def start(self) -> None:
         """Serve in a background thread."""

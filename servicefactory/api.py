@@ -141,7 +141,7 @@ class App:
                 return (*_error(bad.status, bad.kind, str(bad)), None)
         try:
             result = self._call(action, data)
-        except Exception as exc:  # the handler's failure is the caller's answer, not ours
+        except BaseException as exc:  # even sys.exit() in a handler is the caller's answer, not ours
             logger.exception("action %r failed", name)
             return (*_error(500, type(exc).__name__, str(exc)), None)
         if result is None:

@@ -1,32 +1,29 @@
 """A small threaded HTTP/1.1 WSGI server: keep-alive, bounded workers, limits enforced while reading.
 
 Idle and half-sent connections wait in one selector thread, never in a worker, so hundreds of
-slow or idle clients cannot starve the workers. A worker takes a connection only once a whole
-request head has arrived, answers it, and keeps the connection for a moment in case the next
-request follows at once (the common case for a keep-alive client), which saves two thread
-hand-offs per call.
+slow or idle clients cannot starve the workers: a worker takes a connection only once a whole
+request (head and Content-Length body) has arrived. It answers, then keeps the connection for a
+moment in case the next request follows at once (the common case for a keep-alive client), which
+saves two thread hand-offs per call. Message parsing lives in `_http`.
 """
 from __future__ import annotations
 
 import collections
+import errno
 import io
-import json
 import logging
 import os
 import selectors
 import socket
-import sys
 import threading
 import time
 from typing import Any, Callable
-from urllib.parse import unquote_to_bytes
 
+from . import _http
+from ._http import Reject
 from .errors import AddressInUse, StartupError
 
 logger = logging.getLogger(__name__)
-
-MAX_HEAD = 64 * 1024
-MAX_HEADERS = 100
 
 
 class _Conn:
@@ -37,12 +34,6 @@ class _Conn:
         self.peer = peer
         self.buffer = buffer
         self.since = time.monotonic()
-
-
-class _Reject(Exception):
-    def __init__(self, status: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def bind(host: str, port: int, backlog: int = 128) -> socket.socket:
@@ -60,11 +51,16 @@ def bind(host: str, port: int, backlog: int = 128) -> socket.socket:
         sock.listen(backlog)
     except OSError as exc:
         sock.close()
-        if exc.errno in (98, 48):  # EADDRINUSE on Linux, macOS
+        if exc.errno == errno.EADDRINUSE:
             raise AddressInUse(f"address {host}:{port} is already in use") from None
         raise StartupError(f"cannot bind {host}:{port}: {exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock
+
+
+def format_url(host: str, port: int) -> str:
+    """`http://host:port`, with an IPv6 host in brackets."""
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
 class Server:
@@ -72,19 +68,18 @@ class Server:
 
     def __init__(self, app: Callable, sock: socket.socket, *, max_workers: int = 16,
                  max_body: int = 1024 * 1024, max_connections: int = 512,
-                 header_timeout: float = 10.0, idle_timeout: float = 75.0, io_timeout: float = 30.0,
+                 header_timeout: float = 10.0, idle_timeout: float = 75.0, io_timeout: float = 10.0,
                  linger: float = 0.005) -> None:
         self.app = app
         self.socket = sock
         self.max_workers = max_workers
         self.max_body = max_body
         self.max_connections = max_connections
-        self.header_timeout = header_timeout
+        self.header_timeout = header_timeout  # a whole request must arrive within this
         self.idle_timeout = idle_timeout
-        self.io_timeout = io_timeout
+        self.io_timeout = io_timeout  # a chunked or 100-continue body, read by a worker, in all
         self.linger = linger
-        host, port = sock.getsockname()[:2]
-        self.host, self.port = host, port
+        self.host, self.port = sock.getsockname()[:2]
         self._stopping = threading.Event()
         self._returned: collections.deque[_Conn] = collections.deque()
         self._jobs: collections.deque[_Conn | None] = collections.deque()
@@ -101,8 +96,7 @@ class Server:
     @property
     def url(self) -> str:
         """The base URL clients use to reach this server."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return format_url(self.host, self.port)
 
     def start(self) -> None:
         """Start serving in background threads; returns at once, the socket already listens."""
@@ -126,7 +120,14 @@ class Server:
             if worker is not threading.current_thread():
                 worker.join(max(0.0, deadline - time.monotonic()))
         self._close_returned()
-        self._close_pipes()
+        running = [worker for worker in self._workers if worker.is_alive()]
+        if running:
+            # a handler overran the stop: leave our pipe open for it (closing would let its fd
+            # number be reused under it) and say so
+            logger.warning("%d request(s) still running after %.1f s; not waiting for them",
+                           len(running), timeout)
+        else:
+            self._close_pipes()
 
     def _close_returned(self) -> None:
         while True:
@@ -159,20 +160,28 @@ class Server:
         selector.register(self._wake_read, selectors.EVENT_READ, "wake")
         waiting: dict[socket.socket, _Conn] = {}
         listening = True
+        paused_until = 0.0
         next_sweep = time.monotonic() + 1.0
         try:
             while not self._stopping.is_set():
-                for key, _ in selector.select(1.0):
+                for key, _ in selector.select(0.1 if not listening else 1.0):
                     if key.data == "listen":
-                        self._accept(selector, waiting)
+                        if not self._accept(selector, waiting):
+                            paused_until = time.monotonic() + 0.1  # out of fds: back off, do not spin
                     elif key.data == "wake":
                         self._drain_wake(selector, waiting)
                     else:
-                        self._read_head(selector, waiting, key.data)
-                open_count = len(waiting) + self._busy
-                if listening and open_count >= self.max_connections:
-                    self._shed_idle(selector, waiting)
+                        self._read(selector, waiting, key.data)
                 now = time.monotonic()
+                if len(waiting) + self._busy >= self.max_connections:
+                    self._shed_idle(selector, waiting)
+                full = len(waiting) + self._busy >= self.max_connections or now < paused_until
+                if listening and full:
+                    selector.unregister(self.socket)
+                    listening = False
+                elif not listening and not full:
+                    selector.register(self.socket, selectors.EVENT_READ, "listen")
+                    listening = True
                 if now >= next_sweep:
                     next_sweep = now + 1.0
                     self._sweep(selector, waiting, now)
@@ -185,16 +194,16 @@ class Server:
             self._close_returned()
             self.socket.close()
 
-    def _accept(self, selector: selectors.BaseSelector, waiting: dict) -> None:
+    def _accept(self, selector: selectors.BaseSelector, waiting: dict) -> bool:
         for _ in range(64):
             try:
                 sock, peer = self.socket.accept()
             except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # EMFILE and friends: shed idle connections and go on
+                return True
+            except OSError as exc:  # EMFILE and friends: shed idle connections and pause accepting
                 logger.warning("accept failed: %s", exc)
                 self._shed_idle(selector, waiting)
-                return
+                return False
             sock.setblocking(False)
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -203,6 +212,7 @@ class Server:
             conn = _Conn(sock, peer)
             waiting[sock] = conn
             selector.register(sock, selectors.EVENT_READ, conn)
+        return True
 
     def _drain_wake(self, selector: selectors.BaseSelector, waiting: dict) -> None:
         try:
@@ -212,6 +222,9 @@ class Server:
             pass
         while self._returned:
             conn = self._returned.popleft()
+            if self._ready(conn.buffer):
+                self._dispatch(conn)  # the rest of a request arrived while the worker handed it back
+                continue
             conn.since = time.monotonic()
             waiting[conn.sock] = conn
             try:
@@ -220,7 +233,7 @@ class Server:
                 waiting.pop(conn.sock, None)
                 _close(conn.sock)
 
-    def _read_head(self, selector: selectors.BaseSelector, waiting: dict, conn: _Conn) -> None:
+    def _read(self, selector: selectors.BaseSelector, waiting: dict, conn: _Conn) -> None:
         try:
             data = conn.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
@@ -231,10 +244,23 @@ class Server:
             self._forget(selector, waiting, conn)
             _close(conn.sock)
             return
+        if not conn.buffer:
+            conn.since = time.monotonic()  # the request's own deadline starts with its first byte
         conn.buffer += data
-        if b"\r\n\r\n" in conn.buffer or len(conn.buffer) > MAX_HEAD:
+        if self._ready(conn.buffer):
             self._forget(selector, waiting, conn)
             self._dispatch(conn)
+
+    def _ready(self, buffer: bytes) -> bool:
+        """Whether a worker should take the connection: a whole request is here, or an error to answer."""
+        if not buffer:
+            return False
+        try:
+            if _http.head_end(buffer) < 0:
+                return False
+        except Reject:
+            return True
+        return _http.complete_request_length(buffer, self.max_body) != -1
 
     def _forget(self, selector: selectors.BaseSelector, waiting: dict, conn: _Conn) -> None:
         waiting.pop(conn.sock, None)
@@ -251,10 +277,9 @@ class Server:
                 _close(conn.sock)
 
     def _shed_idle(self, selector: selectors.BaseSelector, waiting: dict) -> None:
-        idle = sorted((c for c in waiting.values()), key=lambda c: (bool(c.buffer) is False, c.since))
         # close the oldest quarter of the connections that sent nothing, as nginx does under pressure
-        victims = [c for c in idle if not c.buffer][: max(1, len(waiting) // 4)]
-        for conn in victims:
+        idle = sorted((c for c in waiting.values() if not c.buffer), key=lambda c: c.since)
+        for conn in idle[: max(1, len(waiting) // 4)]:
             self._forget(selector, waiting, conn)
             _close(conn.sock)
 
@@ -263,13 +288,13 @@ class Server:
     def _dispatch(self, conn: _Conn) -> None:
         with self._jobs_ready:
             self._jobs.append(conn)
-            if self._idle_workers == 0 and len(self._workers) < self.max_workers:
+            # more jobs waiting than idle workers to take them: grow the pool (up to its bound)
+            if len(self._jobs) > self._idle_workers and len(self._workers) < self.max_workers:
                 worker = threading.Thread(target=self._work, name=f"servicefactory-worker-{len(self._workers)}",
                                           daemon=True)
                 self._workers.append(worker)
                 worker.start()
-            else:
-                self._jobs_ready.notify()
+            self._jobs_ready.notify()
 
     def _work(self) -> None:
         while True:
@@ -284,7 +309,7 @@ class Server:
                 self._busy += 1
             try:
                 self._serve_connection(conn)
-            except Exception:  # pragma: no cover - keep the worker alive whatever a request did
+            except BaseException:  # a request, even one whose handler called sys.exit, never kills a worker
                 logger.exception("unexpected error serving %s", conn.peer)
                 _close(conn.sock)
             finally:
@@ -296,10 +321,9 @@ class Server:
         sock.setblocking(True)
         buffer = conn.buffer
         while True:
-            sock.settimeout(self.io_timeout)
             try:
                 keep_alive, buffer = self._serve_one(sock, buffer)
-            except _Reject as reject:
+            except Reject as reject:
                 _send_error(sock, reject.status, str(reject))
                 _close(sock)
                 return
@@ -309,25 +333,23 @@ class Server:
             if not keep_alive or self._stopping.is_set():
                 _close(sock)
                 return
-            if b"\r\n\r\n" in buffer:
-                continue  # a pipelined request is already here
-            sock.settimeout(self.linger)
-            try:
-                data = sock.recv(65536)
-            except (socket.timeout, BlockingIOError):
-                data = None
-            except OSError:
-                _close(sock)
-                return
-            if data == b"":
-                _close(sock)
-                return
-            if data:
-                buffer += data
-                if b"\r\n\r\n" in buffer:
-                    continue
+            if not self._ready(buffer):
+                sock.settimeout(self.linger)
+                try:
+                    data = sock.recv(65536)
+                except (socket.timeout, BlockingIOError):
+                    data = None
+                except OSError:
+                    data = b""
+                if data == b"":
+                    _close(sock)
+                    return
+                buffer += data or b""
+            if self._ready(buffer):
+                continue  # the next request is already here (pipelined, or it followed at once)
             sock.setblocking(False)
             conn.buffer = buffer
+            conn.since = time.monotonic()
             self._returned.append(conn)
             self._wake()
             if self._stopping.is_set():
@@ -335,115 +357,38 @@ class Server:
             return
 
     def _serve_one(self, sock: socket.socket, buffer: bytes) -> tuple[bool, bytes]:
-        end = buffer.find(b"\r\n\r\n")
+        end = _http.head_end(buffer)
         if end < 0:
-            raise _Reject("431 Request Header Fields Too Large", "request head too large")
-        if end > MAX_HEAD:
-            raise _Reject("431 Request Header Fields Too Large", "request head too large")
+            raise Reject("400 Bad Request", "incomplete request head")
         head, buffer = buffer[:end], buffer[end + 4:]
-        environ, version = self._environ(head)
-        keep_alive = _wants_keep_alive(environ, version)
-        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
-        length_text = environ.get("CONTENT_LENGTH", "")
-        if chunked and length_text:
-            raise _Reject("400 Bad Request", "both Content-Length and Transfer-Encoding")
-        if environ.get("HTTP_TRANSFER_ENCODING") and not chunked:
-            raise _Reject("501 Not Implemented", "unsupported Transfer-Encoding")
-        if length_text:
-            if not (length_text.isascii() and length_text.isdigit()):
-                raise _Reject("400 Bad Request", "invalid Content-Length")
-            length = int(length_text)
-            if length > self.max_body:
-                raise _Reject("413 Content Too Large", f"body over the {self.max_body} byte limit")
-        else:
-            length = 0
-        if (chunked or length) and environ.get("HTTP_EXPECT", "").lower() == "100-continue":
+        environ, version = _http.parse_head(head, self.host, self.port)
+        keep_alive = _http.wants_keep_alive(environ, version)
+        length = _http.body_length(environ, self.max_body)
+        deadline = time.monotonic() + self.io_timeout
+
+        def recv() -> bytes:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise OSError("request body too slow")
+            sock.settimeout(remaining)
+            data = sock.recv(65536)
+            if not data:
+                raise ValueError("client closed mid-request")
+            return data
+
+        if (length is None or length > len(buffer)) and environ.get("HTTP_EXPECT", "").lower() == "100-continue":
             sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if chunked:
-            body, buffer = self._read_chunked(sock, buffer)
+        if length is None:
+            body, buffer = _http.read_chunked(recv, buffer, self.max_body)
             environ["CONTENT_LENGTH"] = str(len(body))
         else:
             while len(buffer) < length:
-                data = sock.recv(min(65536, length - len(buffer)))
-                if not data:
-                    raise ValueError("client closed mid-body")
-                buffer += data
+                buffer += recv()
             body, buffer = buffer[:length], buffer[length:]
         environ["wsgi.input"] = io.BytesIO(body)
+        sock.settimeout(self.io_timeout)
         self._respond(sock, environ, keep_alive)
         return keep_alive, buffer
-
-    def _read_chunked(self, sock: socket.socket, buffer: bytes) -> tuple[bytes, bytes]:
-        body = bytearray()
-        while True:
-            while b"\r\n" not in buffer:
-                if len(buffer) > 1024:
-                    raise _Reject("400 Bad Request", "invalid chunk header")
-                buffer += _recv(sock)
-            line, buffer = buffer.split(b"\r\n", 1)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise _Reject("400 Bad Request", "invalid chunk size") from None
-            if size < 0:
-                raise _Reject("400 Bad Request", "invalid chunk size")
-            if len(body) + size > self.max_body:
-                raise _Reject("413 Content Too Large", f"body over the {self.max_body} byte limit")
-            if size == 0:
-                while b"\r\n" not in buffer:  # trailers end with an empty line
-                    buffer += _recv(sock)
-                while not buffer.startswith(b"\r\n"):
-                    _, buffer = buffer.split(b"\r\n", 1)
-                    while b"\r\n" not in buffer:
-                        buffer += _recv(sock)
-                return bytes(body), buffer[2:]
-            while len(buffer) < size + 2:
-                buffer += _recv(sock)
-            body += buffer[:size]
-            buffer = buffer[size + 2:]
-
-    def _environ(self, head: bytes) -> tuple[dict, str]:
-        lines = head.split(b"\r\n")
-        try:
-            method, target, version = lines[0].decode("latin-1").split(" ")
-        except ValueError:
-            raise _Reject("400 Bad Request", "malformed request line") from None
-        if not version.startswith("HTTP/1.") or not method.isalpha():
-            raise _Reject("400 Bad Request", "malformed request line")
-        if len(lines) > MAX_HEADERS + 1:
-            raise _Reject("431 Request Header Fields Too Large", "too many header fields")
-        if target.startswith(("http://", "https://")):
-            target = "/" + target.split("://", 1)[1].partition("/")[2]
-        path, _, query = target.partition("?")
-        environ: dict[str, Any] = {
-            "REQUEST_METHOD": method,
-            "SCRIPT_NAME": "",
-            "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
-            "QUERY_STRING": query,
-            "SERVER_NAME": self.host,
-            "SERVER_PORT": str(self.port),
-            "SERVER_PROTOCOL": version,
-            "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http",
-            "wsgi.errors": sys.stderr,
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": False,
-            "wsgi.run_once": False,
-        }
-        for raw in lines[1:]:
-            name, colon, value = raw.partition(b":")
-            if not colon or not name or name != name.strip() or raw[:1] in (b" ", b"\t"):
-                raise _Reject("400 Bad Request", "malformed header line")
-            key = name.decode("latin-1").upper().replace("-", "_")
-            text = value.strip().decode("latin-1")
-            if key == "CONTENT_TYPE" or key == "CONTENT_LENGTH":
-                if key in environ and environ[key] != text:
-                    raise _Reject("400 Bad Request", f"conflicting {name.decode('latin-1')} headers")
-                environ[key] = text
-            else:
-                key = "HTTP_" + key
-                environ[key] = environ[key] + "," + text if key in environ else text
-        return environ, version
 
     def _respond(self, sock: socket.socket, environ: dict, keep_alive: bool) -> None:
         started: list = []
@@ -456,19 +401,12 @@ class Server:
             result = self.app(environ, start_response)
         except Exception:
             logger.exception("WSGI app failed")
-            raise _Reject("500 Internal Server Error", "internal error") from None
+            raise Reject("500 Internal Server Error", "internal error") from None
         try:
             body = b"".join(result)
             status, headers = started
-            lines = [f"HTTP/1.1 {status}"]
-            lines.extend(f"{name}: {value}" for name, value in headers
-                         if name.lower() not in ("content-length", "connection"))
-            lines.append(f"Content-Length: {len(body)}")
-            lines.append(f"Date: {_http_date()}")
-            if not keep_alive:
-                lines.append("Connection: close")
-            head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-            sock.sendall(head + body if environ["REQUEST_METHOD"] != "HEAD" else head)
+            sock.sendall(_http.response(status, headers, body, keep_alive,
+                                        head_only=environ["REQUEST_METHOD"] == "HEAD"))
         finally:
             close = getattr(result, "close", None)
             if close is not None:
@@ -478,27 +416,10 @@ class Server:
                     logger.exception("WSGI response close() failed")
 
 
-def _wants_keep_alive(environ: dict, version: str) -> bool:
-    connection = environ.get("HTTP_CONNECTION", "").lower()
-    if version == "HTTP/1.0":
-        return "keep-alive" in connection
-    return "close" not in connection
-
-
-def _recv(sock: socket.socket) -> bytes:
-    data = sock.recv(65536)
-    if not data:
-        raise ValueError("client closed mid-request")
-    return data
-
-
 def _send_error(sock: socket.socket, status: str, message: str) -> None:
-    body = ('{"error": {"type": "HTTPError", "message": %s}}\n' % _json_string(message)).encode()
-    head = (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            f"Connection: close\r\n\r\n").encode("latin-1")
     try:
         sock.settimeout(1.0)
-        sock.sendall(head + body)
+        sock.sendall(_http.error_response(status, message))
         # closing with unread input makes the kernel send RST, which can destroy the answer before
         # the client reads it: shut our side, then drain what the client still sends, briefly
         sock.shutdown(socket.SHUT_WR)
@@ -513,22 +434,8 @@ def _send_error(sock: socket.socket, status: str, message: str) -> None:
         pass
 
 
-def _json_string(text: str) -> str:
-    return json.dumps(text)
-
-
 def _close(sock: socket.socket) -> None:
     try:
         sock.close()
     except OSError:
         pass
-
-
-_date_cache = [0, ""]
-
-
-def _http_date() -> str:
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache[:] = [now, time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))]
-    return _date_cache[1]

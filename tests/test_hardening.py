@@ -435,3 +435,129 @@ def test_signals_at_random_moments_always_stop_cleanly(tmp_path, sf_home):
             proc.wait(5)
             proc.stdout.close()
         assert "Traceback" not in output and output.endswith("Test : finalizing...\n"), (attempt, output)
+
+
+@Service.API.endpoint(port=0, workers=4)
+class Sturdy(Service.base):
+    @Service.API.handle("exit")
+    def exit(self, data):
+        raise SystemExit(3)
+
+    @Service.API.handle("slow")
+    def slow(self, data):
+        time.sleep(1.5)
+        return "slow"
+
+    @Service.API.handle("fast")
+    def fast(self, data):
+        return "fast"
+
+
+def test_a_handler_calling_sys_exit_gets_500_and_kills_no_worker():
+    with running(Sturdy()) as service:
+        for _ in range(10):  # more than the 4 workers
+            conn = http.client.HTTPConnection(*service.address, timeout=5)
+            conn.request("POST", "/exit")
+            response = conn.getresponse()
+            assert response.status == 500 and json.loads(response.read())["error"]["type"] == "SystemExit"
+            conn.close()
+        assert Sturdy.perform("fast") == "fast"
+
+
+def test_a_fast_request_does_not_wait_behind_a_slow_one_that_arrived_with_it():
+    with running(Sturdy()) as service:
+        Sturdy.perform("fast")  # one idle worker in the pool
+        slow = socket.create_connection(service.address, timeout=5)
+        fast = socket.create_connection(service.address, timeout=5)
+        try:
+            slow.sendall(b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            fast.sendall(b"GET /fast HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            started = time.monotonic()
+            assert b'"fast"' in fast.recv(65536)
+            assert time.monotonic() - started < 1.0
+        finally:
+            slow.close()
+            fast.close()
+
+
+def test_clients_sending_their_bodies_slowly_do_not_starve_the_workers():
+    with running(Sturdy()) as service:
+        hogs = []
+        try:
+            for _ in range(12):  # three times the workers
+                sock = socket.create_connection(service.address, timeout=5)
+                sock.sendall(b"POST /fast HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 10\r\n\r\n12")
+                hogs.append(sock)
+            started = time.monotonic()
+            for _ in range(5):
+                assert Sturdy.perform("fast", timeout=2) == "fast"
+            assert time.monotonic() - started < 2.0
+        finally:
+            for sock in hogs:
+                sock.close()
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent_Length: 5\r\n\r\n", 400),
+    (b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: xchunked\r\n\r\n", 501),
+    (b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 501),
+    (b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n0x1\r\n1\r\n0\r\n\r\n", 400),
+    (b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n1\r\n1XX0\r\n\r\n", 400),
+    (b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Evil: a\x00b\r\n\r\n", 400),
+    (b"GET /echo HTTP/1.9\r\nHost: 127.0.0.1\r\n\r\n", 505),
+    (b"GET /echo HTTP/1.1junk\r\nHost: 127.0.0.1\r\n\r\n", 505),
+])
+def test_ambiguous_requests_that_could_be_smuggled_are_refused(target, request_bytes, status):
+    assert _status(_raw(target.address, request_bytes)) == status
+    _healthy(target)
+
+
+def test_a_bare_lf_request_head_is_answered_at_once_not_after_a_timeout(target):
+    started = time.monotonic()
+    assert _status(_raw(target.address, b"GET /echo HTTP/1.1\nHost: 127.0.0.1\n\n")) == 400
+    assert time.monotonic() - started < 2.0
+
+
+def test_running_out_of_file_descriptors_neither_spins_nor_stops_the_service(spawn):
+    service = spawn(files={"tight.py": """
+        import resource
+        from servicefactory import Service
+
+        @Service.API.endpoint(port=0)
+        class Tight(Service.base):
+            @Service.API.handle("cpu")
+            def cpu(self, data):
+                import os
+                times = os.times()
+                return times.user + times.system
+
+        if __name__ == "__main__":
+            resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+            Tight().run()
+        """}, args=[sys.executable, "tight.py"])
+    from servicefactory import client
+    wait_until(lambda: _try(lambda: client.perform("Tight", "cpu", timeout=1)) is not None, message="Tight ready")
+    address = client.resolve("Tight")
+    client.close_connections()
+    hogs = []
+    try:
+        for _ in range(120):
+            try:
+                hogs.append(socket.create_connection(address, timeout=2))
+            except OSError:
+                break
+        time.sleep(1.5)
+        for sock in hogs:
+            sock.close()
+        hogs = []
+        before = client.perform("Tight", "cpu", timeout=5)
+        time.sleep(1.0)
+        after = client.perform("Tight", "cpu", timeout=5)
+        assert after - before < 0.5  # idle again: no accept() spinning left behind
+    finally:
+        for sock in hogs:
+            sock.close()
+        client.close_connections()
