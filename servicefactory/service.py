@@ -8,7 +8,6 @@ import socket
 import sys
 import threading
 import time
-from opcode import opname  # at import: a signal handler must not import (it can be re-entered)
 from collections import namedtuple
 from typing import Any, Callable, Mapping
 
@@ -106,60 +105,64 @@ class _Runtime:
         self.server: Any = None
         self.timer: threading.Thread | None = None
         self.loop_done = threading.Event()
+        self.announced = threading.Event()
         self.ready = threading.Event()
         self.interruptible = True
         self.exit_request: SystemExit | None = None
 
-    def request_stop(self, reason: str) -> bool:
+    def request_stop(self, reason: str, *, from_signal: bool = False) -> bool:
         """Ask the service to stop; True the first time. Safe from any thread or a signal handler."""
         if self.stop_event.is_set():
             return False
         self.stop_reason = reason
+        if not from_signal:  # a signal handler must not log: it may interrupt a write to the same stream
+            self.log.info("shutdown requested")
+            self.announced.set()
         self.stop_event.set()
-        self.log.info("shutdown requested")
         return True
 
-    def interrupt_overdue_loop(self) -> None:
-        """Thread body: once a stop is requested, interrupt a loop() that does not return by itself."""
+    def watch_stop(self) -> None:
+        """Thread body: announce a signalled stop, then interrupt a loop() that does not return by itself."""
         self.stop_event.wait()
-        # the first nudge cuts short a loop blocked in a call (time.sleep, a socket); a loop busy
-        # computing gets STOP_GRACE to finish. Repeat, because one nudge can land between two calls
-        # of loop(), or be swallowed by a bare `except:` in the user's code
-        overdue = False
+        if not self.announced.is_set():
+            self.log.info("shutdown requested")
+            self.announced.set()
+        if not self.interruptible:
+            return
+        # a loop blocked in a call (time.sleep, a socket) is cut short at once; a loop busy computing
+        # gets STOP_GRACE to finish its iteration. Nudge again and again: one nudge can land between
+        # two calls of loop(), or be swallowed by a bare `except:` in the user's code
+        deadline = time.monotonic() + STOP_GRACE
         while not self.loop_done.is_set():
-            if self.in_loop:
-                self.interrupt_due = overdue
+            if self.in_loop and not self.in_self_sleep and (time.monotonic() >= deadline or self._loop_idle()):
+                self.interrupt_due = True
                 self.nudging = True
                 try:
                     signal.pthread_kill(self.loop_thread, signal.SIGINT)
                 except (ProcessLookupError, OSError):
                     return
-            if self.loop_done.wait(STOP_GRACE):
+            if self.loop_done.wait(0.005 if time.monotonic() < deadline else STOP_GRACE):
                 return
-            overdue = True
+
+    def _loop_idle(self) -> bool:
+        """Whether the loop's thread burns no CPU (it waits in a call) over a few milliseconds."""
+        try:
+            clock = time.pthread_getcpuclockid(self.loop_thread)
+            before = time.clock_gettime(clock)
+            time.sleep(0.003)
+            return time.clock_gettime(clock) - before < 0.0005
+        except (AttributeError, OSError):
+            return False  # cannot tell: the grace period decides
 
     def on_signal(self, signum: int, frame: Any) -> None:
-        """Signal handler: request the stop; cut loop() short if blocked, overdue, or asked twice."""
+        """Signal handler: record the stop request; raise into loop() only when told to, or on a second signal."""
         nudge, self.nudging = self.nudging and signum == signal.SIGINT, False
-        first = self.request_stop(signal.Signals(signum).name) if not nudge else False
+        first = False if nudge else self.request_stop(signal.Signals(signum).name, from_signal=True)
         if not (self.interruptible and self.in_loop) or self.in_self_sleep:
             return
-        if self.interrupt_due or (not first and not nudge) or _blocked_in_call(frame):
+        if self.interrupt_due or (not first and not nudge):
             self.interrupt_due = False
             raise _Interrupted()
-
-
-def _blocked_in_call(frame: Any) -> bool:
-    """Whether `frame` was waiting in a call (time.sleep, a socket, a lock) when the signal came.
-
-    Python runs a signal handler either between bytecodes of busy code, or from inside a blocking
-    C call that was interrupted; in the second case the frame's current instruction is that call.
-    """
-    if frame is None:
-        return False
-    code = frame.f_code.co_code
-    index = frame.f_lasti
-    return 0 <= index < len(code) and opname[code[index]].startswith("CALL")
 
 
 class ServiceBase:
@@ -352,9 +355,8 @@ class ServiceBase:
     def _servicefactory_serve(self, runtime: _Runtime) -> None:
         main = threading.current_thread() is threading.main_thread()
         previous = _install_signals(runtime) if main else None
-        if main and runtime.interruptible:
-            runtime.timer = threading.Thread(target=runtime.interrupt_overdue_loop, daemon=True,
-                                             name="servicefactory-stop")
+        if main:
+            runtime.timer = threading.Thread(target=runtime.watch_stop, daemon=True, name="servicefactory-stop")
             runtime.timer.start()
         try:
             self._servicefactory_loop(runtime)
@@ -363,7 +365,7 @@ class ServiceBase:
             runtime.stop_event.set()
             _notify.notify_stopping()
             if runtime.timer is not None:
-                runtime.timer.join(1.0)
+                runtime.timer.join(1.0)  # it announces a signalled stop: before finalize's own lines
             if runtime.server is not None:
                 runtime.server.stop()
             try:
@@ -384,6 +386,8 @@ class ServiceBase:
                 try:
                     runtime.lock.acquire()
                     runtime.loop_holds_lock = True
+                    if runtime.stop_event.is_set():
+                        break  # asked to stop while an exclusive handler held the lock
                     runtime.in_loop = True
                     self.loop()
                 finally:

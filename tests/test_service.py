@@ -526,3 +526,42 @@ def test_a_service_leaves_logging_alone_when_the_application_configured_it(spawn
     assert not any(line.startswith("Chatty : ") for line in proc.lines), proc.output
     assert "package handlers []" in proc.lines
     assert "root handlers 1" in proc.lines
+
+
+BUSY_THEN_BLOCKED = '''
+import time
+from servicefactory import Service
+
+class Worker(Service.base):
+    def loop(self):
+        if open("mode").read() == "busy":
+            print("start", flush=True)
+            started = time.perf_counter()
+            while time.perf_counter() - started < 0.03:  # 30 ms of computing, calling functions
+                sum(range(100))
+            print("iteration complete", flush=True)
+        else:
+            print("blocking", flush=True)
+            time.sleep(30)
+
+if __name__ == "__main__":
+    Worker().run()
+'''
+
+
+@pytest.mark.parametrize("mode", ["busy", "blocked"])
+def test_a_busy_iteration_gets_to_finish_and_a_blocked_one_is_cut_short(spawn, mode):
+    service = spawn(args=[PYTHON, "worker.py"], files={"worker.py": BUSY_THEN_BLOCKED, "mode": mode})
+    service.wait_for("iteration complete" if mode == "busy" else "blocking")
+    started = time.monotonic()
+    service.signal(signal.SIGTERM)
+    assert service.wait(timeout=5) == 0, service.output
+    elapsed = time.monotonic() - started
+    assert "Traceback" not in service.output
+    if mode == "busy":
+        # every iteration that started also completed: none was cut short mid-computation
+        # (print writes "start" and its newline separately: another thread's log line may fall between)
+        starts = sum(line.startswith("start") for line in service.lines)
+        assert starts == service.lines.count("iteration complete"), service.lines[-4:]
+    else:
+        assert elapsed < 1.0
