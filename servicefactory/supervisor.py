@@ -24,7 +24,7 @@ from typing import Any, Callable
 from . import _notify
 from ._child import SUPERVISOR_PID_ENV
 from .api import handle
-from .errors import AlreadyRunning, ServiceFactoryError, StateError
+from .errors import AlreadyRunning, ServiceFactoryError, ServiceTimeout, StateError
 from .logfiles import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, RotatingLog
 from .registry import ServiceRecord
 from .service import SUPERVISED_ENV, Endpoint, ServiceBase
@@ -98,6 +98,7 @@ class Child:
         self.ready_wall = 0.0
         self.restart_after_stop = False
         self.exited = threading.Event()
+        self.settled = threading.Event()  # ready, failed or stopped: what a restart waits for
         self.tail: list[str] = []
 
 
@@ -305,6 +306,7 @@ class Supervisor(ServiceBase):
             child.ready_at = time.monotonic()
             child.ever_ready = True
             child.ready_wall = time.time()
+            child.settled.set()
             child.host, child.port = message.get("host"), message.get("port")
             self._publish(child)
             self._event(child, f"ready (pid {child.popen.pid}{', ' + _url(child) if child.port else ''})")
@@ -315,6 +317,12 @@ class Supervisor(ServiceBase):
         popen = child.popen
         if popen is None:
             return
+        try:
+            # what the service started dies with it: no orphans. Before reaping, so that its pid
+            # (which names the group) cannot have been reused yet
+            os.killpg(popen.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         code = popen.wait()
         if child.pidfd is not None:
             self._unregister(child.pidfd)
@@ -322,11 +330,15 @@ class Supervisor(ServiceBase):
             child.pidfd = None
         if child.ready_fd is not None:
             self._read_ready(child)
-        while child.output_fd is not None:  # what the child wrote last is often why it died
+        # what the child wrote last is often why it died: read it, but boundedly (a grandchild that
+        # escaped its group could keep the pipe open and busy for ever)
+        deadline = time.monotonic() + 0.5
+        while child.output_fd is not None and time.monotonic() < deadline:
             before = child.output_fd
             self._pump(child)
             if child.output_fd == before and not _readable(before):
-                self._close_output(child)
+                break
+        self._close_output(child)
         child.popen = None
         self._after_exit(child, code)
 
@@ -369,6 +381,8 @@ class Supervisor(ServiceBase):
             self._spawn(child)
         self._publish(child)
         child.exited.set()
+        if child.state in ("failed", "stopped"):
+            child.settled.set()
 
     # -- stopping --
 
@@ -499,9 +513,11 @@ class Supervisor(ServiceBase):
     def _run_commands(self) -> None:
         while True:
             try:
-                command, reply = self.commands.get_nowait()
+                command, reply, cancelled = self.commands.get_nowait()
             except queue.Empty:
                 return
+            if cancelled.is_set():
+                continue  # its caller gave up and was told so: doing it now would surprise them
             try:
                 reply.put((True, command()))
             except Exception as exc:  # handed back to the caller's thread
@@ -509,9 +525,15 @@ class Supervisor(ServiceBase):
 
     def _call(self, command: Callable[[], Any], timeout: float = 10.0) -> Any:
         reply: queue.Queue = queue.Queue()
-        self.commands.put((command, reply))
-        os.write(self.wake_write, b"x")
-        ok, value = reply.get(timeout=timeout)
+        cancelled = threading.Event()
+        self.commands.put((command, reply, cancelled))
+        try:
+            os.write(self.wake_write, b"x")
+            ok, value = reply.get(timeout=timeout)
+        except (queue.Empty, OSError):
+            cancelled.set()
+            raise ServiceTimeout(f"the supervisor did not take the request within {timeout:g} s "
+                                 f"(it is stopping, or busy); nothing was done") from None
         if not ok:
             raise value
         return value
@@ -537,16 +559,18 @@ class Supervisor(ServiceBase):
 
     @handle("restart", post_only=True)
     def handle_restart(self, data: Any) -> list:
-        """Stop (if running) and start the named services again; answers once they are ready."""
+        """Stop (if running) and start the named services again; answers once they are ready (or not)."""
         data = data if isinstance(data, dict) else {}
+        timeout = data.get("timeout")
+        timeout = float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else None
         children = self._call(lambda: self._children_named(data.get("names")))
-        self._call(lambda: [self._stop_child(child, restart=True) for child in children])
-        deadline = time.monotonic() + max(c.spec.stop_timeout for c in children) + self.settings.ready_timeout
-        while time.monotonic() < deadline:
-            states = self._call(lambda: [c.state for c in children])
-            if all(state in ("running", "failed", "stopped") for state in states):
-                break
-            time.sleep(0.02)
+        for child in children:
+            child.settled.clear()
+        self._call(lambda: [self._stop_child(child, restart=True, timeout=timeout) for child in children])
+        deadline = time.monotonic() + (timeout or max(c.spec.stop_timeout for c in children)) \
+            + self.settings.ready_timeout + 1.0
+        for child in children:
+            child.settled.wait(max(0.0, deadline - time.monotonic()))
         return self.handle_status({"names": [c.spec.name for c in children]})
 
     @handle("status")

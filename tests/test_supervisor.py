@@ -642,3 +642,32 @@ def test_a_print_without_flush_reaches_the_log_promptly(sf):
     ready = time.monotonic()
     wait_until(lambda: "printed without flush" in sf.log("Printer"), timeout=10, message="the print in the log")
     assert time.monotonic() - ready < 2.0
+
+
+def test_a_crashed_services_own_children_die_with_it_and_a_chatty_grandchild_cannot_wedge_the_supervisor(sf):
+    sf.write("spawner.py", """
+        import os, subprocess, sys, time
+        from servicefactory import Service
+
+        @Service.policy(restart="no")
+        @Service.API.endpoint(port=0)
+        class Spawner(Service.base):
+            def loop(self):
+                if not os.path.exists("spawned"):
+                    # one quiet grandchild, one that floods the shared output pipe
+                    quiet = subprocess.Popen(["sleep", "1000"])
+                    loud = subprocess.Popen(["yes"])
+                    open("spawned", "w").write(f"{quiet.pid} {loud.pid}")
+                    time.sleep(0.3)
+                    os._exit(3)
+                self.sleep(1)
+        """)
+    sf.daemon("spawner.py")
+    wait_until(lambda: (sf.row("Spawner") or {}).get("state") == "failed", timeout=15,
+               message="Spawner to end failed")
+    pids = [int(pid) for pid in (sf.cwd / "spawned").read_text().split()]
+    wait_until(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                               for pid in pids), timeout=5, message="the grandchildren to be killed")
+    started = time.monotonic()
+    result = sf("status", "Spawner", "--json")
+    assert time.monotonic() - started < 5 and json.loads(result.stdout)[0]["last_exit"] == 3
