@@ -140,8 +140,12 @@ def stop(names: tuple[str, ...], all_: bool, timeout: float) -> None:
 
     if bool(names) == all_:
         _fail("give service names or --all (not both)", 2)
+    from servicefactory.state import check_name
+
     registry = _registry()
     try:
+        for name in names:
+            check_name(name)
         if not registry.home.exists():
             # nothing can be registered: say so, and what that means if services were started with it
             for name in names or ["nothing"]:
@@ -155,10 +159,14 @@ def stop(names: tuple[str, ...], all_: bool, timeout: float) -> None:
     if all_ and not outcomes:
         click.echo("nothing is running")
     for outcome in outcomes:
-        if outcome.killed:
+        if outcome.failed:
+            click.echo(f"error: {outcome.message}", err=True)
+        elif outcome.killed:
             click.echo(f"warning: {outcome.message}", err=True)
         else:
             click.echo(outcome.message)
+    if any(outcome.failed for outcome in outcomes):
+        sys.exit(1)
 
 
 def _stop_each(names: tuple[str, ...], timeout: float, registry: Any) -> list:
@@ -207,8 +215,10 @@ def restart(names: tuple[str, ...], timeout: float) -> None:
         try:
             state, record = registry.state_of(name)
             if record is not None and record.supervisor and state != "stale":
-                rows = control.call_supervisor(record.supervisor, "restart", {"names": [name]}, timeout + 75,
-                                               registry)
+                # the supervisor answers once the service is ready or failed, bounded by its own
+                # ready timeout: our deadline only guards against a supervisor that hangs
+                rows = control.call_supervisor(record.supervisor, "restart", {"names": [name], "timeout": timeout},
+                                               timeout + 600, registry)
                 row = rows[0]
                 if row["state"] != "running":
                     _fail(f"{name} did not come back: {row['state']} ({row.get('error') or 'see its log'})", 1)
@@ -219,7 +229,7 @@ def restart(names: tuple[str, ...], timeout: float) -> None:
                 if not record.target or record.target.startswith("__main__:"):
                     _fail(f"{name} was started as a script ({record.target or 'unknown target'}), not by "
                           f"`servicefactory run`: restart it the way you started it", 1)
-                spec = {"target": record.target}
+                spec = {"target": record.target, "cwd": None}
                 control.stop(name, timeout, registry)
             elif not spec:
                 raise ServiceNotRunning(f"{name} is not running and was never run by `servicefactory run`; "
@@ -237,7 +247,7 @@ def _run_again(name: str, spec: dict) -> None:
                         ("--restart", "restart"), ("--stop-timeout", "stop_timeout")):
         if spec.get(key) is not None:
             command += [option, str(spec[key])]
-    code = subprocess.call(command)
+    code = subprocess.call(command, cwd=spec.get("cwd") or None)
     if code:
         sys.exit(code)
 

@@ -40,6 +40,7 @@ def specs(targets: tuple[str, ...], name: str | None, host: str | None, port: in
             module_part = os.path.abspath(module_part)
         for cls in classes:
             specs.append(Spec(name=cls._servicefactory_name(), target=f"{module_part}:{cls.__qualname__}",
+                              cwd=os.getcwd(),
                               restart=restart or cls._servicefactory_policy.restart,
                               stop_timeout=stop_timeout or cls._servicefactory_policy.stop_timeout))
     if len(specs) > 1 and (name or host or port is not None or log_file):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os as _os
 from typing import Any
 
-from .errors import (ActionFailed, AddressInUse, AlreadyRunning, InvalidData, LoadError, ProtocolError,
+from .errors import (ActionFailed, AddressInUse, AlreadyRunning, InvalidData, InvalidName, LoadError, ProtocolError,
                      ServiceFactoryError, ServiceNotRunning, ServiceTimeout, StartupError, StateError,
                      TokenRequired, Unauthorized, UnknownAction)
 
@@ -18,7 +18,7 @@ __all__ = [
     "Service", "__version__",
     "ServiceFactoryError", "ServiceNotRunning", "UnknownAction", "ActionFailed", "ServiceTimeout",
     "InvalidData", "Unauthorized", "ProtocolError", "StartupError", "AddressInUse", "TokenRequired",
-    "AlreadyRunning", "LoadError", "StateError",
+    "AlreadyRunning", "LoadError", "StateError", "InvalidName",
 ]
 
 

@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import client
-from .errors import ProtocolError, ServiceFactoryError, ServiceNotRunning, ServiceTimeout
-from .registry import ServiceRecord
-from .state import LocalRegistry, process_start_time
+from .errors import ProtocolError, ServiceFactoryError, ServiceNotRunning
+from .registry import SUPERVISOR_PREFIX, ServiceRecord
+from .state import LocalRegistry, is_dead
 
-SUPERVISOR_PREFIX = "_supervisor-"
 
 
 @dataclass
@@ -24,18 +23,14 @@ class StopOutcome:
     was_running: bool
     killed: bool = False
     message: str = ""
-
-
-def _gone(record: ServiceRecord) -> bool:
-    started = process_start_time(record.pid)
-    return started is None or abs(started - record.create_time) > 1.0
+    failed: bool = False  # it may still be running: the CLI exits non-zero
 
 
 def wait_gone(record: ServiceRecord, timeout: float) -> bool:
     """Wait until the recorded process has exited; True if it did within `timeout`."""
     deadline = time.monotonic() + timeout
     delay = 0.005
-    while not _gone(record):
+    while not is_dead(record):
         if time.monotonic() >= deadline:
             return False
         time.sleep(delay)
@@ -47,17 +42,21 @@ def stop(name: str, timeout: float = 10.0, registry: LocalRegistry | None = None
     """Stop `name` gracefully (its supervisor's `stop`, its `shutdown` action, or SIGTERM); SIGKILL after `timeout`."""
     registry = registry or LocalRegistry()
     state, record = registry.state_of(name)
+    if name.startswith(SUPERVISOR_PREFIX) and record is not None and state == "running":
+        outcomes = _stop_supervisor(name, record, timeout, registry)
+        return StopOutcome(name, True, message=f"{name} stopped" + "".join(f"; {o.message}" for o in outcomes),
+                           failed=any(o.failed for o in outcomes))
     if state == "stopped" and record is None:
         return StopOutcome(name, False, message=f"{name} is not running")
     if state == "stale":
-        if record is not None and record.supervisor and not _gone(record):
+        if record is not None and record.supervisor and not is_dead(record):
             _kill(record)  # an orphan of a dead supervisor that did not follow it out
         registry.clean(name)
         return StopOutcome(name, False, message=f"{name} was not running (removed its stale pidfile)")
     if record is not None and record.supervisor:
         return _stop_supervised(name, record, timeout, registry)
     if record is None:
-        return StopOutcome(name, False, message=f"{name} is starting; try again in a moment")
+        return StopOutcome(name, False, message=f"{name} is starting; try again in a moment", failed=True)
     return _stop_standalone(name, record, timeout, registry)
 
 
@@ -83,8 +82,8 @@ def _stop_standalone(name: str, record: ServiceRecord, timeout: float, registry:
         try:
             client.perform(name, "shutdown", timeout=max(0.1, min(3.0, timeout)), registry=registry)
             asked = True
-        except (ServiceNotRunning, ServiceTimeout, ProtocolError):
-            pass  # not answering: fall back to the signal
+        except ServiceFactoryError:
+            pass  # not answering, or refusing (a token, an overridden shutdown): the signal decides
     if not asked:
         try:
             os.kill(record.pid, signal.SIGTERM)
@@ -105,7 +104,7 @@ def _stop_standalone(name: str, record: ServiceRecord, timeout: float, registry:
 
 
 def _kill(record: ServiceRecord) -> None:
-    if _gone(record):
+    if is_dead(record):
         return
     try:
         os.kill(record.pid, signal.SIGKILL)
@@ -123,7 +122,7 @@ def stop_all(timeout: float = 10.0, registry: LocalRegistry | None = None) -> li
         try:
             result = function(*args)
         except ServiceFactoryError as exc:
-            result = [StopOutcome(args[0], True, message=f"{args[0]}: {exc}")]
+            result = [StopOutcome(args[0], True, message=f"{args[0]}: {exc}", failed=True)]
         with lock:
             outcomes.extend(result if isinstance(result, list) else [result])
 
@@ -157,6 +156,7 @@ def _stop_supervisor(name: str, record: ServiceRecord, timeout: float, registry:
         pass
     if not wait_gone(record, timeout + 5.0):
         _kill(record)
+        wait_gone(record, 5.0)
     for child in before:
         registry.clean(child)
     killed = {row["name"] for row in rows if row.get("last_exit") == -signal.SIGKILL}

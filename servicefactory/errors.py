@@ -16,6 +16,7 @@ __all__ = [
     "AlreadyRunning",
     "LoadError",
     "StateError",
+    "InvalidName",
 ]
 
 
@@ -105,3 +106,9 @@ class StateError(ServiceFactoryError):
     """The state directory is unusable (wrong owner, permissions, vanished)."""
 
     exit_code = 10
+
+
+class InvalidName(ServiceFactoryError, ValueError):
+    """A service name that cannot name files in the state directory."""
+
+    exit_code = 2

@@ -5,6 +5,9 @@ from collections import namedtuple
 from typing import Any, Iterator, Protocol
 
 
+#: the registry name of a supervisor is this prefix and its pid
+SUPERVISOR_PREFIX = "_supervisor-"
+
 _FIELDS = {
     "name": "", "pid": 0, "host": None, "port": None,
     "create_time": 0.0,  # the process's start time, to tell a reused pid from ours

@@ -12,10 +12,11 @@ import json
 import os
 import re
 import stat
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import AlreadyRunning, StateError
+from .errors import AlreadyRunning, InvalidName, StateError
 from .registry import Claim, ServiceRecord
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
@@ -35,7 +36,7 @@ def default_home() -> Path:
 def check_name(name: str) -> str:
     """Return `name` if it can name a service's files, else raise StateError."""
     if not isinstance(name, str) or not _NAME.match(name):
-        raise StateError(f"invalid service name {name!r}: use letters, digits, '_', '-' and '.'")
+        raise InvalidName(f"invalid service name {name!r}: use letters, digits, '_', '-' and '.'")
     return name
 
 
@@ -91,6 +92,37 @@ def _boot_time() -> float:
     return _boot[0]
 
 
+def _lock(path: Path, *, create: bool) -> int | None:
+    """An fd holding an exclusive flock on `path` (the file now at that path), or None if another holds it."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o600)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            return None
+        # the previous owner may have unlinked the file between our open and our lock
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+        if not create:
+            return None
+
+
+def is_dead(record: ServiceRecord) -> bool:
+    """Whether the recorded process is gone (or its pid now names another process)."""
+    started = process_start_time(record.pid) if record.pid else None
+    return started is None or abs(started - record.create_time) > 1.0
+
+
 class LocalRegistry:
     """The registry kept in one directory on this host (pidfiles, metadata, logs)."""
 
@@ -137,25 +169,17 @@ class LocalRegistry:
     def claim(self, name: str) -> Claim:
         """Take the name for this process (flock on its pidfile); raise AlreadyRunning if it is held."""
         self.ensure()
-        path = self.pidfile(name)
+        # a reader's momentary shared lock (status, stop) must not pass for a live owner: retry briefly
+        deadline = time.monotonic() + 0.1
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                os.close(fd)
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                record = self.lookup(name)
-                where = f" (pid {record.pid}, {record.url or 'no API'})" if record else ""
-                raise AlreadyRunning(f"{name} is already running{where}") from None
-            # the previous owner may have unlinked the file between our open and our lock
-            try:
-                if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(fd)
+            fd = _lock(self.pidfile(name), create=True)
+            if fd is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
+        if fd is None:
+            record = self.lookup(name)
+            where = f" (pid {record.pid}, {record.url or 'no API'})" if record else ""
+            raise AlreadyRunning(f"{name} is already running{where}")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         return Claim(name=name, handle=fd)
@@ -178,8 +202,9 @@ class LocalRegistry:
 
     def lookup(self, name: str) -> ServiceRecord | None:
         """The recorded metadata of `name`, or None (a missing or half-written file reads as none)."""
+        path = self.metadata_file(name)  # an invalid name is the caller's error, not a missing record
         try:
-            raw = self.metadata_file(name).read_bytes()
+            raw = path.read_bytes()
             return ServiceRecord.from_dict(json.loads(raw))
         except (OSError, ValueError, TypeError, KeyError):
             return None
@@ -223,24 +248,31 @@ class LocalRegistry:
             return ("stale" if has_files else "stopped"), record
         if record is None:
             return "starting", None
-        if record.supervisor and not self.is_held(record.supervisor):
-            return "stale", record  # its supervisor died; the child follows it out
-        if record.state != "running":
+        dead = is_dead(record)
+        if record.supervisor:
+            if not self.is_held(record.supervisor):
+                return "stale", record  # its supervisor died; the child follows it out
+            if record.state == "running" and dead:
+                return "starting", record  # it just exited; its supervisor is about to say what next
             return record.state, record
-        started = process_start_time(record.pid)
-        if started is None or abs(started - record.create_time) > 1.0:
-            return "stale", record
-        return "running", record
+        return ("stale" if dead else "running"), record
 
     def clean(self, name: str) -> None:
-        """Remove a stale service's leftovers; never touches a name whose lock is held."""
-        if self.is_held(name):
-            return
-        for path in (self.metadata_file(name), self.pidfile(name)):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+        """Remove a stale service's leftovers, holding its lock meanwhile: never those of a live owner."""
+        fd = _lock(self.pidfile(name), create=False)
+        if fd is None:
+            if self.pidfile(name).exists():
+                return  # held: somebody owns the name
+            fd = -1  # no pidfile at all: only a leftover metadata file to remove
+        try:
+            for path in (self.metadata_file(name), self.pidfile(name)):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        finally:
+            if fd >= 0:
+                os.close(fd)
 
     def remember(self, name: str, spec: dict[str, Any]) -> None:
         """Keep how `name` was run (target and options), so that `restart` can bring it back later."""

@@ -26,13 +26,12 @@ from ._child import SUPERVISOR_PID_ENV
 from .api import handle
 from .errors import AlreadyRunning, ServiceFactoryError, ServiceTimeout, StateError
 from .logfiles import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, RotatingLog
-from .registry import ServiceRecord
+from .registry import SUPERVISOR_PREFIX, ServiceRecord
 from .service import SUPERVISED_ENV, Endpoint, ServiceBase
 from .state import LocalRegistry, process_start_time
 
 logger = logging.getLogger("servicefactory.supervisor")  # also when run as __main__
 
-SUPERVISOR_PREFIX = "_supervisor-"
 ACTIVE = ("starting", "running", "backoff", "stopping")
 
 
@@ -52,6 +51,7 @@ class Spec:
     restart: str = "on-failure"
     stop_timeout: float = 10.0
     log_file: str | None = None
+    cwd: str | None = None  # where `run` was typed: module targets are imported from there
 
 
 @dataclass
@@ -217,6 +217,7 @@ class Supervisor(ServiceBase):
         try:
             child.popen = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                cwd=spec.cwd if spec.cwd and os.path.isdir(spec.cwd) else None,
                 pass_fds=(ready_write, child.claim.handle), start_new_session=True)
         except OSError as exc:
             os.close(ready_read)
