@@ -223,9 +223,3 @@ class _PlainOk(bytes):
 
 
 _PLAIN_OK = _PlainOk(b"ok\n")
-
-
-def check_token(token: str | None) -> str | None:
-    """Normalise a configured token: strip it, and treat empty as none."""
-    token = (token or "").strip()
-    return token or None

@@ -108,8 +108,3 @@ def load(target: str) -> list[type[ServiceBase]]:
     if not (isinstance(value, type) and issubclass(value, ServiceBase)) or value is ServiceBase:
         raise LoadError(f"{module_spec}:{class_name} is not a Service subclass (services it defines: {names})")
     return [value]
-
-
-def target_of(cls: type[ServiceBase], module_spec: str) -> str:
-    """The `module_spec:Class` target that loads `cls` again (in a child process, say)."""
-    return f"{module_spec}:{cls.__qualname__}"

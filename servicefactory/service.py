@@ -100,7 +100,6 @@ class _Runtime:
         self.iterations = 0
         self.errors = 0
         self.last_error: str | None = None
-        self.started = time.time()
         self.started_monotonic = time.monotonic()
         self.server: Any = None
         self.timer: threading.Thread | None = None

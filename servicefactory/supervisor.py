@@ -617,7 +617,9 @@ def _signal_name(number: int) -> str:
 
 def _readable(fd: int) -> bool:
     import select
-    return bool(select.select([fd], [], [], 0)[0])
+    poller = select.poll()  # poll, not select: fds above 1024 are fine
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _drain(fd: int) -> None:
@@ -658,11 +660,6 @@ def daemon_main() -> int:
                                            "exit_code": exc.exit_code}).encode() + b"\n")
         logger.error("%s", exc)
         return exc.exit_code
-
-
-def settings_dict(settings: Settings) -> dict:
-    """Settings as JSON-ready dict (for handing to a detached supervisor)."""
-    return asdict(settings)
 
 
 if __name__ == "__main__":
