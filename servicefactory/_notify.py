@@ -13,32 +13,43 @@ from typing import Any
 READY_FD_ENV = "SERVICEFACTORY_READY_FD"
 
 
+_pipe: list[int] = []
+
+
 def notify_ready(**details: Any) -> None:
-    """Report readiness on every channel the parent set up."""
-    _write_pipe({"ready": True, **details})
+    """Report readiness on every channel the parent set up (the pipe stays open for `stopping`)."""
+    _write_pipe({"ready": True, **details}, close=False)
     sd_notify(f"READY=1\nMAINPID={os.getpid()}")
 
 
 def notify_failed(error: BaseException) -> None:
     """Report a failed start, with the error's type and message."""
-    _write_pipe({"ready": False, "type": type(error).__name__, "error": str(error)})
+    _write_pipe({"ready": False, "type": type(error).__name__, "error": str(error)}, close=True)
 
 
-def notify_stopping() -> None:
-    """Tell systemd the service is stopping."""
+def notify_stopping(reason: str = "") -> None:
+    """Tell the parent why we stop (a supervisor must not undo a requested shutdown), and systemd that we do."""
+    _write_pipe({"stopping": reason}, close=True)
     sd_notify("STOPPING=1")
 
 
-def _write_pipe(message: dict) -> None:
+def _write_pipe(message: dict, close: bool) -> None:
     value = os.environ.pop(READY_FD_ENV, None)
-    if not value:
+    if value and value.isdigit():
+        _pipe.append(int(value))
+    if not _pipe:
         return
+    fd = _pipe[0]
     try:
-        fd = int(value)
         os.write(fd, json.dumps(message).encode() + b"\n")
-        os.close(fd)
-    except (ValueError, OSError):
+    except OSError:
         pass  # the parent went away; nobody is waiting for the answer
+    if close:
+        _pipe.clear()
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def sd_notify(state: str, address: str | None = None) -> bool:

@@ -362,7 +362,7 @@ class ServiceBase:
         finally:
             runtime.loop_done.set()
             runtime.stop_event.set()
-            _notify.notify_stopping()
+            _notify.notify_stopping(runtime.stop_reason)
             if runtime.timer is not None:
                 runtime.timer.join(1.0)  # it announces a signalled stop: before finalize's own lines
             if runtime.server is not None:
@@ -468,7 +468,8 @@ class _Registration:
 
 def _install_signals(runtime: _Runtime) -> dict:
     previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too: a terminal closing or an ssh session dropping should finalize, not kill outright
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         previous[signum] = signal.signal(signum, runtime.on_signal)
     return previous
 

@@ -156,11 +156,6 @@ class Supervisor(ServiceBase):
         """Withdraw every record and drop every lock; remember how each service ran, for `restart`."""
         for child in self.children.values():
             child.log.close()
-            if child.ever_ready:
-                try:
-                    self.registry.remember(child.spec.name, asdict(child.spec))
-                except OSError:
-                    pass
             self.registry.release(child.claim)
         self.children.clear()
 
@@ -287,32 +282,44 @@ class Supervisor(ServiceBase):
             child.output_fd = None
 
     def _read_ready(self, child: Child) -> None:
+        """Read the child's status pipe: `ready` (or why not) first, then `stopping` if it was asked to."""
         try:
             data = os.read(child.ready_fd, 4096) if child.ready_fd is not None else b""
         except BlockingIOError:
             return
         child.ready_buffer += data
-        if data and b"\n" not in child.ready_buffer:
-            return
-        self._unregister(child.ready_fd)
-        os.close(child.ready_fd)
-        child.ready_fd = None
-        line, child.ready_buffer = child.ready_buffer.split(b"\n", 1)[0], b""
+        *lines, child.ready_buffer = child.ready_buffer.split(b"\n")
+        for line in lines:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(message, dict):
+                continue
+            if message.get("ready") and child.state == "starting":
+                child.state = "running"
+                child.ready_at = time.monotonic()
+                child.ever_ready = True
+                child.ready_wall = time.time()
+                child.settled.set()
+                child.host, child.port = message.get("host"), message.get("port")
+                self._publish(child)
+                self._remember(child)
+                self._event(child, f"ready (pid {child.popen.pid}{', ' + _url(child) if child.port else ''})")
+            elif message.get("ready") is False:
+                child.error = message.get("error") or child.error
+            elif message.get("stopping") == "shutdown action":
+                child.user_stopped = True  # asked to stop through its API: as final as `servicefactory stop`
+        if not data:
+            self._unregister(child.ready_fd)
+            os.close(child.ready_fd)
+            child.ready_fd = None
+
+    def _remember(self, child: Child) -> None:
         try:
-            message = json.loads(line) if line else {}
-        except ValueError:
-            message = {}
-        if message.get("ready") and child.state == "starting":
-            child.state = "running"
-            child.ready_at = time.monotonic()
-            child.ever_ready = True
-            child.ready_wall = time.time()
-            child.settled.set()
-            child.host, child.port = message.get("host"), message.get("port")
-            self._publish(child)
-            self._event(child, f"ready (pid {child.popen.pid}{', ' + _url(child) if child.port else ''})")
-        elif not message.get("ready"):
-            child.error = message.get("error") or child.error
+            self.registry.remember(child.spec.name, asdict(child.spec))
+        except OSError:
+            pass
 
     def _reap(self, child: Child) -> None:
         popen = child.popen
@@ -329,8 +336,12 @@ class Supervisor(ServiceBase):
             self._unregister(child.pidfd)
             os.close(child.pidfd)
             child.pidfd = None
-        if child.ready_fd is not None:
+        if child.ready_fd is not None:  # its last words: ready, or stopping on request
             self._read_ready(child)
+        if child.ready_fd is not None:  # still open: a grandchild holds it; we heard all we need
+            self._unregister(child.ready_fd)
+            os.close(child.ready_fd)
+            child.ready_fd = None
         # what the child wrote last is often why it died: read it, but boundedly (a grandchild that
         # escaped its group could keep the pipe open and busy for ever)
         deadline = time.monotonic() + 0.5
@@ -374,6 +385,7 @@ class Supervisor(ServiceBase):
                     child.next_start = time.monotonic() + delay
                     child.restarts += 1
                     self._event(child, f"{described}; restarting in {delay:g} s")
+        child.exited.set()  # this process is gone; a respawn below starts waiting afresh
         if child.restart_after_stop:
             child.restart_after_stop = False
             child.user_stopped = False
@@ -381,7 +393,6 @@ class Supervisor(ServiceBase):
             child.restarts += 1
             self._spawn(child)
         self._publish(child)
-        child.exited.set()
         if child.state in ("failed", "stopped"):
             child.settled.set()
 

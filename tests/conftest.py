@@ -20,15 +20,37 @@ PYTHON = sys.executable
 
 
 @pytest.fixture(autouse=True)
-def sf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own state directory, so no test sees another's (or the user's) services."""
+def sf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own state directory, so no test sees another's (or the user's) services.
+
+    Whatever still runs with that directory when the test ends (a daemon a failed test could not
+    stop) is killed: no test leaves a process behind.
+    """
     home = tmp_path / "sf-home"
     monkeypatch.setenv("SERVICEFACTORY_HOME", str(home))
     monkeypatch.delenv("SERVICEFACTORY_TOKEN", raising=False)
     from servicefactory import client
     client._addresses.clear()
     client._tokens.clear()
-    return home
+    yield home
+    client.close_connections()
+    _kill_leftovers(home)
+
+
+def _kill_leftovers(home: Path) -> None:
+    import psutil
+
+    marker = f"SERVICEFACTORY_HOME={home}".encode()
+    for pid in psutil.pids():
+        if pid == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                if marker + b"\0" not in handle.read() + b"\0":
+                    continue
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
 
 
 def free_port() -> int:

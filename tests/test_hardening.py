@@ -561,3 +561,11 @@ def test_running_out_of_file_descriptors_neither_spins_nor_stops_the_service(spa
         for sock in hogs:
             sock.close()
         client.close_connections()
+
+
+def test_sighup_to_a_script_finalizes_and_releases_its_name(spawn, sf_home):
+    proc = _start_standalone(spawn, 0)
+    proc.signal(signal.SIGHUP)
+    assert proc.wait(timeout=5) == 0, proc.output
+    assert "Sleeper : finalizing" in proc.output
+    assert not (sf_home / "Sleeper.pid").exists()

@@ -671,3 +671,41 @@ def test_a_crashed_services_own_children_die_with_it_and_a_chatty_grandchild_can
     started = time.monotonic()
     result = sf("status", "Spawner", "--json")
     assert time.monotonic() - started < 5 and json.loads(result.stdout)[0]["last_exit"] == 3
+
+
+def test_stop_after_a_restart_still_waits_until_the_service_is_gone(sf):
+    sf.write("slowstop.py", """
+        import time
+        from servicefactory import Service
+
+        @Service.API.endpoint(port=0)
+        class SlowStop(Service.base):
+            def loop(self):
+                self.sleep(1)
+            def finalize(self):
+                time.sleep(1.0)
+        """)
+    sf.daemon("slowstop.py")
+    assert sf("restart", "SlowStop").returncode == 0
+    started = time.monotonic()
+    assert sf("stop", "SlowStop").returncode == 0
+    assert time.monotonic() - started >= 0.9  # it waited for the finalize
+    row = sf.row("SlowStop")
+    assert row is None or row["state"] != "stopping", row
+    sf.daemon("slowstop.py")  # and the name is free again at once
+
+
+def test_a_shutdown_asked_through_the_api_is_not_undone_even_with_restart_always(sf):
+    sf.write("always.py", """
+        from servicefactory import Service
+
+        @Service.API.endpoint(port=0)
+        class Always(Service.base):
+            def loop(self):
+                self.sleep(1)
+        """)
+    sf.daemon("always.py", "--restart", "always", "--backoff", "0.1")
+    assert sf("perform", "Always", "shutdown").returncode == 0
+    time.sleep(1.0)  # ten backoffs' worth: a restart would have happened by now
+    row = sf.row("Always")
+    assert row is None or row["state"] == "stopped", row
