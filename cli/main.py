@@ -112,15 +112,23 @@ def perform(name: str, action: str, data: str | None, timeout: float) -> None:
         data = sys.stdin.read()
     value = None
     if data is not None:
+        if not data.strip():
+            _fail("DATA is empty; give a JSON value, e.g. '\"hello\"', 42 or '{\"a\": 1}'", 2)
         try:
-            value = json.loads(data)
+            value = json.loads(data, parse_constant=_no_constants)
+        except RecursionError:
+            _fail("DATA is nested too deeply", 2)
         except ValueError as exc:
             _fail(f"DATA is not valid JSON ({exc}); strings need quotes: '\"hello\"'", 2)
     try:
         result = client.perform(name, action, value, timeout=timeout)
     except ServiceFactoryError as exc:
         _fail(exc)
-    click.echo(json.dumps(result))
+    click.echo(json.dumps(result, ensure_ascii=False))
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 # -- stop ----------------------------------------------------------------------------------
@@ -138,8 +146,10 @@ def stop(names: tuple[str, ...], all_: bool, timeout: float) -> None:
     """Stop services gracefully; SIGKILL (with a warning) those still alive after --timeout."""
     from servicefactory import control
 
-    if bool(names) == all_:
-        _fail("give service names or --all (not both)", 2)
+    if names and all_:
+        _fail("give service names or --all, not both", 2)
+    if not names and not all_:
+        _fail("give the names of the services to stop, or --all", 2)
     from servicefactory.state import check_name
 
     registry = _registry()
@@ -282,11 +292,8 @@ def status(names: tuple[str, ...], as_json: bool, all_: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     elif not rows:
-        if registry.home.exists():
-            click.echo(f"no services (state directory {registry.home})")
-        else:
-            click.echo(f"no services: the state directory {registry.home} does not exist "
-                       f"(deleted? services started with it keep running, but cannot be found)")
+        click.echo(f"no services (state directory {registry.home}" + (")" if registry.home.exists() else
+                   " does not exist: nothing was started with it yet, or it was deleted)"))
     else:
         _print_table(rows)
     if any(row["state"] != "running" for row in rows):
@@ -413,8 +420,19 @@ def list_(target: str) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="servicefactory")
+    """Console-script entry point; Ctrl+C exits 130, as shells expect."""
+    try:
+        cli.main(prog_name="servicefactory", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        sys.exit(141)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,12 @@ def specs(targets: tuple[str, ...], name: str | None, host: str | None, port: in
             check_name(spec.name)
         except ServiceFactoryError as exc:
             _fail(exc, 2)
+        if spec.name.startswith("_") or spec.name == "supervisor":
+            _fail(f"the name {spec.name!r} is reserved for servicefactory's own records; pick another", 2)
+        if spec.log_file:
+            directory = os.path.dirname(spec.log_file)
+            if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+                _fail(f"cannot write the log file {spec.log_file}: {directory} is not a writable directory", 2)
         if spec.name in seen:
             _fail(f"two services are named {spec.name!r}; run them separately with --name", 2)
         seen.add(spec.name)
@@ -124,8 +130,19 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                    pass_fds=(ready_write,), start_new_session=True)
     os.close(ready_write)
-    with os.fdopen(ready_read, "rb") as ready:
-        line = ready.readline()  # EOF if the supervisor dies: never a hang
+    try:
+        with os.fdopen(ready_read, "rb") as ready:
+            line = ready.readline()  # EOF if the supervisor dies: never a hang
+    except KeyboardInterrupt:
+        # the user gave up waiting: do not leave services starting behind their back
+        import signal
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        click.echo("interrupted: stopped the services that were starting", err=True)
+        sys.exit(130)
     try:
         message = json.loads(line) if line else None
     except ValueError:

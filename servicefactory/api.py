@@ -151,7 +151,8 @@ class App:
         else:
             try:
                 body = json.dumps(result, allow_nan=False).encode() + b"\n"
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, RecursionError) as exc:
+                logger.error("action %r returned a result that is not JSON serialisable: %s", name, exc)
                 return (*_error(500, type(exc).__name__, f"result is not JSON serialisable: {exc}"), None)
         after = self.on_shutdown if name == "shutdown" and action.attribute == "_servicefactory_shutdown" else None
         return 200, body, after

@@ -31,6 +31,8 @@ def encode(data: Any) -> bytes:
         return json.dumps(data, allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
         raise InvalidData(f"data is not JSON serialisable: {exc}") from None
+    except RecursionError:
+        raise InvalidData("data is nested too deeply to send as JSON") from None
 
 
 def decode_answer(status: int, content_type: str, body: bytes, action: str, name: str) -> Any:
@@ -69,6 +71,9 @@ def resolve(name: str, registry: Any = None, fallback: tuple[str, int] | None = 
     record = registry.lookup(name)
     if record is not None and record.address is not None:
         address = record.address
+    elif record is not None and record.state == "running" and fallback is None:
+        raise ServiceNotRunning(f"{name} runs without an API (its class declares no Service.API.endpoint): "
+                                f"there is nothing to perform")
     elif fallback is not None and fallback[1]:
         address = (fallback[0] if fallback[0] not in ("0.0.0.0", "::", "") else "127.0.0.1", fallback[1])
     else:
@@ -95,6 +100,8 @@ def perform(name: str, action: str, data: Any = None, *, timeout: float = DEFAUL
     if registry is None:
         from .registry import default_registry
         registry = default_registry()
+    if not timeout > 0:
+        raise InvalidData(f"timeout must be positive, not {timeout!r}")
     if not valid_action_name(action):
         raise InvalidData(f"invalid action name {action!r}: use letters, digits, '_', '-' and single dots")
     body = encode(data)

@@ -44,6 +44,8 @@ def _import_module(spec: str) -> ModuleType:
         sys.path.insert(0, os.getcwd())  # as `python -m` does: the current directory is importable
     try:
         return importlib.import_module(spec)
+    except SystemExit as exc:
+        raise LoadError(f"importing {spec!r} called sys.exit({exc.code!r}); services must not exit at import") from None
     except ModuleNotFoundError as exc:
         missing = exc.name or ""
         if spec == missing or spec.startswith(missing + "."):
@@ -75,6 +77,9 @@ def _import_path(spec: str) -> ModuleType:
     sys.modules[name] = module
     try:
         module_spec.loader.exec_module(module)
+    except SystemExit as exc:
+        sys.modules.pop(name, None)
+        raise LoadError(f"importing {spec!r} called sys.exit({exc.code!r}); services must not exit at import") from None
     except Exception as exc:
         sys.modules.pop(name, None)
         raise TargetImportError(spec, exc) from None

@@ -147,6 +147,8 @@ class LocalRegistry:
         """Create the directory 0700 if missing; refuse one that others own or may write."""
         try:
             self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except FileExistsError:
+            pass  # a file where the directory should be: check() says so
         except OSError as exc:
             raise StateError(f"cannot create state directory {self.home}: {exc.strerror}") from None
         self.check()
@@ -158,6 +160,11 @@ class LocalRegistry:
             info = self.home.stat()
         except FileNotFoundError:
             raise StateError(f"state directory {self.home} does not exist (was it deleted?)") from None
+        except OSError as exc:
+            raise StateError(f"state directory {self.home} is unusable: {exc.strerror}") from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise StateError(f"state directory {self.home} is not a directory; set SERVICEFACTORY_HOME "
+                             f"to a directory of your own")
         if info.st_uid != os.geteuid():
             raise StateError(f"state directory {self.home} is owned by uid {info.st_uid}, not by you; "
                              f"set SERVICEFACTORY_HOME to a directory of your own")
@@ -213,7 +220,7 @@ class LocalRegistry:
         """Every name with a pidfile or metadata here, sorted."""
         try:
             entries = os.listdir(self.home)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         found = {entry.rsplit(".", 1)[0] for entry in entries
                  if entry.endswith((".pid", ".json")) and not entry.startswith(".")}

@@ -362,8 +362,11 @@ class Supervisor(ServiceBase):
         if child.user_stopped:
             child.state = "stopped"
             self._event(child, f"stopped ({described})")
-        elif self.stopping or (self.starting_up and not child.ever_ready):
-            child.state = "failed" if code or self.starting_up else "stopped"
+        elif self.stopping:
+            child.state = "stopped"  # we are stopping everything: whatever the exit, it was asked for
+            self._event(child, described)
+        elif self.starting_up and not child.ever_ready:
+            child.state = "failed"
             self._event(child, described)
         else:
             crashed = code != 0
@@ -433,6 +436,7 @@ class Supervisor(ServiceBase):
             self._stop_child(child)
         while any(child.popen is not None for child in self.children.values()):
             self.loop()
+        self._check_startup()
         self._report_startup()
         self.release_all()
         self.selector.close()
@@ -443,6 +447,10 @@ class Supervisor(ServiceBase):
 
     def _check_startup(self) -> None:
         if not self.starting_up:
+            return
+        if self.stopping:  # Ctrl+C or a stop while starting: not a failure of any service
+            self.starting_up = False
+            self.failure = {"service": None, "error": "stopped before every service was ready", "exit_code": 1}
             return
         children = list(self.children.values())
         never = [c for c in children if not c.ever_ready and c.state not in ("starting", "running")]
