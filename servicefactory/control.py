@@ -47,7 +47,9 @@ def stop(name: str, timeout: float = 10.0, registry: LocalRegistry | None = None
         return StopOutcome(name, True, message=f"{name} stopped" + "".join(f"; {o.message}" for o in outcomes),
                            failed=any(o.failed for o in outcomes))
     if state == "stopped" and record is None:
-        return StopOutcome(name, False, message=f"{name} is not running")
+        known = registry.remembered(name) is not None
+        return StopOutcome(name, False, message=f"{name} is not running" +
+                           ("" if known else " (no service of that name was ever run here)"))
     if state == "stale":
         if record is not None and record.supervisor and not is_dead(record):
             _kill(record)  # an orphan of a dead supervisor that did not follow it out
@@ -182,6 +184,8 @@ def status(names: list[str] | None = None, registry: LocalRegistry | None = None
     now = time.time()
     for name in names:
         state, record = registry.state_of(name)
+        if state == "stopped" and record is None and registry.remembered(name) is None:
+            state = "unknown"  # a typo must not look like a service that stopped
         row: dict[str, Any] = {"name": name, "state": state, "pid": None, "host": None, "port": None, "url": None,
                                "started": None, "uptime": None, "restarts": 0, "last_exit": None,
                                "cpu": None, "memory": None, "supervisor": None, "target": None}

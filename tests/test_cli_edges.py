@@ -132,3 +132,12 @@ def test_a_module_that_exits_at_import_is_explained(tmp_path):
 def test_stop_without_arguments_says_what_it_needs(tmp_path):
     result = sf("stop", cwd=tmp_path)
     assert result.returncode == 2 and "--all" in result.stderr and "not both" not in result.stderr
+
+
+def test_a_name_never_run_reads_unknown_not_stopped(tmp_path, sf_home):
+    from servicefactory.state import LocalRegistry
+    LocalRegistry(sf_home).ensure()
+    result = sf("status", "NeverExisted", "--json", cwd=tmp_path)
+    assert result.returncode == 3 and json.loads(result.stdout)[0]["state"] == "unknown"
+    result = sf("stop", "NeverExisted", cwd=tmp_path)
+    assert result.returncode == 0 and "never run" in result.stdout
