@@ -140,4 +140,4 @@ def test_a_name_never_run_reads_unknown_not_stopped(tmp_path, sf_home):
     result = sf("status", "NeverExisted", "--json", cwd=tmp_path)
     assert result.returncode == 3 and json.loads(result.stdout)[0]["state"] == "unknown"
     result = sf("stop", "NeverExisted", cwd=tmp_path)
-    assert result.returncode == 0 and "never run" in result.stdout
+    assert result.returncode == 0 and "no service of that name was ever run" in result.stdout
