@@ -185,6 +185,9 @@ class LocalRegistry:
             time.sleep(0.005)
         if fd is None:
             record = self.lookup(name)
+            if record is not None and record.supervisor and record.state != "running":
+                raise AlreadyRunning(f"{name} is {record.state} under {record.supervisor}, which still holds "
+                                     f"its name: `servicefactory restart {name}` or `servicefactory stop {name}`")
             where = f" (pid {record.pid}, {record.url or 'no API'})" if record else ""
             raise AlreadyRunning(f"{name} is already running{where}")
         os.ftruncate(fd, 0)

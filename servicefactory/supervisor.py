@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +25,8 @@ from . import _notify
 from ._child import SUPERVISOR_PID_ENV
 from .api import handle
 from .errors import AlreadyRunning, ServiceFactoryError, ServiceTimeout, StateError
-from .logfiles import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, RotatingLog
+from .logfiles import RotatingLog
+from ._supervised import Child, Settings, Spec, drain, readable, signal_name, stamp, url_of
 from .registry import SUPERVISOR_PREFIX, ServiceRecord
 from .service import SUPERVISED_ENV, Endpoint, ServiceBase
 from .state import LocalRegistry, process_start_time
@@ -38,68 +39,6 @@ ACTIVE = ("starting", "running", "backoff", "stopping")
 def _api_token() -> str:
     import secrets
     return secrets.token_urlsafe(24)
-
-
-@dataclass
-class Spec:
-    """One service to supervise."""
-
-    name: str
-    target: str
-    host: str | None = None
-    port: int | None = None
-    restart: str = "on-failure"
-    stop_timeout: float = 10.0
-    log_file: str | None = None
-    cwd: str | None = None  # where `run` was typed: module targets are imported from there
-
-
-@dataclass
-class Settings:
-    """Knobs shared by every service of one supervisor."""
-
-    backoff: float = 1.0  # first restart delay; doubles per fast failure
-    backoff_max: float = 60.0
-    reset_after: float = 10.0  # a run this long clears the failure count
-    max_failures: int = 5  # fast failures in a row before a service is left `failed`
-    ready_timeout: float = 60.0
-    log_max_bytes: int = DEFAULT_MAX_BYTES
-    log_backups: int = DEFAULT_BACKUPS
-    foreground: bool = False
-
-
-class Child:
-    """One supervised service and its current process."""
-
-    def __init__(self, spec: Spec, claim: Any, log: RotatingLog) -> None:
-        self.spec = spec
-        self.claim = claim
-        self.log = log
-        self.state = "stopped"
-        self.popen: subprocess.Popen | None = None
-        self.pidfd: int | None = None
-        self.ready_fd: int | None = None
-        self.output_fd: int | None = None
-        self.partial = b""
-        self.ready_buffer = b""
-        self.started_at = 0.0
-        self.ready_at: float | None = None
-        self.next_start = 0.0
-        self.stop_deadline: float | None = None
-        self.killed = False
-        self.fast_failures = 0
-        self.restarts = 0
-        self.last_exit: int | None = None
-        self.host: str | None = None
-        self.port: int | None = None
-        self.error: str | None = None
-        self.user_stopped = False
-        self.ever_ready = False
-        self.ready_wall = 0.0
-        self.restart_after_stop = False
-        self.exited = threading.Event()
-        self.settled = threading.Event()  # ready, failed or stopped: what a restart waits for
-        self.tail: list[str] = []
 
 
 class Supervisor(ServiceBase):
@@ -173,7 +112,7 @@ class Supervisor(ServiceBase):
         for key, _ in self.selector.select(timeout):
             kind, child = key.data
             if kind == "wake":
-                _drain(self.wake_read)
+                drain(self.wake_read)
             elif kind == "out":
                 self._pump(child)
             elif kind == "ready":
@@ -266,7 +205,7 @@ class Supervisor(ServiceBase):
             self._emit(child, line.decode(errors="replace"))
 
     def _emit(self, child: Child, text: str) -> None:
-        child.log.write(f"{_stamp()} {text}\n".encode())
+        child.log.write(f"{stamp()} {text}\n".encode())
         child.tail = (child.tail + [text])[-20:]
         if self.printer is not None:
             self.printer(child.spec.name, text)
@@ -305,7 +244,7 @@ class Supervisor(ServiceBase):
                 child.host, child.port = message.get("host"), message.get("port")
                 self._publish(child)
                 self._remember(child)
-                self._event(child, f"ready (pid {child.popen.pid}{', ' + _url(child) if child.port else ''})")
+                self._event(child, f"ready (pid {child.popen.pid}{', ' + url_of(child) if child.port else ''})")
             elif message.get("ready") is False:
                 child.error = message.get("error") or child.error
             elif message.get("stopping") == "shutdown action":
@@ -348,7 +287,7 @@ class Supervisor(ServiceBase):
         while child.output_fd is not None and time.monotonic() < deadline:
             before = child.output_fd
             self._pump(child)
-            if child.output_fd == before and not _readable(before):
+            if child.output_fd == before and not readable(before):
                 break
         self._close_output(child)
         child.popen = None
@@ -358,7 +297,7 @@ class Supervisor(ServiceBase):
         child.last_exit = code
         child.stop_deadline = None
         ran = time.monotonic() - child.started_at
-        described = f"exited with code {code}" if code >= 0 else f"killed by {_signal_name(-code)}"
+        described = f"exited with code {code}" if code >= 0 else f"killed by {signal_name(-code)}"
         if child.user_stopped:
             child.state = "stopped"
             self._event(child, f"stopped ({described})")
@@ -474,7 +413,7 @@ class Supervisor(ServiceBase):
             message = {"ready": False, **self.failure}
         else:
             message = {"ready": True, "supervisor": self.name, "pid": os.getpid(),
-                       "services": [{"name": c.spec.name, "pid": c.popen.pid if c.popen else None, "url": _url(c)}
+                       "services": [{"name": c.spec.name, "pid": c.popen.pid if c.popen else None, "url": url_of(c)}
                                     for c in self.children.values()]}
         try:
             os.write(self.ready_fd, json.dumps(message).encode() + b"\n")
@@ -514,7 +453,7 @@ class Supervisor(ServiceBase):
 
     def _event(self, child: Child, text: str, warn: bool = False) -> None:
         line = f"[servicefactory] {child.spec.name} {text}"
-        child.log.write(f"{_stamp()} {line}\n".encode())
+        child.log.write(f"{stamp()} {line}\n".encode())
         if self.printer is not None:
             self.printer(child.spec.name, line)
         else:
@@ -603,7 +542,7 @@ class Supervisor(ServiceBase):
             popen = child.popen
             rows.append({"name": child.spec.name, "state": child.state, "pid": popen.pid if popen else None,
                          "restarts": child.restarts, "last_exit": child.last_exit,
-                         "url": _url(child) if child.state == "running" else None, "error": child.error})
+                         "url": url_of(child) if child.state == "running" else None, "error": child.error})
         return rows
 
     def _await_exit(self, children: list[Child], timeout: float | None = None) -> list:
@@ -613,40 +552,6 @@ class Supervisor(ServiceBase):
         for child in children:
             child.exited.wait(max(0.0, deadline - time.monotonic()))
         return self.handle_status({"names": [c.spec.name for c in children]})
-
-
-def _url(child: Child) -> str | None:
-    if child.port is None or child.host is None:
-        return None
-    record = ServiceRecord(name=child.spec.name, pid=0, host=child.host, port=child.port)
-    return record.url
-
-
-def _stamp() -> str:
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-def _readable(fd: int) -> bool:
-    import select
-    poller = select.poll()  # poll, not select: fds above 1024 are fine
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except (BlockingIOError, OSError):
-        pass
 
 
 def run_supervisor(specs: list[Spec], settings: Settings, *, printer: Callable[[str, str], None] | None = None,

@@ -1,0 +1,109 @@
+"""What the supervisor knows about each service: its spec, the shared settings, its current process."""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .logfiles import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, RotatingLog
+from .registry import ServiceRecord
+
+
+@dataclass
+class Spec:
+    """One service to supervise."""
+
+    name: str
+    target: str
+    host: str | None = None
+    port: int | None = None
+    restart: str = "on-failure"
+    stop_timeout: float = 10.0
+    log_file: str | None = None
+    cwd: str | None = None  # where `run` was typed: module targets are imported from there
+
+
+@dataclass
+class Settings:
+    """Knobs shared by every service of one supervisor."""
+
+    backoff: float = 1.0  # first restart delay; doubles per fast failure
+    backoff_max: float = 60.0
+    reset_after: float = 10.0  # a run this long clears the failure count
+    max_failures: int = 5  # fast failures in a row before a service is left `failed`
+    ready_timeout: float = 60.0
+    log_max_bytes: int = DEFAULT_MAX_BYTES
+    log_backups: int = DEFAULT_BACKUPS
+    foreground: bool = False
+
+
+class Child:
+    """One supervised service and its current process."""
+
+    def __init__(self, spec: Spec, claim: Any, log: RotatingLog) -> None:
+        self.spec = spec
+        self.claim = claim
+        self.log = log
+        self.state = "stopped"
+        self.popen: subprocess.Popen | None = None
+        self.pidfd: int | None = None
+        self.ready_fd: int | None = None
+        self.output_fd: int | None = None
+        self.partial = b""
+        self.ready_buffer = b""
+        self.started_at = 0.0
+        self.ready_at: float | None = None
+        self.next_start = 0.0
+        self.stop_deadline: float | None = None
+        self.killed = False
+        self.fast_failures = 0
+        self.restarts = 0
+        self.last_exit: int | None = None
+        self.host: str | None = None
+        self.port: int | None = None
+        self.error: str | None = None
+        self.user_stopped = False
+        self.ever_ready = False
+        self.ready_wall = 0.0
+        self.restart_after_stop = False
+        self.exited = threading.Event()
+        self.settled = threading.Event()  # ready, failed or stopped: what a restart waits for
+        self.tail: list[str] = []
+
+
+def url_of(child: Child) -> str | None:
+    if child.port is None or child.host is None:
+        return None
+    record = ServiceRecord(name=child.spec.name, pid=0, host=child.host, port=child.port)
+    return record.url
+
+
+def stamp() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def readable(fd: int) -> bool:
+    poller = select.poll()  # poll, not select: fds above 1024 are fine
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except (BlockingIOError, OSError):
+        pass
