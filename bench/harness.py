@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
+# the venv's own interpreter and scripts: the repository's .venv, else those of the running python
 VENV_BIN = ROOT / ".venv" / "bin"
-# the venv's own interpreter, also when run.py is started some other way
+if not (VENV_BIN / "python").exists():
+    VENV_BIN = Path(sys.executable).parent
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
 MIB = 1024 * 1024
 
