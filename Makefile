@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BASE_STAMP := $(VENV)/.installed-base
 # a regular (not editable) install: the editable finder costs every Python start in the venv ~15 ms,
 # which `servicefactory perform` would pay; reinstalled whenever a source file changes
 SOURCES := $(shell find servicefactory cli -name '*.py' -o -name 'py.typed')
@@ -18,8 +19,13 @@ $(STAMP): $(PY) setup.cfg setup.py pyproject.toml $(SOURCES)
 	rm -rf build
 	touch $(STAMP)
 
+$(BASE_STAMP): $(PY) setup.cfg setup.py pyproject.toml $(SOURCES)
+	$(PY) -m pip install --quiet .
+	rm -rf build
+	touch $(BASE_STAMP)
+
 ## make run: set up and run the demo service (the founding document's TestService) in the foreground
-run: $(STAMP)
+run: $(BASE_STAMP)
 	$(PY) -m servicefactory.TestService
 
 ## make test: set up and run the whole test suite
