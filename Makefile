@@ -8,7 +8,7 @@ BASE_STAMP := $(VENV)/.installed-base
 # which `servicefactory perform` would pay; reinstalled whenever a source file changes
 SOURCES := $(shell find servicefactory cli -name '*.py' -o -name 'py.typed')
 
-.PHONY: run test bench bench-smoke clean
+.PHONY: run test bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

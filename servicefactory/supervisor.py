@@ -506,23 +506,24 @@ class Supervisor(ServiceBase):
             raise ServiceFactoryError(f"not supervised here: {', '.join(unknown)}")
         return [children[name] for name in names]
 
-    @handle("stop", post_only=True)
-    def handle_stop(self, data: Any) -> list:
-        """Stop the named services for good (no restart); answers once they are gone."""
+    def _request(self, data: Any) -> tuple[list[Child], float | None]:
+        """The children a stop/restart request names (all if none), and its timeout if it gives one."""
         data = data if isinstance(data, dict) else {}
         timeout = data.get("timeout")
         timeout = float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else None
-        children = self._call(lambda: self._children_named(data.get("names")))
+        return self._call(lambda: self._children_named(data.get("names"))), timeout
+
+    @handle("stop", post_only=True)
+    def handle_stop(self, data: Any) -> list:
+        """Stop the named services for good (no restart); answers once they are gone."""
+        children, timeout = self._request(data)
         self._call(lambda: [self._stop_child(child, timeout=timeout) for child in children])
         return self._await_exit(children, timeout)
 
     @handle("restart", post_only=True)
     def handle_restart(self, data: Any) -> list:
         """Stop (if running) and start the named services again; answers once they are ready (or not)."""
-        data = data if isinstance(data, dict) else {}
-        timeout = data.get("timeout")
-        timeout = float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else None
-        children = self._call(lambda: self._children_named(data.get("names")))
+        children, timeout = self._request(data)
         for child in children:
             child.settled.clear()
         self._call(lambda: [self._stop_child(child, restart=True, timeout=timeout) for child in children])
