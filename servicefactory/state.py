@@ -26,7 +26,7 @@ def default_home() -> Path:
     """Where state lives: $SERVICEFACTORY_HOME, else $XDG_RUNTIME_DIR/servicefactory, else ~/.servicefactory."""
     explicit = os.environ.get("SERVICEFACTORY_HOME")
     if explicit:
-        return Path(explicit).expanduser()
+        return Path(explicit).expanduser().absolute()  # messages name the directory actually used
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         return Path(runtime) / "servicefactory"
