@@ -183,11 +183,8 @@ def _stop_each(names: tuple[str, ...], timeout: float, registry: Any) -> list:
     import threading
 
     from servicefactory import control
-    from servicefactory.state import check_name
 
-    for name in names:
-        check_name(name)
-    outcomes: dict[str, Any] = {}
+    outcomes: dict[str, Any] = {}  # names were checked by `stop` already
     errors: list[ServiceFactoryError] = []
 
     def one(name: str) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .logfiles import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, RotatingLog
-from .registry import ServiceRecord
+from ._names import connect_host, host_port
 
 
 @dataclass
@@ -77,10 +77,10 @@ class Child:
 
 
 def url_of(child: Child) -> str | None:
+    """The service's API URL, or None without one."""
     if child.port is None or child.host is None:
         return None
-    record = ServiceRecord(name=child.spec.name, pid=0, host=child.host, port=child.port)
-    return record.url
+    return f"http://{host_port(connect_host(child.host), child.port)}"
 
 
 def stamp() -> str:

@@ -8,7 +8,7 @@ from _operator import _compare_digest as compare_digest  # hmac's, without loadi
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
-from ._names import valid_action_name
+from ._names import is_loopback, valid_action_name
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +17,6 @@ BUILTIN_ACTIONS = ("shutdown", "health", "actions")
 DEFAULT_MAX_BODY = 1024 * 1024
 
 _MARK = "__servicefactory_action__"
-_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]", "localhost.localdomain", "ip6-localhost"}
 _JSON_HEADERS = [("Content-Type", "application/json")]
 _STATUS_LINES = {
     200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden",
@@ -88,7 +87,7 @@ def _allowed_host(host_header: str, bound_host: str) -> bool:
         return True  # HTTP/1.0 clients send none; browsers always do
     host = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
     host = host.lower()
-    return host in _LOOPBACK_NAMES or host == bound_host or host.strip("[]") == bound_host
+    return is_loopback(host) or host.strip("[]") == bound_host
 
 
 class App:

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from ._names import valid_action_name
+from ._names import connect_host, host_port, valid_action_name
 from .errors import (ActionFailed, InvalidData, ProtocolError, ServiceNotRunning, ServiceTimeout,
                      Unauthorized, UnknownAction)
 
@@ -75,7 +75,7 @@ def resolve(name: str, registry: Any = None, fallback: tuple[str, int] | None = 
         raise ServiceNotRunning(f"{name} runs without an API (its class declares no Service.API.endpoint): "
                                 f"there is nothing to perform")
     elif fallback is not None and fallback[1]:
-        address = (fallback[0] if fallback[0] not in ("0.0.0.0", "::", "") else "127.0.0.1", fallback[1])
+        address = (connect_host(fallback[0]), fallback[1])
     else:
         home = getattr(registry, "home", None)
         if home is not None and not home.exists():
@@ -152,8 +152,7 @@ def _send(address: tuple[str, int], name: str, action: str, body: bytes, timeout
 
 
 def _host_header(address: tuple[str, int]) -> str:
-    host = f"[{address[0]}]" if ":" in address[0] else address[0]
-    return f"{host}:{address[1]}"
+    return host_port(*address)
 
 
 class _Pool(dict):

@@ -147,9 +147,8 @@ def stop_all(timeout: float = 10.0, registry: LocalRegistry | None = None) -> li
 
 
 def _stop_supervisor(name: str, record: ServiceRecord, timeout: float, registry: LocalRegistry) -> list[StopOutcome]:
-    before = {n: (registry.lookup(n) or ServiceRecord(n, 0, state="stopped")).state for n in registry.names()
-              if not n.startswith(SUPERVISOR_PREFIX)
-              and (registry.lookup(n) or ServiceRecord("", 0)).supervisor == name}
+    records = {n: registry.lookup(n) for n in registry.names() if not n.startswith(SUPERVISOR_PREFIX)}
+    before = {n: record.state for n, record in records.items() if record is not None and record.supervisor == name}
     rows: list = []
     try:
         rows = call_supervisor(name, "stop", {"names": [], "timeout": timeout}, timeout + 15, registry)

@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections import namedtuple
 from typing import Any, Iterator, Protocol
 
+from ._names import connect_host, host_port
+
 
 #: the registry name of a supervisor is this prefix and its pid
 SUPERVISOR_PREFIX = "_supervisor-"
@@ -46,17 +48,13 @@ class ServiceRecord:
         """Where a client connects: the bound (host, port), a wildcard bind read as loopback."""
         if self.port is None or self.host is None:
             return None
-        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
-        return host, self.port
+        return connect_host(self.host), self.port
 
     @property
     def url(self) -> str | None:
         """The API's base URL, or None for a service without an API."""
         address = self.address
-        if address is None:
-            return None
-        host = f"[{address[0]}]" if ":" in address[0] else address[0]
-        return f"http://{host}:{address[1]}"
+        return None if address is None else f"http://{host_port(*address)}"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""

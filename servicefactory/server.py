@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from . import _http
 from ._http import Reject
+from ._names import host_port
 from .errors import AddressInUse, StartupError
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def bind(host: str, port: int, backlog: int = 128) -> socket.socket:
 
 def format_url(host: str, port: int) -> str:
     """`http://host:port`, with an IPv6 host in brackets."""
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    return f"http://{host_port(host, port)}"
 
 
 class Server:

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 
 from . import _notify
 from ._logging import ensure_default_output, service_logger
+from ._names import is_loopback
 from .api import DEFAULT_MAX_BODY, Action, collect_actions, handle
 from .errors import AlreadyRunning, ServiceFactoryError, StartupError, StateError, TokenRequired
 
@@ -22,7 +23,6 @@ logger = logging.getLogger(__name__)
 STOP_GRACE = 0.05
 #: the framework's own names on a service class; a user's method of the same name would break them
 RESERVED = frozenset({"run", "log", "sleep", "stop", "stopping", "perform", "address"})
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 #: set by a supervisor to the name it claimed for the child it starts
 SUPERVISED_ENV = "SERVICEFACTORY_SUPERVISED"
 
@@ -326,11 +326,11 @@ class ServiceBase:
         host = host if host is not None else endpoint_.host
         port = port if port is not None else endpoint_.port
         token = self._servicefactory_token(registration)
-        if host not in _LOOPBACK and not token:
+        if not is_loopback(host) and not token:
             raise TokenRequired(
                 f"{runtime.name} would bind {host}:{port}, reachable from other hosts, without a token; "
                 f"set SERVICEFACTORY_TOKEN or write one to {registration.token_path()} (mode 0600)")
-        if not endpoint_.require_token and host in _LOOPBACK:
+        if not endpoint_.require_token and is_loopback(host):
             token = None
         elif endpoint_.require_token and not token:
             raise TokenRequired(f"{runtime.name} requires a token; set SERVICEFACTORY_TOKEN")
@@ -443,7 +443,7 @@ class _Registration:
             raise StartupError(str(exc)) from None
 
     def token_path(self) -> str:
-        return str(getattr(self.registry, "home", "~/.servicefactory")) + "/token"
+        return str(getattr(self.registry, "token_file", "a token file"))
 
     def publish(self, service: ServiceBase, runtime: _Runtime) -> None:
         from .registry import ServiceRecord

@@ -296,12 +296,17 @@ class LocalRegistry:
             return None
         return spec if isinstance(spec, dict) and isinstance(spec.get("target"), str) else None
 
+    @property
+    def token_file(self) -> Path:
+        """Where a token can be kept instead of $SERVICEFACTORY_TOKEN (mode 0600)."""
+        return self.home / "token"
+
     def token(self) -> str | None:
         """The API token from $SERVICEFACTORY_TOKEN, else from the `token` file here (must be 0600)."""
         token = os.environ.get("SERVICEFACTORY_TOKEN", "").strip()
         if token:
             return token
-        path = self.home / "token"
+        path = self.token_file
         try:
             info = path.stat()
         except OSError:
