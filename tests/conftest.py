@@ -53,6 +53,20 @@ def _kill_leftovers(home: Path) -> None:
             continue
 
 
+def exchange(port: int, data: bytes, timeout: float = 5.0) -> tuple[int, dict, bytes]:
+    """Send raw bytes to 127.0.0.1:PORT and read one HTTP response: (status, lower-cased headers, body)."""
+    import http.client
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        response = http.client.HTTPResponse(sock)
+        try:
+            response.begin()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            response.close()
+
+
 def free_port() -> int:
     """A port nothing listens on right now."""
     with socket.socket() as sock:

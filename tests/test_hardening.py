@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -522,7 +521,7 @@ def test_a_bare_lf_request_head_is_answered_at_once_not_after_a_timeout(target):
 
 
 def test_running_out_of_file_descriptors_neither_spins_nor_stops_the_service(spawn):
-    service = spawn(files={"tight.py": """
+    spawn(files={"tight.py": """
         import resource
         from servicefactory import Service
 
