@@ -64,7 +64,7 @@ class RequestReader:
 
     __slots__ = ("parser", "requests", "base", "max_body", "in_message", "in_head", "head_bytes",
                  "fed_in_head", "environ", "url", "headers", "body", "body_size", "expect_continue",
-                 "continue_sent", "done", "completed", "pending")
+                 "continue_sent", "done", "completed", "pending", "chunked")
 
     def __init__(self, base: dict[str, Any], max_body: int) -> None:
         self.parser = httptools.HttpRequestParser(self)
@@ -82,6 +82,7 @@ class RequestReader:
         self.body_size = 0
         self.expect_continue = False
         self.continue_sent = False
+        self.chunked = False
         self.done = False  # a Reject is queued or the connection was upgraded: read no more
         self.completed = 0
         self.pending: memoryview | None = None  # received, not yet parsed (see QUEUE_CAP)
@@ -197,9 +198,13 @@ class RequestReader:
         if version == "1.1" and "HTTP_HOST" not in environ:
             raise Reject("400 Bad Request", "HTTP/1.1 request without a Host header")
         encoding = environ.get("HTTP_TRANSFER_ENCODING")
+        self.chunked = encoding is not None
         if encoding is not None:
             if encoding.lower() != "chunked":
-                # llhttp accepts `gzip, chunked`; a coding we cannot decode is 501 (RFC 9112 6.1)
+                # RFC 9112 6.1: chunked not last means no reliable length, 400; chunked after a
+                # coding we do not decode (llhttp accepts `gzip, chunked`) is 501
+                if encoding.rpartition(",")[2].strip(" \t").lower() != "chunked":
+                    raise Reject("400 Bad Request", "Transfer-Encoding must end with chunked")
                 raise Reject("501 Not Implemented", "Transfer-Encoding other than chunked")
             del environ["HTTP_TRANSFER_ENCODING"]  # the app gets the decoded body and its length
         else:
@@ -235,7 +240,8 @@ class RequestReader:
         data = body[0] if len(body) == 1 else b"".join(body)
         environ["wsgi.input"] = io.BytesIO(data)
         environ["CONTENT_LENGTH"] = str(len(data)) if data else environ.get("CONTENT_LENGTH", "")
-        keep_alive = self.parser.should_keep_alive()  # Connection matched by tokens; 1.0 + chunked closes
+        # llhttp matches Connection by tokens; HTTP/1.0 with chunked closes (RFC 9112 6.1)
+        keep_alive = self.parser.should_keep_alive() and not (self.chunked and environ["SERVER_PROTOCOL"] == "HTTP/1.0")
         self.requests.append((environ, keep_alive))
         self.completed += 1
         self.in_message = False

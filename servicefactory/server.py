@@ -290,7 +290,12 @@ class Server:
                     except OSError:
                         data = b""
                     if data == b"":
-                        _close(sock)
+                        if reader.in_message:  # half-closed mid-request: the selector says so
+                            conn.out = error_response("400 Bad Request", "the request ended before it was complete")
+                            conn.close_after = True
+                            self._hand_back(conn)
+                        else:
+                            _close(sock)
                         return
                     if data:
                         was_idle = not reader.in_message
@@ -530,7 +535,11 @@ class _Selector:
         except OSError:
             data = b""
         if not data:
-            self._drop(conn)
+            if conn.reader.in_message and not conn.closing_until:
+                # the client half-closed in the middle of a request: say so rather than vanish
+                self._answer_and_close(conn, error_response("400 Bad Request", "the request ended before it was complete"))
+            else:
+                self._drop(conn)
             return
         if conn.closing_until:
             conn.drained += len(data)
