@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _LINGER_CLOSE = 1.0  # after our FIN, how long a closing connection is drained before it is closed
+_LINGER_STOPPING = 0.25  # the same while stopping, so a client that holds its socket open cannot delay a stop
+# while stopping, idle connections stay open this long, and any request arriving on them is answered
+# 503: a busy keep-alive caller gets a clear "not run" rather than a FIN racing its next request
+_DRAIN_GRACE = 0.1
 _DRAIN_LIMIT = 4 * 1024 * 1024
 
 
@@ -364,6 +368,7 @@ class _Selector:
         self.listening = False
         self.paused_until = 0.0
         self.draining = False
+        self.drain_started = 0.0
 
     def run(self) -> None:
         server = self.server
@@ -377,7 +382,7 @@ class _Selector:
                     self._begin_drain()
                 if self.draining and self._drained():
                     return
-                for key, events in selector.select(0.1 if self.draining or not self.listening else 1.0):
+                for key, events in selector.select(0.02 if self.draining else 0.1 if not self.listening else 1.0):
                     conn = key.data
                     if conn is None:
                         self._take_returned()
@@ -490,11 +495,8 @@ class _Selector:
                 self._unwatch(conn)
                 self.server._dispatch(conn)
             return
-        if self.draining:
-            if reader.in_message:  # part of a request is here: say it will not run
-                self._answer_and_close(conn, unavailable())
-            else:
-                self._close_gently(conn)
+        if self.draining and reader.in_message:  # part of a request is here: say it will not run
+            self._answer_and_close(conn, unavailable())
             return
         if reader.needs_continue():
             reader.continue_sent = True
@@ -523,7 +525,7 @@ class _Selector:
             return
         limit = _LINGER_CLOSE
         if self.draining:
-            limit = min(limit, max(0.0, self.server._stop_deadline - time.monotonic()))
+            limit = min(_LINGER_STOPPING, max(0.0, self.server._stop_deadline - time.monotonic()))
         conn.closing_until = time.monotonic() + limit
         self._watch(conn, _READ)
 
@@ -609,7 +611,9 @@ class _Selector:
 
     def _begin_drain(self) -> None:
         self.draining = True
+        self.drain_started = time.monotonic()
         self._listen(False)
+        self.server.socket.close()  # refuse new connections at once, not after a backlog wait
         server = self.server
         with server._lock:
             queued = [conn for conn in server._jobs if conn is not None]
@@ -621,12 +625,21 @@ class _Selector:
             self._place(conn)
 
     def _drained(self) -> bool:
+        """Whether the drain is over; once nothing runs, idle connections get their FIN."""
         server = self.server
-        if time.monotonic() >= server._stop_deadline:
+        now = time.monotonic()
+        if now >= server._stop_deadline:
             return True
         with server._lock:
             working = server._busy or server._jobs or server._returned
-        return not working and not self.waiting
+        if working or now < self.drain_started + _DRAIN_GRACE:
+            return False
+        for conn in list(self.waiting.values()):
+            if not conn.closing_until and not conn.out:
+                self._read(conn)  # a request that just arrived is answered 503, not lost behind our FIN
+                if conn.mask and not conn.closing_until and not conn.out:
+                    self._close_gently(conn)
+        return not self.waiting
 
 
 def _close(sock: socket.socket) -> None:
