@@ -632,13 +632,21 @@ class _Selector:
             return True
         with server._lock:
             working = server._busy or server._jobs or server._returned
-        if working or now < self.drain_started + _DRAIN_GRACE:
+        if working:
             return False
-        for conn in list(self.waiting.values()):
-            if not conn.closing_until and not conn.out:
-                self._read(conn)  # a request that just arrived is answered 503, not lost behind our FIN
-                if conn.mask and not conn.closing_until and not conn.out:
-                    self._close_gently(conn)
+        idle = [conn for conn in self.waiting.values() if not conn.closing_until and not conn.out]
+        if idle and now < self.drain_started + _DRAIN_GRACE:
+            return False
+        for conn in idle:
+            self._read(conn)  # a request that just arrived is answered 503, not lost behind our FIN
+            if conn.mask and not conn.closing_until and not conn.out:
+                # idle: our FIN, then close at once (nothing was asked, so there is no answer for
+                # a reset to destroy, and a client holding its socket cannot delay the stop)
+                try:
+                    conn.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                self._drop(conn)
         return not self.waiting
 
 
