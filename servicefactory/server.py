@@ -24,11 +24,14 @@ import selectors
 import socket
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ._http import CONTINUE, Reject, RequestReader, asks_to_close, base_environ, error_response, response, unavailable
 from ._names import host_port
 from .errors import AddressInUse, StartupError
+
+if TYPE_CHECKING:
+    import ssl
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ class _Conn:
     """One accepted connection; owned by exactly one of the selector, the job queue or a worker."""
 
     __slots__ = ("sock", "fd", "peer", "reader", "since", "out", "close_after", "closing_until", "drained",
-                 "mask")
+                 "mask", "handshaking")
 
     def __init__(self, sock: socket.socket, peer: Any, reader: RequestReader) -> None:
         self.sock = sock
@@ -59,6 +62,7 @@ class _Conn:
         self.closing_until = 0.0  # set once our FIN is sent: drain input until then, then close
         self.drained = 0
         self.mask = 0  # selector events registered; 0 = not in the selector
+        self.handshaking = False  # a TLS handshake the selector is still driving
 
 
 def bind(host: str, port: int, backlog: int = 128) -> socket.socket:
@@ -94,8 +98,15 @@ class Server:
     def __init__(self, app: Callable, sock: socket.socket, *, max_workers: int = 16,
                  max_body: int = 1024 * 1024, max_connections: int = 512,
                  header_timeout: float = 10.0, idle_timeout: float = 75.0, io_timeout: float = 10.0,
-                 linger: float = 0.005) -> None:
+                 linger: float = 0.005, ssl_context: "ssl.SSLContext | None" = None) -> None:
         self.app = app
+        self.ssl_context = ssl_context  # server side; the handshake runs in the selector, never a worker
+        self._would_block: tuple[type[BaseException], ...] = (BlockingIOError, InterruptedError)
+        if ssl_context is not None:
+            import ssl
+
+            # a TLS socket that needs more bytes (or room) says so with these, both OSErrors
+            self._would_block += (ssl.SSLWantReadError, ssl.SSLWantWriteError)
         self.socket = sock
         self.max_workers = max_workers
         self.max_body = max_body
@@ -179,6 +190,20 @@ class Server:
         except (BlockingIOError, OSError):
             pass  # a full pipe already guarantees a wake-up
 
+    def _send_fin(self, conn: _Conn) -> bool:
+        """Shut our sending side (after a TLS close_notify, best effort); False if the socket is gone."""
+        sock = conn.sock
+        if self.ssl_context is not None:
+            try:
+                sock.unwrap()  # sends close_notify; the peer's own may never come, which is fine
+            except (OSError, ValueError):
+                pass
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return False
+        return True
+
     # -- hand-offs between the selector and the workers --
 
     def _dispatch(self, conn: _Conn) -> None:
@@ -260,8 +285,8 @@ class Server:
                 keep_alive = False
             data = response(status, headers, body, keep_alive, head_only=environ["REQUEST_METHOD"] == "HEAD")
             try:
-                sent = sock.send(data)
-            except (BlockingIOError, InterruptedError):
+                sent = sock.send(data)  # non-blocking; TLS sends all or raises, resumed by the selector
+            except self._would_block:
                 sent = 0
             except OSError:
                 _close(sock)
@@ -289,7 +314,7 @@ class Server:
                 if ready:
                     try:
                         data = sock.recv(65536)
-                    except (BlockingIOError, InterruptedError):
+                    except self._would_block:  # TLS: only part of a record is here
                         data = None
                     except OSError:
                         data = b""
@@ -445,9 +470,36 @@ class _Selector:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            reader = RequestReader(base_environ(server.host, server.port, peer, {}), server.max_body)
-            self._place(_Conn(sock, peer, reader))
+            environ = base_environ(server.host, server.port, peer, {})
+            if server.ssl_context is None:
+                self._place(_Conn(sock, peer, RequestReader(environ, server.max_body)))
+                continue
+            environ["wsgi.url_scheme"] = "https"
+            try:
+                sock = server.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            except OSError:
+                _close(sock)
+                continue
+            conn = _Conn(sock, peer, RequestReader(environ, server.max_body))
+            conn.handshaking = True
+            self._handshake(conn)
         return True
+
+    def _handshake(self, conn: _Conn) -> None:
+        import ssl
+
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._watch(conn, _READ)
+        except ssl.SSLWantWriteError:
+            self._watch(conn, _WRITE)
+        except OSError:  # not TLS, a bad certificate, a reset: nothing to answer in
+            self._drop(conn)
+        else:
+            conn.handshaking = False
+            conn.since = time.monotonic()
+            self._place(conn)
 
     # -- the state machine of a connection the selector holds --
 
@@ -518,9 +570,7 @@ class _Selector:
     def _close_gently(self, conn: _Conn) -> None:
         # closing with unread input makes the kernel send RST, which can destroy the answer before
         # the client reads it: send our FIN, then read and discard what still comes, briefly
-        try:
-            conn.sock.shutdown(socket.SHUT_WR)
-        except OSError:
+        if not self.server._send_fin(conn):
             self._drop(conn)
             return
         limit = _LINGER_CLOSE
@@ -530,9 +580,12 @@ class _Selector:
         self._watch(conn, _READ)
 
     def _read(self, conn: _Conn) -> None:
+        if conn.handshaking:
+            self._handshake(conn)
+            return
         try:
             data = conn.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
+        except self.server._would_block:
             return
         except OSError:
             data = b""
@@ -557,9 +610,12 @@ class _Selector:
         self._place(conn)
 
     def _write(self, conn: _Conn) -> None:
+        if conn.handshaking:
+            self._handshake(conn)
+            return
         try:
             sent = conn.sock.send(conn.out)
-        except (BlockingIOError, InterruptedError):
+        except self.server._would_block:
             return
         except OSError:
             self._drop(conn)
@@ -590,6 +646,9 @@ class _Selector:
         for conn in list(self.waiting.values()):
             if conn.closing_until:
                 if now > conn.closing_until:
+                    self._drop(conn)
+            elif conn.handshaking:
+                if now - conn.since > server.header_timeout:
                     self._drop(conn)
             elif conn.out:
                 if now - conn.since > server.io_timeout:
@@ -638,14 +697,13 @@ class _Selector:
         if idle and now < self.drain_started + _DRAIN_GRACE:
             return False
         for conn in idle:
-            self._read(conn)  # a request that just arrived is answered 503, not lost behind our FIN
+            if not conn.handshaking:
+                self._read(conn)  # a request that just arrived is answered 503, not lost behind our FIN
             if conn.mask and not conn.closing_until and not conn.out:
                 # idle: our FIN, then close at once (nothing was asked, so there is no answer for
                 # a reset to destroy, and a client holding its socket cannot delay the stop)
-                try:
-                    conn.sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
+                if not conn.handshaking:
+                    server._send_fin(conn)
                 self._drop(conn)
         return not self.waiting
 
