@@ -31,9 +31,14 @@ _PIECE = 256 * 1024
 _local = threading.local()
 _addresses: dict[tuple[str, str], tuple[str, int]] = {}
 _tokens: dict[str, str | None] = {}
-_registries: dict[tuple[str | None, ...], Any] = {}
+_registries: dict[tuple, Any] = {}
+_registry_keys: dict[int, str] = {}
 _heads: dict[tuple, bytes] = {}  # request heads up to "Content-Length: ", per address, name, action, token
 _valid_actions: set[str] = set()
+# json.dumps(allow_nan=False) builds a new encoder per call (a fifth of a small call's client time)
+_ENCODER = json.JSONEncoder(allow_nan=False)
+# os.environ.get re-encodes each key per call; the mapping beneath it is CPython's plain dict of bytes
+_ENVIRON = getattr(os.environ, "_data", None)
 
 
 class _Misdirected(ServiceNotRunning):
@@ -49,7 +54,7 @@ def encode(data: Any) -> bytes:
     if data is None:
         return b""
     try:
-        return json.dumps(data, allow_nan=False).encode()
+        return _ENCODER.encode(data).encode()
     except (TypeError, ValueError) as exc:
         raise InvalidData(f"data is not JSON serialisable: {exc}") from None
     except RecursionError:
@@ -61,7 +66,7 @@ def decode_answer(status: int, content_type: str, body: bytes, action: str, name
     if status == 200 and content_type.startswith("text/plain") and body.strip() == b"ok":
         return None  # a handler that returned None, answered to a client that did not ask for JSON
     try:
-        payload = json.loads(body) if body else None
+        payload = json.loads(body.decode()) if body else None  # str: json skips guessing the encoding
     except ValueError:
         if status in (413, 421, 503):  # a proxy's or another server's page: the status says enough
             payload = None
@@ -89,16 +94,22 @@ def decode_answer(status: int, content_type: str, body: bytes, action: str, name
 
 def _default_registry() -> Any:
     # one registry per environment that decides where the state directory is: no Path per call
-    key = (os.environ.get("SERVICEFACTORY_HOME"), os.environ.get("XDG_RUNTIME_DIR"), os.environ.get("HOME"))
+    if _ENVIRON is not None:
+        get = _ENVIRON.get
+        key = (get(b"SERVICEFACTORY_HOME"), get(b"XDG_RUNTIME_DIR"), get(b"HOME"))
+    else:
+        key = (os.environ.get("SERVICEFACTORY_HOME"), os.environ.get("XDG_RUNTIME_DIR"), os.environ.get("HOME"))
     registry = _registries.get(key)
     if registry is None:
         from .registry import default_registry
         registry = _registries[key] = default_registry()
+        _registry_keys[id(registry)] = str(registry.home)  # kept alive by _registries: the id stays its own
     return registry
 
 
 def _registry_key(registry: Any) -> str:
-    return str(getattr(registry, "home", id(registry)))
+    key = _registry_keys.get(id(registry))
+    return key if key is not None else str(getattr(registry, "home", id(registry)))
 
 
 def resolve(name: str, registry: Any = None, fallback: tuple[str, int] | None = None,
@@ -169,22 +180,24 @@ def perform(name: str, action: str, data: Any = None, *, timeout: float = DEFAUL
     """
     if registry is None:
         registry = _default_registry()
-    if not (isinstance(timeout, (int, float)) and 0 < timeout and math.isfinite(timeout)):
+    if not 0 < timeout < math.inf:  # also false for nan
         raise InvalidData(f"timeout must be a positive number of seconds, not {timeout!r}")
     if action not in _valid_actions:
         if not valid_action_name(action):
             raise InvalidData(f"invalid action name {action!r}: use letters, digits, '_', '-' and single dots")
         _valid_actions.add(action)
     body = encode(data)
-    token = token if token is not None else _token(registry)
-    address = resolve(name, registry, fallback)
+    registry_key = _registry_key(registry)
+    if token is None:
+        token = _tokens[registry_key] if registry_key in _tokens else _token(registry)
+    address = _addresses.get((registry_key, name)) or resolve(name, registry, fallback)
     try:
         return _send(address, name, action, body, timeout, session, token)
     except ServiceNotRunning as first:  # nothing ran: refused, another service, or stopping
-        _addresses.pop((_registry_key(registry), name), None)
+        _addresses.pop((registry_key, name), None)
         fresh = resolve(name, registry, fallback, fresh=True)  # it may be back elsewhere
         if fresh == address and not isinstance(first, ServiceUnavailable):
-            _addresses.pop((_registry_key(registry), name), None)
+            _addresses.pop((registry_key, name), None)
             if isinstance(first, _Misdirected):
                 raise ServiceNotRunning(f"{name} is not running: {host_port(*address)} now serves another "
                                         f"service") from None
@@ -192,7 +205,7 @@ def perform(name: str, action: str, data: Any = None, *, timeout: float = DEFAUL
         try:
             return _send(fresh, name, action, body, timeout, session, token)
         except ServiceNotRunning:
-            _addresses.pop((_registry_key(registry), name), None)
+            _addresses.pop((registry_key, name), None)
             raise
 
 
@@ -403,23 +416,15 @@ class _Connection:
                               "connection closed in the middle of the answer")
             buffer += data
         head, rest = buffer[:end], buffer[end + 4:]
-        lines = head.split(b"\r\n")
-        status_line = lines[0]
-        try:
-            status = int(status_line.split(b" ", 2)[1])
-        except (IndexError, ValueError):
-            raise OSError(f"malformed status line {status_line[:80]!r}") from None
-        content_type = connection = b""
-        length_text = None
-        for line in lines[1:]:
-            key, _, value = line.partition(b":")
-            key = key.strip().lower()
-            if key == b"content-length":
-                length_text = value.strip()
-            elif key == b"content-type":
-                content_type = value.strip()
-            elif key == b"connection":
-                connection = value.strip().lower()
+        code = head[9:12]
+        if head[:5] != b"HTTP/" or not (code.isdigit() and code.isascii()) or head[12:13] not in (b" ", b"\r", b""):
+            status_line = head.partition(b"\r\n")[0]
+            raise OSError(f"malformed status line {status_line[:80]!r}")
+        status = int(code)
+        lower = head.lower()  # header names are case-insensitive: find them in one lower-cased copy
+        length_text = _header(head, lower, b"\r\ncontent-length:")
+        content_type = _header(head, lower, b"\r\ncontent-type:") or b""
+        connection = (_header(head, lower, b"\r\nconnection:") or b"").lower()
         if length_text is not None:
             if not (length_text.isdigit() and length_text.isascii()):
                 raise OSError(f"invalid Content-Length {length_text[:20]!r}")
@@ -444,6 +449,16 @@ class _Connection:
         if b"close" in connection:
             self.close()
         return status, content_type.decode("latin-1"), body
+
+
+def _header(head: bytes, lower: bytes, key: bytes) -> bytes | None:
+    """The value of the first header named `key` (lower case, with its CRLF and colon), or None."""
+    start = lower.find(key)
+    if start < 0:
+        return None
+    start += len(key)
+    end = lower.find(b"\r\n", start)
+    return head[start:end if end >= 0 else len(head)].strip()
 
 
 def _send_requests(session: Any, address: tuple[str, int], name: str, action: str, body: bytes,
