@@ -37,6 +37,7 @@ _heads: dict[tuple, bytes] = {}  # request heads up to "Content-Length: ", per a
 _valid_actions: set[str] = set()
 # json.dumps(allow_nan=False) builds a new encoder per call (a fifth of a small call's client time)
 _ENCODER = json.JSONEncoder(allow_nan=False)
+_DECODER = json.JSONDecoder()
 # os.environ.get re-encodes each key per call; the mapping beneath it is CPython's plain dict of bytes
 _ENVIRON = getattr(os.environ, "_data", None)
 
@@ -66,7 +67,7 @@ def decode_answer(status: int, content_type: str, body: bytes, action: str, name
     if status == 200 and content_type.startswith("text/plain") and body.strip() == b"ok":
         return None  # a handler that returned None, answered to a client that did not ask for JSON
     try:
-        payload = json.loads(body.decode()) if body else None  # str: json skips guessing the encoding
+        payload = _DECODER.decode(body.decode()) if body else None  # str: no guessing the encoding
     except ValueError:
         if status in (413, 421, 503):  # a proxy's or another server's page: the status says enough
             payload = None
@@ -317,7 +318,7 @@ class _Connection:
 
     def _limit(self, seconds: float) -> None:
         """Let each later send or recv block at most `seconds` (whole milliseconds, at least one)."""
-        milliseconds = max(1, int(seconds * 1000))
+        milliseconds = int(seconds * 1000) or 1
         if milliseconds != self.limit:
             value = struct.pack("ll", milliseconds // 1000, milliseconds % 1000 * 1000)
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
@@ -423,8 +424,6 @@ class _Connection:
         status = int(code)
         lower = head.lower()  # header names are case-insensitive: find them in one lower-cased copy
         length_text = _header(head, lower, b"\r\ncontent-length:")
-        content_type = _header(head, lower, b"\r\ncontent-type:") or b""
-        connection = (_header(head, lower, b"\r\nconnection:") or b"").lower()
         if length_text is not None:
             if not (length_text.isdigit() and length_text.isascii()):
                 raise OSError(f"invalid Content-Length {length_text[:20]!r}")
@@ -445,9 +444,11 @@ class _Connection:
                     break
                 chunks.append(data)
             body = b"".join(chunks)
-            connection = b"close"
-        if b"close" in connection:
             self.close()
+        if b"\r\nconnection:" in lower and b"close" in (_header(head, lower, b"\r\nconnection:") or b"").lower():
+            self.close()
+        # the content type only tells the plain `ok` (a None answered to curl) from JSON
+        content_type = (_header(head, lower, b"\r\ncontent-type:") or b"") if body[:2] == b"ok" else b""
         return status, content_type.decode("latin-1"), body
 
 
