@@ -136,6 +136,8 @@ def resolve(name: str, registry: Any = None, fallback: tuple[str, int] | None = 
                                 f"there is nothing to perform")
     elif fallback is not None and fallback[1]:
         address = (connect_host(fallback[0]), fallback[1])  # the server checks the name we send
+    elif dead and record.supervisor and record.state in ("starting", "running", "backoff"):
+        raise ServiceNotRunning(f"{name} is not running right now: its supervisor is restarting it")
     elif dead:
         raise ServiceNotRunning(f"{name} is not running (its record names pid {record.pid}, which has exited)")
     else:
