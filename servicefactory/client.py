@@ -100,6 +100,8 @@ def _default_registry() -> Any:
         key = (get(b"SERVICEFACTORY_HOME"), get(b"XDG_RUNTIME_DIR"), get(b"HOME"))
     else:
         key = (os.environ.get("SERVICEFACTORY_HOME"), os.environ.get("XDG_RUNTIME_DIR"), os.environ.get("HOME"))
+    if key[0] and key[0][:1] not in (b"/", "/"):
+        key += (os.getcwd(),)  # a relative SERVICEFACTORY_HOME is read against the current directory
     registry = _registries.get(key)
     if registry is None:
         from .registry import default_registry
