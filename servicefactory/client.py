@@ -10,11 +10,14 @@ import json
 import socket
 import threading
 import time
-from typing import Any
 
 from ._names import connect_host, host_port, valid_action_name
 from .errors import (ActionFailed, InvalidData, ProtocolError, ServiceNotRunning, ServiceTimeout,
                      Unauthorized, UnknownAction)
+
+TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_TIMEOUT = 10.0
 
