@@ -193,6 +193,10 @@ def _no_constants(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# what a supervisor's states mean to a caller who could not reach the service
+_NOT_READY = {"starting": "starting", "backoff": "waiting to be restarted", "stopping": "stopping"}
+
+
 def _call(name: str, action: str, value: object, timeout: float, wait: float | None) -> object:
     """The call; while the service is not ready, wait up to `wait` seconds, else say why it is not."""
     import time
@@ -207,9 +211,12 @@ def _call(name: str, action: str, value: object, timeout: float, wait: float | N
             state = _state(name)
             settled = state in ("failed", "running")  # left failed, or running but not callable: waiting is vain
             if deadline is None or settled or time.monotonic() >= deadline:
-                if state in ("starting", "backoff"):
-                    how = (f"still {state} after {wait:g} s" if wait is not None else
-                           f"{state}, not ready yet (add --wait to wait for it)")
+                if state == "failed":
+                    raise ServiceNotRunning(f"{name} failed and is not being restarted "
+                                            f"(servicefactory logs {name}; servicefactory restart {name})") from None
+                if state in _NOT_READY:
+                    how = (f"still {_NOT_READY[state]} after {wait:g} s" if wait is not None else
+                           f"{_NOT_READY[state]}, not ready yet (add --wait to wait for it)")
                     raise ServiceNotRunning(f"{name} is {how}") from None
                 raise exc from None
         time.sleep(0.05)

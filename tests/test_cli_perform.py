@@ -269,3 +269,41 @@ def test_wait_for_a_name_nobody_runs_gives_up_after_the_given_seconds(tmp_path: 
     result = sf("perform", "Ghost", "echo", "--wait", "0.5", cwd=tmp_path)
     assert result.returncode == 3 and "Ghost is not running" in result.stderr
     assert 0.5 <= time.monotonic() - started < 10
+
+
+# A service that dies on the `die` action and, once the file `crash` exists, cannot start again.
+CRASHY = '''
+import os
+from servicefactory import Service
+
+
+@Service.API.endpoint(port=0)
+class Crashy(Service.base):
+    def __init__(self):
+        super().__init__()
+        if os.path.exists("crash"):
+            raise SystemExit(1)
+
+    def loop(self):
+        self.sleep(0.2)
+
+    @Service.API.handle("die")
+    def die(self, data):
+        os._exit(1)
+'''
+
+
+def test_perform_on_a_failed_service_says_so_and_wait_does_not_wait_for_it(tmp_path: Path):
+    (tmp_path / "crashy.py").write_text(CRASHY)
+    started = sf("run", "crashy", "--daemon", "--max-failures", "1", "--backoff", "0.05", cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    try:
+        (tmp_path / "crash").touch()
+        sf("perform", "Crashy", "die", cwd=tmp_path)
+        wait_until(lambda: "failed" in sf("status", "Crashy", cwd=tmp_path).stdout, message="Crashy failed")
+        began = time.monotonic()
+        result = sf("perform", "Crashy", "die", "--wait", "30", cwd=tmp_path)
+        assert result.returncode == 3 and "Crashy failed and is not being restarted" in result.stderr, result.stderr
+        assert time.monotonic() - began < 10  # a failed service is not waited for
+    finally:
+        sf("stop", "--all", "--timeout", "3", cwd=tmp_path)
