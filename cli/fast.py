@@ -235,6 +235,8 @@ def _state(name: str) -> str:
 
 
 def _print(data: bytes) -> None:
+    if sys.stdout is None:
+        return  # started with stdout closed (`>&-`): the call was made, there is nowhere to print
     try:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
