@@ -29,6 +29,7 @@ PERFORM_MAY_IMPORT = {
     "_operator", "reprlib", "types",
     # the call itself, and the state directory's locks
     "socket", "_socket", "array", "math", "select", "selectors", "errno", "threading", "_weakrefset", "fcntl",
+    "struct", "_struct",  # small C modules the client's wire code may use
     # pathlib, for the state directory's paths: ~10 ms with what it imports (urllib.parse imports ipaddress)
     "pathlib", "fnmatch", "ntpath", "urllib", "urllib.parse", "ipaddress", "warnings",
     # getaddrinfo() encodes a str host with the idna codec
