@@ -56,7 +56,7 @@ def parse_seconds(text: str, upper: float) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{text!r} is not a number of seconds") from None
+        raise ValueError(f"{text!r} is not a number of seconds.") from None
     if not 0.001 <= value <= upper:  # false for nan too
         raise ValueError(f"{text!r} is not a number of seconds from 0.001 to {upper:g}.")
     return value
