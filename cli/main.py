@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from servicefactory import __version__
+from servicefactory.cli import fast as _fast
 from servicefactory.cli.common import fail as _fail
 from servicefactory.cli.common import registry as _registry
 from servicefactory.errors import ServiceFactoryError
@@ -93,42 +94,46 @@ def run(targets: tuple[str, ...], daemon: bool, name: str | None, host: str | No
 
 # -- perform -------------------------------------------------------------------------------
 
+class _Seconds(click.ParamType):
+    """Seconds from 0.001 to `upper`: what fast.parse_seconds accepts (no nan, inf, 0 or negative)."""
+
+    name = "seconds"
+
+    def __init__(self, upper: float) -> None:
+        self.upper = upper
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value  # a default, or the value of `--wait` given alone
+        try:
+            return _fast.parse_seconds(value, self.upper)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+# The command line is parsed by cli/fast.py when it can be (no click on that path); this
+# definition gives the help and the errors, and takes over any command line fast.py passes on.
 @cli.command(epilog="""\b
 Examples:
   servicefactory perform Test action '"hello world"'
   servicefactory perform Test health
   echo '{"a": 1}' | servicefactory perform Api store -
+  servicefactory perform Test health --wait      # the service is still starting
 """)
 @click.argument("name")
 @click.argument("action")
 @click.argument("data", required=False)
-@click.option("--timeout", type=click.FloatRange(min=0.001), default=10.0, show_default=True,
-              help="Seconds to wait for the answer.")
-def perform(name: str, action: str, data: str | None, timeout: float) -> None:
+@click.option("--timeout", type=_Seconds(_fast.MAX_TIMEOUT), default=_fast.DEFAULT_TIMEOUT, show_default=True,
+              help="Seconds to wait for the answer (at most a day).")
+@click.option("--wait", type=_Seconds(_fast.MAX_WAIT), is_flag=False, flag_value=_fast.DEFAULT_WAIT,
+              metavar="[SECONDS]",
+              help=f"If NAME is not ready (still starting, restarting), wait for it up to SECONDS "
+                   f"(default {_fast.DEFAULT_WAIT:g}), then call.")
+@click.option("--max-body", type=click.IntRange(min=1), default=_fast.DEFAULT_MAX_BODY, show_default=True,
+              metavar="BYTES", help="Refuse DATA longer than this, reading no more of stdin.")
+def perform(name: str, action: str, data: str | None, timeout: float, wait: float | None, max_body: int) -> None:
     """Call ACTION on the running service NAME with JSON DATA ('-' reads stdin); print the JSON result."""
-    from servicefactory import client
-
-    if data == "-":
-        data = sys.stdin.read()
-    value = None
-    if data is not None:
-        if not data.strip():
-            _fail("DATA is empty; give a JSON value, e.g. '\"hello\"', 42 or '{\"a\": 1}'", 2)
-        try:
-            value = json.loads(data, parse_constant=_no_constants)
-        except RecursionError:
-            _fail("DATA is nested too deeply", 2)
-        except ValueError as exc:
-            _fail(f"DATA is not valid JSON ({exc}); strings need quotes: '\"hello\"'", 2)
-    try:
-        result = client.perform(name, action, value, timeout=timeout)
-    except ServiceFactoryError as exc:
-        _fail(exc)
-    click.echo(json.dumps(result, ensure_ascii=False))
-
-
-def _no_constants(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
+    _fast.perform(name, action, data, timeout=timeout, wait=wait, max_body=max_body)
 
 
 # -- stop ----------------------------------------------------------------------------------

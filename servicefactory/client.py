@@ -18,11 +18,14 @@ import socket
 import struct
 import threading
 import time
-from typing import Any
 
 from ._names import connect_host, host_port, valid_action_name
 from .errors import (ActionFailed, InvalidData, ProtocolError, ServiceNotRunning, ServiceTimeout,
                      ServiceUnavailable, Unauthorized, UnknownAction)
+
+TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_TIMEOUT = 10.0
 #: bodies above this are sent in pieces, watching for an early answer (a 413 sent before the body is read)
