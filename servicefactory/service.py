@@ -299,6 +299,10 @@ class ServiceBase:
         self._servicefactory_runtime = runtime
         ensure_default_output()
         _line_buffer_stdout()
+        # handlers first, before anything is bound: from the moment the port answers (when systemd,
+        # docker or a test harness may send SIGTERM), every stop is graceful and runs finalize()
+        main = threading.current_thread() is threading.main_thread()
+        previous = _install_signals(runtime) if main else None
         try:
             with _Registration(runtime, registry, target) as registration:
                 self._start_api(runtime, registration, host, port)
@@ -307,12 +311,14 @@ class ServiceBase:
                 _notify.notify_ready(name=runtime.name, pid=os.getpid(), url=registration.url,
                                      host=server.host if server else None, port=server.port if server else None)
                 runtime.ready.set()
-                self._servicefactory_serve(runtime)
+                self._servicefactory_serve(runtime, main)
         except (StartupError, AlreadyRunning) as exc:
             _notify.notify_failed(exc)
             _report_uncaught_in_one_line(exc)
             raise
         finally:
+            if previous is not None:
+                _restore_signals(previous)
             self._servicefactory_runtime = None
 
     def _start_api(self, runtime: _Runtime, registration: "_Registration", host: str | None,
@@ -351,9 +357,7 @@ class ServiceBase:
     def _servicefactory_record_extras(self) -> dict:
         return {}
 
-    def _servicefactory_serve(self, runtime: _Runtime) -> None:
-        main = threading.current_thread() is threading.main_thread()
-        previous = _install_signals(runtime) if main else None
+    def _servicefactory_serve(self, runtime: _Runtime, main: bool) -> None:
         if main:
             runtime.timer = threading.Thread(target=runtime.watch_stop, daemon=True, name="servicefactory-stop")
             runtime.timer.start()
@@ -371,9 +375,6 @@ class ServiceBase:
                 self.finalize()
             except (Exception, _Interrupted):
                 runtime.log.exception("finalize() failed")
-            finally:
-                if previous is not None:
-                    _restore_signals(previous)
         if runtime.exit_request is not None:
             raise runtime.exit_request
 
