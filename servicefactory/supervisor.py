@@ -21,8 +21,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from . import _notify
-from ._child import SUPERVISOR_PID_ENV
+from . import _notify, _reaper
+from ._child import LIFELINE_FD_ENV, STOP_TIMEOUT_ENV, SUPERVISOR_PID_ENV
 from .api import handle
 from .errors import AlreadyRunning, ServiceFactoryError, ServiceTimeout, StateError
 from .logfiles import RotatingLog
@@ -60,6 +60,12 @@ class Supervisor(ServiceBase):
         self.wake_read, self.wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
         self.selector.register(self.wake_read, selectors.EVENT_READ, ("wake", None))
+        # every child holds the read end; only we hold the write end: when we die, however, each
+        # child sees end of file and ends its whole process tree (see _child)
+        self.lifeline_read, self.lifeline_write = os.pipe()
+        # orphans of a service that died (its double-forked or setsid'd descendants) come to us, not
+        # to init: we kill them, so that nothing a service started outlives it
+        _reaper.become_subreaper()
         self.starting_up = True
         self.begun = False
         self.failure: dict | None = None
@@ -145,14 +151,15 @@ class Supervisor(ServiceBase):
         ready_read, ready_write = os.pipe()
         env = dict(os.environ, PYTHONUNBUFFERED="1", **{
             SUPERVISED_ENV: spec.name, SUPERVISOR_PID_ENV: str(os.getpid()),
-            _notify.READY_FD_ENV: str(ready_write)})
+            _notify.READY_FD_ENV: str(ready_write), LIFELINE_FD_ENV: str(self.lifeline_read),
+            STOP_TIMEOUT_ENV: repr(spec.stop_timeout)})
         args = [sys.executable, "-u", "-m", "servicefactory._child", spec.target, spec.name,
                 spec.host or "", "" if spec.port is None else str(spec.port)]
         try:
             child.popen = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                 cwd=spec.cwd if spec.cwd and os.path.isdir(spec.cwd) else None,
-                pass_fds=(ready_write, child.claim.handle), start_new_session=True)
+                pass_fds=(ready_write, child.claim.handle, self.lifeline_read), start_new_session=True)
         except OSError as exc:
             os.close(ready_read)
             os.close(ready_write)
@@ -271,6 +278,7 @@ class Supervisor(ServiceBase):
         except (ProcessLookupError, PermissionError):
             pass
         code = popen.wait()
+        self._kill_strays()
         if child.pidfd is not None:
             self._unregister(child.pidfd)
             os.close(child.pidfd)
@@ -292,6 +300,26 @@ class Supervisor(ServiceBase):
         self._close_output(child)
         child.popen = None
         self._after_exit(child, code)
+
+    def _kill_strays(self) -> None:
+        """Kill and reap our children that are no service: orphans re-parented to us when a service died."""
+        ours = {child.popen.pid for child in self.children.values() if child.popen is not None}
+        me = os.getpid()
+        for _ in range(100):  # a killed stray's own children come to us next: bounded passes
+            # (the supervisor is a process of its own, started by `run`: its only children are services)
+            strays = [pid for pid, parent in _reaper.parents().items() if parent == me and pid not in ours]
+            if not strays:
+                return
+            for pid in strays:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            for pid in strays:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
 
     def _after_exit(self, child: Child, code: int) -> None:
         child.last_exit = code
@@ -379,7 +407,7 @@ class Supervisor(ServiceBase):
         self._report_startup()
         self.release_all()
         self.selector.close()
-        for fd in (self.wake_read, self.wake_write):
+        for fd in (self.wake_read, self.wake_write, self.lifeline_read, self.lifeline_write):
             os.close(fd)
 
     # -- startup and exit --
