@@ -42,7 +42,8 @@ def specs(targets: tuple[str, ...], name: str | None, host: str | None, port: in
             specs.append(Spec(name=cls._servicefactory_name(), target=f"{module_part}:{cls.__qualname__}",
                               cwd=os.getcwd(),
                               restart=restart or cls._servicefactory_policy.restart,
-                              stop_timeout=stop_timeout or cls._servicefactory_policy.stop_timeout))
+                              stop_timeout=stop_timeout or cls._servicefactory_policy.stop_timeout,
+                              backoff_max=cls._servicefactory_policy.backoff_max))
     if len(specs) > 1 and (name or host or port is not None or log_file):
         listed = ", ".join(spec.name for spec in specs)
         _fail(f"--name, --host, --port and --log-file apply to one service; these targets define {listed}", 2)

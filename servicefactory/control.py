@@ -194,6 +194,7 @@ def status(names: list[str] | None = None, registry: LocalRegistry | None = None
                        url=record.url if state == "running" else None, started=record.started,
                        restarts=record.restarts, last_exit=record.last_exit, supervisor=record.supervisor,
                        target=record.target)
+            row["next_try"] = record.next_try if state in ("backoff", "failed") else None
             if state == "running":
                 row["uptime"] = round(now - record.started, 1)
                 row.update(_usage(record.pid))

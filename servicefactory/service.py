@@ -58,21 +58,31 @@ def endpoint(port: int = 0, host: str = "127.0.0.1", *, name: str | None = None,
 RESTART_POLICIES = ("on-failure", "always", "no")
 
 
-class Policy(namedtuple("Policy", "restart stop_timeout", defaults=("on-failure", 10.0))):
-    """How a supervisor treats a service: restart policy and stop timeout."""
+class Policy(namedtuple("Policy", "restart stop_timeout backoff_max max_loop_errors",
+                        defaults=("on-failure", 10.0, None, 10))):
+    """How a supervisor treats a service: restart policy, stop timeout, longest restart delay, and
+    how many loop() errors in a row make it unhealthy (then restarted like a crash)."""
 
     __slots__ = ()
 
 
-def policy(*, restart: str = "on-failure", stop_timeout: float = 10.0) -> Callable[[type], type]:
-    """Class decorator: the restart policy (`on-failure`, `always`, `no`) and stop timeout under supervision."""
+def policy(*, restart: str = "on-failure", stop_timeout: float = 10.0, backoff_max: float | None = None,
+           max_loop_errors: int = 10) -> Callable[[type], type]:
+    """Class decorator: the restart policy (`on-failure`, `always`, `no`), stop timeout, cap of the
+    doubling restart delay (default: the supervisor's `--backoff-max`) and the number of consecutive
+    loop() errors after which the service is `unhealthy` (0: never) under supervision."""
     if restart not in RESTART_POLICIES:
         raise ValueError(f"restart must be one of {', '.join(RESTART_POLICIES)}, not {restart!r}")
     if stop_timeout <= 0:
         raise ValueError("stop_timeout must be positive")
+    if backoff_max is not None and backoff_max <= 0:
+        raise ValueError("backoff_max must be positive")
+    if not isinstance(max_loop_errors, int) or max_loop_errors < 0:
+        raise ValueError("max_loop_errors must be a whole number, 0 or more")
 
     def apply(cls: type) -> type:
-        cls._servicefactory_policy = Policy(restart, float(stop_timeout))
+        cls._servicefactory_policy = Policy(restart, float(stop_timeout),
+                                            None if backoff_max is None else float(backoff_max), max_loop_errors)
         return cls
 
     return apply

@@ -114,6 +114,7 @@ class Supervisor(ServiceBase):
                 self._spawn(child)
         now = time.monotonic()
         due = [c.next_start for c in self.children.values() if c.state == "backoff"]
+        due += [c.retry_at for c in self.children.values() if c.state == "failed" and c.retry_at is not None]
         timeout = max(0.0, min([0.25] + [t - now for t in due]))
         for key, _ in self.selector.select(timeout):
             kind, child = key.data
@@ -133,6 +134,11 @@ class Supervisor(ServiceBase):
         for child in self.children.values():
             if child.state == "backoff" and now >= child.next_start:
                 self._spawn(child)
+            elif child.state == "failed" and child.retry_at is not None and now >= child.retry_at:
+                # failed -> starting: the cooldown is over (a dependency's outage may have ended)
+                self._event(child, f"trying again after {self.settings.retry_failed_after:g} s")
+                child.fast_failures = 0
+                self._spawn(child)
             elif child.state == "starting" and now - child.started_at > self.settings.ready_timeout:
                 self._event(child, f"not ready after {self.settings.ready_timeout:g} s; stopping it")
                 child.error = f"not ready within {self.settings.ready_timeout:g} s"
@@ -148,6 +154,7 @@ class Supervisor(ServiceBase):
 
     def _spawn(self, child: Child) -> None:
         spec = child.spec
+        child.retry_at = None
         ready_read, ready_write = os.pipe()
         env = dict(os.environ, PYTHONUNBUFFERED="1", **{
             SUPERVISED_ENV: spec.name, SUPERVISOR_PID_ENV: str(os.getpid()),
@@ -347,10 +354,14 @@ class Supervisor(ServiceBase):
                 child.fast_failures += 1
                 if child.fast_failures >= self.settings.max_failures:
                     child.state = "failed"
-                    self._event(child, f"{described}; {child.fast_failures} fast failures in a row, "
-                                       f"leaving it down", warn=True)
+                    retry = self.settings.retry_failed_after
+                    child.retry_at = time.monotonic() + retry if retry > 0 else None
+                    then = f"trying again in {retry:g} s" if retry > 0 else "leaving it down"
+                    self._event(child, f"{described}; {child.fast_failures} fast failures in a row, {then}",
+                                warn=True)
                 else:
-                    delay = min(self.settings.backoff_max, self.settings.backoff * 2 ** (child.fast_failures - 1))
+                    cap = child.spec.backoff_max if child.spec.backoff_max is not None else self.settings.backoff_max
+                    delay = min(cap, self.settings.backoff * 2 ** (child.fast_failures - 1))
                     child.state = "backoff"
                     child.next_start = time.monotonic() + delay
                     child.restarts += 1
@@ -388,7 +399,8 @@ class Supervisor(ServiceBase):
                 self._signal(child, signal.SIGTERM)
                 self._publish(child)
         else:
-            child.state = "stopped"
+            child.state = "stopped"  # failed/backoff -> stopped: no retry is due any more
+            child.retry_at = None
             child.exited.set()
             if restart:
                 child.user_stopped = False
@@ -459,6 +471,8 @@ class Supervisor(ServiceBase):
         failed = any(state == "failed" for state in states)
         if failed and not self.settings.foreground:
             return  # stay, so that `status` shows the failure and its exit code until someone acts
+        if any(child.retry_at is not None for child in self.children.values()):
+            return  # a failed service will be tried again
         self.exit_code = 1 if failed else 0
         self.stop()
 
@@ -473,11 +487,17 @@ class Supervisor(ServiceBase):
             create_time=(process_start_time(popen.pid) or 0.0) if popen else 0.0,
             started=child.ready_wall or time.time(), target=child.spec.target, log_path=str(child.log.path),
             hostname=os.uname().nodename, state=child.state, supervisor=self.name, restarts=child.restarts,
-            last_exit=child.last_exit)
+            last_exit=child.last_exit, next_try=self._next_try(child))
         try:
             self.registry.publish(child.claim, record)
         except OSError as exc:
             logger.warning("cannot write the record of %s: %s", child.spec.name, exc)
+
+    @staticmethod
+    def _next_try(child: Child) -> float | None:
+        """Wall-clock time of the next start of a service waiting in `backoff` or `failed`, if one is due."""
+        due = child.next_start if child.state == "backoff" else child.retry_at if child.state == "failed" else None
+        return None if due is None else round(time.time() + max(0.0, due - time.monotonic()), 3)
 
     def _event(self, child: Child, text: str, warn: bool = False) -> None:
         line = f"[servicefactory] {child.spec.name} {text}"
@@ -571,7 +591,8 @@ class Supervisor(ServiceBase):
             popen = child.popen
             rows.append({"name": child.spec.name, "state": child.state, "pid": popen.pid if popen else None,
                          "restarts": child.restarts, "last_exit": child.last_exit,
-                         "url": url_of(child) if child.state == "running" else None, "error": child.error})
+                         "url": url_of(child) if child.state == "running" else None, "error": child.error,
+                         "next_try": self._next_try(child)})
         return rows
 
     def _await_exit(self, children: list[Child], timeout: float | None = None) -> list:
