@@ -163,7 +163,10 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
             time.sleep(0.02)  # it is releasing the names: let it finish before we report
         _fail(f"{prefix}{message.get('error')}", message.get("exit_code") if not service else 1)
     for service in message["services"]:
-        click.echo(f"{service['name']} running (pid {service['pid']}, {service['url'] or 'no API'})")
+        if service.get("state") == "stopped":  # a `stop` while it started: asked for, not a failure
+            click.echo(f"{service['name']} stopped while starting (by a stop request)")
+        else:
+            click.echo(f"{service['name']} running (pid {service['pid']}, {service['url'] or 'no API'})")
 
 
 class Printer:

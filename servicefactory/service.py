@@ -367,6 +367,9 @@ class ServiceBase:
     def _servicefactory_record_extras(self) -> dict:
         return {}
 
+    def _servicefactory_drain(self) -> None:
+        """After the loop, before the API stops: finish what API calls in flight wait for (a hook)."""
+
     def _servicefactory_serve(self, runtime: _Runtime, main: bool) -> None:
         if main:
             runtime.timer = threading.Thread(target=runtime.watch_stop, daemon=True, name="servicefactory-stop")
@@ -379,6 +382,7 @@ class ServiceBase:
             _notify.notify_stopping(runtime.stop_reason)
             if runtime.timer is not None:
                 runtime.timer.join(1.0)  # it announces a signalled stop: before finalize's own lines
+            self._servicefactory_drain()
             if runtime.server is not None:
                 runtime.server.stop()
             try:

@@ -334,8 +334,9 @@ class Supervisor(ServiceBase):
         ran = time.monotonic() - child.started_at
         described = f"exited with code {code}" if code >= 0 else f"killed by {signal_name(-code)}"
         if child.user_stopped:
+            # stopping -> stopped, as asked; said so when it never got to be ready
             child.state = "stopped"
-            self._event(child, f"stopped ({described})")
+            self._event(child, f"stopped{' while starting' if child.ready_at is None else ''} ({described})")
         elif self.stopping:
             child.state = "stopped"  # we are stopping everything: whatever the exit, it was asked for
             self._event(child, described)
@@ -409,12 +410,17 @@ class Supervisor(ServiceBase):
                 self._spawn(child)
             self._publish(child)
 
-    def finalize(self) -> None:
-        """Stop every child in parallel, each within its stop timeout, then release every name."""
+    def _servicefactory_drain(self) -> None:
+        """Stop every child in parallel, each within its stop timeout, while our API still answers:
+        a `stop` in flight waits for exactly these exits, and must not hold up our own stop."""
         for child in self.children.values():
             self._stop_child(child)
         while any(child.popen is not None for child in self.children.values()):
             self.loop()
+
+    def finalize(self) -> None:
+        """Once every child is gone (see _servicefactory_drain), release every name."""
+        self._servicefactory_drain()  # already done, unless the loop ended by an error
         self._check_startup()
         self._report_startup()
         self.release_all()
@@ -432,7 +438,9 @@ class Supervisor(ServiceBase):
             self.failure = {"service": None, "error": "stopped before every service was ready", "exit_code": 1}
             return
         children = list(self.children.values())
-        never = [c for c in children if not c.ever_ready and c.state not in ("starting", "running")]
+        # a service stopped on request while it started is no failure of the start (nor of the others)
+        wanted = [c for c in children if not (c.user_stopped and not c.ever_ready)]
+        never = [c for c in wanted if not c.ever_ready and c.state not in ("starting", "running")]
         if never:
             bad = never[0]
             self.failure = {"service": bad.spec.name, "error": bad.error or f"exited with code {bad.last_exit}",
@@ -441,7 +449,7 @@ class Supervisor(ServiceBase):
             self.starting_up = False
             self._event(bad, f"failed to start: {self.failure['error']}", warn=True)
             self.stop()
-        elif children and all(c.ever_ready for c in children):
+        elif children and all(c.ever_ready or (c.user_stopped and c.popen is None) for c in children):
             self.starting_up = False
             self._report_startup()
             _notify.sd_notify("READY=1", self.notify_socket)
@@ -453,8 +461,8 @@ class Supervisor(ServiceBase):
             message = {"ready": False, **self.failure}
         else:
             message = {"ready": True, "supervisor": self.name, "pid": os.getpid(),
-                       "services": [{"name": c.spec.name, "pid": c.popen.pid if c.popen else None, "url": url_of(c)}
-                                    for c in self.children.values()]}
+                       "services": [{"name": c.spec.name, "pid": c.popen.pid if c.popen else None, "url": url_of(c),
+                                     "state": c.state} for c in self.children.values()]}
         try:
             os.write(self.ready_fd, json.dumps(message).encode() + b"\n")
             os.close(self.ready_fd)

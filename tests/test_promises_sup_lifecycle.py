@@ -60,3 +60,48 @@ def test_sigterm_the_moment_the_port_accepts_is_graceful_every_time(tmp_path, sf
         assert proc.returncode == 0, f"attempt {attempt}: exit {proc.returncode}\n{output}"
         assert "shutdown requested" in output, f"attempt {attempt}:\n{output}"
         assert "finalized" in output, f"attempt {attempt}:\n{output}"
+
+
+SLOW_PAIR = """
+import time
+from servicefactory import Service
+
+@Service.API.endpoint(port=0)
+class Alpha(Service.base):
+    def loop(self):
+        self.sleep(1)
+
+@Service.API.endpoint(port=0)
+class Beta(Service.base):
+    def __init__(self):
+        time.sleep(4)  # a slow start
+
+    def loop(self):
+        self.sleep(1)
+"""
+
+
+def test_a_stop_while_starting_stops_that_service_only_and_says_so(sf):
+    sf.write("pair.py", SLOW_PAIR)
+    run = subprocess.Popen([PYTHON, "-m", "servicefactory", "run", "pair", "--daemon"], cwd=sf.cwd, env=sf.env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: (sf.row("Beta") or {}).get("state") == "starting", timeout=10, message="Beta starting")
+        began = time.monotonic()
+        stop = sf("stop", "Beta")
+        took = time.monotonic() - began
+        output, _ = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert took < 3.0, f"stop took {took:.1f} s"  # no stall behind the slow start
+    assert run.returncode == 0, output
+    assert "Beta stopped while starting" in output, output
+    assert "Alpha running" in output, output
+    assert "code None" not in output + sf.log("Beta")
+    assert "stopped while starting" in sf.log("Beta")
+    states = {row["name"]: row["state"] for row in sf.status()}
+    assert states == {"Alpha": "running", "Beta": "stopped"}, states
+    assert sf("perform", "Alpha", "health").returncode == 0
