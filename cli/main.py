@@ -388,6 +388,7 @@ def logs(name: str | None, follow: bool, lines: int) -> None:
         history.sort(key=lambda item: item[0])  # lines start with their timestamp
     try:
         for _, source, line in history[-lines:] if lines else []:
+            line = logfiles.printable(line)  # a file not written by us may hold terminal escapes
             click.echo(f"{source} | {line}" if prefix else line)
         if follow:
             _follow(sources, offsets, prefix)
@@ -411,6 +412,7 @@ def _follow(sources: dict, offsets: dict, prefix: bool) -> None:
         threading.Thread(target=pump, daemon=True).start()
     while True:
         source, line = lines.get()
+        line = logfiles.printable(line)  # a file not written by us may hold terminal escapes
         click.echo(f"{source} | {line}" if prefix else line)
 
 

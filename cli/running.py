@@ -95,7 +95,7 @@ def run_foreground(specs: list, settings: Any, registry: Any) -> None:
 
     printer = Printer([spec.name for spec in specs])
     handler = logging.Handler()
-    handler.emit = lambda record: printer("servicefactory", record.getMessage())  # type: ignore[method-assign]
+    handler.emit = lambda record: printer("servicefactory", record.getMessage(), True)  # type: ignore[method-assign]
     logging.getLogger("servicefactory").addHandler(handler)
     logging.getLogger("servicefactory").setLevel(logging.INFO)
     logging.getLogger("servicefactory").propagate = False
@@ -161,7 +161,8 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
         deadline = time.monotonic() + 15
         while process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)  # it is releasing the names: let it finish before we report
-        _fail(f"{prefix}{message.get('error')}", message.get("exit_code") if not service else 1)
+        from servicefactory.logfiles import printable
+        _fail(f"{prefix}{printable(str(message.get('error')))}", message.get("exit_code") if not service else 1)
     for service in message["services"]:
         if service.get("state") == "stopped":  # a `stop` while it started: asked for, not a failure
             click.echo(f"{service['name']} stopped while starting (by a stop request)")
@@ -170,7 +171,9 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
 
 
 class Printer:
-    """Prints `HH:MM:SS name | line`, a colour per service when stdout is a terminal."""
+    """Prints a service's output as `HH:MM:SS name | line`, and the supervisor's own events as
+    `HH:MM:SS name   [servicefactory] ...` (no bar: output, always after the bar and escaped, cannot
+    imitate them); a colour per service when stdout is a terminal."""
 
     COLOURS = ["cyan", "green", "yellow", "magenta", "blue", "red", "bright_cyan", "bright_green"]
 
@@ -179,10 +182,13 @@ class Printer:
         self.colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
         self.colours = {name: self.COLOURS[i % len(self.COLOURS)] for i, name in enumerate(names)}
 
-    def __call__(self, name: str, text: str) -> None:
+    def __call__(self, name: str, text: str, event: bool = False) -> None:
         import time
 
-        prefix = f"{time.strftime('%H:%M:%S')} {name:<{self.width}} |"
+        from servicefactory.logfiles import printable
+
+        text = printable(text)
+        prefix = f"{time.strftime('%H:%M:%S')} {name:<{self.width}} {' ' if event else '|'}"
         if self.colour:
             prefix = click.style(prefix, fg=self.colours.get(name, "white"))
         try:

@@ -13,6 +13,16 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BACKUPS = 5
 
+#: C0 controls but tab, DEL and C1 controls, shown as visible escapes: a service's output must not
+#: drive the operator's terminal (CSI colours and cursor moves, OSC titles and hyperlinks, a bare CR
+#: that overwrites a line) nor start a line of its own
+_CONTROLS = {code: f"\\x{code:02x}" for code in [*range(0x00, 0x09), *range(0x0a, 0x20), 0x7f, *range(0x80, 0xa0)]}
+
+
+def printable(text: str) -> str:
+    """`text` with every control character (tab excepted) replaced by a visible `\\xNN` escape."""
+    return text.translate(_CONTROLS)
+
 
 class RotatingLog:
     """Appends to `path`; past `max_bytes` renames it to path.1 (path.1 to path.2, ...), keeping `backups`."""

@@ -25,7 +25,7 @@ from . import _notify, _reaper
 from ._child import LIFELINE_FD_ENV, STOP_TIMEOUT_ENV, SUPERVISOR_PID_ENV
 from .api import handle
 from .errors import AlreadyRunning, ServiceFactoryError, ServiceTimeout, StateError
-from .logfiles import RotatingLog
+from .logfiles import RotatingLog, printable
 from ._supervised import Child, Settings, Spec, drain, readable, signal_name, stamp, url_of
 from .registry import SUPERVISOR_PREFIX, ServiceRecord
 from .service import SUPERVISED_ENV, Endpoint, ServiceBase
@@ -48,7 +48,7 @@ class Supervisor(ServiceBase):
     _servicefactory_endpoint = Endpoint(port=0, require_token=True)
 
     def __init__(self, specs: list[Spec], settings: Settings | None = None, registry: LocalRegistry | None = None,
-                 printer: Callable[[str, str], None] | None = None, ready_fd: int | None = None) -> None:
+                 printer: Callable[..., None] | None = None, ready_fd: int | None = None) -> None:
         self.specs = specs
         self.settings = settings or Settings()
         self.registry = registry or LocalRegistry()
@@ -219,7 +219,10 @@ class Supervisor(ServiceBase):
             self._emit(child, line.decode(errors="replace"))
 
     def _emit(self, child: Child, text: str) -> None:
-        child.log.write(f"{stamp()} {text}\n".encode())
+        # the child's words always follow `NAME | `, and are escaped: they can neither drive the
+        # reader's terminal nor pass for one of our events (`[servicefactory] NAME ...`)
+        text = printable(text)
+        child.log.write(f"{stamp()} {child.spec.name} | {text}\n".encode())
         child.tail = (child.tail + [text])[-20:]
         if self.printer is not None:
             self.printer(child.spec.name, text)
@@ -508,10 +511,10 @@ class Supervisor(ServiceBase):
         return None if due is None else round(time.time() + max(0.0, due - time.monotonic()), 3)
 
     def _event(self, child: Child, text: str, warn: bool = False) -> None:
-        line = f"[servicefactory] {child.spec.name} {text}"
+        line = printable(f"[servicefactory] {child.spec.name} {text}")  # an error text may come from the child
         child.log.write(f"{stamp()} {line}\n".encode())
         if self.printer is not None:
-            self.printer(child.spec.name, line)
+            self.printer(child.spec.name, line, True)
         else:
             (logger.warning if warn else logger.info)("%s", line)
 
@@ -612,7 +615,7 @@ class Supervisor(ServiceBase):
         return self.handle_status({"names": [c.spec.name for c in children]})
 
 
-def run_supervisor(specs: list[Spec], settings: Settings, *, printer: Callable[[str, str], None] | None = None,
+def run_supervisor(specs: list[Spec], settings: Settings, *, printer: Callable[..., None] | None = None,
                    ready_fd: int | None = None, registry: LocalRegistry | None = None) -> int:
     """Claim the names, run the supervisor until it stops, return its exit code."""
     supervisor = Supervisor(specs, settings, registry=registry, printer=printer, ready_fd=ready_fd)
