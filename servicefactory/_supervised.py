@@ -71,6 +71,7 @@ class Child:
         self.port: int | None = None
         self.error: str | None = None
         self.user_stopped = False
+        self.unhealthy = False  # stopped by us because its loop kept failing: its exit is a crash
         self.ever_ready = False
         self.ready_wall = 0.0
         self.restart_after_stop = False

@@ -189,7 +189,7 @@ def status(names: list[str] | None = None, registry: LocalRegistry | None = None
                                "started": None, "uptime": None, "restarts": 0, "last_exit": None,
                                "cpu": None, "memory": None, "supervisor": None, "target": None}
         if record is not None:
-            live = state in ("running", "starting", "stopping")
+            live = state in ("running", "starting", "stopping", "unhealthy")
             row.update(pid=record.pid if live and record.pid else None, host=record.host, port=record.port,
                        url=record.url if state == "running" else None, started=record.started,
                        restarts=record.restarts, last_exit=record.last_exit, supervisor=record.supervisor,

@@ -109,6 +109,8 @@ class _Runtime:
         self.in_self_sleep = False
         self.iterations = 0
         self.errors = 0
+        self.errors_in_a_row = 0
+        self.unhealthy = False  # loop() raised max_loop_errors times in a row
         self.last_error: str | None = None
         self.started_monotonic = time.monotonic()
         self.server: Any = None
@@ -281,7 +283,7 @@ class ServiceBase:
         assert runtime is not None
         return {
             "name": runtime.name, "pid": os.getpid(), "version": __version__,
-            "state": "stopping" if runtime.stop_event.is_set() else "running",
+            "state": "stopping" if runtime.stop_event.is_set() else "unhealthy" if runtime.unhealthy else "running",
             "uptime": round(time.monotonic() - runtime.started_monotonic, 3),
             "iterations": runtime.iterations, "errors": runtime.errors, "last_error": runtime.last_error,
         }
@@ -411,6 +413,8 @@ class ServiceBase:
                         runtime.lock.release()
                 runtime.iterations += 1
                 backoff = 0.0
+                runtime.errors_in_a_row = 0
+                runtime.unhealthy = False
             except _Interrupted:
                 break
             except (KeyboardInterrupt, SystemExit) as exc:
@@ -420,9 +424,16 @@ class ServiceBase:
                 break
             except Exception as exc:
                 runtime.errors += 1
+                runtime.errors_in_a_row += 1
                 runtime.last_error = f"{type(exc).__name__}: {exc}"
                 backoff = min(30.0, backoff * 2 if backoff else 0.5)
                 runtime.log.exception("loop() raised; calling it again in %.1f s", backoff)
+                limit = type(self)._servicefactory_policy.max_loop_errors
+                if limit and runtime.errors_in_a_row >= limit and not runtime.unhealthy:
+                    # running -> unhealthy: a loop that fails every time is down, though the process lives
+                    runtime.unhealthy = True
+                    runtime.log.error("unhealthy: loop() raised %d times in a row", runtime.errors_in_a_row)
+                    _notify.notify_unhealthy(runtime.errors_in_a_row, runtime.last_error)
                 try:
                     runtime.stop_event.wait(backoff)
                 except _Interrupted:

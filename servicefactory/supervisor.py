@@ -33,7 +33,7 @@ from .state import LocalRegistry, process_start_time
 
 logger = logging.getLogger("servicefactory.supervisor")  # also when run as __main__
 
-ACTIVE = ("starting", "running", "backoff", "stopping")
+ACTIVE = ("starting", "running", "unhealthy", "backoff", "stopping")
 
 
 def _api_token() -> str:
@@ -155,6 +155,7 @@ class Supervisor(ServiceBase):
     def _spawn(self, child: Child) -> None:
         spec = child.spec
         child.retry_at = None
+        child.unhealthy = False
         ready_read, ready_write = os.pipe()
         env = dict(os.environ, PYTHONUNBUFFERED="1", **{
             SUPERVISED_ENV: spec.name, SUPERVISOR_PID_ENV: str(os.getpid()),
@@ -264,6 +265,15 @@ class Supervisor(ServiceBase):
                 self._event(child, f"ready (pid {child.popen.pid}{', ' + url_of(child) if child.port else ''})")
             elif message.get("ready") is False:
                 child.error = message.get("error") or child.error
+            elif message.get("unhealthy") and child.state == "running" and not child.user_stopped:
+                # running -> unhealthy: treated as a crash (its restart policy decides), after a graceful stop
+                child.state = "unhealthy"
+                child.unhealthy = True
+                child.error = f"unhealthy: {message.get('unhealthy')} loop errors in a row ({message.get('error')})"
+                self._event(child, f"{child.error}; stopping it", warn=True)
+                child.stop_deadline = time.monotonic() + child.spec.stop_timeout
+                self._signal(child, signal.SIGTERM)
+                self._publish(child)
             elif message.get("stopping") == "shutdown action":
                 child.user_stopped = True  # asked to stop through its API: as final as `servicefactory stop`
         if not data:
@@ -347,7 +357,9 @@ class Supervisor(ServiceBase):
             child.state = "failed"
             self._event(child, described)
         else:
-            crashed = code != 0
+            crashed = code != 0 or child.unhealthy
+            if child.unhealthy:
+                described = f"stopped as unhealthy ({described})"
             restart = child.spec.restart == "always" or (crashed and child.spec.restart == "on-failure")
             if not restart:
                 child.state = "failed" if crashed else "stopped"

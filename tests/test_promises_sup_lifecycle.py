@@ -105,3 +105,64 @@ def test_a_stop_while_starting_stops_that_service_only_and_says_so(sf):
     states = {row["name"]: row["state"] for row in sf.status()}
     assert states == {"Alpha": "running", "Beta": "stopped"}, states
     assert sf("perform", "Alpha", "health").returncode == 0
+
+
+FLAKY = """
+import os, time
+from servicefactory import Service
+
+@Service.API.endpoint(port={port})
+@Service.policy(max_loop_errors=3, stop_timeout=5)
+class Flaky(Service.base):
+    def loop(self):
+        if not os.path.exists("fixed"):
+            raise ConnectionError("database unreachable")
+        self.sleep(1)
+
+    def finalize(self):
+        time.sleep(1.0)  # long enough for `status` to see the unhealthy state
+{main}
+"""
+
+
+def test_a_loop_that_keeps_raising_is_unhealthy_and_its_supervisor_restarts_it(sf):
+    sf.write("flaky.py", FLAKY.format(port=0, main=""))
+    sf.daemon("flaky", "--backoff", "0.1")
+    first = sf.row("Flaky")["pid"]
+    seen = wait_until(lambda: (sf.row("Flaky") or {}).get("state") == "unhealthy", timeout=15,
+                      message="Flaky unhealthy in status")
+    assert seen
+    assert sf("status", "Flaky").returncode == 3
+    (sf.cwd / "fixed").write_text("")
+    wait_until(lambda: (sf.row("Flaky") or {}).get("state") == "running" and sf.row("Flaky")["pid"] != first,
+               timeout=15, message="Flaky restarted and running")
+    row = sf.row("Flaky")
+    assert row["restarts"] >= 1, row
+    log = sf.log("Flaky")
+    assert "[servicefactory] Flaky unhealthy: 3 loop errors in a row" in log, log
+    assert "stopped as unhealthy (exited with code 0); restarting in" in log, log
+
+
+def test_health_reports_unhealthy_after_max_loop_errors_in_a_row(tmp_path, sf_home):
+    from servicefactory import client
+
+    port = free_port()
+    (tmp_path / "flaky.py").write_text(FLAKY.format(port=port, main="Flaky().run()"))
+    proc = subprocess.Popen([PYTHON, "flaky.py"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        health = wait_until(lambda: _health(client, port, "unhealthy"), timeout=15, message="health says unhealthy")
+        assert health["errors"] >= 3 and "database unreachable" in health["last_error"], health
+        (tmp_path / "fixed").write_text("")  # it recovers by itself: healthy again
+        wait_until(lambda: _health(client, port, "running"), timeout=15, message="health says running again")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def _health(client, port: int, state: str):
+    try:
+        answer = client.perform("Flaky", "health", fallback=("127.0.0.1", port), timeout=2)
+    except Exception:
+        return None
+    return answer if answer["state"] == state else None
