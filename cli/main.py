@@ -65,7 +65,11 @@ Examples:
 @click.option("--max-failures", type=click.IntRange(min=1), default=5, show_default=True,
               help="Fast failures in a row before a service is left failed.")
 @click.option("--backoff", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
-              help="First restart delay in seconds; doubles per fast failure, up to 60.")
+              help="First restart delay in seconds; doubles per fast failure, up to --backoff-max.")
+@click.option("--backoff-max", type=click.FloatRange(min=0.01), default=None,
+              help="Longest restart delay in seconds (default: the class's policy, else 60).")
+@click.option("--retry-failed-after", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help="Seconds after which a failed service is tried again; 0 leaves it failed.")
 @click.option("--ready-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="Seconds a service may take to become ready.")
 @click.option("--log-max-bytes", type=click.IntRange(min=1024), default=10 * 1024 * 1024, show_default=True,
@@ -74,7 +78,8 @@ Examples:
               help="Rotated log files kept per service.")
 def run(targets: tuple[str, ...], daemon: bool, name: str | None, host: str | None, port: int | None,
         log_file: str | None, log_level: str | None, restart: str | None, stop_timeout: float | None,
-        max_failures: int, backoff: float, ready_timeout: float, log_max_bytes: int, log_backups: int) -> None:
+        max_failures: int, backoff: float, backoff_max: float | None, retry_failed_after: float,
+        ready_timeout: float, log_max_bytes: int, log_backups: int) -> None:
     """Run services (TARGET: module, module:Class, file.py or file.py:Class), each in its own process."""
     from servicefactory.cli import running
     from servicefactory.supervisor import Settings
@@ -84,8 +89,12 @@ def run(targets: tuple[str, ...], daemon: bool, name: str | None, host: str | No
     running.check_free(specs, registry)
     if log_level:
         os.environ["SERVICEFACTORY_LOG_LEVEL"] = log_level.upper()
+    if backoff_max is not None:  # given on the command line: it wins over every class's policy
+        for spec in specs:
+            spec.backoff_max = backoff_max
     settings = Settings(backoff=backoff, max_failures=max_failures, ready_timeout=ready_timeout,
-                        log_max_bytes=log_max_bytes, log_backups=log_backups, foreground=not daemon)
+                        log_max_bytes=log_max_bytes, log_backups=log_backups, foreground=not daemon,
+                        retry_failed_after=retry_failed_after)
     if daemon:
         running.run_daemon(specs, settings, registry)
     else:
@@ -304,13 +313,23 @@ def status(names: tuple[str, ...], as_json: bool, all_: bool) -> None:
 
 def _print_table(rows: list[dict]) -> None:
     headers = ["NAME", "STATE", "PID", "URL", "UPTIME", "RESTARTS", "EXIT", "CPU", "MEMORY"]
-    table = [[row["name"], row["state"], str(row["pid"] or "-"), row["url"] or "-", _duration(row["uptime"]),
+    table = [[row["name"], _state(row), str(row["pid"] or "-"), row["url"] or "-", _duration(row["uptime"]),
               str(row["restarts"]), "-" if row["last_exit"] is None else str(row["last_exit"]),
               "-" if row["cpu"] is None else f"{row['cpu']:.2f}s",
               "-" if row["memory"] is None else f"{row['memory'] / 1048576:.1f}M"] for row in rows]
     widths = [max(len(line[i]) for line in [headers] + table) for i in range(len(headers))]
     for line in [headers] + table:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+
+
+def _state(row: dict) -> str:
+    """The state, with when the next try is due for a service waiting in backoff or failed."""
+    import time
+
+    due = row.get("next_try")
+    if due is None:
+        return row["state"]
+    return f"{row['state']} (next try in {_duration(max(0.0, due - time.time()))})"
 
 
 def _duration(seconds: float | None) -> str:
@@ -374,6 +393,7 @@ def logs(name: str | None, follow: bool, lines: int) -> None:
         history.sort(key=lambda item: item[0])  # lines start with their timestamp
     try:
         for _, source, line in history[-lines:] if lines else []:
+            line = logfiles.printable(line)  # a file not written by us may hold terminal escapes
             click.echo(f"{source} | {line}" if prefix else line)
         if follow:
             _follow(sources, offsets, prefix)
@@ -397,6 +417,7 @@ def _follow(sources: dict, offsets: dict, prefix: bool) -> None:
         threading.Thread(target=pump, daemon=True).start()
     while True:
         source, line = lines.get()
+        line = logfiles.printable(line)  # a file not written by us may hold terminal escapes
         click.echo(f"{source} | {line}" if prefix else line)
 
 

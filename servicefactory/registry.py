@@ -24,6 +24,7 @@ _FIELDS = {
     "restarts": 0,
     "last_exit": None,  # exit code, or -N for death by signal N
     "token": None,  # a supervisor's control token: only its owner can read this file
+    "next_try": None,  # wall-clock time a service in backoff or failed is started again, if due
 }
 
 
