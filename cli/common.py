@@ -17,6 +17,25 @@ def fail(error: ServiceFactoryError | str, code: int | None = None) -> NoReturn:
 
 
 def registry() -> Any:
-    """The local registry (state directory) the commands work on."""
+    """The local registry (state directory) the commands work on.
+
+    A relative SERVICEFACTORY_HOME is made absolute here, for this process and every process it
+    starts: a supervisor or a restart started elsewhere must use this very directory.
+    """
+    import os
+
     from servicefactory.state import LocalRegistry
-    return LocalRegistry()
+    found = LocalRegistry()
+    if os.environ.get("SERVICEFACTORY_HOME"):
+        os.environ["SERVICEFACTORY_HOME"] = str(found.home)
+    return found
+
+
+def checked_registry() -> Any:
+    """The registry, after refusing (one line, exit 10) a state directory that cannot be trusted."""
+    found = registry()
+    try:
+        found.check_safe()
+    except ServiceFactoryError as exc:
+        fail(exc)
+    return found
