@@ -39,3 +39,22 @@ def checked_registry() -> Any:
     except ServiceFactoryError as exc:
         fail(exc)
     return found
+
+
+def host_option(ctx: Any, param: Any, value: str | None) -> str | None:
+    """click callback for `--host`: an address that cannot be one is refused by what is wrong with it."""
+    import ipaddress
+    import re
+
+    if not value:
+        return value  # "" is the wildcard, as in socket.bind
+    literal = value.strip("[]")
+    looks_like_address = re.fullmatch(r"[0-9.]+", literal) or ":" in literal
+    if looks_like_address:
+        try:
+            ipaddress.ip_address(literal)
+        except ValueError:
+            raise click.BadParameter(f"{value} is not a valid IP address") from None
+    elif not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", literal):
+        raise click.BadParameter(f"{value!r} is not a valid host name or IP address")
+    return value

@@ -14,6 +14,7 @@ import click
 
 from servicefactory import __version__
 from servicefactory.cli.common import fail as _fail
+from servicefactory.cli.common import host_option as _host_option
 from servicefactory.cli.common import registry as _registry
 from servicefactory.errors import ServiceFactoryError
 
@@ -53,7 +54,7 @@ Examples:
 @click.argument("targets", nargs=-1, required=True)
 @click.option("--daemon", "-d", is_flag=True, help="Detach; return once every service is ready.")
 @click.option("--name", help="Run under this name instead of the class name (one service only).")
-@click.option("--host", help="Bind the API to this address (one service only).")
+@click.option("--host", callback=_host_option, help="Bind the API to this address (one service only).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Bind the API to this port; 0 picks a free one.")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Write the service's output here (one service only).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
@@ -374,7 +375,8 @@ def logs(name: str | None, follow: bool, lines: int) -> None:
     else:
         if not registry.home.exists():
             _fail(f"no logs: state directory {registry.home} does not exist", 3)
-        sources = {p.name[:-4]: p for p in sorted(registry.home.glob("*.log")) if p.name != "supervisor.log"}
+        sources = {p.name[:-4]: p for p in sorted(registry.home.glob("*.log"))
+                   if p.name != "supervisor.log" and p.is_file() and not p.is_symlink()}
         for known in set(registry.names()) | set(registry.remembered_names()):
             path = _log_of(registry, known)  # a service run with --log-file logs elsewhere
             if not known.startswith("_") and path.exists():

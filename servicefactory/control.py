@@ -66,6 +66,7 @@ def stop(name: str, timeout: float | None = None, registry: LocalRegistry | None
         if record is not None and record.supervisor and registry.owner_alive(record):
             _kill(record, registry)  # an orphan of a dead supervisor that did not follow it out
             killed = wait_gone(record, 5.0)
+            _await_release(registry, name)
         registry.clean(name)
         registry.mark_stopped(name)
         if killed:
@@ -131,13 +132,18 @@ def _stop_standalone(name: str, record: ServiceRecord, timeout: float | None,
         _kill(record, registry)
         killed = True
         wait_gone(record, 5.0)
-        # the kernel drops a killed process's flock a moment after it is seen dead
-        release_deadline = time.monotonic() + 2.0
-        while registry.is_held(name) and time.monotonic() < release_deadline:
-            time.sleep(0.01)
+        _await_release(registry, name)
     registry.clean(name)  # a graceful exit removed them already; a killed process could not
     message = f"{name} did not stop within {timeout:g} s; killed it" if killed else f"{name} stopped"
     return StopOutcome(name, True, killed=killed, message=message)
+
+
+def _await_release(registry: LocalRegistry, name: str, timeout: float = 2.0) -> None:
+    """Wait until `name`'s lock is free: the kernel drops a killed process's flock a moment after it
+    is seen dead (its other threads still hold its files while its main thread is a zombie)."""
+    deadline = time.monotonic() + timeout
+    while registry.is_held(name) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _kill(record: ServiceRecord, registry: LocalRegistry, group: bool = False) -> None:
@@ -221,6 +227,8 @@ def _stop_supervisor(name: str, record: ServiceRecord, timeout: float | None,
             _kill(child, registry, group=True)
         for child in children.values():
             wait_gone(child, 5.0)
+            _await_release(registry, child.name)
+        _await_release(registry, name)
     for child in before:
         registry.clean(child)
         registry.mark_stopped(child)
