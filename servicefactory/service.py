@@ -479,7 +479,8 @@ class _Registration:
             name=runtime.name, pid=os.getpid(), host=server.host if server else None,
             port=server.port if server else None, create_time=process_start_time(os.getpid()) or 0.0,
             started=time.time(), target=self.target or f"{type(service).__module__}:{type(service).__qualname__}",
-            hostname=socket.gethostname(), **service._servicefactory_record_extras())
+            hostname=socket.gethostname(), stop_timeout=type(service)._servicefactory_policy.stop_timeout,
+            **service._servicefactory_record_extras())
         self.url = record.url
         if self.claim is not None:
             try:
