@@ -19,8 +19,9 @@ import threading
 import time
 
 from ._names import connect_host, host_port, valid_action_name
-from .errors import (ActionFailed, InvalidData, ProtocolError, ServiceNotRunning, ServiceTimeout,
-                     ServiceUnavailable, Unauthorized, UnknownAction)
+from .errors import (ActionFailed, InvalidData, ProtocolError, ServiceNotRunning,
+                     ServiceTimeout, ServiceUnavailable,
+                     Unauthorized, UnknownAction)
 
 TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
 if TYPE_CHECKING:
