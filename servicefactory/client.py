@@ -205,12 +205,10 @@ def perform(name: str, action: str, data: Any = None, *, timeout: float = DEFAUL
     except ServiceNotRunning as first:  # nothing ran: refused, another service, or stopping
         _addresses.pop((registry_key, name), None)
         fresh = resolve(name, registry, fallback, fresh=True)  # it may be back elsewhere
-        if fresh == address and not isinstance(first, ServiceUnavailable):
-            _addresses.pop((registry_key, name), None)
-            if isinstance(first, _Misdirected):
-                raise ServiceNotRunning(f"{name} is not running: {host_port(*address)} now serves another "
-                                        f"service") from None
-            raise
+        if fresh == address and isinstance(first, _Misdirected):
+            _addresses.pop((registry_key, name), None)  # the registry still names the other service's port
+            raise ServiceNotRunning(f"{name} is not running: {host_port(*address)} now serves another "
+                                    f"service") from None
         try:
             return _send(fresh, name, action, body, timeout, session, token)
         except ServiceNotRunning:
