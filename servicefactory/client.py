@@ -27,10 +27,6 @@ TYPE_CHECKING = False  # typing is for type checkers only: importing it would sl
 if TYPE_CHECKING:
     from typing import Any
 
-TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
-if TYPE_CHECKING:
-    from typing import Any
-
 DEFAULT_TIMEOUT = 10.0
 _INFINITY = float("inf")
 #: bodies above this are sent in pieces, watching for an early answer (a 413 sent before the body is read)
