@@ -19,9 +19,10 @@ DEFAULT_MAX_BODY = 1024 * 1024
 _MARK = "__servicefactory_action__"
 _JSON_HEADERS = [("Content-Type", "application/json")]
 _STATUS_LINES = {
+    421: "421 Misdirected Request",
     200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden",
     404: "404 Not Found", 405: "405 Method Not Allowed", 413: "413 Content Too Large",
-    415: "415 Unsupported Media Type", 421: "421 Misdirected Request", 500: "500 Internal Server Error",
+    415: "415 Unsupported Media Type", 500: "500 Internal Server Error",
 }
 
 
@@ -93,12 +94,14 @@ def _allowed_host(host_header: str, bound_host: str) -> bool:
 class App:
     """The WSGI application exposing one service instance's actions."""
 
+    #: the registry name callers address this service by (`Servicefactory-Service`, contract C2);
+    #: None (an App built without one) answers whatever name a caller sends
+    name: str | None = None
+
     def __init__(self, service: Any, actions: Mapping[str, Action], *, max_body: int = DEFAULT_MAX_BODY,
                  token: str | None = None, bound_host: str = "127.0.0.1",
-                 exclusive_lock: Any = None, on_shutdown: Callable[[], None] | None = None,
-                 name: str | None = None) -> None:
+                 exclusive_lock: Any = None, on_shutdown: Callable[[], None] | None = None) -> None:
         self.service = service
-        self.name = name  # the registry name callers address this service by (Servicefactory-Service)
         self.actions = actions
         self.max_body = max_body
         self.token = token.encode() if token else None

@@ -355,7 +355,8 @@ class ServiceBase:
         sock = bind(host, port)
         app = App(self, type(self)._servicefactory_actions, max_body=endpoint_.max_body, token=token,
                   bound_host=host, exclusive_lock=runtime.lock,
-                  on_shutdown=lambda: runtime.request_stop("shutdown action"), name=runtime.name)
+                  on_shutdown=lambda: runtime.request_stop("shutdown action"))
+        app.name = runtime.name  # contract C2: a call naming another service is answered 421
         if endpoint_.server == "werkzeug":
             from ._werkzeug import WerkzeugServer
             runtime.server = WerkzeugServer(app, sock)
