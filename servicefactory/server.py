@@ -28,13 +28,14 @@ logger = logging.getLogger(__name__)
 
 
 class _Conn:
-    __slots__ = ("sock", "buffer", "since", "peer")
+    __slots__ = ("sock", "buffer", "since", "peer", "info")
 
     def __init__(self, sock: socket.socket, peer: Any, buffer: bytes = b"") -> None:
         self.sock = sock
         self.peer = peer
         self.buffer = buffer
         self.since = time.monotonic()
+        self.info: dict = {}  # contract C1: environ["servicefactory.connection"], one per connection
 
 
 def bind(host: str, port: int, backlog: int = 128) -> socket.socket:
@@ -323,7 +324,7 @@ class Server:
         buffer = conn.buffer
         while True:
             try:
-                keep_alive, buffer = self._serve_one(sock, buffer)
+                keep_alive, buffer = self._serve_one(sock, buffer, conn)
             except Reject as reject:
                 _send_error(sock, reject.status, str(reject))
                 _close(sock)
@@ -357,13 +358,15 @@ class Server:
                 self._close_returned()  # the selector may have drained the queue before we added to it
             return
 
-    def _serve_one(self, sock: socket.socket, buffer: bytes) -> tuple[bool, bytes]:
+    def _serve_one(self, sock: socket.socket, buffer: bytes, conn: _Conn) -> tuple[bool, bytes]:
         end = _http.head_end(buffer)
         if end < 0:
             raise Reject("400 Bad Request", "incomplete request head")
         head, buffer = buffer[:end], buffer[end + 4:]
         environ, version = _http.parse_head(head, self.host, self.port)
         keep_alive = _http.wants_keep_alive(environ, version)
+        environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = conn.peer[0], str(conn.peer[1])
+        environ["servicefactory.connection"] = conn.info
         length = _http.body_length(environ, self.max_body)
         deadline = time.monotonic() + self.io_timeout
 
@@ -388,10 +391,10 @@ class Server:
             body, buffer = buffer[:length], buffer[length:]
         environ["wsgi.input"] = io.BytesIO(body)
         sock.settimeout(self.io_timeout)
-        self._respond(sock, environ, keep_alive)
+        keep_alive = self._respond(sock, environ, keep_alive)
         return keep_alive, buffer
 
-    def _respond(self, sock: socket.socket, environ: dict, keep_alive: bool) -> None:
+    def _respond(self, sock: socket.socket, environ: dict, keep_alive: bool) -> bool:
         started: list = []
 
         def start_response(status: str, headers: list, exc_info: Any = None) -> Callable:
@@ -406,6 +409,9 @@ class Server:
         try:
             body = b"".join(result)
             status, headers = started
+            # contract C1: an app answering `Connection: close` (after a 401) ends the connection
+            if any(name.lower() == "connection" and "close" in value.lower() for name, value in headers):
+                keep_alive = False
             sock.sendall(_http.response(status, headers, body, keep_alive,
                                         head_only=environ["REQUEST_METHOD"] == "HEAD"))
         finally:
@@ -415,6 +421,7 @@ class Server:
                     close()
                 except Exception:
                     logger.exception("WSGI response close() failed")
+        return keep_alive
 
 
 def _send_error(sock: socket.socket, status: str, message: str) -> None:
