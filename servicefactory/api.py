@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import namedtuple
 from _operator import _compare_digest as compare_digest  # hmac's, without loading OpenSSL (3.7 MiB)
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
-from ._names import is_loopback, valid_action_name
+from ._guard import Throttle, cut, short_traceback
+from ._names import is_loopback_address, is_loopback_literal, valid_action_name
 
 logger = logging.getLogger(__name__)
 
@@ -21,24 +23,41 @@ _JSON_HEADERS = [("Content-Type", "application/json")]
 _STATUS_LINES = {
     200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden",
     404: "404 Not Found", 405: "405 Method Not Allowed", 413: "413 Content Too Large",
-    415: "415 Unsupported Media Type", 500: "500 Internal Server Error",
+    415: "415 Unsupported Media Type", 429: "429 Too Many Requests", 500: "500 Internal Server Error",
 }
+#: only JSON escapes can put a surrogate into a decoded string (the body itself must be UTF-8)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-class Action(namedtuple("Action", "name attribute exclusive post_only doc", defaults=(False, False, ""))):
+class Action(namedtuple("Action", "name attribute exclusive methods doc", defaults=(False, ("POST",), ""))):
     """One exposed action: its name, the method implementing it, and how it runs."""
 
     __slots__ = ()
 
+    @property
+    def post_only(self) -> bool:
+        """Whether a GET of this action is refused (the default: a GET can be sent by any web page)."""
+        return "GET" not in self.methods
 
-def handle(action: str, *, exclusive: bool = False, post_only: bool = False,
-           override: bool = False) -> Callable[[Callable], Callable]:
-    """Expose the decorated method as `action`; `exclusive=True` runs it holding the loop lock."""
+
+def handle(action: str, *, exclusive: bool = False, methods: Iterable[str] = ("POST",),
+           post_only: bool = False, override: bool = False) -> Callable[[Callable], Callable]:
+    """Expose the decorated method as `action`; `exclusive=True` runs it holding the loop lock.
+
+    Actions answer POST only; `methods=("GET", "POST")` also lets a bare GET call it (with None),
+    which any web page or `<img>` can send: only for actions without side effects.
+    """
     if not valid_action_name(action):
         raise ValueError(f"invalid action name {action!r}: use letters, digits, '_', '-' and single dots")
+    methods = tuple(sorted({str(method).upper() for method in methods}, reverse=True))
+    if "POST" not in methods or not set(methods) <= {"GET", "POST"}:
+        raise ValueError(f"methods must be ('POST',) or ('GET', 'POST'), not {methods!r}")
+    if post_only:
+        methods = ("POST",)
 
     def mark(method: Callable) -> Callable:
-        setattr(method, _MARK, (action, exclusive, post_only, override))
+        setattr(method, _MARK, (action, exclusive, methods, override))
         return method
 
     return mark
@@ -52,14 +71,14 @@ def collect_actions(cls: type) -> Mapping[str, Action]:
             mark = getattr(value, _MARK, None)
             if mark is None:
                 continue
-            name, exclusive, post_only, override = mark
+            name, exclusive, methods, override = mark
             builtin = getattr(klass, "_servicefactory_builtin", False)
             if name in BUILTIN_ACTIONS and not builtin and not override:
                 raise TypeError(
                     f"{cls.__qualname__}.{attribute} would replace the built-in action {name!r}; "
                     f"pick another name, or pass override=True if you mean to replace it")
             doc = (value.__doc__ or "").strip().splitlines()
-            table[name] = Action(name, attribute, exclusive, post_only, doc[0] if doc else "")
+            table[name] = Action(name, attribute, exclusive, methods, doc[0] if doc else "")
     return MappingProxyType(table)
 
 
@@ -86,23 +105,39 @@ def _allowed_host(host_header: str, bound_host: str) -> bool:
     if not host_header:
         return True  # HTTP/1.0 clients send none; browsers always do
     host = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
-    host = host.lower()
-    return is_loopback(host) or host.strip("[]") == bound_host
+    host = host.lower().strip("[]")
+    return is_loopback_literal(host) or host == bound_host
+
+
+def _allowed_origin(origin: str, bound_host: str) -> bool:
+    # `null` (sandboxed frames, file: pages) and `file://` name no host: foreign, like any other page
+    scheme, separator, rest = origin.partition("://")
+    host = rest.split("/", 1)[0]
+    return bool(separator and host) and _allowed_host(host, bound_host)
 
 
 class App:
     """The WSGI application exposing one service instance's actions."""
 
     def __init__(self, service: Any, actions: Mapping[str, Action], *, max_body: int = DEFAULT_MAX_BODY,
-                 token: str | None = None, bound_host: str = "127.0.0.1",
+                 token: str | None = None, require_token: bool | None = None, bound_host: str = "127.0.0.1",
+                 local_address: tuple[str, int] | None = None, allowed_uids: Iterable[int] | None = None,
                  exclusive_lock: Any = None, on_shutdown: Callable[[], None] | None = None) -> None:
         self.service = service
         self.actions = actions
         self.max_body = max_body
         self.token = token.encode() if token else None
+        # required: every request needs the token (off-host binds); otherwise a token only opens a
+        # loopback service to users the peer check refuses
+        self.require_token = bool(token) if require_token is None else require_token
         self.bound_host = bound_host
         # a wildcard bind has no single name to check Host against; the token guards it instead
         self.check_host = bound_host not in ("0.0.0.0", "::", "")
+        #: the uids whose loopback connections are served without a token; None: no peer check
+        self.allowed_uids = frozenset(allowed_uids) if allowed_uids is not None else None
+        self.check_peer = self.allowed_uids is not None and not self.require_token
+        self.local_address = local_address
+        self.throttle = Throttle()
         self.exclusive_lock = exclusive_lock
         self.on_shutdown = on_shutdown
 
@@ -111,9 +146,13 @@ class App:
         status, body, after = self.respond(environ)
         headers = list(_JSON_HEADERS)
         if status == 405:
-            headers.append(("Allow", "POST" if environ.get("PATH_INFO") == "/shutdown" else "GET, POST"))
+            action = self.actions.get(environ.get("PATH_INFO", "/")[1:])
+            headers.append(("Allow", ", ".join(action.methods) if action else "POST"))
         if status == 401:
-            headers.append(("WWW-Authenticate", 'Bearer realm="servicefactory"'))
+            # contract C1: the server closes the connection, so each guess costs a new connection
+            headers += [("WWW-Authenticate", 'Bearer realm="servicefactory"'), ("Connection", "close")]
+        elif status == 429:
+            headers.append(("Retry-After", str(environ.get("servicefactory.retry_after", 1))))
         if body is _PLAIN_OK:
             headers = [("Content-Type", "text/plain; charset=utf-8")]
         headers.append(("Content-Length", str(len(body))))
@@ -130,7 +169,7 @@ class App:
         action = self.actions.get(name) if valid_action_name(name) else None
         if action is None:
             return (*_error(404, "UnknownAction", f"unknown action {name!r}"), None)
-        if method not in ("GET", "POST") or (method == "GET" and action.post_only):
+        if method not in action.methods:
             return (*_error(405, "MethodNotAllowed", f"{method} is not allowed for {name!r}"), None)
         data = None
         if method == "POST":
@@ -141,8 +180,9 @@ class App:
         try:
             result = self._call(action, data)
         except BaseException as exc:  # even sys.exit() in a handler is the caller's answer, not ours
-            logger.exception("action %r failed", name)
-            return (*_error(500, type(exc).__name__, str(exc)), None)
+            # cut: a handler raising with megabytes of text must not fill the logs or the answer
+            logger.error("action %r failed\n%s", name, short_traceback(exc))
+            return (*_error(500, type(exc).__name__, cut(str(exc))), None)
         if result is None:
             # curl and browsers see the founding transcript's `ok`; JSON clients get null, so that
             # perform() returns None, as the transcript's REPL (which echoes no result) shows
@@ -152,7 +192,7 @@ class App:
                 body = json.dumps(result, allow_nan=False).encode() + b"\n"
             except (TypeError, ValueError, RecursionError) as exc:
                 logger.error("action %r returned a result that is not JSON serialisable: %s", name, exc)
-                return (*_error(500, type(exc).__name__, f"result is not JSON serialisable: {exc}"), None)
+                return (*_error(500, type(exc).__name__, cut(f"result is not JSON serialisable: {exc}")), None)
         after = self.on_shutdown if name == "shutdown" and action.attribute == "_servicefactory_shutdown" else None
         return 200, body, after
 
@@ -160,18 +200,72 @@ class App:
         if self.check_host and not _allowed_host(environ.get("HTTP_HOST", ""), self.bound_host):
             return _error(403, "Forbidden", "Host header does not name this service (DNS rebinding?)")
         origin = environ.get("HTTP_ORIGIN")
-        if origin and not _allowed_host(origin.split("://", 1)[-1], self.bound_host):
+        if origin is not None and not _allowed_origin(origin, self.bound_host):
             return _error(403, "Forbidden", "cross-origin requests are refused")
         if environ.get("HTTP_SEC_FETCH_SITE") in ("cross-site", "same-site"):
             return _error(403, "Forbidden", "cross-site requests are refused")
-        if self.token is not None:
-            given = environ.get("HTTP_AUTHORIZATION", "")
-            scheme, _, credential = given.partition(" ")
-            if scheme.lower() != "bearer" or not compare_digest(credential.strip().encode(), self.token):
-                return _error(401, "Unauthorized", "missing or wrong token: send 'Authorization: Bearer <token>'")
-        return None
+        if self.require_token:
+            return self._check_token(environ)
+        if not self.check_peer:
+            return None
+        uid = self._peer_uid(environ)
+        if uid in self.allowed_uids:
+            return None
+        if self.token is not None and "HTTP_AUTHORIZATION" in environ:
+            return self._check_token(environ, uid)  # a token opens the service to other users
+        connection = environ.get("servicefactory.connection")
+        if connection is None or not connection.get("refused"):
+            if connection is not None:
+                connection["refused"] = True
+            logger.warning("refused a connection from %s (uid %s): not the service's user; "
+                           "endpoint(allow_users=[...]) or a token opens it to others",
+                           _peer_text(environ), "unknown" if uid is None else uid)
+        return _error(403, "Forbidden", "this service answers its own user only (and root)")
+
+    def _peer_uid(self, environ: dict) -> int | None:
+        """The uid owning the peer's socket, looked up once per connection (contract C1)."""
+        connection = environ.get("servicefactory.connection")
+        if connection is not None and "uid" in connection:
+            return connection["uid"]
+        uid = None
+        remote = environ.get("REMOTE_ADDR", "")
+        if is_loopback_address(remote) and self.local_address is not None:
+            from ._peercred import peer_uid
+            try:
+                uid = peer_uid(self.local_address, (remote, int(environ.get("REMOTE_PORT") or 0)))
+            except ValueError:
+                uid = None
+        if connection is not None:
+            connection["uid"] = uid
+        return uid
+
+    def _check_token(self, environ: dict, uid: int | None = None) -> tuple[int, bytes] | None:
+        # throttled per peer address, and on loopback (one address for every local user) per uid,
+        # so another local user cannot lock the owner out by failing on purpose
+        remote = environ.get("REMOTE_ADDR", "")
+        if self.throttle and uid is None and is_loopback_address(remote):
+            uid = self._peer_uid(environ)
+        peer = (remote, uid)
+        wait = self.throttle.wait(peer) if self.throttle else 0.0
+        if wait > 0:
+            environ["servicefactory.retry_after"] = max(1, int(wait + 0.999))
+            return _error(429, "TooManyRequests", f"too many wrong tokens; retry in {wait:.1f} s")
+        given = environ.get("HTTP_AUTHORIZATION", "")
+        scheme, _, credential = given.partition(" ")
+        if scheme.lower() == "bearer" and compare_digest(credential.strip().encode(), self.token or b"\0"):
+            self.throttle.succeeded(peer)
+            return None
+        failures = self.throttle.failed(peer)
+        logger.warning("refused a request from %s: %s token (%d recent failure%s)", _peer_text(environ),
+                       "wrong" if given else "no", failures, "" if failures == 1 else "s")
+        return _error(401, "Unauthorized", "missing or wrong token: send 'Authorization: Bearer <token>'")
 
     def _read_json(self, environ: dict) -> Any:
+        content_type = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+        if content_type != "application/json":
+            # checked on every POST, empty or not: a web page can send a bodiless or a text/plain
+            # POST to any address without a preflight, and that alone must never run an action
+            raise _BadRequest(415, "UnsupportedMediaType", "send POSTs with Content-Type: application/json")
         length_text = environ.get("CONTENT_LENGTH")
         if not length_text and environ.get("wsgi.input_terminated"):
             # a chunked body the server passes through: read no more than one byte past the limit
@@ -188,16 +282,16 @@ class App:
             body = environ["wsgi.input"].read(length) if length else b""
         if not body:
             return None
-        content_type = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
-        if content_type != "application/json":
-            # form and text types can be sent cross-site by any web page without a preflight
-            raise _BadRequest(415, "UnsupportedMediaType", "send the body as Content-Type: application/json")
         try:
-            return json.loads(body, parse_constant=_reject_constant)
+            value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
         except RecursionError:
             raise _BadRequest(400, "BadRequest", "JSON nested too deeply") from None
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-            raise _BadRequest(400, "BadRequest", f"malformed JSON: {exc}") from None
+            raise _BadRequest(400, "BadRequest", cut(f"malformed JSON: {exc}", 300)) from None
+        if _SURROGATE_ESCAPE.search(body) and _has_lone_surrogate(value):
+            raise _BadRequest(400, "BadRequest", "malformed JSON: a lone surrogate (\\ud800-\\udfff) "
+                                                 "is not a character and cannot be encoded as UTF-8")
+        return value
 
     def _call(self, action: Action, data: Any) -> Any:
         method = getattr(self.service, action.attribute)
@@ -209,6 +303,35 @@ class App:
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number out of range: {cut(text, 40)}")
+    return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether any string in the decoded JSON `value` (keys included) holds a lone surrogate."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
+
+
+def _peer_text(environ: dict) -> str:
+    address = environ.get("REMOTE_ADDR") or "unknown"
+    port = environ.get("REMOTE_PORT")
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 class _BadRequest(Exception):
