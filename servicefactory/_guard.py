@@ -110,7 +110,7 @@ class Throttle:
 
     @staticmethod
     def _delay(failures: int) -> float:
-        return min(MAX_DELAY, 0.5 * 2 ** (failures - FREE_FAILURES))
+        return min(MAX_DELAY, 2.0 ** (failures - FREE_FAILURES))  # 1 s, 2 s, 4 s, ...
 
 
 def cut(text: str, limit: int = MAX_ERROR_TEXT) -> str:

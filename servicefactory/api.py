@@ -50,9 +50,10 @@ def handle(action: str, *, exclusive: bool = False, methods: Iterable[str] = ("P
     """
     if not valid_action_name(action):
         raise ValueError(f"invalid action name {action!r}: use letters, digits, '_', '-' and single dots")
-    methods = tuple(sorted({str(method).upper() for method in methods}, reverse=True))
-    if "POST" not in methods or not set(methods) <= {"GET", "POST"}:
-        raise ValueError(f"methods must be ('POST',) or ('GET', 'POST'), not {methods!r}")
+    wanted = {str(method).upper() for method in methods}
+    if "POST" not in wanted or not wanted <= {"GET", "POST"}:
+        raise ValueError(f"methods must be ('POST',) or ('GET', 'POST'), not {tuple(methods)!r}")
+    methods = ("GET", "POST") if "GET" in wanted else ("POST",)
     if post_only:
         methods = ("POST",)
 
@@ -152,7 +153,7 @@ class App:
             # contract C1: the server closes the connection, so each guess costs a new connection
             headers += [("WWW-Authenticate", 'Bearer realm="servicefactory"'), ("Connection", "close")]
         elif status == 429:
-            headers.append(("Retry-After", str(environ.get("servicefactory.retry_after", 1))))
+            headers += [("Retry-After", str(environ.get("servicefactory.retry_after", 1))), ("Connection", "close")]
         if body is _PLAIN_OK:
             headers = [("Content-Type", "text/plain; charset=utf-8")]
         headers.append(("Content-Length", str(len(body))))
@@ -239,23 +240,27 @@ class App:
             connection["uid"] = uid
         return uid
 
-    def _check_token(self, environ: dict, uid: int | None = None) -> tuple[int, bytes] | None:
-        # throttled per peer address, and on loopback (one address for every local user) per uid,
-        # so another local user cannot lock the owner out by failing on purpose
+    def _throttle_key(self, environ: dict, uid: int | None) -> tuple[str, int | None]:
+        # per peer address, and on loopback (one address for every local user) per uid too, so
+        # that another local user cannot lock the owner out by failing on purpose
         remote = environ.get("REMOTE_ADDR", "")
-        if self.throttle and uid is None and is_loopback_address(remote):
+        if uid is None and is_loopback_address(remote):
             uid = self._peer_uid(environ)
-        peer = (remote, uid)
-        wait = self.throttle.wait(peer) if self.throttle else 0.0
+        return remote, uid
+
+    def _check_token(self, environ: dict, uid: int | None = None) -> tuple[int, bytes] | None:
+        peer = self._throttle_key(environ, uid) if self.throttle else None
+        wait = self.throttle.wait(peer) if peer is not None else 0.0
         if wait > 0:
             environ["servicefactory.retry_after"] = max(1, int(wait + 0.999))
             return _error(429, "TooManyRequests", f"too many wrong tokens; retry in {wait:.1f} s")
         given = environ.get("HTTP_AUTHORIZATION", "")
         scheme, _, credential = given.partition(" ")
         if scheme.lower() == "bearer" and compare_digest(credential.strip().encode(), self.token or b"\0"):
-            self.throttle.succeeded(peer)
+            if peer is not None:
+                self.throttle.succeeded(peer)
             return None
-        failures = self.throttle.failed(peer)
+        failures = self.throttle.failed(peer if peer is not None else self._throttle_key(environ, uid))
         logger.warning("refused a request from %s: %s token (%d recent failure%s)", _peer_text(environ),
                        "wrong" if given else "no", failures, "" if failures == 1 else "s")
         return _error(401, "Unauthorized", "missing or wrong token: send 'Authorization: Bearer <token>'")
