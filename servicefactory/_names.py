@@ -20,15 +20,21 @@ _WILDCARDS = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
 
 
 def is_loopback_address(address: str) -> bool:
-    """Whether `address` is a literal loopback IP address (IPv4-mapped IPv6 included)."""
-    import ipaddress
+    """Whether `address` is a literal loopback IP address: 127.0.0.0/8, ::1, or IPv4-mapped 127.x."""
+    import socket
 
+    address = address.strip("[]").split("%", 1)[0]
     try:
-        ip = ipaddress.ip_address(address.strip("[]").split("%", 1)[0])
-    except ValueError:
+        if ":" not in address:
+            return socket.inet_pton(socket.AF_INET, address)[0] == 127  # dotted quads only: not 127.1
+        packed = socket.inet_pton(socket.AF_INET6, address)
+    except (OSError, ValueError):
         return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return (mapped or ip).is_loopback
+    return packed == _IPV6_LOOPBACK or (packed[:12] == _IPV4_MAPPED and packed[12] == 127)
+
+
+_IPV6_LOOPBACK = bytes(15) + b"\x01"
+_IPV4_MAPPED = bytes(10) + b"\xff\xff"
 
 
 def is_loopback_literal(host: str) -> bool:

@@ -2,16 +2,18 @@
 
 A Unix socket would tell us with SO_PEERCRED; TCP does not, but the kernel knows who owns the
 client's socket. We ask it with one NETLINK_SOCK_DIAG request for that exact socket (what `ss`
-uses): about 15 µs whatever the number of sockets on the host, where reading /proc/net/tcp
-costs time in proportion to it (measured by bench/peercred.py: ~0.02 ms vs ~2 ms with 2,000
-sockets open). /proc/net/tcp{,6} remains the fallback where netlink is unavailable.
+uses): about 15-25 µs whatever the number of sockets on the host, where reading /proc/net/tcp
+costs time in proportion to it (bench/peercred.py: 0.3-8 ms with none, 8-18 ms with 2,000
+sockets open, on a loaded 2-core machine). /proc/net/tcp{,6} stays as the fallback where
+netlink is unavailable.
 """
 from __future__ import annotations
 
-import ipaddress
+import atexit
 import os
 import socket
 import struct
+import threading
 
 _NETLINK_SOCK_DIAG = 4
 _SOCK_DIAG_BY_FAMILY = 20
@@ -25,43 +27,81 @@ _NO_COOKIE = b"\xff" * 8
 _UID_OFFSET = 16 + 4 + 48 + 12  # nlmsghdr, then inet_diag_msg: 4 bytes, sockid, 3 u32, uid
 _ALL_STATES = 0xFFFFFFFF
 
+
 def peer_uid(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
     """The uid owning the socket at `remote` connected to our `local`; None if it cannot be told.
 
     Both ends must be on this host (a loopback connection); the caller refuses on None.
     """
     try:
-        local_ip = _plain(local[0])
-        remote_ip = _plain(remote[0])
-    except ValueError:
+        family, local_ip = _packed(local[0])
+        remote_family, remote_ip = _packed(remote[0])
+    except (OSError, ValueError):
         return None
-    if local_ip.version != remote_ip.version:
+    if family != remote_family:
         return None
     try:
-        return _netlink_uid(local_ip, int(local[1]), remote_ip, int(remote[1]))
+        return _netlink_uid(family, local_ip, int(local[1]), remote_ip, int(remote[1]))
     except OSError:
         return proc_uid(local, remote)
 
 
-def _plain(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return mapped if mapped is not None else ip
+_MAPPED = b"\0" * 10 + b"\xff\xff"
 
 
-def _netlink_uid(local_ip: ipaddress._BaseAddress, local_port: int, remote_ip: ipaddress._BaseAddress,
-                 remote_port: int) -> int | None:
-    family = socket.AF_INET if local_ip.version == 4 else socket.AF_INET6
+def _packed(address: str) -> tuple[int, bytes]:
+    """(family, packed address) of a literal IP address; an IPv4-mapped IPv6 address counts as IPv4."""
+    address = address.split("%", 1)[0]
+    if ":" not in address:
+        return socket.AF_INET, socket.inet_pton(socket.AF_INET, address)
+    packed = socket.inet_pton(socket.AF_INET6, address)
+    return (socket.AF_INET, packed[12:]) if packed[:12] == _MAPPED else (socket.AF_INET6, packed)
+
+
+class _Netlink:
+    """One NETLINK_SOCK_DIAG socket for the process, used under a lock (a lookup takes µs)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sock: socket.socket | None = None
+        self.sequence = 0
+
+    def ask(self, request: bytes) -> bytes:
+        with self.lock:
+            if self.sock is None:
+                self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
+                self.sock.settimeout(1.0)
+                atexit.register(self.close)
+            self.sequence = (self.sequence + 1) & 0xFFFFFFFF
+            header = _NLMSG_HEADER.pack(_NLMSG_HEADER.size + len(request), _SOCK_DIAG_BY_FAMILY,
+                                        _NLM_F_REQUEST, self.sequence, 0)
+            try:
+                self.sock.send(header + request)
+                while True:
+                    answer = self.sock.recv(8192)
+                    if _NLMSG_HEADER.unpack_from(answer)[3] == self.sequence:
+                        return answer  # (an older answer, to a request that timed out, is skipped)
+            except OSError:
+                self.sock.close()
+                self.sock = None
+                raise
+
+    def close(self) -> None:
+        with self.lock:
+            if self.sock is not None:
+                self.sock.close()
+                self.sock = None
+
+
+_netlink = _Netlink()
+
+
+def _netlink_uid(family: int, local_ip: bytes, local_port: int, remote_ip: bytes, remote_port: int) -> int | None:
     # the peer's socket: its source is our remote end, its destination our local end
-    body = _REQUEST.pack(family, socket.IPPROTO_TCP, 0, _ALL_STATES, socket.htons(remote_port),
-                         socket.htons(local_port), remote_ip.packed.ljust(16, b"\0"),
-                         local_ip.packed.ljust(16, b"\0"), 0, _NO_COOKIE)
-    header = _NLMSG_HEADER.pack(_NLMSG_HEADER.size + len(body), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0)
-    # a socket per lookup (a few µs): nothing to share between threads, nothing left open
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as sock:
-        sock.settimeout(1.0)
-        sock.send(header + body)
-        answer = sock.recv(8192)
+    request = _REQUEST.pack(family, socket.IPPROTO_TCP, 0, _ALL_STATES, socket.htons(remote_port),
+                            socket.htons(local_port), remote_ip.ljust(16, b"\0"), local_ip.ljust(16, b"\0"),
+                            0, _NO_COOKIE)
+    answer = _netlink.ask(request)
     kind = _NLMSG_HEADER.unpack_from(answer)[1]
     if kind == _NLMSG_ERROR or len(answer) < _UID_OFFSET + 4:
         return None  # ENOENT: no such socket (the client is gone already)
@@ -71,19 +111,18 @@ def _netlink_uid(local_ip: ipaddress._BaseAddress, local_port: int, remote_ip: i
 def proc_uid(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
     """The same answer read from /proc/net/tcp and tcp6 (slower: the whole table is read)."""
     try:
-        local_ip = _plain(local[0])
-        remote_ip = _plain(remote[0])
-    except ValueError:
+        family, local_ip = _packed(local[0])
+        remote_family, remote_ip = _packed(remote[0])
+    except (OSError, ValueError):
         return None
-    tables = ["/proc/net/tcp6"]
-    if local_ip.version == 4:
-        tables.insert(0, "/proc/net/tcp")
-    for table in tables:
-        ours, theirs = local_ip, remote_ip
-        if table.endswith("6") and local_ip.version == 4:  # an IPv4 client of an IPv6 socket
-            ours, theirs = (ipaddress.IPv6Address(f"::ffff:{ip}") for ip in (local_ip, remote_ip))
+    if family != remote_family:
+        return None
+    tables = [("/proc/net/tcp6", b"" if family == socket.AF_INET6 else _MAPPED)]
+    if family == socket.AF_INET:
+        tables.insert(0, ("/proc/net/tcp", b""))
+    for table, prefix in tables:  # an IPv4 client of an IPv6 socket shows in tcp6, mapped
         # the peer's line: its local column is our remote end, its remote column our local end
-        wanted = (_proc_address(theirs, int(remote[1])), _proc_address(ours, int(local[1])))
+        wanted = (_proc_address(prefix + remote_ip, int(remote[1])), _proc_address(prefix + local_ip, int(local[1])))
         try:
             with open(table, "rb") as handle:
                 handle.readline()
@@ -96,8 +135,7 @@ def proc_uid(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
     return None
 
 
-def _proc_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> bytes:
-    packed = ip.packed
+def _proc_address(packed: bytes, port: int) -> bytes:
     # the kernel prints each 32-bit word of the address in host byte order
     words = struct.unpack(f"={len(packed) // 4}I", packed)
     return ("".join(f"{word:08X}" for word in words) + f":{port:04X}").encode()
