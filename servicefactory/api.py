@@ -150,10 +150,13 @@ class App:
             action = self.actions.get(environ.get("PATH_INFO", "/")[1:])
             headers.append(("Allow", ", ".join(action.methods) if action else "POST"))
         if status == 401:
-            # contract C1: the server closes the connection, so each guess costs a new connection
-            headers += [("WWW-Authenticate", 'Bearer realm="servicefactory"'), ("Connection", "close")]
+            headers.append(("WWW-Authenticate", 'Bearer realm="servicefactory"'))
         elif status == 429:
-            headers += [("Retry-After", str(environ.get("servicefactory.retry_after", 1))), ("Connection", "close")]
+            headers.append(("Retry-After", str(environ.get("servicefactory.retry_after", 1))))
+        if status in (401, 429) and "servicefactory.connection" in environ:
+            # contract C1: our server then closes the connection, so each guess costs a new one
+            # (WSGI forbids hop-by-hop headers to other servers; werkzeug's closes after each anyway)
+            headers.append(("Connection", "close"))
         if body is _PLAIN_OK:
             headers = [("Content-Type", "text/plain; charset=utf-8")]
         headers.append(("Content-Length", str(len(body))))
