@@ -24,7 +24,7 @@ _NLMSG_HEADER = struct.Struct("=IHHII")
 # ports and addresses are in network byte order (the ports are passed through htons)
 _REQUEST = struct.Struct("=BBBxIHH16s16sI8s")
 _NO_COOKIE = b"\xff" * 8
-_UID_OFFSET = 16 + 4 + 48 + 12  # nlmsghdr, then inet_diag_msg: 4 bytes, sockid, 3 u32, uid
+_UID_OFFSET = 16 + 4 + 48 + 12  # nlmsghdr, then inet_diag_msg: 4 bytes, sockid, 3 u32, uid, inode
 _ALL_STATES = 0xFFFFFFFF
 
 
@@ -103,9 +103,15 @@ def _netlink_uid(family: int, local_ip: bytes, local_port: int, remote_ip: bytes
                             0, _NO_COOKIE)
     answer = _netlink.ask(request)
     kind = _NLMSG_HEADER.unpack_from(answer)[1]
-    if kind == _NLMSG_ERROR or len(answer) < _UID_OFFSET + 4:
+    if kind == _NLMSG_ERROR or len(answer) < _UID_OFFSET + 8:
         return None  # ENOENT: no such socket (the client is gone already)
-    return struct.unpack_from("=I", answer, _UID_OFFSET)[0]
+    return _trusted(*struct.unpack_from("=II", answer, _UID_OFFSET))
+
+
+def _trusted(uid: int, inode: int) -> int | None:
+    # a socket its process has closed (an orphan, or TIME_WAIT) has no inode, and kernels that
+    # take the uid from the inode then report root: never let that pass for root
+    return None if uid == 0 and inode == 0 else uid
 
 
 def proc_uid(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
@@ -129,7 +135,7 @@ def proc_uid(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
                 for line in handle:
                     fields = line.split()
                     if fields[1] == wanted[0] and fields[2] == wanted[1]:
-                        return int(fields[7])
+                        return _trusted(int(fields[7]), int(fields[9]))
         except (OSError, IndexError, ValueError):
             continue
     return None

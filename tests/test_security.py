@@ -163,6 +163,24 @@ def test_the_seed_service_refuses_another_users_shutdown_and_keeps_answering_cur
     assert "refused a connection from 127.0.0.1:" in proc.output
 
 
+def test_another_user_sending_and_closing_at_once_cannot_pass_for_root(other_user):
+    """A closed (orphaned) client socket must not be reported as root's and let the request run."""
+    fire_and_forget = textwrap.dedent("""
+        import socket, sys
+        for _ in range(20):
+            sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+            sock.sendall(sys.argv[2].encode())
+            sock.close()
+    """)
+    with running(Guarded()) as service:
+        port = port_of(service)
+        subprocess.run(["runuser", "-u", other_user, "--", SYSTEM_PYTHON, "-I", "-c", fire_and_forget, str(port),
+                        raw_post("/action", b'"sneaky"').decode()], check=True, timeout=20, cwd="/")
+        assert exchange(port, raw_post("/action", b'"mine"'))[0] == 200
+        time.sleep(0.5)  # the 20 were all sent before; give the workers a moment to finish them
+        assert service.calls == ["mine"]
+
+
 def test_allow_users_opens_a_loopback_service_to_the_named_user(other_user):
     @Service.API.endpoint(port=0, allow_users=[other_user])
     class Shared(Guarded):
