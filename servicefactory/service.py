@@ -338,6 +338,11 @@ class ServiceBase:
         port = port if port is not None else endpoint_.port
         token = self._servicefactory_token(registration)
         loopback = is_loopback(host)  # resolved: every address the name stands for is loopback
+        if not loopback:
+            try:
+                socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            except (socket.gaierror, UnicodeError) as exc:  # say so, rather than ask for a token
+                raise StartupError(f"cannot resolve host {host!r}: {getattr(exc, 'strerror', exc)}") from None
         if not loopback and not token:
             raise TokenRequired(
                 f"{runtime.name} would bind {host}:{port}, reachable from other hosts, without a token; "

@@ -465,3 +465,12 @@ def test_surrogate_pairs_large_finite_numbers_and_escaped_backslashes_still_arri
     with running(Guarded()) as service:
         assert exchange(port_of(service), raw_post("/action", body))[0] == 200
         assert service.calls == [value]
+
+
+def test_a_host_that_does_not_resolve_is_a_startup_error_not_a_request_for_a_token():
+    @Service.API.endpoint(host="no-such-host.invalid", port=0)
+    class Nowhere(Guarded):
+        pass
+
+    with pytest.raises(StartupError, match="cannot resolve host 'no-such-host.invalid'"):
+        Nowhere().run()
