@@ -281,6 +281,15 @@ def test_a_loopback_looking_name_resolving_to_a_private_address_needs_a_token(pr
     assert "without a token" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_a_host_that_does_not_resolve_is_a_startup_error_not_a_request_for_a_token():
+    @Service.API.endpoint(host="no-such-host.invalid", port=0)
+    class Nowhere(Guarded):
+        pass
+
+    with pytest.raises(StartupError, match="cannot resolve host 'no-such-host.invalid'"):
+        Nowhere().run()
+
+
 # -- tokens: strength, 401 closes, throttling ----------------------------------------------
 
 @pytest.mark.parametrize("weak", ["1234", "s3cret-token", "a" * 64, "ab" * 40, "0123456789abcdef0123",
@@ -466,11 +475,3 @@ def test_surrogate_pairs_large_finite_numbers_and_escaped_backslashes_still_arri
         assert exchange(port_of(service), raw_post("/action", body))[0] == 200
         assert service.calls == [value]
 
-
-def test_a_host_that_does_not_resolve_is_a_startup_error_not_a_request_for_a_token():
-    @Service.API.endpoint(host="no-such-host.invalid", port=0)
-    class Nowhere(Guarded):
-        pass
-
-    with pytest.raises(StartupError, match="cannot resolve host 'no-such-host.invalid'"):
-        Nowhere().run()
