@@ -99,7 +99,7 @@ def throughput(seconds: float, rounds: int) -> dict[str, dict[str, float]]:
 
     results = {}
     with testing.running(On()) as on_service, testing.running(Off()) as off_service:
-        off_service._servicefactory_runtime.server.app.check_peer = False  # the same app, unchecked
+        off_service._servicefactory_runtime.server.app.gate.check_peer = False  # the same app, unchecked
         ports = {"on": on_service.address[1], "off": off_service.address[1]}
         names = {"on": "PeerOn", "off": "PeerOff"}
         for mode in ("perform", "fresh"):

@@ -126,7 +126,7 @@ def test_another_local_user_gets_403_for_shutdown_and_actions_and_the_service_ru
     class Mine(Guarded):
         pass
 
-    caplog.set_level(logging.WARNING, logger="servicefactory.api")
+    caplog.set_level(logging.WARNING, logger="servicefactory._gate")
     with running(Mine()) as service:
         answers = as_user(other_user, port_of(service), raw_post("/shutdown"), raw_post("/action", b'"hi"'),
                           raw_post("/health"), raw_post("/health", method="GET", content_type=None))
@@ -348,7 +348,7 @@ def test_brute_forcing_the_token_closes_each_connection_logs_and_is_throttled(mo
     class Locked(Guarded):
         pass
 
-    caplog.set_level(logging.WARNING, logger="servicefactory.api")
+    caplog.set_level(logging.WARNING, logger="servicefactory._gate")
     with running(Locked()) as service:
         port = port_of(service)
         # the attack of issue 16: many guesses on one keep-alive connection
