@@ -23,7 +23,7 @@ def allowed_host(host_header: str, bound_host: str) -> bool:
         return True  # HTTP/1.0 clients send none; browsers always do
     host = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
     host = host.lower().strip("[]")
-    return is_loopback_literal(host) or host == bound_host
+    return host == bound_host or is_loopback_literal(host)
 
 
 def allowed_origin(origin: str, bound_host: str) -> bool:

@@ -75,11 +75,11 @@ def raw_post(path: str, body: bytes = b"", content_type: str | None = "applicati
 
 _AS_USER = textwrap.dedent("""
     import http.client, json, socket, sys
-    port, requests = int(sys.argv[1]), json.loads(sys.argv[2])
+    port, requests, host = int(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
     answers = []
     sock = None
     for request in requests:  # one keep-alive connection for all, as long as the server keeps it
-        sock = sock or socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock = sock or socket.create_connection((host, port), timeout=5)
         sock.sendall(request.encode("latin-1"))
         response = http.client.HTTPResponse(sock)
         response.begin()
@@ -111,10 +111,10 @@ def other_user() -> Iterator[str]:
         subprocess.run(["userdel", name], capture_output=True)
 
 
-def as_user(user: str, port: int, *requests: bytes) -> list[tuple[int, str]]:
+def as_user(user: str, port: int, *requests: bytes, host: str = "127.0.0.1") -> list[tuple[int, str]]:
     """Send `requests` on one connection as `user`, from a process of that user; the answers."""
     done = subprocess.run(["runuser", "-u", user, "--", SYSTEM_PYTHON, "-I", "-c", _AS_USER, str(port),
-                           json.dumps([request.decode("latin-1") for request in requests])],
+                           json.dumps([request.decode("latin-1") for request in requests]), host],
                           capture_output=True, text=True, timeout=20, cwd="/")
     assert done.returncode == 0, done.stderr
     return [tuple(answer) for answer in json.loads(done.stdout)]
@@ -147,6 +147,20 @@ def _uid(user: str) -> int:
     import pwd
 
     return pwd.getpwnam(user).pw_uid
+
+
+def test_another_local_user_is_refused_over_ipv6_loopback_too(other_user):
+    @Service.API.endpoint(port=0, host="::1")
+    class Six(Guarded):
+        pass
+
+    with running(Six()) as service:
+        answers = as_user(other_user, port_of(service), raw_post("/action", b'"hi"'), host="::1")
+        assert answers[0][0] == 403 and service.calls == []
+        with socket.create_connection(("::1", port_of(service)), timeout=5) as sock:
+            sock.sendall(raw_post("/action", b'"mine"'))
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert service.calls == ["mine"]
 
 
 def test_the_seed_service_refuses_another_users_shutdown_and_keeps_answering_curl(other_user, spawn, sf_home):
