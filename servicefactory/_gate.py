@@ -64,7 +64,7 @@ class Gate:
             return (403, "Forbidden", "cross-site requests are refused")
         if self.require_token:
             return self._check_token(environ)
-        if not self.check_peer:
+        if not self.check_peer or self.allowed_uids is None:
             return None
         uid = self.peer_uid(environ)
         if uid in self.allowed_uids:
