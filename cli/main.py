@@ -420,7 +420,7 @@ def list_(target: str) -> None:
 
 @cli.command(epilog="""\b
 Example:
-  servicefactory token > "$SERVICEFACTORY_HOME/token" && chmod 600 "$SERVICEFACTORY_HOME/token"
+  (umask 077; servicefactory token > ~/.servicefactory/token)
   export SERVICEFACTORY_TOKEN=$(servicefactory token)
 """)
 def token() -> None:
