@@ -1,6 +1,7 @@
 """Service log files: size-rotated writing, tailing, and following across rotations."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -8,14 +9,62 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .errors import StateError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BACKUPS = 5
 
+#: C0 controls but tab, DEL and C1 controls, shown as visible escapes: a service's output must not
+#: drive the operator's terminal (CSI colours and cursor moves, OSC titles and hyperlinks, a bare CR
+#: that overwrites a line) nor start a line of its own
+_CONTROLS = {code: f"\\x{code:02x}" for code in [*range(0x00, 0x09), *range(0x0a, 0x20), 0x7f, *range(0x80, 0xa0)]}
+
+
+def printable(text: str) -> str:
+    """`text` with every control character (tab excepted) replaced by a visible `\\xNN` escape."""
+    return text.translate(_CONTROLS)
+
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def refusal(info: os.stat_result) -> str | None:
+    """Why an existing log file must not receive a service's output, or None: it must be ours and
+    private (another user could read what the service prints, or have planted it to collect it).
+    Devices (/dev/null, /dev/full, a terminal) are fine."""
+    if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
+        return None
+    if info.st_uid != os.geteuid():
+        return f"it is owned by uid {info.st_uid}, not by this service's user"
+    if stat.S_ISREG(info.st_mode) and info.st_mode & 0o066:
+        return f"it is readable or writable by others (mode {stat.S_IMODE(info.st_mode):o}); run: chmod 600"
+    return None
+
+
+def untrusted(path: Path | str, home: Path | str) -> str | None:
+    """Why `logs` must not print the file at `path` (a record's log_path), or None: it must lie in
+    the state directory `home` or belong to this user; a planted path could name any file."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None  # nothing to print; the caller reports the missing file
+    inside = os.path.realpath(path).startswith(os.path.realpath(home) + os.sep)
+    if inside or info.st_uid == os.geteuid() or stat.S_ISCHR(info.st_mode):
+        return None
+    return f"{path} is outside the state directory and owned by uid {info.st_uid}, not by you"
+
+
+class LogFileRefused(StateError):
+    """An existing log file that is not the service's own (see `refusal`), or a symlink."""
+
 
 class RotatingLog:
-    """Appends to `path`; past `max_bytes` renames it to path.1 (path.1 to path.2, ...), keeping `backups`."""
+    """Appends to `path`; past `max_bytes` renames it to path.1 (path.1 to path.2, ...), keeping `backups`.
+
+    Never through a symlink; an existing file must be the service user's and private (LogFileRefused).
+    """
 
     def __init__(self, path: Path | str, max_bytes: int = DEFAULT_MAX_BYTES, backups: int = DEFAULT_BACKUPS) -> None:
         self.path = Path(path)
@@ -25,12 +74,24 @@ class RotatingLog:
         self._file = None
         self._size = 0
         self._regular = True
+        try:
+            fd = os.open(self.path, _OPEN_FLAGS, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise LogFileRefused(f"refusing the log file {self.path}: it is a symbolic link") from None
+            fd = None  # a full disk, a read-only directory: warned about below, retried on each write
+        if fd is not None:
+            why = refusal(os.fstat(fd))
+            if why:
+                os.close(fd)
+                raise LogFileRefused(f"refusing the log file {self.path}: {why}")
+            os.close(fd)
         self._open()
 
     def _open(self) -> None:
         try:
             # created 0600; an existing file keeps its mode (it may be a device such as /dev/null)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.path, _OPEN_FLAGS, 0o600)
             self._file = os.fdopen(fd, "ab", buffering=0)
             info = os.fstat(fd)
             self._regular = stat.S_ISREG(info.st_mode)
@@ -85,12 +146,21 @@ class RotatingLog:
             self._file = None
 
 
+def _open_for_reading(path: Path | str):  # type: ignore[no-untyped-def]
+    """The file at `path` for reading, never through a symlink; a directory is an OSError here."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+    return os.fdopen(fd, "rb")
+
+
 def tail(path: Path | str, lines: int) -> list[str]:
     """The last `lines` lines of `path` (fewer if it is shorter), read from the end."""
     if lines <= 0:
         return []
     complete, offset = tail_and_offset(path, lines)
-    with open(path, "rb") as handle:
+    with _open_for_reading(path) as handle:
         handle.seek(offset)
         partial = handle.read().decode(errors="replace")
     return (complete + partial.splitlines())[-lines:]
@@ -98,7 +168,7 @@ def tail(path: Path | str, lines: int) -> list[str]:
 
 def tail_and_offset(path: Path | str, lines: int) -> tuple[list[str], int]:
     """The last `lines` complete lines of `path`, and the offset just after them (to follow from)."""
-    with open(path, "rb") as handle:
+    with _open_for_reading(path) as handle:
         handle.seek(0, os.SEEK_END)
         end = position = handle.tell()
         data = b""
@@ -116,46 +186,91 @@ def tail_and_offset(path: Path | str, lines: int) -> tuple[list[str], int]:
 def follow(path: Path | str, *, stop: Callable[[], bool] = lambda: False, poll: float = 0.2,
            offset: int | None = None) -> Iterator[str]:
     """Yield lines appended to `path` after `offset` (default: its current end; its start if it does
-    not exist yet), reopening it when it is rotated or truncated."""
+    not exist yet), losing none across rotations: when `path` was rotated (once or many times since
+    the last look), every rotated file newer than the one being read is read whole, oldest first."""
     path = Path(path)
     handle = None
     inode = None
+    newer: list = []  # open files written after the current one, oldest first: complete, read whole
     pending = b""
     start: int | None = offset
     first = True
-    while not stop():
-        if handle is None:
-            try:
-                handle = open(path, "rb")
-            except FileNotFoundError:
-                first = False  # it appears later: everything in it is new
-                start = 0
-                time.sleep(poll)
+    try:
+        while not stop():
+            if handle is None:
+                try:
+                    handle = open(path, "rb")
+                except FileNotFoundError:
+                    first = False  # it appears later: everything in it is new
+                    start = 0
+                    time.sleep(poll)
+                    continue
+                inode = os.fstat(handle.fileno()).st_ino
+                if start is None and first:
+                    handle.seek(0, os.SEEK_END)
+                elif start:
+                    handle.seek(start)
+                start, first = 0, False
+            chunk = handle.read(65536)
+            if chunk:
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for line in complete:
+                    yield line.decode(errors="replace")
                 continue
-            inode = os.fstat(handle.fileno()).st_ino
-            if start is None and first:
-                handle.seek(0, os.SEEK_END)
-            elif start:
-                handle.seek(start)
-            start, first = 0, False  # a file that replaces this one after a rotation is read whole
-        chunk = handle.read(65536)
-        if chunk:
-            pending += chunk
-            *complete, pending = pending.split(b"\n")
-            for line in complete:
-                yield line.decode(errors="replace")
-            continue
+            if newer:  # a newer file exists, so the writer is done with this one: go on with the next
+                handle.close()
+                handle = newer.pop(0)
+                inode = os.fstat(handle.fileno()).st_ino
+                continue
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and current.st_ino != inode:
+                # rotated: read what is left of ours (the last write may have landed just before the
+                # rename), then every file written since, in order
+                newer = _newer_than(path, inode)
+                continue
+            if current is not None and current.st_size < handle.tell():
+                handle.seek(0)  # truncated in place
+                continue
+            time.sleep(poll)
+    finally:
+        for leftover in [handle] + newer:
+            if leftover is not None:
+                leftover.close()
+
+
+def _newer_than(path: Path, inode: int | None) -> list:
+    """Open the files of `path`'s rotation chain written after the file with `inode`, oldest first.
+
+    Names are opened newest first (path, path.1, path.2, ...): a rotation meanwhile only moves every
+    file one name further, so none newer than ours can be passed over; an open file keeps its
+    content whatever its name becomes. Stops at ours (or when the chain ends: ours was dropped).
+    """
+    found: list = []
+    seen: set[int] = set()
+    index = 0
+    while True:
+        name = path if index == 0 else path.with_name(f"{path.name}.{index}")
+        index += 1
         try:
-            current = os.stat(path)
+            handle = open(name, "rb")
         except FileNotFoundError:
-            current = None
-        if current is None or current.st_ino != inode:
-            handle.close()  # rotated: what the old file held is read; go on with the new one
-            handle = None
+            if index > 1:
+                break
+            continue  # between a rotation's rename and the new file's creation
+        except OSError:
+            break
+        number = os.fstat(handle.fileno()).st_ino
+        if number == inode:
+            handle.close()
+            break
+        if number in seen:  # met again under its next name after a rotation meanwhile
+            handle.close()
             continue
-        if current.st_size < handle.tell():
-            handle.seek(0)  # truncated in place
-            continue
-        time.sleep(poll)
-    if handle is not None:
-        handle.close()
+        seen.add(number)
+        found.append(handle)
+    found.reverse()
+    return found
