@@ -489,6 +489,20 @@ def list_(target: str) -> None:
                    f"{cls._servicefactory_name()}  {where}")
 
 
+# -- token ---------------------------------------------------------------------------------
+
+@cli.command(epilog="""\b
+Example:
+  (umask 077; servicefactory token > ~/.servicefactory/token)
+  export SERVICEFACTORY_TOKEN=$(servicefactory token)
+""")
+def token() -> None:
+    """Print a fresh random API token (256 bits), for SERVICEFACTORY_TOKEN or the state directory's token file."""
+    from servicefactory._guard import new_token
+
+    click.echo(new_token())
+
+
 def main() -> None:
     """Console-script entry point; Ctrl+C exits 130, as shells expect."""
     try:
