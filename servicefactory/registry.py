@@ -106,8 +106,12 @@ class Registry(Protocol):
         pidfile) open. Only such a pid may be signalled; a record alone proves nothing."""
 
     def remembered(self, name: str) -> dict[str, Any] | None:
-        """How `name` was last run (its Spec fields, `settings`: the run Settings, `log_level`,
-        `home`), so that `restart` can bring it back with every option; None if never run here."""
+        """How `name` was last run (its Spec fields, `settings`: the run Settings, and
+        `log_level`), so that `restart` can bring it back with every option; None if never run here."""
+
+    def logs(self) -> dict[str, Any]:
+        """Every service's log file that exists, by service name (the CLI's `logs` reads these and
+        nothing else: it never globs a directory itself)."""
 
 
 def default_registry() -> "Registry":

@@ -380,12 +380,15 @@ class LocalRegistry:
         return [name for name in self._names((".last",))
                 if not (self.remembered(name) or {}).get("stopped_by_user")]
 
-    def _names(self, suffixes: tuple[str, ...]) -> list[str]:
+    def _entries(self) -> list[str]:
         try:
-            entries = os.listdir(self.home)
+            return os.listdir(self.home)
         except (FileNotFoundError, NotADirectoryError):
             return []
-        found = {entry.rsplit(".", 1)[0] for entry in entries if entry.endswith(suffixes) and not entry.startswith(".")}
+
+    def _names(self, suffixes: tuple[str, ...]) -> list[str]:
+        found = {entry.rsplit(".", 1)[0] for entry in self._entries()
+                 if entry.endswith(suffixes) and not entry.startswith(".")}
         return sorted(name for name in found if _NAME.match(name))
 
     def records(self) -> Iterator[ServiceRecord]:
@@ -466,12 +469,19 @@ class LocalRegistry:
 
     def _current(self, record: ServiceRecord) -> bool:
         """Whether `record` was written by the name's present owner (not left by an older one)."""
-        locked_by = locker(self.pidfile(record.name))
+        pidfile = self.pidfile(record.name)
+        locked_by = locker(pidfile)
         if locked_by is None:
             return True  # cannot tell (no /proc/locks): believe the file
-        if record.supervisor:
-            return record.supervisor == f"{SUPERVISOR_PREFIX}{locked_by}"
-        return record.pid == locked_by
+        if not record.supervisor:
+            return record.pid == locked_by
+        if record.supervisor != f"{SUPERVISOR_PREFIX}{locked_by}":
+            return False
+        try:  # the supervisor writes each new child's pid here first: a record naming another is older
+            pid = int(read_nofollow(pidfile, 64).split()[0])
+        except (OSError, ValueError, IndexError):
+            return True
+        return pid == record.pid or not holds_open(pid, pidfile)
 
     def _just_claimed(self, name: str) -> bool:
         """A name claimed moments ago whose owner has not published yet (it is still starting)."""
@@ -480,6 +490,27 @@ class LocalRegistry:
         except OSError:
             return False
         return age < 3.0 and not os.path.lexists(self.metadata_file(name))
+
+    def log_of(self, name: str) -> Path:
+        """Where `name` logs: its record's log path, else the --log-file it was last run with, else NAME.log."""
+        record = self.lookup(name)
+        if record is not None and record.log_path:
+            return Path(record.log_path)
+        remembered = self.remembered(name) or {}
+        if isinstance(remembered.get("log_file"), str):
+            return Path(remembered["log_file"])
+        return self.log_file(name)
+
+    def logs(self) -> dict[str, Path]:
+        """Every service's log that exists: NAME.log files here, and the --log-file of each service
+        registered or remembered here (public names only: a supervisor's own log is not a service's)."""
+        found = {entry[:-4]: self.home / entry for entry in sorted(self._entries())
+                 if entry.endswith(".log") and _NAME.match(entry[:-4]) and entry != "supervisor.log"}
+        for name in set(self.names()) | set(self.remembered_names()):
+            if not name.startswith("_"):
+                found[name] = self.log_of(name)
+        return {name: path for name, path in sorted(found.items())
+                if os.path.isfile(path) and not os.path.islink(path)}
 
     def clean(self, name: str) -> None:
         """Remove a stale service's leftovers, holding its lock meanwhile: never those of a live owner."""

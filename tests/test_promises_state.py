@@ -513,3 +513,67 @@ def test_logs_refuses_a_planted_log_path_outside_the_state_directory(module, sf_
     result = sf("logs", "Planted", cwd=module)
     assert result.returncode == 10, (result.stdout, result.stderr)
     assert "secret" not in result.stdout and "outside the state directory" in result.stderr
+
+
+FULL_DISK_DRIVER = """
+import json, os, subprocess, sys, time
+
+CLI = [sys.executable, "-m", "servicefactory"]
+home = os.environ["SERVICEFACTORY_HOME"]
+
+
+def status():
+    result = subprocess.run(CLI + ["status", "Keeper", "--json"], capture_output=True, text=True, timeout=60)
+    return json.loads(result.stdout)[0]
+
+
+service = subprocess.Popen([sys.executable, "keeper.py"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+try:
+    deadline = time.monotonic() + 30
+    while status()["state"] != "running":
+        assert time.monotonic() < deadline, "Keeper did not start"
+        time.sleep(0.1)
+    os.unlink(os.path.join(home, "Keeper.json"))
+    filler = os.open(os.path.join(home, "filler"), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:  # the disk is full: the record cannot come back
+        while True:
+            os.write(filler, b"x" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(filler)
+    time.sleep(4)  # several of the owner's attempts fail meanwhile
+    assert not os.path.exists(os.path.join(home, "Keeper.json"))
+    row = status()
+    print("FULL", row["state"], row["pid"], service.pid, flush=True)
+    os.unlink(os.path.join(home, "filler"))
+    deadline = time.monotonic() + 5
+    while not os.path.exists(os.path.join(home, "Keeper.json")):
+        assert time.monotonic() < deadline, "the record was not rewritten once space returned"
+        time.sleep(0.05)
+    row = status()
+    print("BACK", row["state"], row["pid"], bool(row["url"]), flush=True)
+    result = subprocess.run(CLI + ["stop", "Keeper"], capture_output=True, text=True, timeout=60)
+    print("STOP", result.returncode, service.wait(30), flush=True)
+finally:
+    service.kill()
+"""
+
+
+def test_a_record_lost_on_a_full_disk_is_rewritten_once_space_returns(tmp_path, sf_home):
+    """9.5: a failed write on a full disk left `status` at `starting` for ever and the record was never
+    rewritten once space returned. Here the state directory is a 1 MiB tmpfs in a private mount namespace."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) to mount a small file system")
+    (tmp_path / "keeper.py").write_text(textwrap.dedent(MODULE))
+    (tmp_path / "driver.py").write_text(FULL_DISK_DRIVER)
+    sf_home.mkdir(mode=0o700)
+    script = 'mount -t tmpfs -o size=1m,mode=0700 tmpfs "$0" && exec "$@"'
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script, str(sf_home), sys.executable, "driver.py"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    state, pid, service = lines["FULL"].split()
+    assert state == "running" and pid == service, lines  # the live owner, not `starting`
+    assert lines["BACK"] == f"running {service} True", lines
+    assert lines["STOP"] == "0 0", lines
