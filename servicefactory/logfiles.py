@@ -46,6 +46,19 @@ def untrusted(path: Path | str, home: Path | str) -> str | None:
     return f"{path} is outside the state directory and owned by uid {info.st_uid}, not by you"
 
 
+def open_private(path: Path | str) -> int:
+    """An fd appending to `path`, created 0600, never through a symlink (StateError, one line, if it is one)."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS, 0o600)
+    except OSError as exc:
+        raise StateError(f"cannot open {path}: " + ("it is a symbolic link" if exc.errno == errno.ELOOP
+                                                     else str(exc.strerror))) from None
+    info = os.fstat(fd)
+    if stat.S_ISREG(info.st_mode) and info.st_mode & 0o077:
+        os.fchmod(fd, 0o600)
+    return fd
+
+
 class LogFileRefused(StateError):
     """An existing log file that is not the service's own (see `refusal`), or a symlink."""
 

@@ -245,6 +245,10 @@ def test_symlinked_record_and_log_files_are_not_followed(module, sf_home):
     result = sf("logs", "Ghost", cwd=module)
     assert result.returncode != 0 and "the secret" not in result.stdout
     one_line_error(result)
+    (sf_home / "supervisor.log").symlink_to(secret)  # the detached supervisor's own output
+    result = sf("run", "keeper.py", "--daemon", cwd=module)
+    assert result.returncode == 10 and "symbolic link" in result.stderr, result.stderr
+    assert secret.read_text() == "the secret\n" and oct(secret.stat().st_mode & 0o777) != oct(0o600)
     elsewhere = module / "elsewhere.json"
     elsewhere.write_text(json.dumps({"name": "Ghost", "pid": os.getpid(), "port": 1, "host": "127.0.0.1"}))
     (sf_home / "Ghost.json").symlink_to(elsewhere)
