@@ -35,7 +35,7 @@ def default_home() -> Path:
 
 
 def check_name(name: str) -> str:
-    """Return `name` if it can name a service's files, else raise StateError."""
+    """Return `name` if it can name a service's files, else raise InvalidName (a usage error, exit 2)."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidName(f"invalid service name {name!r}: use letters, digits, '_', '-' and '.'")
     return name
@@ -96,6 +96,18 @@ def holds_open(pid: int, path: Path | str) -> bool:
         if info.st_ino == target.st_ino and info.st_dev == target.st_dev:
             return True
     return False
+
+
+def _supervised_as(pid: int, name: str) -> bool:
+    """Whether process `pid` was started by a supervisor as service `name` (its environment says so
+    from its start; with the start time checked by the caller, a record alone cannot fake it)."""
+    from .service import SUPERVISED_ENV
+
+    try:
+        environ = read_nofollow(f"/proc/{pid}/environ", 1 << 22)
+    except OSError:
+        return False
+    return f"{SUPERVISED_ENV}={name}".encode() in environ.split(b"\0")
 
 
 def locker(path: Path | str) -> int | None:
@@ -419,7 +431,7 @@ class LocalRegistry:
         a supervisor, its own `_supervisor-N` pidfile) and started when the record says."""
         if not record.pid or is_dead(record):
             return False
-        return holds_open(record.pid, self.pidfile(record.name))
+        return holds_open(record.pid, self.pidfile(record.name)) or _supervised_as(record.pid, record.name)
 
     def owner(self, name: str) -> ServiceRecord | None:
         """What the live process holding `name` proves about itself when its record is missing,
