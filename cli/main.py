@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from servicefactory import __version__
+from servicefactory.cli import fast as _fast
 from servicefactory.cli.common import fail as _fail
 from servicefactory.cli.common import host_option as _host_option
 from servicefactory.cli.common import registry as _registry
@@ -65,7 +66,11 @@ Examples:
 @click.option("--max-failures", type=click.IntRange(min=1), default=5, show_default=True,
               help="Fast failures in a row before a service is left failed.")
 @click.option("--backoff", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
-              help="First restart delay in seconds; doubles per fast failure, up to 60.")
+              help="First restart delay in seconds; doubles per fast failure, up to --backoff-max.")
+@click.option("--backoff-max", type=click.FloatRange(min=0.01), default=None,
+              help="Longest restart delay in seconds (default: the class's policy, else 60).")
+@click.option("--retry-failed-after", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help="Seconds after which a failed service is tried again; 0 leaves it failed.")
 @click.option("--ready-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="Seconds a service may take to become ready.")
 @click.option("--log-max-bytes", type=click.IntRange(min=1024), default=10 * 1024 * 1024, show_default=True,
@@ -74,7 +79,8 @@ Examples:
               help="Rotated log files kept per service.")
 def run(targets: tuple[str, ...], daemon: bool, name: str | None, host: str | None, port: int | None,
         log_file: str | None, log_level: str | None, restart: str | None, stop_timeout: float | None,
-        max_failures: int, backoff: float, ready_timeout: float, log_max_bytes: int, log_backups: int) -> None:
+        max_failures: int, backoff: float, backoff_max: float | None, retry_failed_after: float,
+        ready_timeout: float, log_max_bytes: int, log_backups: int) -> None:
     """Run services (TARGET: module, module:Class, file.py or file.py:Class), each in its own process."""
     from servicefactory.cli import running
     from servicefactory.supervisor import Settings
@@ -84,8 +90,12 @@ def run(targets: tuple[str, ...], daemon: bool, name: str | None, host: str | No
     running.check_free(specs, registry)
     if log_level:
         os.environ["SERVICEFACTORY_LOG_LEVEL"] = log_level.upper()
+    if backoff_max is not None:  # given on the command line: it wins over every class's policy
+        for spec in specs:
+            spec.backoff_max = backoff_max
     settings = Settings(backoff=backoff, max_failures=max_failures, ready_timeout=ready_timeout,
-                        log_max_bytes=log_max_bytes, log_backups=log_backups, foreground=not daemon)
+                        log_max_bytes=log_max_bytes, log_backups=log_backups, foreground=not daemon,
+                        retry_failed_after=retry_failed_after)
     if daemon:
         running.run_daemon(specs, settings, registry)
     else:
@@ -94,42 +104,46 @@ def run(targets: tuple[str, ...], daemon: bool, name: str | None, host: str | No
 
 # -- perform -------------------------------------------------------------------------------
 
+class _Seconds(click.ParamType):
+    """Seconds from 0.001 to `upper`: what fast.parse_seconds accepts (no nan, inf, 0 or negative)."""
+
+    name = "seconds"
+
+    def __init__(self, upper: float) -> None:
+        self.upper = upper
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value  # a default, or the value of `--wait` given alone
+        try:
+            return _fast.parse_seconds(value, self.upper)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+# The command line is parsed by cli/fast.py when it can be (no click on that path); this
+# definition gives the help and the errors, and takes over any command line fast.py passes on.
 @cli.command(epilog="""\b
 Examples:
   servicefactory perform Test action '"hello world"'
   servicefactory perform Test health
   echo '{"a": 1}' | servicefactory perform Api store -
+  servicefactory perform Test health --wait      # the service is still starting
 """)
 @click.argument("name")
 @click.argument("action")
 @click.argument("data", required=False)
-@click.option("--timeout", type=click.FloatRange(min=0.001), default=10.0, show_default=True,
-              help="Seconds to wait for the answer.")
-def perform(name: str, action: str, data: str | None, timeout: float) -> None:
+@click.option("--timeout", type=_Seconds(_fast.MAX_TIMEOUT), default=_fast.DEFAULT_TIMEOUT, show_default=True,
+              help="Seconds to wait for the answer (at most a day).")
+@click.option("--wait", type=_Seconds(_fast.MAX_WAIT), is_flag=False, flag_value=_fast.DEFAULT_WAIT,
+              metavar="[SECONDS]",
+              help=f"If NAME is not ready (still starting, restarting), wait for it up to SECONDS "
+                   f"(default {_fast.DEFAULT_WAIT:g}), then call.")
+@click.option("--max-body", type=click.IntRange(min=1), default=_fast.DEFAULT_MAX_BODY, show_default=True,
+              metavar="BYTES", help="Refuse DATA longer than this, reading no more of stdin.")
+def perform(name: str, action: str, data: str | None, timeout: float, wait: float | None, max_body: int) -> None:
     """Call ACTION on the running service NAME with JSON DATA ('-' reads stdin); print the JSON result."""
-    from servicefactory import client
-
-    if data == "-":
-        data = sys.stdin.read()
-    value = None
-    if data is not None:
-        if not data.strip():
-            _fail("DATA is empty; give a JSON value, e.g. '\"hello\"', 42 or '{\"a\": 1}'", 2)
-        try:
-            value = json.loads(data, parse_constant=_no_constants)
-        except RecursionError:
-            _fail("DATA is nested too deeply", 2)
-        except ValueError as exc:
-            _fail(f"DATA is not valid JSON ({exc}); strings need quotes: '\"hello\"'", 2)
-    try:
-        result = client.perform(name, action, value, timeout=timeout)
-    except ServiceFactoryError as exc:
-        _fail(exc)
-    click.echo(json.dumps(result, ensure_ascii=False))
-
-
-def _no_constants(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
+    _fast.perform(name, action, data, timeout=timeout, wait=wait, max_body=max_body)
 
 
 # -- stop ----------------------------------------------------------------------------------
@@ -320,13 +334,23 @@ def status(names: tuple[str, ...], as_json: bool, all_: bool) -> None:
 
 def _print_table(rows: list[dict]) -> None:
     headers = ["NAME", "STATE", "PID", "URL", "UPTIME", "RESTARTS", "EXIT", "CPU", "MEMORY"]
-    table = [[row["name"], row["state"], str(row["pid"] or "-"), row["url"] or "-", _duration(row["uptime"]),
+    table = [[row["name"], _state(row), str(row["pid"] or "-"), row["url"] or "-", _duration(row["uptime"]),
               str(row["restarts"]), "-" if row["last_exit"] is None else str(row["last_exit"]),
               "-" if row["cpu"] is None else f"{row['cpu']:.2f}s",
               "-" if row["memory"] is None else f"{row['memory'] / 1048576:.1f}M"] for row in rows]
     widths = [max(len(line[i]) for line in [headers] + table) for i in range(len(headers))]
     for line in [headers] + table:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+
+
+def _state(row: dict) -> str:
+    """The state, with when the next try is due for a service waiting in backoff or failed."""
+    import time
+
+    due = row.get("next_try")
+    if due is None:
+        return row["state"]
+    return f"{row['state']} (next try in {_duration(max(0.0, due - time.time()))})"
 
 
 def _duration(seconds: float | None) -> str:
@@ -401,6 +425,7 @@ def logs(name: str | None, follow: bool, lines: int) -> None:
         history.sort(key=lambda item: item[0])  # lines start with their timestamp
     try:
         for _, source, line in history[-lines:] if lines else []:
+            line = logfiles.printable(line)  # a file not written by us may hold terminal escapes
             click.echo(f"{source} | {line}" if prefix else line)
         if follow:
             _follow(sources, offsets, prefix)
@@ -424,6 +449,7 @@ def _follow(sources: dict, offsets: dict, prefix: bool) -> None:
         threading.Thread(target=pump, daemon=True).start()
     while True:
         source, line = lines.get()
+        line = logfiles.printable(line)  # a file not written by us may hold terminal escapes
         click.echo(f"{source} | {line}" if prefix else line)
 
 

@@ -42,7 +42,8 @@ def specs(targets: tuple[str, ...], name: str | None, host: str | None, port: in
             specs.append(Spec(name=cls._servicefactory_name(), target=f"{module_part}:{cls.__qualname__}",
                               cwd=os.getcwd(),
                               restart=restart or cls._servicefactory_policy.restart,
-                              stop_timeout=stop_timeout or cls._servicefactory_policy.stop_timeout))
+                              stop_timeout=stop_timeout or cls._servicefactory_policy.stop_timeout,
+                              backoff_max=cls._servicefactory_policy.backoff_max))
     if len(specs) > 1 and (name or host or port is not None or log_file):
         listed = ", ".join(spec.name for spec in specs)
         _fail(f"--name, --host, --port and --log-file apply to one service; these targets define {listed}", 2)
@@ -94,7 +95,7 @@ def run_foreground(specs: list, settings: Any, registry: Any) -> None:
 
     printer = Printer([spec.name for spec in specs])
     handler = logging.Handler()
-    handler.emit = lambda record: printer("servicefactory", record.getMessage())  # type: ignore[method-assign]
+    handler.emit = lambda record: printer("servicefactory", record.getMessage(), True)  # type: ignore[method-assign]
     logging.getLogger("servicefactory").addHandler(handler)
     logging.getLogger("servicefactory").setLevel(logging.INFO)
     logging.getLogger("servicefactory").propagate = False
@@ -164,13 +165,19 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
         deadline = time.monotonic() + 15
         while process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)  # it is releasing the names: let it finish before we report
-        _fail(f"{prefix}{message.get('error')}", message.get("exit_code") if not service else 1)
+        from servicefactory.logfiles import printable
+        _fail(f"{prefix}{printable(str(message.get('error')))}", message.get("exit_code") if not service else 1)
     for service in message["services"]:
-        click.echo(f"{service['name']} running (pid {service['pid']}, {service['url'] or 'no API'})")
+        if service.get("state") == "stopped":  # a `stop` while it started: asked for, not a failure
+            click.echo(f"{service['name']} stopped while starting (by a stop request)")
+        else:
+            click.echo(f"{service['name']} running (pid {service['pid']}, {service['url'] or 'no API'})")
 
 
 class Printer:
-    """Prints `HH:MM:SS name | line`, a colour per service when stdout is a terminal."""
+    """Prints a service's output as `HH:MM:SS name | line`, and the supervisor's own events as
+    `HH:MM:SS name   [servicefactory] ...` (no bar: output, always after the bar and escaped, cannot
+    imitate them); a colour per service when stdout is a terminal."""
 
     COLOURS = ["cyan", "green", "yellow", "magenta", "blue", "red", "bright_cyan", "bright_green"]
 
@@ -179,10 +186,13 @@ class Printer:
         self.colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
         self.colours = {name: self.COLOURS[i % len(self.COLOURS)] for i, name in enumerate(names)}
 
-    def __call__(self, name: str, text: str) -> None:
+    def __call__(self, name: str, text: str, event: bool = False) -> None:
         import time
 
-        prefix = f"{time.strftime('%H:%M:%S')} {name:<{self.width}} |"
+        from servicefactory.logfiles import printable
+
+        text = printable(text)
+        prefix = f"{time.strftime('%H:%M:%S')} {name:<{self.width}} {' ' if event else '|'}"
         if self.colour:
             prefix = click.style(prefix, fg=self.colours.get(name, "white"))
         try:

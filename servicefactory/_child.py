@@ -1,37 +1,96 @@
 """Entry point of a supervised service process: `python -m servicefactory._child TARGET NAME [HOST] [PORT]`.
 
-Dies with its supervisor (parent-death signal), so a supervisor killed with -9 leaves no orphan.
+Dies with its supervisor, and takes everything it started along: the kernel sends SIGTERM when
+the supervisor dies (parent-death signal: a graceful stop, finalize() runs), and a watcher thread
+that sees the supervisor's lifeline pipe close escalates after the stop timeout: SIGKILL to every
+descendant (the process is a child subreaper, so double-forked and `setsid` ones are found), then
+to itself. A supervisor killed with -9 leaves no process behind.
 """
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
+import threading
 import traceback
 
-from . import _notify
+from . import _notify, _reaper
 from .errors import ServiceFactoryError
 
 SUPERVISOR_PID_ENV = "SERVICEFACTORY_SUPERVISOR_PID"
+#: the read end of a pipe only the supervisor writes to: end of file means the supervisor is gone
+LIFELINE_FD_ENV = "SERVICEFACTORY_LIFELINE_FD"
+#: seconds a stop may take after the supervisor died, before everything is SIGKILLed
+STOP_TIMEOUT_ENV = "SERVICEFACTORY_STOP_TIMEOUT"
+#: how often the watcher reaps exited orphans that were re-parented to this process
+REAP_EVERY = 5.0
 
 
 def _die_with_parent() -> None:
     expected = os.environ.get(SUPERVISOR_PID_ENV, "")
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the supervisor's stop still signals our process group
+    _reaper.die_with_parent(signal.SIGTERM)  # not Linux: the supervisor's stop still signals our group
+    _reaper.become_subreaper()
     if expected.isdigit() and os.getppid() != int(expected):
         sys.exit(0)  # the supervisor died before we could ask to follow it
+
+
+def _watch_lifeline() -> None:
+    """Start the thread that ends this process tree once the supervisor is gone (if there is a lifeline)."""
+    value = os.environ.pop(LIFELINE_FD_ENV, "")
+    try:
+        stop_timeout = float(os.environ.pop(STOP_TIMEOUT_ENV, "10"))
+    except ValueError:
+        stop_timeout = 10.0
+    if not value.isdigit():
+        return
+    fd = int(value)
+    os.set_inheritable(fd, False)  # what the service starts must not hold it (it could not close it)
+    threading.Thread(target=_watcher, args=(fd, stop_timeout), daemon=True, name="servicefactory-lifeline").start()
+
+
+def _watcher(fd: int, stop_timeout: float) -> None:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
+    while not poller.poll(REAP_EVERY * 1000):
+        _reap_adopted()  # an orphan re-parented to us exits: nobody but us can reap it
+    # the supervisor is gone (nobody else holds the write end). The parent-death signal asked for a
+    # graceful stop; a service that ignores it or hangs in finalize() is ended after its stop timeout
+    if not threading.main_thread().is_alive():
+        return
+    threading.Event().wait(stop_timeout)
+    end_tree()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _reap_adopted() -> None:
+    """Reap exited children this process did not start itself (orphans of its descendants)."""
+    zombies = [p for p, parent in _reaper.parents().items() if parent == os.getpid() and _reaper.is_zombie(p)]
+    if not zombies:
+        return
+    import gc
+
+    # a child that a subprocess.Popen (or multiprocessing) object waits for is not ours to reap
+    owned = {getattr(obj, "pid", None) for obj in gc.get_objects() if type(obj).__name__ == "Popen"}
+    _reaper.reap_children(exclude=owned)
+
+
+def end_tree() -> None:
+    """SIGKILL every descendant of this process (what the service started dies with it)."""
+    _reaper.kill_tree(os.getpid(), reap=True)
 
 
 def main(argv: list[str]) -> int:
     """Load the target, build the service and run it; report a failed start on the ready pipe."""
     _die_with_parent()
+    _watch_lifeline()
+    try:
+        return _run(argv)
+    finally:
+        end_tree()
+
+
+def _run(argv: list[str]) -> int:
     target, name = argv[0], argv[1]
     host = argv[2] if len(argv) > 2 and argv[2] else None
     port = int(argv[3]) if len(argv) > 3 and argv[3] else None

@@ -27,6 +27,11 @@ def notify_failed(error: BaseException) -> None:
     _write_pipe({"ready": False, "type": type(error).__name__, "error": str(error)}, close=True)
 
 
+def notify_unhealthy(errors: int, last_error: str | None) -> None:
+    """Tell the supervisor that loop() keeps failing (it restarts the service as if it crashed)."""
+    _write_pipe({"unhealthy": errors, "error": last_error}, close=False)
+
+
 def notify_stopping(reason: str = "") -> None:
     """Tell the parent why we stop (a supervisor must not undo a requested shutdown), and systemd that we do."""
     _write_pipe({"stopping": reason}, close=True)

@@ -26,6 +26,7 @@ class Spec:
     stop_timeout: float = 10.0
     log_file: str | None = None
     cwd: str | None = None  # where `run` was typed: module targets are imported from there
+    backoff_max: float | None = None  # the class's policy; None: the supervisor's setting
 
 
 @dataclass
@@ -33,7 +34,8 @@ class Settings:
     """Knobs shared by every service of one supervisor."""
 
     backoff: float = 1.0  # first restart delay; doubles per fast failure
-    backoff_max: float = 60.0
+    backoff_max: float = 60.0  # the doubling stops here
+    retry_failed_after: float = 300.0  # a `failed` service is tried again after this long; 0: never
     reset_after: float = 10.0  # a run this long clears the failure count
     max_failures: int = 5  # fast failures in a row before a service is left `failed`
     ready_timeout: float = 60.0
@@ -59,6 +61,7 @@ class Child:
         self.started_at = 0.0
         self.ready_at: float | None = None
         self.next_start = 0.0
+        self.retry_at: float | None = None  # monotonic time a `failed` service is tried again
         self.stop_deadline: float | None = None
         self.killed = False
         self.fast_failures = 0
@@ -68,6 +71,7 @@ class Child:
         self.port: int | None = None
         self.error: str | None = None
         self.user_stopped = False
+        self.unhealthy = False  # stopped by us because its loop kept failing: its exit is a crash
         self.ever_ready = False
         self.ready_wall = 0.0
         self.restart_after_stop = False

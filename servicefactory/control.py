@@ -276,11 +276,12 @@ def status(names: list[str] | None = None, registry: LocalRegistry | None = None
                                "started": None, "uptime": None, "restarts": 0, "last_exit": None,
                                "cpu": None, "memory": None, "supervisor": None, "target": None}
         if record is not None:
-            live = state in ("running", "starting", "stopping")
+            live = state in ("running", "starting", "stopping", "unhealthy")
             row.update(pid=record.pid if live and record.pid else None, host=record.host, port=record.port,
                        url=record.url if state == "running" else None, started=record.started,
                        restarts=record.restarts, last_exit=record.last_exit, supervisor=record.supervisor,
                        target=record.target)
+            row["next_try"] = record.next_try if state in ("backoff", "failed") else None
             if state == "running":
                 row["uptime"] = round(now - record.started, 1)
                 row.update(_usage(record.pid))

@@ -16,6 +16,16 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BACKUPS = 5
 
+#: C0 controls but tab, DEL and C1 controls, shown as visible escapes: a service's output must not
+#: drive the operator's terminal (CSI colours and cursor moves, OSC titles and hyperlinks, a bare CR
+#: that overwrites a line) nor start a line of its own
+_CONTROLS = {code: f"\\x{code:02x}" for code in [*range(0x00, 0x09), *range(0x0a, 0x20), 0x7f, *range(0x80, 0xa0)]}
+
+
+def printable(text: str) -> str:
+    """`text` with every control character (tab excepted) replaced by a visible `\\xNN` escape."""
+    return text.translate(_CONTROLS)
+
 
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 
@@ -189,46 +199,91 @@ def tail_and_offset(path: Path | str, lines: int) -> tuple[list[str], int]:
 def follow(path: Path | str, *, stop: Callable[[], bool] = lambda: False, poll: float = 0.2,
            offset: int | None = None) -> Iterator[str]:
     """Yield lines appended to `path` after `offset` (default: its current end; its start if it does
-    not exist yet), reopening it when it is rotated or truncated."""
+    not exist yet), losing none across rotations: when `path` was rotated (once or many times since
+    the last look), every rotated file newer than the one being read is read whole, oldest first."""
     path = Path(path)
     handle = None
     inode = None
+    newer: list = []  # open files written after the current one, oldest first: complete, read whole
     pending = b""
     start: int | None = offset
     first = True
-    while not stop():
-        if handle is None:
-            try:
-                handle = open(path, "rb")
-            except FileNotFoundError:
-                first = False  # it appears later: everything in it is new
-                start = 0
-                time.sleep(poll)
+    try:
+        while not stop():
+            if handle is None:
+                try:
+                    handle = open(path, "rb")
+                except FileNotFoundError:
+                    first = False  # it appears later: everything in it is new
+                    start = 0
+                    time.sleep(poll)
+                    continue
+                inode = os.fstat(handle.fileno()).st_ino
+                if start is None and first:
+                    handle.seek(0, os.SEEK_END)
+                elif start:
+                    handle.seek(start)
+                start, first = 0, False
+            chunk = handle.read(65536)
+            if chunk:
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                for line in complete:
+                    yield line.decode(errors="replace")
                 continue
-            inode = os.fstat(handle.fileno()).st_ino
-            if start is None and first:
-                handle.seek(0, os.SEEK_END)
-            elif start:
-                handle.seek(start)
-            start, first = 0, False  # a file that replaces this one after a rotation is read whole
-        chunk = handle.read(65536)
-        if chunk:
-            pending += chunk
-            *complete, pending = pending.split(b"\n")
-            for line in complete:
-                yield line.decode(errors="replace")
-            continue
+            if newer:  # a newer file exists, so the writer is done with this one: go on with the next
+                handle.close()
+                handle = newer.pop(0)
+                inode = os.fstat(handle.fileno()).st_ino
+                continue
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and current.st_ino != inode:
+                # rotated: read what is left of ours (the last write may have landed just before the
+                # rename), then every file written since, in order
+                newer = _newer_than(path, inode)
+                continue
+            if current is not None and current.st_size < handle.tell():
+                handle.seek(0)  # truncated in place
+                continue
+            time.sleep(poll)
+    finally:
+        for leftover in [handle] + newer:
+            if leftover is not None:
+                leftover.close()
+
+
+def _newer_than(path: Path, inode: int | None) -> list:
+    """Open the files of `path`'s rotation chain written after the file with `inode`, oldest first.
+
+    Names are opened newest first (path, path.1, path.2, ...): a rotation meanwhile only moves every
+    file one name further, so none newer than ours can be passed over; an open file keeps its
+    content whatever its name becomes. Stops at ours (or when the chain ends: ours was dropped).
+    """
+    found: list = []
+    seen: set[int] = set()
+    index = 0
+    while True:
+        name = path if index == 0 else path.with_name(f"{path.name}.{index}")
+        index += 1
         try:
-            current = os.stat(path)
+            handle = open(name, "rb")
         except FileNotFoundError:
-            current = None
-        if current is None or current.st_ino != inode:
-            handle.close()  # rotated: what the old file held is read; go on with the new one
-            handle = None
+            if index > 1:
+                break
+            continue  # between a rotation's rename and the new file's creation
+        except OSError:
+            break
+        number = os.fstat(handle.fileno()).st_ino
+        if number == inode:
+            handle.close()
+            break
+        if number in seen:  # met again under its next name after a rotation meanwhile
+            handle.close()
             continue
-        if current.st_size < handle.tell():
-            handle.seek(0)  # truncated in place
-            continue
-        time.sleep(poll)
-    if handle is not None:
-        handle.close()
+        seen.add(number)
+        found.append(handle)
+    found.reverse()
+    return found

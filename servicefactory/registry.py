@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 from collections import namedtuple
-from typing import Any, Iterator, Protocol
 
 from ._names import connect_host, host_port
 
+TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
+if TYPE_CHECKING:
+    from typing import Any, Iterator, Protocol
+else:
+    Protocol = object  # at run time Registry is a plain class that documents the interface
 
 #: the registry name of a supervisor is this prefix and its pid
 SUPERVISOR_PREFIX = "_supervisor-"
@@ -20,6 +24,7 @@ _FIELDS = {
     "restarts": 0,
     "last_exit": None,  # exit code, or -N for death by signal N
     "token": None,  # a supervisor's control token: only its owner can read this file
+    "next_try": None,  # wall-clock time a service in backoff or failed is started again, if due
     "stop_timeout": None,  # seconds the service may take to stop (its policy or --stop-timeout)
 }
 

@@ -58,21 +58,31 @@ def endpoint(port: int = 0, host: str = "127.0.0.1", *, name: str | None = None,
 RESTART_POLICIES = ("on-failure", "always", "no")
 
 
-class Policy(namedtuple("Policy", "restart stop_timeout", defaults=("on-failure", 10.0))):
-    """How a supervisor treats a service: restart policy and stop timeout."""
+class Policy(namedtuple("Policy", "restart stop_timeout backoff_max max_loop_errors",
+                        defaults=("on-failure", 10.0, None, 10))):
+    """How a supervisor treats a service: restart policy, stop timeout, longest restart delay, and
+    how many loop() errors in a row make it unhealthy (then restarted like a crash)."""
 
     __slots__ = ()
 
 
-def policy(*, restart: str = "on-failure", stop_timeout: float = 10.0) -> Callable[[type], type]:
-    """Class decorator: the restart policy (`on-failure`, `always`, `no`) and stop timeout under supervision."""
+def policy(*, restart: str = "on-failure", stop_timeout: float = 10.0, backoff_max: float | None = None,
+           max_loop_errors: int = 10) -> Callable[[type], type]:
+    """Class decorator: the restart policy (`on-failure`, `always`, `no`), stop timeout, cap of the
+    doubling restart delay (default: the supervisor's `--backoff-max`) and the number of consecutive
+    loop() errors after which the service is `unhealthy` (0: never) under supervision."""
     if restart not in RESTART_POLICIES:
         raise ValueError(f"restart must be one of {', '.join(RESTART_POLICIES)}, not {restart!r}")
     if stop_timeout <= 0:
         raise ValueError("stop_timeout must be positive")
+    if backoff_max is not None and backoff_max <= 0:
+        raise ValueError("backoff_max must be positive")
+    if not isinstance(max_loop_errors, int) or max_loop_errors < 0:
+        raise ValueError("max_loop_errors must be a whole number, 0 or more")
 
     def apply(cls: type) -> type:
-        cls._servicefactory_policy = Policy(restart, float(stop_timeout))
+        cls._servicefactory_policy = Policy(restart, float(stop_timeout),
+                                            None if backoff_max is None else float(backoff_max), max_loop_errors)
         return cls
 
     return apply
@@ -99,6 +109,8 @@ class _Runtime:
         self.in_self_sleep = False
         self.iterations = 0
         self.errors = 0
+        self.errors_in_a_row = 0
+        self.unhealthy = False  # loop() raised max_loop_errors times in a row
         self.last_error: str | None = None
         self.started_monotonic = time.monotonic()
         self.server: Any = None
@@ -271,7 +283,7 @@ class ServiceBase:
         assert runtime is not None
         return {
             "name": runtime.name, "pid": os.getpid(), "version": __version__,
-            "state": "stopping" if runtime.stop_event.is_set() else "running",
+            "state": "stopping" if runtime.stop_event.is_set() else "unhealthy" if runtime.unhealthy else "running",
             "uptime": round(time.monotonic() - runtime.started_monotonic, 3),
             "iterations": runtime.iterations, "errors": runtime.errors, "last_error": runtime.last_error,
         }
@@ -299,6 +311,10 @@ class ServiceBase:
         self._servicefactory_runtime = runtime
         ensure_default_output()
         _line_buffer_stdout()
+        # handlers first, before anything is bound: from the moment the port answers (when systemd,
+        # docker or a test harness may send SIGTERM), every stop is graceful and runs finalize()
+        main = threading.current_thread() is threading.main_thread()
+        previous = _install_signals(runtime) if main else None
         try:
             with _Registration(runtime, registry, target) as registration:
                 self._start_api(runtime, registration, host, port)
@@ -307,12 +323,14 @@ class ServiceBase:
                 _notify.notify_ready(name=runtime.name, pid=os.getpid(), url=registration.url,
                                      host=server.host if server else None, port=server.port if server else None)
                 runtime.ready.set()
-                self._servicefactory_serve(runtime)
+                self._servicefactory_serve(runtime, main)
         except (StartupError, AlreadyRunning) as exc:
             _notify.notify_failed(exc)
             _report_uncaught_in_one_line(exc)
             raise
         finally:
+            if previous is not None:
+                _restore_signals(previous)
             self._servicefactory_runtime = None
 
     def _start_api(self, runtime: _Runtime, registration: "_Registration", host: str | None,
@@ -337,7 +355,7 @@ class ServiceBase:
         sock = bind(host, port)
         app = App(self, type(self)._servicefactory_actions, max_body=endpoint_.max_body, token=token,
                   bound_host=host, exclusive_lock=runtime.lock,
-                  on_shutdown=lambda: runtime.request_stop("shutdown action"))
+                  on_shutdown=lambda: runtime.request_stop("shutdown action"), name=runtime.name)
         if endpoint_.server == "werkzeug":
             from ._werkzeug import WerkzeugServer
             runtime.server = WerkzeugServer(app, sock)
@@ -351,9 +369,10 @@ class ServiceBase:
     def _servicefactory_record_extras(self) -> dict:
         return {}
 
-    def _servicefactory_serve(self, runtime: _Runtime) -> None:
-        main = threading.current_thread() is threading.main_thread()
-        previous = _install_signals(runtime) if main else None
+    def _servicefactory_drain(self) -> None:
+        """After the loop, before the API stops: finish what API calls in flight wait for (a hook)."""
+
+    def _servicefactory_serve(self, runtime: _Runtime, main: bool) -> None:
         if main:
             runtime.timer = threading.Thread(target=runtime.watch_stop, daemon=True, name="servicefactory-stop")
             runtime.timer.start()
@@ -365,15 +384,13 @@ class ServiceBase:
             _notify.notify_stopping(runtime.stop_reason)
             if runtime.timer is not None:
                 runtime.timer.join(1.0)  # it announces a signalled stop: before finalize's own lines
+            self._servicefactory_drain()
             if runtime.server is not None:
                 runtime.server.stop()
             try:
                 self.finalize()
             except (Exception, _Interrupted):
                 runtime.log.exception("finalize() failed")
-            finally:
-                if previous is not None:
-                    _restore_signals(previous)
         if runtime.exit_request is not None:
             raise runtime.exit_request
 
@@ -396,6 +413,8 @@ class ServiceBase:
                         runtime.lock.release()
                 runtime.iterations += 1
                 backoff = 0.0
+                runtime.errors_in_a_row = 0
+                runtime.unhealthy = False
             except _Interrupted:
                 break
             except (KeyboardInterrupt, SystemExit) as exc:
@@ -405,9 +424,16 @@ class ServiceBase:
                 break
             except Exception as exc:
                 runtime.errors += 1
+                runtime.errors_in_a_row += 1
                 runtime.last_error = f"{type(exc).__name__}: {exc}"
                 backoff = min(30.0, backoff * 2 if backoff else 0.5)
                 runtime.log.exception("loop() raised; calling it again in %.1f s", backoff)
+                limit = type(self)._servicefactory_policy.max_loop_errors
+                if limit and runtime.errors_in_a_row >= limit and not runtime.unhealthy:
+                    # running -> unhealthy: a loop that fails every time is down, though the process lives
+                    runtime.unhealthy = True
+                    runtime.log.error("unhealthy: loop() raised %d times in a row", runtime.errors_in_a_row)
+                    _notify.notify_unhealthy(runtime.errors_in_a_row, runtime.last_error)
                 try:
                     runtime.stop_event.wait(backoff)
                 except _Interrupted:

@@ -15,10 +15,13 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
 
 from .errors import AlreadyRunning, InvalidName, StateError
 from .registry import SUPERVISOR_PREFIX, Claim, ServiceRecord
+
+TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
+if TYPE_CHECKING:
+    from typing import Any, Iterator
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 

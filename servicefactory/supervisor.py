@@ -21,11 +21,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from . import _notify
-from ._child import SUPERVISOR_PID_ENV
+from . import _notify, _reaper
+from ._child import LIFELINE_FD_ENV, STOP_TIMEOUT_ENV, SUPERVISOR_PID_ENV
 from .api import handle
 from .errors import AlreadyRunning, ServiceFactoryError, ServiceTimeout, StateError
-from .logfiles import RotatingLog
+from .logfiles import RotatingLog, printable
 from ._supervised import Child, Settings, Spec, drain, readable, signal_name, stamp, url_of
 from .registry import SUPERVISOR_PREFIX, ServiceRecord
 from .service import SUPERVISED_ENV, Endpoint, ServiceBase
@@ -33,7 +33,7 @@ from .state import LocalRegistry, process_start_time
 
 logger = logging.getLogger("servicefactory.supervisor")  # also when run as __main__
 
-ACTIVE = ("starting", "running", "backoff", "stopping")
+ACTIVE = ("starting", "running", "unhealthy", "backoff", "stopping")
 
 
 def _api_token() -> str:
@@ -48,7 +48,7 @@ class Supervisor(ServiceBase):
     _servicefactory_endpoint = Endpoint(port=0, require_token=True)
 
     def __init__(self, specs: list[Spec], settings: Settings | None = None, registry: LocalRegistry | None = None,
-                 printer: Callable[[str, str], None] | None = None, ready_fd: int | None = None) -> None:
+                 printer: Callable[..., None] | None = None, ready_fd: int | None = None) -> None:
         self.specs = specs
         self.settings = settings or Settings()
         self.registry = registry or LocalRegistry()
@@ -60,6 +60,12 @@ class Supervisor(ServiceBase):
         self.wake_read, self.wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
         self.selector.register(self.wake_read, selectors.EVENT_READ, ("wake", None))
+        # every child holds the read end; only we hold the write end: when we die, however, each
+        # child sees end of file and ends its whole process tree (see _child)
+        self.lifeline_read, self.lifeline_write = os.pipe()
+        # orphans of a service that died (its double-forked or setsid'd descendants) come to us, not
+        # to init: we kill them, so that nothing a service started outlives it
+        _reaper.become_subreaper()
         self.starting_up = True
         self.begun = False
         self.failure: dict | None = None
@@ -108,6 +114,7 @@ class Supervisor(ServiceBase):
                 self._spawn(child)
         now = time.monotonic()
         due = [c.next_start for c in self.children.values() if c.state == "backoff"]
+        due += [c.retry_at for c in self.children.values() if c.state == "failed" and c.retry_at is not None]
         timeout = max(0.0, min([0.25] + [t - now for t in due]))
         for key, _ in self.selector.select(timeout):
             kind, child = key.data
@@ -127,6 +134,11 @@ class Supervisor(ServiceBase):
         for child in self.children.values():
             if child.state == "backoff" and now >= child.next_start:
                 self._spawn(child)
+            elif child.state == "failed" and child.retry_at is not None and now >= child.retry_at:
+                # failed -> starting: the cooldown is over (a dependency's outage may have ended)
+                self._event(child, f"trying again after {self.settings.retry_failed_after:g} s")
+                child.fast_failures = 0
+                self._spawn(child)
             elif child.state == "starting" and now - child.started_at > self.settings.ready_timeout:
                 self._event(child, f"not ready after {self.settings.ready_timeout:g} s; stopping it")
                 child.error = f"not ready within {self.settings.ready_timeout:g} s"
@@ -142,17 +154,20 @@ class Supervisor(ServiceBase):
 
     def _spawn(self, child: Child) -> None:
         spec = child.spec
+        child.retry_at = None
+        child.unhealthy = False
         ready_read, ready_write = os.pipe()
         env = dict(os.environ, PYTHONUNBUFFERED="1", **{
             SUPERVISED_ENV: spec.name, SUPERVISOR_PID_ENV: str(os.getpid()),
-            _notify.READY_FD_ENV: str(ready_write)})
+            _notify.READY_FD_ENV: str(ready_write), LIFELINE_FD_ENV: str(self.lifeline_read),
+            STOP_TIMEOUT_ENV: repr(spec.stop_timeout)})
         args = [sys.executable, "-u", "-m", "servicefactory._child", spec.target, spec.name,
                 spec.host or "", "" if spec.port is None else str(spec.port)]
         try:
             child.popen = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                 cwd=spec.cwd if spec.cwd and os.path.isdir(spec.cwd) else None,
-                pass_fds=(ready_write, child.claim.handle), start_new_session=True)
+                pass_fds=(ready_write, child.claim.handle, self.lifeline_read), start_new_session=True)
         except OSError as exc:
             os.close(ready_read)
             os.close(ready_write)
@@ -205,7 +220,10 @@ class Supervisor(ServiceBase):
             self._emit(child, line.decode(errors="replace"))
 
     def _emit(self, child: Child, text: str) -> None:
-        child.log.write(f"{stamp()} {text}\n".encode())
+        # the child's words always follow `NAME | `, and are escaped: they can neither drive the
+        # reader's terminal nor pass for one of our events (`[servicefactory] NAME ...`)
+        text = printable(text)
+        child.log.write(f"{stamp()} {child.spec.name} | {text}\n".encode())
         child.tail = (child.tail + [text])[-20:]
         if self.printer is not None:
             self.printer(child.spec.name, text)
@@ -247,6 +265,15 @@ class Supervisor(ServiceBase):
                 self._event(child, f"ready (pid {child.popen.pid}{', ' + url_of(child) if child.port else ''})")
             elif message.get("ready") is False:
                 child.error = message.get("error") or child.error
+            elif message.get("unhealthy") and child.state == "running" and not child.user_stopped:
+                # running -> unhealthy: treated as a crash (its restart policy decides), after a graceful stop
+                child.state = "unhealthy"
+                child.unhealthy = True
+                child.error = f"unhealthy: {message.get('unhealthy')} loop errors in a row ({message.get('error')})"
+                self._event(child, f"{child.error}; stopping it", warn=True)
+                child.stop_deadline = time.monotonic() + child.spec.stop_timeout
+                self._signal(child, signal.SIGTERM)
+                self._publish(child)
             elif message.get("stopping") == "shutdown action":
                 child.user_stopped = True  # asked to stop through its API: as final as `servicefactory stop`
         if not data:
@@ -274,6 +301,7 @@ class Supervisor(ServiceBase):
         except (ProcessLookupError, PermissionError):
             pass
         code = popen.wait()
+        self._kill_strays()
         if child.pidfd is not None:
             self._unregister(child.pidfd)
             os.close(child.pidfd)
@@ -296,14 +324,35 @@ class Supervisor(ServiceBase):
         child.popen = None
         self._after_exit(child, code)
 
+    def _kill_strays(self) -> None:
+        """Kill and reap our children that are no service: orphans re-parented to us when a service died."""
+        ours = {child.popen.pid for child in self.children.values() if child.popen is not None}
+        me = os.getpid()
+        for _ in range(100):  # a killed stray's own children come to us next: bounded passes
+            # (the supervisor is a process of its own, started by `run`: its only children are services)
+            strays = [pid for pid, parent in _reaper.parents().items() if parent == me and pid not in ours]
+            if not strays:
+                return
+            for pid in strays:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            for pid in strays:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+
     def _after_exit(self, child: Child, code: int) -> None:
         child.last_exit = code
         child.stop_deadline = None
         ran = time.monotonic() - child.started_at
         described = f"exited with code {code}" if code >= 0 else f"killed by {signal_name(-code)}"
         if child.user_stopped:
+            # stopping -> stopped, as asked; said so when it never got to be ready
             child.state = "stopped"
-            self._event(child, f"stopped ({described})")
+            self._event(child, f"stopped{' while starting' if child.ready_at is None else ''} ({described})")
         elif self.stopping:
             child.state = "stopped"  # we are stopping everything: whatever the exit, it was asked for
             self._event(child, described)
@@ -311,7 +360,9 @@ class Supervisor(ServiceBase):
             child.state = "failed"
             self._event(child, described)
         else:
-            crashed = code != 0
+            crashed = code != 0 or child.unhealthy
+            if child.unhealthy:
+                described = f"stopped as unhealthy ({described})"
             restart = child.spec.restart == "always" or (crashed and child.spec.restart == "on-failure")
             if not restart:
                 child.state = "failed" if crashed else "stopped"
@@ -322,10 +373,14 @@ class Supervisor(ServiceBase):
                 child.fast_failures += 1
                 if child.fast_failures >= self.settings.max_failures:
                     child.state = "failed"
-                    self._event(child, f"{described}; {child.fast_failures} fast failures in a row, "
-                                       f"leaving it down", warn=True)
+                    retry = self.settings.retry_failed_after
+                    child.retry_at = time.monotonic() + retry if retry > 0 else None
+                    then = f"trying again in {retry:g} s" if retry > 0 else "leaving it down"
+                    self._event(child, f"{described}; {child.fast_failures} fast failures in a row, {then}",
+                                warn=True)
                 else:
-                    delay = min(self.settings.backoff_max, self.settings.backoff * 2 ** (child.fast_failures - 1))
+                    cap = child.spec.backoff_max if child.spec.backoff_max is not None else self.settings.backoff_max
+                    delay = min(cap, self.settings.backoff * 2 ** (child.fast_failures - 1))
                     child.state = "backoff"
                     child.next_start = time.monotonic() + delay
                     child.restarts += 1
@@ -363,7 +418,8 @@ class Supervisor(ServiceBase):
                 self._signal(child, signal.SIGTERM)
                 self._publish(child)
         else:
-            child.state = "stopped"
+            child.state = "stopped"  # failed/backoff -> stopped: no retry is due any more
+            child.retry_at = None
             child.exited.set()
             if restart:
                 child.user_stopped = False
@@ -372,17 +428,22 @@ class Supervisor(ServiceBase):
                 self._spawn(child)
             self._publish(child)
 
-    def finalize(self) -> None:
-        """Stop every child in parallel, each within its stop timeout, then release every name."""
+    def _servicefactory_drain(self) -> None:
+        """Stop every child in parallel, each within its stop timeout, while our API still answers:
+        a `stop` in flight waits for exactly these exits, and must not hold up our own stop."""
         for child in self.children.values():
             self._stop_child(child)
         while any(child.popen is not None for child in self.children.values()):
             self.loop()
+
+    def finalize(self) -> None:
+        """Once every child is gone (see _servicefactory_drain), release every name."""
+        self._servicefactory_drain()  # already done, unless the loop ended by an error
         self._check_startup()
         self._report_startup()
         self.release_all()
         self.selector.close()
-        for fd in (self.wake_read, self.wake_write):
+        for fd in (self.wake_read, self.wake_write, self.lifeline_read, self.lifeline_write):
             os.close(fd)
 
     # -- startup and exit --
@@ -395,7 +456,9 @@ class Supervisor(ServiceBase):
             self.failure = {"service": None, "error": "stopped before every service was ready", "exit_code": 1}
             return
         children = list(self.children.values())
-        never = [c for c in children if not c.ever_ready and c.state not in ("starting", "running")]
+        # a service stopped on request while it started is no failure of the start (nor of the others)
+        wanted = [c for c in children if not (c.user_stopped and not c.ever_ready)]
+        never = [c for c in wanted if not c.ever_ready and c.state not in ("starting", "running")]
         if never:
             bad = never[0]
             self.failure = {"service": bad.spec.name, "error": bad.error or f"exited with code {bad.last_exit}",
@@ -404,7 +467,7 @@ class Supervisor(ServiceBase):
             self.starting_up = False
             self._event(bad, f"failed to start: {self.failure['error']}", warn=True)
             self.stop()
-        elif children and all(c.ever_ready for c in children):
+        elif children and all(c.ever_ready or (c.user_stopped and c.popen is None) for c in children):
             self.starting_up = False
             self._report_startup()
             _notify.sd_notify("READY=1", self.notify_socket)
@@ -416,8 +479,8 @@ class Supervisor(ServiceBase):
             message = {"ready": False, **self.failure}
         else:
             message = {"ready": True, "supervisor": self.name, "pid": os.getpid(),
-                       "services": [{"name": c.spec.name, "pid": c.popen.pid if c.popen else None, "url": url_of(c)}
-                                    for c in self.children.values()]}
+                       "services": [{"name": c.spec.name, "pid": c.popen.pid if c.popen else None, "url": url_of(c),
+                                     "state": c.state} for c in self.children.values()]}
         try:
             os.write(self.ready_fd, json.dumps(message).encode() + b"\n")
             os.close(self.ready_fd)
@@ -434,6 +497,8 @@ class Supervisor(ServiceBase):
         failed = any(state == "failed" for state in states)
         if failed and not self.settings.foreground:
             return  # stay, so that `status` shows the failure and its exit code until someone acts
+        if any(child.retry_at is not None for child in self.children.values()):
+            return  # a failed service will be tried again
         self.exit_code = 1 if failed else 0
         self.stop()
 
@@ -448,17 +513,24 @@ class Supervisor(ServiceBase):
             create_time=(process_start_time(popen.pid) or 0.0) if popen else 0.0,
             started=child.ready_wall or time.time(), target=child.spec.target, log_path=str(child.log.path),
             hostname=os.uname().nodename, state=child.state, supervisor=self.name, restarts=child.restarts,
-            last_exit=child.last_exit, stop_timeout=child.spec.stop_timeout)
+            last_exit=child.last_exit, next_try=self._next_try(child),
+            stop_timeout=child.spec.stop_timeout)
         try:
             self.registry.publish(child.claim, record)
         except OSError as exc:
             logger.warning("cannot write the record of %s: %s", child.spec.name, exc)
 
+    @staticmethod
+    def _next_try(child: Child) -> float | None:
+        """Wall-clock time of the next start of a service waiting in `backoff` or `failed`, if one is due."""
+        due = child.next_start if child.state == "backoff" else child.retry_at if child.state == "failed" else None
+        return None if due is None else round(time.time() + max(0.0, due - time.monotonic()), 3)
+
     def _event(self, child: Child, text: str, warn: bool = False) -> None:
-        line = f"[servicefactory] {child.spec.name} {text}"
+        line = printable(f"[servicefactory] {child.spec.name} {text}")  # an error text may come from the child
         child.log.write(f"{stamp()} {line}\n".encode())
         if self.printer is not None:
-            self.printer(child.spec.name, line)
+            self.printer(child.spec.name, line, True)
         else:
             (logger.warning if warn else logger.info)("%s", line)
 
@@ -546,7 +618,8 @@ class Supervisor(ServiceBase):
             popen = child.popen
             rows.append({"name": child.spec.name, "state": child.state, "pid": popen.pid if popen else None,
                          "restarts": child.restarts, "last_exit": child.last_exit,
-                         "url": url_of(child) if child.state == "running" else None, "error": child.error})
+                         "url": url_of(child) if child.state == "running" else None, "error": child.error,
+                         "next_try": self._next_try(child)})
         return rows
 
     def _await_exit(self, children: list[Child], timeout: float | None = None) -> list:
@@ -558,7 +631,7 @@ class Supervisor(ServiceBase):
         return self.handle_status({"names": [c.spec.name for c in children]})
 
 
-def run_supervisor(specs: list[Spec], settings: Settings, *, printer: Callable[[str, str], None] | None = None,
+def run_supervisor(specs: list[Spec], settings: Settings, *, printer: Callable[..., None] | None = None,
                    ready_fd: int | None = None, registry: LocalRegistry | None = None) -> int:
     """Claim the names, run the supervisor until it stops, return its exit code."""
     supervisor = Supervisor(specs, settings, registry=registry, printer=printer, ready_fd=ready_fd)
