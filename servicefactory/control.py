@@ -99,6 +99,11 @@ def _request(names: list[str], timeout: float | None) -> dict[str, Any]:
 def _stop_supervised(name: str, record: ServiceRecord, timeout: float | None,
                      registry: LocalRegistry) -> StopOutcome:
     limit = timeout if timeout is not None else own_timeout(record)
+    supervisor = registry.lookup(record.supervisor)
+    if supervisor is not None and _suspended(supervisor.pid):
+        # it would take the request and carry it out whenever it is resumed, long after we gave up
+        return StopOutcome(name, False, failed=True, message=f"{name}: its supervisor {record.supervisor} is "
+                           f"suspended (SIGSTOP); resume it (kill -CONT {supervisor.pid}) or `stop --all`")
     rows = call_supervisor(record.supervisor, "stop", _request([name], timeout), limit + 15, registry)
     row = rows[0] if rows else {}
     killed = row.get("last_exit") == -signal.SIGKILL

@@ -581,3 +581,20 @@ def test_a_record_lost_on_a_full_disk_is_rewritten_once_space_returns(tmp_path, 
     assert state == "running" and pid == service, lines  # the live owner, not `starting`
     assert lines["BACK"] == f"running {service} True", lines
     assert lines["STOP"] == "0 0", lines
+
+
+def test_stop_of_one_service_of_a_suspended_supervisor_fails_fast_and_queues_nothing(module, sf_home):
+    """9.13: a stop sent to a SIGSTOPped supervisor waited, failed, and was carried out later anyway."""
+    service = run_daemon(module)
+    supervisor = supervisor_pid(sf_home)
+    os.kill(supervisor, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        result = sf("stop", "Keeper", cwd=module)
+        assert time.monotonic() - started < 5
+        assert result.returncode == 1 and "suspended" in result.stderr, result.stderr
+    finally:
+        os.kill(supervisor, signal.SIGCONT)
+    time.sleep(1.0)
+    assert alive(service)  # nothing was queued to stop it later
+    assert status_of("Keeper", module)["state"] == "running"
