@@ -598,3 +598,18 @@ def test_stop_of_one_service_of_a_suspended_supervisor_fails_fast_and_queues_not
     time.sleep(1.0)
     assert alive(service)  # nothing was queued to stop it later
     assert status_of("Keeper", module)["state"] == "running"
+
+
+def test_stop_all_stops_a_supervisor_whose_record_is_unreadable_gracefully(module, sf_home):
+    """9.5: with the supervisor's own record unreadable, `stop --all` said nothing was running (or, had it
+    guessed, could only have killed); the live lock holder is asked to stop by SIGTERM, and finalizes."""
+    service = run_daemon(module, env={"FINALIZE_SECONDS": "0.5"})
+    supervisor = supervisor_pid(sf_home)
+    record = sf_home / f"_supervisor-{supervisor}.json"
+    record.unlink()
+    (record / "blocked").mkdir(parents=True)  # a non-empty directory: not even its owner can rewrite it
+    result = sf("stop", "--all", cwd=module)
+    assert result.returncode == 0, result.stderr
+    assert "Keeper stopped" in result.stdout and "killed" not in result.stderr
+    wait_until(lambda: not alive(supervisor) and not alive(service), timeout=10, message="both gone")
+    assert "finalized" in (sf_home / "Keeper.log").read_text()
