@@ -161,10 +161,14 @@ class RotatingLog:
 
 def _open_for_reading(path: Path | str):  # type: ignore[no-untyped-def]
     """The file at `path` for reading, never through a symlink; a directory is an OSError here."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    if stat.S_ISDIR(os.fstat(fd).st_mode):
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not hang us
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
         os.close(fd)
-        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
 
 

@@ -387,6 +387,10 @@ def test_a_directory_at_the_log_gives_one_line(module, sf_home):
     result = sf("logs", "Other", cwd=module)
     assert result.returncode != 0
     one_line_error(result)
+    os.mkfifo(sf_home / "Piped.log")  # a FIFO nobody writes to must not hang `logs`
+    result = sf("logs", "Piped", cwd=module, timeout=30)
+    assert result.returncode != 0
+    one_line_error(result)
     result = sf("logs", cwd=module)  # every service's: the directory is no service's log
     assert "Traceback" not in result.stderr and "Other" not in result.stdout
 
