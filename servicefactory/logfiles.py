@@ -105,8 +105,12 @@ class RotatingLog:
         try:
             # created 0600; an existing file keeps its mode (it may be a device such as /dev/null)
             fd = os.open(self.path, _OPEN_FLAGS, 0o600)
-            self._file = os.fdopen(fd, "ab", buffering=0)
             info = os.fstat(fd)
+            why = refusal(info)
+            if why:  # planted by another user after a rotation, between our rename and this open
+                os.close(fd)
+                raise OSError(errno.EPERM, f"refusing it: {why}")
+            self._file = os.fdopen(fd, "ab", buffering=0)
             self._regular = stat.S_ISREG(info.st_mode)
             self._size = info.st_size if self._regular else 0
         except OSError as exc:
