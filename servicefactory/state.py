@@ -452,7 +452,8 @@ class LocalRegistry:
             if supervisor is None:
                 return None
             pid = 0  # a supervisor between two runs of its child
-        return ServiceRecord(name, pid, create_time=(process_start_time(pid) or 0.0) if pid else 0.0,
+        started = (process_start_time(pid) or 0.0) if pid else 0.0
+        return ServiceRecord(name, pid, create_time=started, started=started or time.time(),
                              supervisor=supervisor, state="running" if pid else "backoff")
 
     def state_of(self, name: str) -> tuple[str, ServiceRecord | None]:

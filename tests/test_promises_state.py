@@ -159,6 +159,7 @@ def test_a_damaged_record_yields_to_the_live_owner_and_is_rewritten(module, spaw
     if damage != "removed":  # (a missing record may also be one not written yet: `starting` is fair)
         row = status_of("Keeper", module)  # at once: the truth from the lock holder, not `starting`
         assert row["state"] == "running" and row["pid"] == pid, row
+        assert 0 <= row["uptime"] < 60, row
     def rewritten() -> bool:
         try:
             return json.loads(path.read_bytes())["pid"] == pid
