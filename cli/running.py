@@ -125,8 +125,12 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
     ready_read, ready_write = os.pipe()
     log_path = registry.home / "supervisor.log"
     env = dict(os.environ, **{READY_FD_ENV: str(ready_write)})
-    with open(log_path, "ab") as log:
-        os.chmod(log_path, 0o600)
+    from servicefactory.logfiles import open_private
+    try:
+        log_fd = open_private(log_path)  # never through a symlink (issue 9.7)
+    except ServiceFactoryError as exc:
+        _fail(exc)
+    with os.fdopen(log_fd, "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "servicefactory.supervisor", config],
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                    pass_fds=(ready_write,), start_new_session=True)
