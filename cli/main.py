@@ -258,7 +258,10 @@ def restart(names: tuple[str, ...], timeout: float) -> None:
 def _run_again(name: str, spec: dict) -> None:
     import subprocess
 
-    command = [sys.executable, "-m", "servicefactory", "run", spec["target"], "--daemon", "--name", name]
+    from servicefactory._supervised import python_command
+
+    # not `python -m` from the project directory: that would put it first on sys.path (issue 16.2)
+    command = python_command("servicefactory") + ["run", spec["target"], "--daemon", "--name", name]
     for option, key in (("--host", "host"), ("--port", "port"), ("--log-file", "log_file"),
                         ("--restart", "restart"), ("--stop-timeout", "stop_timeout")):
         if spec.get(key) is not None:

@@ -115,6 +115,7 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
     import time
 
     from servicefactory._notify import READY_FD_ENV
+    from servicefactory._supervised import python_command
 
     try:
         registry.ensure()
@@ -127,8 +128,10 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
     env = dict(os.environ, **{READY_FD_ENV: str(ready_write)})
     with open(log_path, "ab") as log:
         os.chmod(log_path, 0o600)
-        process = subprocess.Popen([sys.executable, "-m", "servicefactory.supervisor", config],
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+        # isolated: its working directory is the state directory (only we can write there) and it
+        # is not on sys.path; each service gets the project directory as its own working directory
+        process = subprocess.Popen(python_command("servicefactory.supervisor") + [config],
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=registry.home,
                                    pass_fds=(ready_write,), start_new_session=True)
     os.close(ready_write)
     try:

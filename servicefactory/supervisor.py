@@ -26,7 +26,7 @@ from ._child import LIFELINE_FD_ENV, STOP_TIMEOUT_ENV, SUPERVISOR_PID_ENV
 from .api import handle
 from .errors import AlreadyRunning, ServiceFactoryError, ServiceTimeout, StateError
 from .logfiles import RotatingLog, printable
-from ._supervised import Child, Settings, Spec, drain, readable, signal_name, stamp, url_of
+from ._supervised import Child, Settings, Spec, drain, python_command, readable, signal_name, stamp, url_of
 from .registry import SUPERVISOR_PREFIX, ServiceRecord
 from .service import SUPERVISED_ENV, Endpoint, ServiceBase
 from .state import LocalRegistry, process_start_time
@@ -161,8 +161,10 @@ class Supervisor(ServiceBase):
             SUPERVISED_ENV: spec.name, SUPERVISOR_PID_ENV: str(os.getpid()),
             _notify.READY_FD_ENV: str(ready_write), LIFELINE_FD_ENV: str(self.lifeline_read),
             STOP_TIMEOUT_ENV: repr(spec.stop_timeout)})
-        args = [sys.executable, "-u", "-m", "servicefactory._child", spec.target, spec.name,
-                spec.host or "", "" if spec.port is None else str(spec.port)]
+        # isolated from its working directory (the project's): a module target is put on sys.path
+        # after the standard library by the loader, not first by Python
+        args = python_command("servicefactory._child", "-u") + [
+            spec.target, spec.name, spec.host or "", "" if spec.port is None else str(spec.port)]
         try:
             child.popen = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
