@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import _notify, _reaper
-from ._child import LIFELINE_FD_ENV, STOP_TIMEOUT_ENV, SUPERVISOR_PID_ENV
+from ._child import LIFELINE_FD_ENV, LOG_PATH_ENV, STOP_TIMEOUT_ENV, SUPERVISOR_PID_ENV
 from .api import handle
 from .errors import AlreadyRunning, ServiceFactoryError, ServiceTimeout, StateError
 from .logfiles import RotatingLog, printable
@@ -160,7 +160,7 @@ class Supervisor(ServiceBase):
         env = dict(os.environ, PYTHONUNBUFFERED="1", **{
             SUPERVISED_ENV: spec.name, SUPERVISOR_PID_ENV: str(os.getpid()),
             _notify.READY_FD_ENV: str(ready_write), LIFELINE_FD_ENV: str(self.lifeline_read),
-            STOP_TIMEOUT_ENV: repr(spec.stop_timeout)})
+            STOP_TIMEOUT_ENV: repr(spec.stop_timeout), LOG_PATH_ENV: str(child.log.path)})
         # isolated from its working directory (the project's): a module target is put on sys.path
         # after the standard library by the loader, not first by Python
         args = python_command("servicefactory._child", "-u") + [

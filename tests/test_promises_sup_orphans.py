@@ -85,6 +85,10 @@ def test_kill_9_of_the_supervisor_ends_every_service_and_descendant_within_the_s
     print(f"all gone {took:.2f} s after the kill")
     assert took <= STOP_TIMEOUT + 1.5, f"took {took:.2f} s"
     assert all(gone(pid) for pid in before), before
+    # what the services said while stopping is not lost with the supervisor's pipe
+    hanging = sf.log("Hanging")
+    assert "[servicefactory] Hanging lost its supervisor; stopping" in hanging, hanging
+    assert "Hanging | Hanging : shutdown requested" in hanging and "Hanging | finalize hangs" in hanging, hanging
 
     # the names are free again: a new run takes them over
     sf.daemon("unruly")
