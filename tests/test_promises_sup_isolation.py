@@ -67,3 +67,28 @@ def test_a_selectors_module_planted_in_the_working_directory_never_runs(tmp_path
     assert not (shared / "PLANTED-RAN").exists(), (shared / "PLANTED-RAN").read_text()
     everything = "".join(path.read_text(errors="replace") for path in sf_home.glob("*.log"))
     assert "PLANTED MARKER" not in everything
+
+
+def test_a_foreground_run_in_a_planted_directory_never_runs_the_planted_module(tmp_path, sf_home):
+    import signal
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "selectors.py").write_text(PLANTED)
+    (shared / "localsvc.py").write_text(SERVICE)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["SERVICEFACTORY_HOME"] = str(sf_home)
+    proc = subprocess.Popen([CLI, "run", "localsvc"], cwd=shared, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: _cli(shared, sf_home, "perform", "Local", "where").returncode == 0, timeout=20,
+                   message="the foreground service answers")
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, output
+    assert "PLANTED MARKER" not in output
+    assert not (shared / "PLANTED-RAN").exists()
