@@ -324,11 +324,16 @@ class Supervisor(ServiceBase):
         self._after_exit(child, code)
 
     def _kill_strays(self) -> None:
-        """Kill and reap our children that are no service: orphans re-parented to us when a service died."""
+        """Kill and reap our children that are no service: orphans re-parented to us when a service died.
+
+        (The supervisor is a process of its own, started by `run`: its only other children are services.)
+        A stray killed here may leave children of its own, which come to us next: bounded passes; one
+        that does not die at once (in the kernel) is reaped on a later call, never waited for here.
+        """
         ours = {child.popen.pid for child in self.children.values() if child.popen is not None}
         me = os.getpid()
-        for _ in range(100):  # a killed stray's own children come to us next: bounded passes
-            # (the supervisor is a process of its own, started by `run`: its only children are services)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
             strays = [pid for pid, parent in _reaper.parents().items() if parent == me and pid not in ours]
             if not strays:
                 return
@@ -337,9 +342,10 @@ class Supervisor(ServiceBase):
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+            time.sleep(0.005)
             for pid in strays:
                 try:
-                    os.waitpid(pid, 0)
+                    os.waitpid(pid, os.WNOHANG)
                 except ChildProcessError:
                     pass
 
