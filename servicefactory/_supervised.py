@@ -87,8 +87,9 @@ def python_command(module: str, *options: str) -> list[str]:
     -P for that; before, the same is done by hand before anything is imported."""
     if sys.version_info >= (3, 11):
         return [sys.executable, *options, "-P", "-m", module]
-    code = f"import sys, runpy; del sys.path[0]; runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
-    return [sys.executable, *options, "-c", code]
+    # the module's name stays in the command line, where `-m` would put it (process listings show it)
+    code = "import sys, runpy; del sys.path[0]; runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
+    return [sys.executable, *options, "-c", code, module]
 
 
 def url_of(child: Child) -> str | None:
