@@ -385,7 +385,8 @@ class Supervisor(ServiceBase):
                                 warn=True)
                 else:
                     cap = child.spec.backoff_max if child.spec.backoff_max is not None else self.settings.backoff_max
-                    delay = min(cap, self.settings.backoff * 2 ** (child.fast_failures - 1))
+                    # the exponent is bounded: with a large --max-failures, 2**n overflows a float
+                    delay = min(cap, self.settings.backoff * 2 ** min(child.fast_failures - 1, 64))
                     child.state = "backoff"
                     child.next_start = time.monotonic() + delay
                     child.restarts += 1
