@@ -167,10 +167,13 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
         from servicefactory.logfiles import printable
         _fail(f"{prefix}{printable(str(message.get('error')))}", message.get("exit_code") if not service else 1)
     for service in message["services"]:
-        if service.get("state") == "stopped":  # a `stop` while it started: asked for, not a failure
-            click.echo(f"{service['name']} stopped while starting (by a stop request)")
-        else:
+        state = service.get("state", "running")
+        if state == "running":
             click.echo(f"{service['name']} running (pid {service['pid']}, {service['url'] or 'no API'})")
+        elif not service.get("ever_ready", True):  # a `stop` while it started: asked for, not a failure
+            click.echo(f"{service['name']} stopped while starting (by a stop request)")
+        else:  # ready, then stopped by a request that came before every other service was ready
+            click.echo(f"{service['name']} {state} (by a stop request)")
 
 
 class Printer:

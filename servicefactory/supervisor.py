@@ -486,7 +486,7 @@ class Supervisor(ServiceBase):
         else:
             message = {"ready": True, "supervisor": self.name, "pid": os.getpid(),
                        "services": [{"name": c.spec.name, "pid": c.popen.pid if c.popen else None, "url": url_of(c),
-                                     "state": c.state} for c in self.children.values()]}
+                                     "state": c.state, "ever_ready": c.ever_ready} for c in self.children.values()]}
         try:
             os.write(self.ready_fd, json.dumps(message).encode() + b"\n")
             os.close(self.ready_fd)
