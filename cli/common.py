@@ -17,6 +17,44 @@ def fail(error: ServiceFactoryError | str, code: int | None = None) -> NoReturn:
 
 
 def registry() -> Any:
-    """The local registry (state directory) the commands work on."""
+    """The local registry (state directory) the commands work on.
+
+    A relative SERVICEFACTORY_HOME is made absolute here, for this process and every process it
+    starts: a supervisor or a restart started elsewhere must use this very directory.
+    """
+    import os
+
     from servicefactory.state import LocalRegistry
-    return LocalRegistry()
+    found = LocalRegistry()
+    if os.environ.get("SERVICEFACTORY_HOME"):
+        os.environ["SERVICEFACTORY_HOME"] = str(found.home)
+    return found
+
+
+def checked_registry() -> Any:
+    """The registry, after refusing (one line, exit 10) a state directory that cannot be trusted."""
+    found = registry()
+    try:
+        found.check_safe()
+    except ServiceFactoryError as exc:
+        fail(exc)
+    return found
+
+
+def host_option(ctx: Any, param: Any, value: str | None) -> str | None:
+    """click callback for `--host`: an address that cannot be one is refused by what is wrong with it."""
+    import ipaddress
+    import re
+
+    if not value:
+        return value  # "" is the wildcard, as in socket.bind
+    literal = value.strip("[]")
+    looks_like_address = re.fullmatch(r"[0-9.]+", literal) or ":" in literal
+    if looks_like_address:
+        try:
+            ipaddress.ip_address(literal)
+        except ValueError:
+            raise click.BadParameter(f"{value} is not a valid IP address") from None
+    elif not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", literal):
+        raise click.BadParameter(f"{value!r} is not a valid host name or IP address")
+    return value

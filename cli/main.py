@@ -13,7 +13,9 @@ from typing import Any
 import click
 
 from servicefactory import __version__
+from servicefactory.cli import fast as _fast
 from servicefactory.cli.common import fail as _fail
+from servicefactory.cli.common import host_option as _host_option
 from servicefactory.cli.common import registry as _registry
 from servicefactory.errors import ServiceFactoryError
 
@@ -70,7 +72,7 @@ Examples:
 @click.argument("targets", nargs=-1, required=True)
 @click.option("--daemon", "-d", is_flag=True, help="Detach; return once every service is ready.")
 @click.option("--name", help="Run under this name instead of the class name (one service only).")
-@click.option("--host", help="Bind the API to this address (one service only).")
+@click.option("--host", callback=_host_option, help="Bind the API to this address (one service only).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Bind the API to this port; 0 picks a free one.")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Write the service's output here (one service only).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
@@ -119,42 +121,46 @@ def run(targets: tuple[str, ...], daemon: bool, name: str | None, host: str | No
 
 # -- perform -------------------------------------------------------------------------------
 
+class _Seconds(click.ParamType):
+    """Seconds from 0.001 to `upper`: what fast.parse_seconds accepts (no nan, inf, 0 or negative)."""
+
+    name = "seconds"
+
+    def __init__(self, upper: float) -> None:
+        self.upper = upper
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value  # a default, or the value of `--wait` given alone
+        try:
+            return _fast.parse_seconds(value, self.upper)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+# The command line is parsed by cli/fast.py when it can be (no click on that path); this
+# definition gives the help and the errors, and takes over any command line fast.py passes on.
 @cli.command(epilog="""\b
 Examples:
   servicefactory perform Test action '"hello world"'
   servicefactory perform Test health
   echo '{"a": 1}' | servicefactory perform Api store -
+  servicefactory perform Test health --wait      # the service is still starting
 """)
 @click.argument("name")
 @click.argument("action")
 @click.argument("data", required=False)
-@click.option("--timeout", type=click.FloatRange(min=0.001), default=10.0, show_default=True,
-              help="Seconds to wait for the answer.")
-def perform(name: str, action: str, data: str | None, timeout: float) -> None:
+@click.option("--timeout", type=_Seconds(_fast.MAX_TIMEOUT), default=_fast.DEFAULT_TIMEOUT, show_default=True,
+              help="Seconds to wait for the answer (at most a day).")
+@click.option("--wait", type=_Seconds(_fast.MAX_WAIT), is_flag=False, flag_value=_fast.DEFAULT_WAIT,
+              metavar="[SECONDS]",
+              help=f"If NAME is not ready (still starting, restarting), wait for it up to SECONDS "
+                   f"(default {_fast.DEFAULT_WAIT:g}), then call.")
+@click.option("--max-body", type=click.IntRange(min=1), default=_fast.DEFAULT_MAX_BODY, show_default=True,
+              metavar="BYTES", help="Refuse DATA longer than this, reading no more of stdin.")
+def perform(name: str, action: str, data: str | None, timeout: float, wait: float | None, max_body: int) -> None:
     """Call ACTION on the running service NAME with JSON DATA ('-' reads stdin); print the JSON result."""
-    from servicefactory import client
-
-    if data == "-":
-        data = sys.stdin.read()
-    value = None
-    if data is not None:
-        if not data.strip():
-            _fail("DATA is empty; give a JSON value, e.g. '\"hello\"', 42 or '{\"a\": 1}'", 2)
-        try:
-            value = json.loads(data, parse_constant=_no_constants)
-        except RecursionError:
-            _fail("DATA is nested too deeply", 2)
-        except ValueError as exc:
-            _fail(f"DATA is not valid JSON ({exc}); strings need quotes: '\"hello\"'", 2)
-    try:
-        result = client.perform(name, action, value, timeout=timeout)
-    except ServiceFactoryError as exc:
-        _fail(exc)
-    click.echo(json.dumps(result, ensure_ascii=False))
-
-
-def _no_constants(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
+    _fast.perform(name, action, data, timeout=timeout, wait=wait, max_body=max_body)
 
 
 # -- stop ----------------------------------------------------------------------------------
@@ -166,10 +172,11 @@ Examples:
 """)
 @click.argument("names", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Stop every service and every supervisor.")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds to wait before SIGKILL.")
-def stop(names: tuple[str, ...], all_: bool, timeout: float) -> None:
-    """Stop services gracefully; SIGKILL (with a warning) those still alive after --timeout."""
+@click.option("--timeout", type=click.FloatRange(min=0.1),
+              help="Seconds to wait before SIGKILL  [default: each service's own stop timeout, "
+                   "its Service.policy(stop_timeout) or run --stop-timeout; else 10].")
+def stop(names: tuple[str, ...], all_: bool, timeout: float | None) -> None:
+    """Stop services gracefully; SIGKILL (with a warning) those still alive after their stop timeout."""
     from servicefactory import control
 
     if names and all_:
@@ -182,6 +189,7 @@ def stop(names: tuple[str, ...], all_: bool, timeout: float) -> None:
     try:
         for name in names:
             check_name(name)
+        registry.check_safe()
         if not registry.home.exists():
             # nothing can be registered: say so, and what that means if services were started with it
             for name in names or ["nothing"]:
@@ -195,7 +203,7 @@ def stop(names: tuple[str, ...], all_: bool, timeout: float) -> None:
     if all_ and not outcomes:
         click.echo("nothing is running")
     for outcome in outcomes:
-        if outcome.failed:
+        if outcome.failed or outcome.unknown:
             click.echo(f"error: {outcome.message}", err=True)
         elif outcome.killed:
             click.echo(f"warning: {outcome.message}", err=True)
@@ -203,29 +211,31 @@ def stop(names: tuple[str, ...], all_: bool, timeout: float) -> None:
             click.echo(outcome.message)
     if any(outcome.failed for outcome in outcomes):
         sys.exit(1)
+    if any(outcome.unknown for outcome in outcomes):
+        sys.exit(3)  # a name never run here is most likely a typo
 
 
-def _stop_each(names: tuple[str, ...], timeout: float, registry: Any) -> list:
+def _stop_each(names: tuple[str, ...], timeout: float | None, registry: Any) -> list:
     import threading
 
     from servicefactory import control
+    from servicefactory.control import StopOutcome
 
     outcomes: dict[str, Any] = {}  # names were checked by `stop` already
-    errors: list[ServiceFactoryError] = []
 
     def one(name: str) -> None:
         try:
             outcomes[name] = control.stop(name, timeout, registry)
         except ServiceFactoryError as exc:
-            errors.append(exc)
+            outcomes[name] = StopOutcome(name, False, message=f"{name}: {exc}", failed=True)
+        except OSError as exc:  # never a traceback, and never a missing outcome
+            outcomes[name] = StopOutcome(name, False, message=f"{name}: {exc}", failed=True)
 
     threads = [threading.Thread(target=one, args=(name,)) for name in names]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    if errors:
-        raise errors[0]
     return [outcomes[name] for name in names]
 
 
@@ -236,22 +246,26 @@ Example:
   servicefactory restart Test
 """)
 @click.argument("names", nargs=-1, required=True)
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds a stop may take before SIGKILL.")
-def restart(names: tuple[str, ...], timeout: float) -> None:
-    """Restart services: under their supervisor, or stop and run again from their recorded target."""
+@click.option("--timeout", type=click.FloatRange(min=0.1),
+              help="Seconds a stop may take before SIGKILL  [default: the service's own stop timeout].")
+def restart(names: tuple[str, ...], timeout: float | None) -> None:
+    """Restart services: under their supervisor, or stop and run again with every option they were run with."""
     from servicefactory import control
     from servicefactory.errors import ServiceNotRunning
+    from servicefactory.state import check_name
 
     registry = _registry()
     for name in names:
         try:
+            check_name(name)
+            registry.check_safe()
             state, record = registry.state_of(name)
             if record is not None and record.supervisor and state != "stale":
                 # the supervisor answers once the service is ready or failed, bounded by its own
                 # ready timeout: our deadline only guards against a supervisor that hangs
-                rows = control.call_supervisor(record.supervisor, "restart", {"names": [name], "timeout": timeout},
-                                               timeout + 600, registry)
+                limit = timeout if timeout is not None else control.own_timeout(record)
+                request = {"names": [name]} if timeout is None else {"names": [name], "timeout": timeout}
+                rows = control.call_supervisor(record.supervisor, "restart", request, limit + 600, registry)
                 row = rows[0]
                 if row["state"] != "running":
                     _fail(f"{name} did not come back: {row['state']} ({row.get('error') or 'see its log'})", 1)
@@ -262,28 +276,42 @@ def restart(names: tuple[str, ...], timeout: float) -> None:
                 if not record.target or record.target.startswith("__main__:"):
                     _fail(f"{name} was started as a script ({record.target or 'unknown target'}), not by "
                           f"`servicefactory run`: restart it the way you started it", 1)
-                spec = {"target": record.target, "cwd": None}
+                if spec.get("target") != record.target:
+                    spec = {"target": record.target, "cwd": None}
                 control.stop(name, timeout, registry)
             elif not spec:
-                raise ServiceNotRunning(f"{name} is not running and was never run by `servicefactory run`; "
-                                        f"start it with `servicefactory run`")
+                raise ServiceNotRunning(f"{name} is not running and was never run by `servicefactory run` "
+                                        f"in {registry.home}; start it with `servicefactory run`")
         except ServiceFactoryError as exc:
             _fail(exc)
-        _run_again(name, spec)
+        _run_again(name, spec, registry)
 
 
-def _run_again(name: str, spec: dict) -> None:
+def _run_again(name: str, spec: dict, registry: Any) -> None:
+    """`run TARGET --daemon` again with every option remembered: each `run` option whose name is a
+    field of the remembered Spec or Settings (so a new run option is remembered without a list here)."""
     import subprocess
 
     from servicefactory._supervised import python_command
 
+    remembered = dict(spec.get("settings") or {})
+    # a service's own value (its Spec: backoff_max from its policy) wins over the supervisor-wide one
+    remembered.update({key: value for key, value in spec.items()
+                       if key not in ("settings", "target", "name") and value is not None})
+    if spec.get("log_level"):
+        remembered["log_level"] = spec["log_level"]
     # not `python -m` from the project directory: that would put it first on sys.path (issue 16.2)
     command = python_command("servicefactory") + ["run", spec["target"], "--daemon", "--name", name]
-    for option, key in (("--host", "host"), ("--port", "port"), ("--log-file", "log_file"),
-                        ("--restart", "restart"), ("--stop-timeout", "stop_timeout")):
-        if spec.get(key) is not None:
-            command += [option, str(spec[key])]
-    code = subprocess.call(command, cwd=spec.get("cwd") or None)
+    for param in run.params:
+        if not isinstance(param, click.Option) or param.is_flag or param.name in ("name", "daemon"):
+            continue
+        value = remembered.get(param.name)
+        if value is not None:
+            command += [param.opts[0], str(value)]
+    # the directory it was run in, never one a relative SERVICEFACTORY_HOME would resolve to from there
+    env = dict(os.environ, SERVICEFACTORY_HOME=str(registry.home))
+    cwd = spec.get("cwd") if spec.get("cwd") and os.path.isdir(spec["cwd"]) else None
+    code = subprocess.call(command, cwd=cwd, env=env)
     if code:
         sys.exit(code)
 
@@ -373,36 +401,49 @@ Examples:
 @click.option("-n", "--lines", type=click.IntRange(min=0), default=20, show_default=True, help="Lines of history.")
 def logs(name: str | None, follow: bool, lines: int) -> None:
     """Show a service's log (or every service's, interleaved, when NAME is omitted)."""
-    from pathlib import Path
-
     from servicefactory import logfiles
     from servicefactory.state import check_name
 
     registry = _registry()
+    try:
+        registry.check_safe()
+    except ServiceFactoryError as exc:
+        _fail(exc)
     if name is not None:
         try:
             check_name(name)
         except ServiceFactoryError as exc:
             _fail(exc, 2)
-        record = registry.lookup(name)
-        path = Path(record.log_path) if record and record.log_path else registry.log_file(name)
-        if not path.exists():
+        path = _log_of(registry, name)
+        if not os.path.lexists(path):
             _fail(f"no log for {name} at {path} (services run with `servicefactory run` have logs)", 3)
         sources = {name: path}
     else:
         if not registry.home.exists():
             _fail(f"no logs: state directory {registry.home} does not exist", 3)
-        sources = {p.name[:-4]: p for p in sorted(registry.home.glob("*.log")) if p.name != "supervisor.log"}
+        sources = {p.name[:-4]: p for p in sorted(registry.home.glob("*.log"))
+                   if p.name != "supervisor.log" and p.is_file() and not p.is_symlink()}
+        for known in set(registry.names()) | set(registry.remembered_names()):
+            path = _log_of(registry, known)  # a service run with --log-file logs elsewhere
+            if not known.startswith("_") and path.exists():
+                sources[known] = path
         if not sources:
             _fail(f"no service logs in {registry.home}", 3)
+    for source, path in sources.items():
+        refusal = logfiles.untrusted(path, registry.home)
+        if refusal:
+            _fail(f"refusing the log of {source}: {refusal}", 10)
     prefix = name is None
     history = []
     offsets = {}
     for source, path in sources.items():
-        if follow:  # a line still being written is left to the follower, so none is lost or doubled
-            tail, offsets[source] = logfiles.tail_and_offset(path, lines)
-        else:
-            tail = logfiles.tail(path, lines)
+        try:
+            if follow:  # a line still being written is left to the follower, so none is lost or doubled
+                tail, offsets[source] = logfiles.tail_and_offset(path, lines)
+            else:
+                tail = logfiles.tail(path, lines)
+        except OSError as exc:
+            _fail(f"cannot read the log of {source} at {path}: {exc.strerror or exc}", 10)
         history.extend((line[:23], source, line) for line in tail)
     if prefix:
         history.sort(key=lambda item: item[0])  # lines start with their timestamp
@@ -416,6 +457,19 @@ def logs(name: str | None, follow: bool, lines: int) -> None:
         pass
     except BrokenPipeError:
         sys.stderr.close()
+
+
+def _log_of(registry: Any, name: str) -> Any:
+    """Where `name` logs: its record's log path, else the --log-file it was last run with, else NAME.log."""
+    from pathlib import Path
+
+    record = registry.lookup(name)
+    if record is not None and record.log_path:
+        return Path(record.log_path)
+    remembered = registry.remembered(name) or {}
+    if isinstance(remembered.get("log_file"), str):
+        return Path(remembered["log_file"])
+    return registry.log_file(name)
 
 
 def _follow(sources: dict, offsets: dict, prefix: bool) -> None:

@@ -6,7 +6,6 @@ heavier than the standard library until a service runs or is called.
 from __future__ import annotations
 
 import os as _os
-from typing import Any
 
 from .errors import (ActionFailed, AddressInUse, AlreadyRunning, InvalidData, InvalidName, LoadError, ProtocolError,
                      ServiceFactoryError, ServiceNotRunning, ServiceTimeout, StartupError, StateError,
@@ -31,7 +30,7 @@ if _os.path.isfile(_os.path.join(_checkout, "cli", "main.py")) and \
     __path__.append(_checkout)  # type: ignore[name-defined]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:  # not typing.Any: importing typing would slow every start
     # the service machinery loads on first use, so `servicefactory perform` and friends start fast
     if name == "Service":
         from ._facade import Service

@@ -1,4 +1,4 @@
 """`python -m servicefactory`: the same as the `servicefactory` command."""
-from servicefactory.cli.main import main
+from servicefactory.cli.fast import main
 
 main()

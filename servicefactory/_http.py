@@ -1,26 +1,37 @@
-"""HTTP/1.1 message parsing for the server, strict where leniency lets requests be smuggled.
+"""HTTP/1.1 request framing by llhttp (through httptools), and the answers the server writes.
 
-Header names must be RFC 9110 tokens without '_' (which WSGI would fold into '-'), values carry no
-control characters, Transfer-Encoding is `chunked` or nothing, chunk sizes are plain hex, and a
-request head must end with CRLF CRLF.
+Framing is where leniency becomes request smuggling, so no byte-level parsing is done here: llhttp
+(Node.js's parser) decides where a request, its chunks and its trailers begin and end, and refuses
+bare LF and CR, obs-fold, Content-Length with Transfer-Encoding, duplicate or signed lengths,
+overflowing chunk sizes and control bytes in the target. On top of it, `RequestReader` enforces what
+RFC 9112 asks of a server and llhttp leaves to it: exactly one Host on HTTP/1.1, no '_' in header
+names (WSGI would fold it into '-'), Transfer-Encoding `chunked` alone, HTTP/1.0 or 1.1 only, and our
+size limits. It is fed each received segment once (nothing is rescanned) and queues whole requests,
+bodies decoded and in memory, for a worker to run.
 """
 from __future__ import annotations
 
+import collections
+import io
 import json
-import re
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote_to_bytes
+
+import httptools
 
 MAX_HEAD = 64 * 1024
 MAX_HEADERS = 100
+# a pipelining client may send thousands of requests in one segment: parse it in slices and stop
+# while this many wait, so what a connection holds in memory stays bounded
+QUEUE_CAP = 16
+_SLICE = 4096
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^`|~0-9A-Za-z]+\Z")
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,8})(?:[ \t]*;[^\r\n]*)?\Z")
-_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([0-9]{1,12})[ \t]*\r\n", re.IGNORECASE)
-_NEEDS_WORKER = re.compile(rb"\r\n(?:transfer-encoding|expect)[ \t]*:", re.IGNORECASE)
+# header name (as received) -> environ key; names repeat on every request of a client
+_KEYS: dict[bytes, str] = {}
+_ENCODING = "latin-1"
 
 
 class Reject(Exception):
@@ -31,163 +42,317 @@ class Reject(Exception):
         self.status = status
 
 
-def head_end(buffer: bytes) -> int:
-    """Where the request head in `buffer` ends (index of CRLF CRLF), -1 if not yet; Reject if it never will."""
-    end = buffer.find(b"\r\n\r\n")
-    if end < 0:
-        if b"\n\n" in buffer:
-            raise Reject("400 Bad Request", "request head lines must end with CRLF")
-        if len(buffer) > MAX_HEAD:
-            raise Reject("431 Request Header Fields Too Large", "request head too large")
-    elif end > MAX_HEAD:
-        raise Reject("431 Request Header Fields Too Large", "request head too large")
-    return end
+def _environ_key(name: bytes) -> str:
+    key = _KEYS.get(name)
+    if key is None:
+        if b"_" in name:
+            raise Reject("400 Bad Request", "'_' in a header name")
+        key = name.decode(_ENCODING).upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        if len(_KEYS) < 512:  # bounded: a client inventing names must not grow it forever
+            _KEYS[name] = key
+    return key
 
 
-def complete_request_length(buffer: bytes, max_body: int) -> int | None:
-    """Bytes of the first request in `buffer` if its head and a Content-Length body are all there.
+class RequestReader:
+    """llhttp's callbacks for one connection: turns the bytes it is fed into queued WSGI environs.
 
-    None means a worker must take over as is: the head is not complete, or the body is chunked,
-    expects a 100 Continue, is too large, or is malformed (the worker answers the error).
+    `requests` holds, in arrival order, `(environ, keep_alive)` pairs and at most one `Reject`,
+    always last: after a framing error nothing more is read from the connection.
     """
-    end = buffer.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    head = buffer[:end + 2]
-    if _NEEDS_WORKER.search(head):
-        return end + 4
-    match = _CONTENT_LENGTH.search(head)
-    length = int(match.group(1)) if match else 0
-    if length > max_body:
-        return end + 4
-    return end + 4 + length if len(buffer) >= end + 4 + length else -1
+
+    __slots__ = ("parser", "requests", "base", "max_body", "in_message", "in_head", "head_bytes",
+                 "fed_in_head", "environ", "url", "headers", "body", "body_size", "expect_continue",
+                 "continue_sent", "done", "completed", "pending", "chunked")
+
+    def __init__(self, base: dict[str, Any], max_body: int) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.requests: collections.deque = collections.deque()
+        self.base = base  # the environ keys every request on this connection shares
+        self.max_body = max_body
+        self.in_message = False
+        self.in_head = False
+        self.head_bytes = 0
+        self.fed_in_head = 0
+        self.environ: dict[str, Any] = {}
+        self.url = b""
+        self.headers = 0
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.expect_continue = False
+        self.continue_sent = False
+        self.chunked = False
+        self.done = False  # a Reject is queued or the connection was upgraded: read no more
+        self.completed = 0
+        self.pending: memoryview | None = None  # received, not yet parsed (see QUEUE_CAP)
+
+    def feed(self, data: bytes) -> None:
+        """Parse one received segment; complete requests (or a refusal) are appended to `requests`.
+
+        Call only when `pending` is None; a segment that queues QUEUE_CAP requests leaves the rest
+        of itself in `pending`, parsed by `pump()` once the queue is served.
+        """
+        if len(data) <= _SLICE:
+            self._parse(data)
+        else:
+            self.pending = memoryview(data)
+            self.pump()
+
+    def pump(self) -> None:
+        """Parse more of `pending` while fewer than QUEUE_CAP requests wait."""
+        pending = self.pending
+        while pending is not None and len(self.requests) < QUEUE_CAP:
+            piece, pending = pending[:_SLICE], pending[_SLICE:]
+            if not pending:
+                pending = None
+            self._parse(piece)
+        self.pending = None if self.done else pending
+
+    def _parse(self, data: bytes | memoryview) -> None:
+        if self.done:
+            return
+        try:
+            self.parser.feed_data(data)
+        except Reject as reject:
+            self._refuse(reject)
+        except httptools.HttpParserUpgrade:
+            # Upgrade or CONNECT: we speak HTTP/1.1 only, so the request is answered, then the
+            # connection closes rather than reading what follows as another request
+            self.done = True
+            if self.requests:
+                environ, _ = self.requests[-1]
+                self.requests[-1] = (environ, False)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self._refuse(cause if isinstance(cause, Reject) else Reject("400 Bad Request", str(exc)))
+        except httptools.HttpParserError as exc:
+            message = str(exc)
+            if message.startswith("Invalid") and message.endswith("version"):  # a version, not a malformed line
+                self._refuse(Reject("505 HTTP Version Not Supported", "only HTTP/1.0 and HTTP/1.1 are spoken here"))
+            else:
+                self._refuse(Reject("400 Bad Request", message or "malformed request"))
+        else:
+            if self.in_head:
+                # a head still open: count what it took, as httptools buffers a field until it ends
+                self.fed_in_head += len(data)
+                if self.fed_in_head > MAX_HEAD + 65536:
+                    self._refuse(Reject("431 Request Header Fields Too Large", "request head too large"))
+
+    def needs_continue(self) -> bool:
+        """Whether the client waits for `100 Continue` before sending the body of the open request."""
+        return self.expect_continue and not self.continue_sent and self.in_message and not self.done
+
+    def _refuse(self, reject: Reject) -> None:
+        self.done = True
+        self.in_message = False
+        self.requests.append(reject)
+
+    # -- llhttp callbacks --
+
+    def on_message_begin(self) -> None:
+        self.in_message = True
+        self.in_head = True
+        self.head_bytes = 0
+        self.fed_in_head = 0
+        self.environ = self.base.copy()
+        self.url = b""
+        self.headers = 0
+        self.body = []
+        self.body_size = 0
+        self.expect_continue = False
+        self.continue_sent = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_bytes += len(url)
+        if self.head_bytes > MAX_HEAD:
+            raise Reject("431 Request Header Fields Too Large", "request head too large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers += 1
+        self.head_bytes += len(name) + len(value) + 4
+        if self.headers > MAX_HEADERS:
+            raise Reject("431 Request Header Fields Too Large", "too many header fields")
+        if self.head_bytes > MAX_HEAD:
+            raise Reject("431 Request Header Fields Too Large", "request head too large")
+        key = _environ_key(name)
+        environ = self.environ
+        text = value.decode(_ENCODING)
+        if key in environ:
+            if key == "HTTP_HOST" or key == "CONTENT_TYPE":
+                raise Reject("400 Bad Request", f"more than one {name.decode(_ENCODING)} header")
+            environ[key] += "," + text
+        else:
+            environ[key] = text
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self.parser
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise Reject("505 HTTP Version Not Supported", "only HTTP/1.0 and HTTP/1.1 are spoken here")
+        environ = self.environ
+        environ["SERVER_PROTOCOL"] = "HTTP/" + version
+        environ["REQUEST_METHOD"] = parser.get_method().decode(_ENCODING)
+        if version == "1.1" and "HTTP_HOST" not in environ:
+            raise Reject("400 Bad Request", "HTTP/1.1 request without a Host header")
+        encoding = environ.get("HTTP_TRANSFER_ENCODING")
+        self.chunked = encoding is not None
+        if encoding is not None:
+            if encoding.lower() != "chunked":
+                # RFC 9112 6.1: chunked not last means no reliable length, 400; chunked after a
+                # coding we do not decode (llhttp accepts `gzip, chunked`) is 501
+                if encoding.rpartition(",")[2].strip(" \t").lower() != "chunked":
+                    raise Reject("400 Bad Request", "Transfer-Encoding must end with chunked")
+                raise Reject("501 Not Implemented", "Transfer-Encoding other than chunked")
+            del environ["HTTP_TRANSFER_ENCODING"]  # the app gets the decoded body and its length
+        else:
+            length = environ.get("CONTENT_LENGTH")
+            if length is not None and int(length) > self.max_body:  # llhttp checked it is digits
+                raise Reject("413 Content Too Large", f"body over the {self.max_body} byte limit")
+        expect = environ.get("HTTP_EXPECT")
+        if expect is not None and version == "1.1" and expect.lower() == "100-continue":
+            self.expect_continue = True
+        url = self.url
+        if url[:1] != b"/":
+            if b"://" in url:  # absolute-form: the path is what follows the authority
+                url = b"/" + url.split(b"://", 1)[1].partition(b"/")[2]
+        path, _, query = url.partition(b"?")
+        environ["PATH_INFO"] = (unquote_to_bytes(path) if b"%" in path else path).decode(_ENCODING)
+        environ["QUERY_STRING"] = query.decode(_ENCODING)
+
+    def on_chunk_header(self) -> None:
+        size = announced_chunk_size(self.parser)
+        if size is not None and self.body_size + size > self.max_body:
+            # refuse before the client sends (and we wait for) a chunk we would not take
+            raise Reject("413 Content Too Large", f"body over the {self.max_body} byte limit")
+
+    def on_body(self, body: bytes) -> None:
+        self.body_size += len(body)
+        if self.body_size > self.max_body:
+            raise Reject("413 Content Too Large", f"body over the {self.max_body} byte limit")
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        environ = self.environ
+        body = self.body
+        data = body[0] if len(body) == 1 else b"".join(body)
+        environ["wsgi.input"] = io.BytesIO(data)
+        environ["CONTENT_LENGTH"] = str(len(data)) if data else environ.get("CONTENT_LENGTH", "")
+        # llhttp matches Connection by tokens; HTTP/1.0 with chunked closes (RFC 9112 6.1)
+        keep_alive = self.parser.should_keep_alive() and not (self.chunked and environ["SERVER_PROTOCOL"] == "HTTP/1.0")
+        self.requests.append((environ, keep_alive))
+        self.completed += 1
+        self.in_message = False
+        self.body = []
+        self.environ = {}
 
 
-def parse_head(head: bytes, server_name: str, server_port: int) -> tuple[dict[str, Any], str]:
-    """The WSGI environ (without wsgi.input) and HTTP version of a request head (CRLF CRLF excluded)."""
-    lines = head.split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or not parts[0].isalpha() or not parts[1]:
-        raise Reject("400 Bad Request", "malformed request line")
-    method, target, version = (part.decode("latin-1") for part in parts)
-    if version not in ("HTTP/1.1", "HTTP/1.0"):
-        raise Reject("505 HTTP Version Not Supported", "only HTTP/1.0 and HTTP/1.1 are spoken here")
-    if len(lines) > MAX_HEADERS + 1:
-        raise Reject("431 Request Header Fields Too Large", "too many header fields")
-    if target.startswith(("http://", "https://")):
-        target = "/" + target.split("://", 1)[1].partition("/")[2]
-    path, _, query = target.partition("?")
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": method, "SCRIPT_NAME": "", "QUERY_STRING": query,
-        "PATH_INFO": unquote_to_bytes(path).decode("latin-1"),
-        "SERVER_NAME": server_name, "SERVER_PORT": str(server_port), "SERVER_PROTOCOL": version,
+def base_environ(server_name: str, server_port: int, peer: Any, connection: dict) -> dict[str, Any]:
+    """The environ keys shared by every request on one connection (contract C1)."""
+    remote = peer if isinstance(peer, tuple) else ("", 0)
+    return {
+        "SCRIPT_NAME": "", "SERVER_NAME": server_name, "SERVER_PORT": str(server_port),
+        "REMOTE_ADDR": str(remote[0]), "REMOTE_PORT": str(remote[1]) if len(remote) > 1 else "",
         "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
         "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+        "servicefactory.connection": connection,
     }
-    for raw in lines[1:]:
-        name, colon, value = raw.partition(b":")
-        if not colon or not _TOKEN.match(name) or b"_" in name:
-            raise Reject("400 Bad Request", "malformed header line")
-        value = value.strip(b" \t")
-        if _BAD_VALUE.search(value):
-            raise Reject("400 Bad Request", "control character in a header value")
-        key = name.decode("latin-1").upper().replace("-", "_")
-        text = value.decode("latin-1")
-        if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            if key in environ and environ[key] != text:
-                raise Reject("400 Bad Request", f"conflicting {name.decode('latin-1')} headers")
-            environ[key] = text
-        else:
-            key = "HTTP_" + key
-            environ[key] = environ[key] + "," + text if key in environ else text
-    return environ, version
 
 
-def body_length(environ: dict[str, Any], max_body: int) -> int | None:
-    """The Content-Length to read, or None for a chunked body; Reject what cannot be read safely."""
-    encoding = environ.get("HTTP_TRANSFER_ENCODING")
-    length_text = environ.get("CONTENT_LENGTH", "")
-    if encoding is not None:
-        if encoding.strip().lower() != "chunked":
-            raise Reject("501 Not Implemented", "Transfer-Encoding other than chunked")
-        if length_text:
-            raise Reject("400 Bad Request", "both Content-Length and Transfer-Encoding")
-        return None
-    if not length_text:
-        return 0
-    if not (length_text.isascii() and length_text.isdigit()):
-        raise Reject("400 Bad Request", "invalid Content-Length")
-    length = int(length_text)
-    if length > max_body:
-        raise Reject("413 Content Too Large", f"body over the {max_body} byte limit")
-    return length
-
-
-def read_chunked(recv: Callable[[], bytes], buffer: bytes, max_body: int) -> tuple[bytes, bytes]:
-    """Decode a chunked body from `buffer` and more `recv()` calls; return (body, what follows it)."""
-    body = bytearray()
-    while True:
-        while b"\r\n" not in buffer:
-            if len(buffer) > 4096:
-                raise Reject("400 Bad Request", "invalid chunk header")
-            buffer += recv()
-        line, buffer = buffer.split(b"\r\n", 1)
-        match = _CHUNK_SIZE.match(line)
-        if not match:
-            raise Reject("400 Bad Request", "invalid chunk size")
-        size = int(match.group(1), 16)
-        if len(body) + size > max_body:
-            raise Reject("413 Content Too Large", f"body over the {max_body} byte limit")
-        if size == 0:
-            while True:  # trailer fields, then an empty line
-                while b"\r\n" not in buffer:
-                    if len(buffer) > 4096:
-                        raise Reject("400 Bad Request", "trailer too large")
-                    buffer += recv()
-                line, buffer = buffer.split(b"\r\n", 1)
-                if not line:
-                    return bytes(body), buffer
-        while len(buffer) < size + 2:
-            buffer += recv()
-        if buffer[size:size + 2] != b"\r\n":
-            raise Reject("400 Bad Request", "chunk data not followed by CRLF")
-        body += buffer[:size]
-        buffer = buffer[size + 2:]
-
-
-def wants_keep_alive(environ: dict[str, Any], version: str) -> bool:
-    """Whether the client keeps the connection open after this request."""
-    connection = environ.get("HTTP_CONNECTION", "").lower()
-    if version == "HTTP/1.0":
-        return "keep-alive" in connection
-    return "close" not in connection
+_STATUS_LINES: dict[str, bytes] = {}
+_OMIT = frozenset(("content-length", "connection", "date"))
 
 
 def response(status: str, headers: list[tuple[str, str]], body: bytes, keep_alive: bool,
              head_only: bool = False) -> bytes:
-    """A whole HTTP/1.1 response, Content-Length and Date set by us."""
-    lines = [f"HTTP/1.1 {status}"]
-    lines.extend(f"{name}: {value}" for name, value in headers
-                 if name.lower() not in ("content-length", "connection", "date"))
-    lines.append(f"Content-Length: {len(body)}")
-    lines.append(f"Date: {_http_date()}")
+    """A whole HTTP/1.1 response, Content-Length, Date and Connection set by us."""
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = f"HTTP/1.1 {status}\r\n".encode(_ENCODING)
+        if len(_STATUS_LINES) < 64:
+            _STATUS_LINES[status] = line
+    parts = [f"{name}: {value}\r\n" for name, value in headers if name.lower() not in _OMIT]
+    parts.append(f"Content-Length: {len(body)}\r\n{_date_line()}")
     if not keep_alive:
-        lines.append("Connection: close")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        parts.append("Connection: close\r\n")
+    parts.append("\r\n")
+    head = line + "".join(parts).encode(_ENCODING)
     return head if head_only else head + body
 
 
-def error_response(status: str, message: str) -> bytes:
+def asks_to_close(headers: list[tuple[str, str]]) -> bool:
+    """Whether the app's response headers carry `Connection: close` (contract C1)."""
+    for name, value in headers:
+        if name.lower() == "connection" and "close" in (token.strip().lower() for token in value.split(",")):
+            return True
+    return False
+
+
+def error_response(status: str, message: str, kind: str = "HTTPError") -> bytes:
     """A JSON error answer that closes the connection."""
-    body = json.dumps({"error": {"type": "HTTPError", "message": message}}).encode() + b"\n"
+    body = json.dumps({"error": {"type": kind, "message": message}}).encode() + b"\n"
     return response(status, [("Content-Type", "application/json")], body, keep_alive=False)
 
 
-_date_cache = [0, ""]
+def unavailable() -> bytes:
+    """Contract C3: the answer to a request received but not run because the service stops."""
+    return error_response("503 Service Unavailable", "the service is stopping; the request was not run; "
+                          "safe to retry", kind="ServiceUnavailable")
 
 
-def _http_date() -> str:
+_date_cache: list = [0, ""]
+
+
+def _date_line() -> str:
     now = int(time.time())
     if _date_cache[0] != now:
-        _date_cache[:] = [now, time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))]
+        _date_cache[:] = [now, time.strftime("Date: %a, %d %b %Y %H:%M:%S GMT\r\n", time.gmtime(now))]
     return _date_cache[1]
+
+
+_peek: list = []  # [function or None], decided on first use
+
+
+def announced_chunk_size(parser: httptools.HttpRequestParser) -> int | None:
+    """The size llhttp just read from a chunk header, or None where it cannot be seen.
+
+    httptools gives no size with `on_chunk_header`; llhttp holds it in its `content_length`. We read
+    it through ctypes, at offsets checked first against a parser fed a known chunk (and, each time,
+    that the struct points back to its parser), so a different build degrades to enforcing the
+    body limit only as chunk data arrives, never to a wrong read.
+    """
+    if not _peek:
+        _peek.append(_make_peek())
+    peek = _peek[0]
+    return None if peek is None else peek(parser)
+
+
+def _make_peek() -> Any:
+    import ctypes
+
+    word = ctypes.sizeof(ctypes.c_void_p)
+    if word != 8:
+        return None
+    # cdef class HttpParser: PyObject_HEAD (2 words), its vtable pointer, then `llhttp_t* _cparser`;
+    # llhttp_t: _index, _span_pos0, _span_cb0, error, reason, error_pos, data (at 48), _current,
+    # content_length (at 64)
+    def peek(parser: httptools.HttpRequestParser) -> int | None:
+        struct = ctypes.c_void_p.from_address(id(parser) + 3 * word).value
+        if not struct or ctypes.c_void_p.from_address(struct + 48).value != id(parser):
+            return None
+        return ctypes.c_uint64.from_address(struct + 64).value
+
+    class Probe:
+        seen: int | None = None
+
+        def on_chunk_header(self) -> None:
+            Probe.seen = peek(parser)
+
+    try:
+        parser = httptools.HttpRequestParser(Probe())
+        parser.feed_data(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nabc\r\n")
+    except Exception:  # pragma: no cover - any surprise: do without
+        return None
+    return peek if Probe.seen == 0xabc else None

@@ -21,7 +21,7 @@ _JSON_HEADERS = [("Content-Type", "application/json")]
 _STATUS_LINES = {
     200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden",
     404: "404 Not Found", 405: "405 Method Not Allowed", 413: "413 Content Too Large",
-    415: "415 Unsupported Media Type", 500: "500 Internal Server Error",
+    415: "415 Unsupported Media Type", 421: "421 Misdirected Request", 500: "500 Internal Server Error",
 }
 
 
@@ -95,8 +95,10 @@ class App:
 
     def __init__(self, service: Any, actions: Mapping[str, Action], *, max_body: int = DEFAULT_MAX_BODY,
                  token: str | None = None, bound_host: str = "127.0.0.1",
-                 exclusive_lock: Any = None, on_shutdown: Callable[[], None] | None = None) -> None:
+                 exclusive_lock: Any = None, on_shutdown: Callable[[], None] | None = None,
+                 name: str | None = None) -> None:
         self.service = service
+        self.name = name  # the registry name callers address this service by (Servicefactory-Service)
         self.actions = actions
         self.max_body = max_body
         self.token = token.encode() if token else None
@@ -122,6 +124,11 @@ class App:
 
     def respond(self, environ: dict) -> tuple[int, bytes, Callable[[], None] | None]:
         """Turn a WSGI environ into (status, body, callback to run after sending)."""
+        meant = environ.get("HTTP_SERVICEFACTORY_SERVICE")
+        if meant is not None and self.name is not None and meant != self.name:
+            # the caller's address is stale (its service died and another took the port): running
+            # anything here, even `shutdown`, would act on the wrong service
+            return (*_error(421, "Misdirected", f"this address serves another service, not {meant!r}"), None)
         refusal = self._refuse(environ)
         if refusal:
             return (*refusal, None)

@@ -3,24 +3,54 @@
 The default transport is a small keep-alive HTTP/1.1 client over a raw socket, one connection per
 thread and address: it costs a fraction of what `requests` costs per call and nothing at import.
 Pass `session=requests.Session()` to go through requests instead (proxies, adapters, mocks).
+
+Every call names the service it means (`Servicefactory-Service: NAME`); a service of another name
+answers 421 and runs nothing, so an address that outlived its service can never reach another one.
+What a caller may retry is typed: `ServiceNotRunning` (and its `ServiceUnavailable`, a 503 from a
+stopping service) means the action did not run; `ProtocolError` means it may or may not have.
 """
 from __future__ import annotations
 
 import json
+import math
+import os
 import socket
+import struct
 import threading
 import time
-from typing import Any
 
 from ._names import connect_host, host_port, valid_action_name
 from .errors import (ActionFailed, InvalidData, ProtocolError, ServiceNotRunning, ServiceTimeout,
-                     Unauthorized, UnknownAction)
+                     ServiceUnavailable, Unauthorized, UnknownAction)
+
+TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_TIMEOUT = 10.0
+#: bodies above this are sent in pieces, watching for an early answer (a 413 sent before the body is read)
+_PIECE = 256 * 1024
 
 _local = threading.local()
 _addresses: dict[tuple[str, str], tuple[str, int]] = {}
 _tokens: dict[str, str | None] = {}
+_registries: dict[tuple, Any] = {}
+_registry_keys: dict[int, str] = {}
+_heads: dict[tuple, bytes] = {}  # request heads up to "Content-Length: ", per address, name, action, token
+_valid_actions: set[str] = set()
+# json.dumps(allow_nan=False) builds a new encoder per call (a fifth of a small call's client time)
+_ENCODER = json.JSONEncoder(allow_nan=False)
+_DECODER = json.JSONDecoder()
+# os.environ.get re-encodes each key per call; the mapping beneath it is CPython's plain dict of bytes
+_ENVIRON = getattr(os.environ, "_data", None)
+
+
+class _Misdirected(ServiceNotRunning):
+    """The address answered as another service (421): the record it came from is out of date."""
+
+
+class _Refused(ServiceNotRunning):
+    """Nothing listens at the address: refused before a byte was sent."""
 
 
 def encode(data: Any) -> bytes:
@@ -28,7 +58,7 @@ def encode(data: Any) -> bytes:
     if data is None:
         return b""
     try:
-        return json.dumps(data, allow_nan=False).encode()
+        return _ENCODER.encode(data).encode()
     except (TypeError, ValueError) as exc:
         raise InvalidData(f"data is not JSON serialisable: {exc}") from None
     except RecursionError:
@@ -40,9 +70,12 @@ def decode_answer(status: int, content_type: str, body: bytes, action: str, name
     if status == 200 and content_type.startswith("text/plain") and body.strip() == b"ok":
         return None  # a handler that returned None, answered to a client that did not ask for JSON
     try:
-        payload = json.loads(body) if body else None
+        payload = _DECODER.decode(body.decode()) if body else None  # str: no guessing the encoding
     except ValueError:
-        raise ProtocolError(f"{name} answered {status} with a body that is not JSON") from None
+        if status in (413, 421, 503):  # a proxy's or another server's page: the status says enough
+            payload = None
+        else:
+            raise ProtocolError(f"{name} answered {status} with a body that is not JSON") from None
     if status == 200:
         return payload
     error = payload.get("error") if isinstance(payload, dict) else None
@@ -53,29 +86,65 @@ def decode_answer(status: int, content_type: str, body: bytes, action: str, name
     if status in (401, 403):
         raise Unauthorized(f"{name} refused the request: {message}")
     if status in (400, 413, 415):
-        raise InvalidData(f"{name} rejected the data for {action!r}: {message}")
+        raise InvalidData(f"{name} rejected the data for {action!r}: {message or 'body over the limit'}")
+    if status == 421:
+        raise _Misdirected(f"{name} is not running: its recorded address now serves another service")
+    if status == 503:
+        raise ServiceUnavailable(f"{name} is stopping and did not run {action!r} (not run; safe to retry)")
     if status == 500 and kind:
         raise ActionFailed(f"{name}.{action} failed: {kind}: {message}", kind, message, status)
     raise ProtocolError(f"{name} answered HTTP {status} to {action!r}: {message or body[:200]!r}")
 
 
-def resolve(name: str, registry: Any = None, fallback: tuple[str, int] | None = None,
-            fresh: bool = False) -> tuple[str, int]:
-    """The (host, port) of service `name`: the registry's record, else `fallback`, else ServiceNotRunning."""
+def _default_registry() -> Any:
+    # one registry per environment that decides where the state directory is: no Path per call
+    if _ENVIRON is not None:
+        get = _ENVIRON.get
+        key = (get(b"SERVICEFACTORY_HOME"), get(b"XDG_RUNTIME_DIR"), get(b"HOME"))
+    else:
+        key = (os.environ.get("SERVICEFACTORY_HOME"), os.environ.get("XDG_RUNTIME_DIR"), os.environ.get("HOME"))
+    if key[0] and key[0][:1] not in (b"/", "/"):
+        key += (os.getcwd(),)  # a relative SERVICEFACTORY_HOME is read against the current directory
+    registry = _registries.get(key)
     if registry is None:
         from .registry import default_registry
-        registry = default_registry()
-    key = (str(getattr(registry, "home", id(registry))), name)
-    if not fresh and key in _addresses:
-        return _addresses[key]
+        registry = _registries[key] = default_registry()
+        _registry_keys[id(registry)] = str(registry.home)  # kept alive by _registries: the id stays its own
+    return registry
+
+
+def _registry_key(registry: Any) -> str:
+    key = _registry_keys.get(id(registry))
+    return key if key is not None else str(getattr(registry, "home", id(registry)))
+
+
+def resolve(name: str, registry: Any = None, fallback: tuple[str, int] | None = None,
+            fresh: bool = False) -> tuple[str, int]:
+    """The (host, port) of service `name`: its live record's, else `fallback`, else ServiceNotRunning.
+
+    A record whose process is gone (or whose pid now names another process) is never used: its port
+    may belong to anyone by now. Addresses are cached; `fresh=True` reads the registry again.
+    """
+    if registry is None:
+        registry = _default_registry()
+    key = (_registry_key(registry), name)
+    if not fresh:
+        address = _addresses.get(key)
+        if address is not None:
+            return address
     record = registry.lookup(name)
-    if record is not None and record.address is not None:
+    dead = record is not None and _owner_is_dead(record)
+    if record is not None and not dead and record.address is not None:
         address = record.address
-    elif record is not None and record.state == "running" and fallback is None:
+    elif record is not None and not dead and record.state == "running" and fallback is None:
         raise ServiceNotRunning(f"{name} runs without an API (its class declares no Service.API.endpoint): "
                                 f"there is nothing to perform")
     elif fallback is not None and fallback[1]:
-        address = (connect_host(fallback[0]), fallback[1])
+        address = (connect_host(fallback[0]), fallback[1])  # the server checks the name we send
+    elif dead and record.supervisor and record.state in ("starting", "running", "backoff"):
+        raise ServiceNotRunning(f"{name} is not running right now: its supervisor is restarting it")
+    elif dead:
+        raise ServiceNotRunning(f"{name} is not running (its record names pid {record.pid}, which has exited)")
     else:
         home = getattr(registry, "home", None)
         if home is not None and not home.exists():
@@ -86,8 +155,24 @@ def resolve(name: str, registry: Any = None, fallback: tuple[str, int] | None = 
     return address
 
 
+def _owner_is_dead(record: Any) -> bool:
+    """Whether the process that published `record` on this host has exited (pid + start time)."""
+    if not getattr(record, "pid", 0) or not getattr(record, "create_time", 0):
+        return False  # a backend that records no process: nothing to check here
+    hostname = getattr(record, "hostname", "")
+    if hostname and hostname != socket.gethostname():
+        return False
+    from .state import is_dead
+    return is_dead(record)
+
+
+def forget(name: str, registry: Any = None) -> None:
+    """Drop the cached address of `name`: the next call reads the registry again."""
+    _addresses.pop((_registry_key(registry if registry is not None else _default_registry()), name), None)
+
+
 def _token(registry: Any) -> str | None:
-    key = str(getattr(registry, "home", id(registry)))
+    key = _registry_key(registry)
     if key not in _tokens:
         _tokens[key] = registry.token() if hasattr(registry, "token") else None
     return _tokens[key]
@@ -96,48 +181,77 @@ def _token(registry: Any) -> str | None:
 def perform(name: str, action: str, data: Any = None, *, timeout: float = DEFAULT_TIMEOUT,
             registry: Any = None, fallback: tuple[str, int] | None = None, session: Any = None,
             token: str | None = None) -> Any:
-    """Call `action` on the running service `name` with JSON `data`; return the decoded result."""
+    """Call `action` on the running service `name` with JSON `data`; return the decoded result.
+
+    Retried once, on a fresh lookup, only when the action certainly did not run: the address was
+    refused, answered as another service (421), or the service was stopping (503).
+    """
     if registry is None:
-        from .registry import default_registry
-        registry = default_registry()
-    if not timeout > 0:
-        raise InvalidData(f"timeout must be positive, not {timeout!r}")
-    if not valid_action_name(action):
-        raise InvalidData(f"invalid action name {action!r}: use letters, digits, '_', '-' and single dots")
+        registry = _default_registry()
+    if not 0 < timeout < math.inf:  # also false for nan
+        raise InvalidData(f"timeout must be a positive number of seconds, not {timeout!r}")
+    if action not in _valid_actions:
+        if not valid_action_name(action):
+            raise InvalidData(f"invalid action name {action!r}: use letters, digits, '_', '-' and single dots")
+        _valid_actions.add(action)
     body = encode(data)
-    token = token if token is not None else _token(registry)
-    address = resolve(name, registry, fallback)
+    registry_key = _registry_key(registry)
+    if token is None:
+        token = _tokens[registry_key] if registry_key in _tokens else _token(registry)
+    address = _addresses.get((registry_key, name)) or resolve(name, registry, fallback)
     try:
         return _send(address, name, action, body, timeout, session, token)
-    except ServiceNotRunning:
-        fresh = resolve(name, registry, fallback, fresh=True)  # it may have restarted elsewhere
-        if fresh == address:
+    except ServiceNotRunning as first:  # nothing ran: refused, another service, or stopping
+        _addresses.pop((registry_key, name), None)
+        fresh = resolve(name, registry, fallback, fresh=True)  # it may be back elsewhere
+        if fresh == address and not isinstance(first, ServiceUnavailable):
+            _addresses.pop((registry_key, name), None)
+            if isinstance(first, _Misdirected):
+                raise ServiceNotRunning(f"{name} is not running: {host_port(*address)} now serves another "
+                                        f"service") from None
             raise
-        return _send(fresh, name, action, body, timeout, session, token)
+        try:
+            return _send(fresh, name, action, body, timeout, session, token)
+        except ServiceNotRunning:
+            _addresses.pop((registry_key, name), None)
+            raise
+
+
+def _head(address: tuple[str, int], name: str, action: str, token: str | None) -> bytes:
+    """The request head up to the body's length, built once per address, service, action and token."""
+    key = (address, name, action, token)
+    head = _heads.get(key)
+    if head is None:
+        if not name.isprintable() or not name.isascii() or ":" in name:
+            raise InvalidData(f"invalid service name {name!r}")
+        lines = [f"POST /{action} HTTP/1.1", f"Host: {host_port(*address)}", "Accept: application/json",
+                 "Content-Type: application/json", f"Servicefactory-Service: {name}"]
+        if token:
+            lines.append(f"Authorization: Bearer {token}")
+        lines.append("Content-Length: ")
+        head = "\r\n".join(lines).encode("latin-1")
+        if len(_heads) > 4096:
+            _heads.clear()  # a program calling ever new names: keep the cache bounded
+        _heads[key] = head
+    return head
 
 
 def _send(address: tuple[str, int], name: str, action: str, body: bytes, timeout: float,
           session: Any, token: str | None) -> Any:
     if session is not None:
         return _send_requests(session, address, name, action, body, timeout, token)
-    headers = [f"POST /{action} HTTP/1.1", f"Host: {_host_header(address)}", "Accept: application/json",
-               f"Content-Length: {len(body)}"]
-    if body:
-        headers.append("Content-Type: application/json")
-    if token:
-        headers.append(f"Authorization: Bearer {token}")
-    request = ("\r\n".join(headers) + "\r\n\r\n").encode("latin-1") + body
+    request = b"%s%d\r\n\r\n%s" % (_head(address, name, action, token), len(body), body)
     deadline = time.monotonic() + timeout
     for attempt in (1, 2):
         connection, reused = _connection(address, name, timeout)
         try:
-            status, content_type, answer = connection.exchange(request, deadline)
+            status, content_type, answer = connection.exchange(request, deadline, timeout)
         except _Stale:
             connection.close()
             if reused and attempt == 1:
                 continue  # the request could not be sent at all: nothing ran, sending again is safe
             raise ProtocolError(f"{name} closed the connection before the request was sent") from None
-        except socket.timeout:
+        except (socket.timeout, BlockingIOError):  # BlockingIOError: the kernel's SO_RCVTIMEO ran out
             connection.close()
             raise ServiceTimeout(f"{name} did not answer {action!r} within {timeout:g} s") from None
         except OSError as exc:
@@ -164,8 +278,9 @@ class _Pool(dict):
 
 
 def _connection(address: tuple[str, int], name: str, timeout: float) -> tuple["_Connection", bool]:
-    pool = getattr(_local, "pool", None)
-    if pool is None:
+    try:
+        pool = _local.pool
+    except AttributeError:
         pool = _local.pool = _Pool()
     connection = pool.get(address)
     if connection is not None:
@@ -175,7 +290,7 @@ def _connection(address: tuple[str, int], name: str, timeout: float) -> tuple["_
     try:
         sock = socket.create_connection(address, timeout=min(timeout, 5.0))
     except ConnectionRefusedError:
-        raise ServiceNotRunning(f"{name} is not running (connection to {_host_header(address)} refused)") from None
+        raise _Refused(f"{name} is not running (connection to {_host_header(address)} refused)") from None
     except socket.timeout:
         raise ServiceTimeout(f"connecting to {name} at {_host_header(address)} timed out") from None
     except OSError as exc:
@@ -189,20 +304,40 @@ class _Stale(Exception):
     """The request could not be sent: the peer had closed the connection."""
 
 
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+
+
 class _Connection:
-    """One keep-alive HTTP/1.1 connection."""
+    """One keep-alive HTTP/1.1 connection.
+
+    The socket stays in blocking mode and the kernel enforces the timeout (SO_RCVTIMEO and
+    SO_SNDTIMEO, set only when it changes): a call costs one send and one recv, where Python's own
+    timeouts would add a poll per read and a mode switch per peek.
+    """
+
+    __slots__ = ("sock", "open", "limit")
 
     def __init__(self, sock: socket.socket) -> None:
+        sock.settimeout(None)
         self.sock = sock
         self.open = True
+        self.limit = 0.0
+
+    def _limit(self, seconds: float) -> None:
+        """Let each later send or recv block at most `seconds` (whole milliseconds, at least one)."""
+        milliseconds = int(seconds * 1000) or 1
+        if milliseconds != self.limit:
+            value = struct.pack("ll", milliseconds // 1000, milliseconds % 1000 * 1000)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+            self.limit = milliseconds
 
     def usable(self) -> bool:
         """Whether the idle connection is still open and has nothing unread (peeked, without blocking)."""
         if not self.open:
             return False
         try:
-            self.sock.settimeout(0)  # with a timeout set, Python would wait on EAGAIN instead of raising
-            self.sock.recv(1, socket.MSG_PEEK)
+            self.sock.recv(1, _PEEK)
         except BlockingIOError:
             return True  # nothing to read: open and quiet, as an idle keep-alive connection should be
         except OSError:
@@ -217,17 +352,69 @@ class _Connection:
         except OSError:
             pass
 
-    def exchange(self, request: bytes, deadline: float) -> tuple[int, str, bytes]:
+    def _remaining(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("deadline passed")
+        self._limit(remaining)
+
+    def exchange(self, request: bytes, deadline: float, timeout: float) -> tuple[int, str, bytes]:
         """Send one request and read its answer: (status, content type, body)."""
         sock = self.sock
-        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        self._limit(timeout)
+        early = False
         try:
-            sock.sendall(request)
+            if len(request) <= _PIECE:
+                sock.sendall(request)
+            else:
+                early = self._send_watching(request, deadline)
         except (BrokenPipeError, ConnectionResetError):
-            raise _Stale() from None
+            # the server may have answered (413) and closed before reading the rest: read that answer
+            answer = self._answer_left(deadline)
+            if answer is None:
+                raise _Stale() from None
+            return answer
+        answer = self._read_answer(deadline)
+        if early:
+            self.close()  # the rest of the body was never sent: the connection cannot carry another call
+        return answer
+
+    def _send_watching(self, request: bytes, deadline: float) -> bool:
+        """Send a large request in pieces; stop early (True) if the server answers before the end."""
+        view = memoryview(request)
+        sent = 0
+        while sent < len(view):
+            self._remaining(deadline)
+            sent += self.sock.send(view[sent:sent + _PIECE])
+            try:
+                if self.sock.recv(1, _PEEK):
+                    return True  # answered before reading the whole body (413): sending more is waste
+            except BlockingIOError:
+                pass
+        return False
+
+    def _answer_left(self, deadline: float) -> tuple[int, str, bytes] | None:
+        """The answer a server sent before it closed on our request, if one is readable; else None."""
+        try:
+            self._limit(min(1.0, max(0.001, deadline - time.monotonic())))
+            answer = self._read_answer(deadline)
+        except OSError:
+            return None
+        self.close()
+        return answer
+
+    def _read_answer(self, deadline: float) -> tuple[int, str, bytes]:
+        sock = self.sock
         buffer = b""
-        while b"\r\n\r\n" not in buffer:
-            sock.settimeout(max(0.001, deadline - time.monotonic()))
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end >= 0:
+                if buffer.startswith(b"HTTP/1.1 100") or buffer.startswith(b"HTTP/1.0 100"):
+                    buffer = buffer[end + 4:]  # an interim 100 Continue: the answer follows
+                    continue
+                break
+            if buffer:
+                self._remaining(deadline)
             try:
                 data = sock.recv(65536)
             except ConnectionResetError:
@@ -236,23 +423,20 @@ class _Connection:
                 raise OSError("connection closed before the answer" if not buffer else
                               "connection closed in the middle of the answer")
             buffer += data
-        head, _, rest = buffer.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        try:
-            status = int(lines[0].split(" ", 2)[1])
-        except (IndexError, ValueError):
-            raise OSError(f"malformed status line {lines[0][:80]!r}") from None
-        headers = {}
-        for line in lines[1:]:
-            key, _, value = line.partition(":")
-            headers[key.strip().lower()] = value.strip()
-        if "content-length" in headers:
-            length_text = headers["content-length"]
-            if not (length_text.isascii() and length_text.isdigit()):
+        head, rest = buffer[:end], buffer[end + 4:]
+        code = head[9:12]
+        if head[:5] != b"HTTP/" or not (code.isdigit() and code.isascii()) or head[12:13] not in (b" ", b"\r", b""):
+            status_line = head.partition(b"\r\n")[0]
+            raise OSError(f"malformed status line {status_line[:80]!r}")
+        status = int(code)
+        lower = head.lower()  # header names are case-insensitive: find them in one lower-cased copy
+        length_text = _header(head, lower, b"\r\ncontent-length:")
+        if length_text is not None:
+            if not (length_text.isdigit() and length_text.isascii()):
                 raise OSError(f"invalid Content-Length {length_text[:20]!r}")
             length = int(length_text)
             while len(rest) < length:
-                sock.settimeout(max(0.001, deadline - time.monotonic()))
+                self._remaining(deadline)
                 data = sock.recv(min(1 << 20, length - len(rest)))
                 if not data:
                     raise OSError("connection closed in the middle of the answer")
@@ -261,25 +445,36 @@ class _Connection:
         else:  # no length: the body runs to the end of the connection
             chunks = [rest]
             while True:
-                sock.settimeout(max(0.001, deadline - time.monotonic()))
+                self._remaining(deadline)
                 data = sock.recv(65536)
                 if not data:
                     break
                 chunks.append(data)
             body = b"".join(chunks)
-            headers["connection"] = "close"
-        if "close" in headers.get("connection", "").lower():
             self.close()
-        return status, headers.get("content-type", ""), body
+        if b"\r\nconnection:" in lower and b"close" in (_header(head, lower, b"\r\nconnection:") or b"").lower():
+            self.close()
+        # the content type only tells the plain `ok` (a None answered to curl) from JSON
+        content_type = (_header(head, lower, b"\r\ncontent-type:") or b"") if body[:2] == b"ok" else b""
+        return status, content_type.decode("latin-1"), body
+
+
+def _header(head: bytes, lower: bytes, key: bytes) -> bytes | None:
+    """The value of the first header named `key` (lower case, with its CRLF and colon), or None."""
+    start = lower.find(key)
+    if start < 0:
+        return None
+    start += len(key)
+    end = lower.find(b"\r\n", start)
+    return head[start:end if end >= 0 else len(head)].strip()
 
 
 def _send_requests(session: Any, address: tuple[str, int], name: str, action: str, body: bytes,
                    timeout: float, token: str | None) -> Any:
     import requests
 
-    headers = {"Accept": "application/json"}
-    if body:
-        headers["Content-Type"] = "application/json"
+    headers = {"Accept": "application/json", "Content-Type": "application/json",
+               "Servicefactory-Service": name}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     url = f"http://{_host_header(address)}/{action}"
@@ -289,7 +484,7 @@ def _send_requests(session: Any, address: tuple[str, int], name: str, action: st
         if isinstance(exc, requests.exceptions.ConnectTimeout):
             raise ServiceTimeout(f"connecting to {name} timed out") from None
         if _caused_by(exc, ConnectionRefusedError):
-            raise ServiceNotRunning(f"{name} is not running ({url} refused)") from None
+            raise _Refused(f"{name} is not running ({url} refused)") from None
         raise ProtocolError(f"connection to {name} failed: {exc}; {action!r} may or may not have run") from None
     except requests.exceptions.Timeout:
         raise ServiceTimeout(f"{name} did not answer {action!r} within {timeout:g} s") from None

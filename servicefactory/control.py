@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import client
-from .errors import ProtocolError, ServiceFactoryError, ServiceNotRunning
+from .errors import ProtocolError, ServiceFactoryError, ServiceNotRunning, ServiceTimeout
 from .registry import SUPERVISOR_PREFIX, ServiceRecord
 from .state import LocalRegistry, is_dead
 
+#: the stop timeout of a service whose record does not say (written by an older version)
+DEFAULT_STOP_TIMEOUT = 10.0
 
 
 @dataclass
@@ -24,6 +26,7 @@ class StopOutcome:
     killed: bool = False
     message: str = ""
     failed: bool = False  # it may still be running: the CLI exits non-zero
+    unknown: bool = False  # no service of that name was ever run here: the CLI exits 3
 
 
 def wait_gone(record: ServiceRecord, timeout: float) -> bool:
@@ -38,9 +41,17 @@ def wait_gone(record: ServiceRecord, timeout: float) -> bool:
     return True
 
 
-def stop(name: str, timeout: float = 10.0, registry: LocalRegistry | None = None) -> StopOutcome:
-    """Stop `name` gracefully (its supervisor's `stop`, its `shutdown` action, or SIGTERM); SIGKILL after `timeout`."""
+def own_timeout(record: ServiceRecord | None) -> float:
+    """The stop timeout the service itself asked for (its policy or `run --stop-timeout`)."""
+    value = getattr(record, "stop_timeout", None)
+    return float(value) if isinstance(value, (int, float)) and value > 0 else DEFAULT_STOP_TIMEOUT
+
+
+def stop(name: str, timeout: float | None = None, registry: LocalRegistry | None = None) -> StopOutcome:
+    """Stop `name` gracefully (its supervisor's `stop`, its `shutdown` action, or SIGTERM); SIGKILL after
+    `timeout`, by default the service's own stop timeout."""
     registry = registry or LocalRegistry()
+    registry.check_safe()
     state, record = registry.state_of(name)
     if name.startswith(SUPERVISOR_PREFIX) and record is not None and state == "running":
         outcomes = _stop_supervisor(name, record, timeout, registry)
@@ -48,18 +59,28 @@ def stop(name: str, timeout: float = 10.0, registry: LocalRegistry | None = None
                            failed=any(o.failed for o in outcomes))
     if state == "stopped" and record is None:
         known = registry.remembered(name) is not None
-        return StopOutcome(name, False, message=f"{name} is not running" +
-                           ("" if known else " (no service of that name was ever run here)"))
+        return StopOutcome(name, False, unknown=not known, message=f"{name} is not running" +
+                           ("" if known else f" (no service of that name was ever run in {registry.home})"))
     if state == "stale":
-        if record is not None and record.supervisor and not is_dead(record):
-            _kill(record)  # an orphan of a dead supervisor that did not follow it out
+        killed = False
+        if record is not None and record.supervisor and registry.owner_alive(record):
+            _kill(record, registry)  # an orphan of a dead supervisor that did not follow it out
+            killed = wait_gone(record, 5.0)
+            _await_release(registry, name)
         registry.clean(name)
+        registry.mark_stopped(name)
+        if killed:
+            return StopOutcome(name, True, killed=True,
+                               message=f"{name} outlived its supervisor; killed it and removed its files")
         return StopOutcome(name, False, message=f"{name} was not running (removed its stale pidfile)")
     if record is not None and record.supervisor:
-        return _stop_supervised(name, record, timeout, registry)
-    if record is None:
+        outcome = _stop_supervised(name, record, timeout, registry)
+    elif record is None:
         return StopOutcome(name, False, message=f"{name} is starting; try again in a moment", failed=True)
-    return _stop_standalone(name, record, timeout, registry)
+    else:
+        outcome = _stop_standalone(name, record, timeout, registry)
+    registry.mark_stopped(name)
+    return outcome
 
 
 def call_supervisor(supervisor: str, action: str, data: Any, timeout: float, registry: LocalRegistry) -> Any:
@@ -70,14 +91,29 @@ def call_supervisor(supervisor: str, action: str, data: Any, timeout: float, reg
     return client.perform(supervisor, action, data, timeout=timeout, registry=registry, token=record.token)
 
 
-def _stop_supervised(name: str, record: ServiceRecord, timeout: float, registry: LocalRegistry) -> StopOutcome:
-    rows = call_supervisor(record.supervisor, "stop", {"names": [name], "timeout": timeout}, timeout + 15, registry)
+def _request(names: list[str], timeout: float | None) -> dict[str, Any]:
+    # no timeout: the supervisor uses each service's own
+    return {"names": names} if timeout is None else {"names": names, "timeout": timeout}
+
+
+def _stop_supervised(name: str, record: ServiceRecord, timeout: float | None,
+                     registry: LocalRegistry) -> StopOutcome:
+    limit = timeout if timeout is not None else own_timeout(record)
+    rows = call_supervisor(record.supervisor, "stop", _request([name], timeout), limit + 15, registry)
     row = rows[0] if rows else {}
     killed = row.get("last_exit") == -signal.SIGKILL
     return StopOutcome(name, True, killed=killed, message=f"{name} stopped" + (" (killed)" if killed else ""))
 
 
-def _stop_standalone(name: str, record: ServiceRecord, timeout: float, registry: LocalRegistry) -> StopOutcome:
+def _stop_standalone(name: str, record: ServiceRecord, timeout: float | None,
+                     registry: LocalRegistry) -> StopOutcome:
+    if not registry.owner_alive(record):
+        # the pid in the record is not (or no longer) the process holding the name: never signal it
+        registry.clean(name)
+        return StopOutcome(name, False, message=f"{name} was not running (its record named pid {record.pid}, "
+                                                f"which is not the service)")
+    if timeout is None:
+        timeout = own_timeout(record) + 1.0  # the service's own stop deadline, then a moment to exit
     deadline = time.monotonic() + timeout
     asked = False
     if record.url:
@@ -86,37 +122,48 @@ def _stop_standalone(name: str, record: ServiceRecord, timeout: float, registry:
             asked = True
         except ServiceFactoryError:
             pass  # not answering, or refusing (a token, an overridden shutdown): the signal decides
-    if not asked:
+    if not asked and registry.owner_alive(record):
         try:
             os.kill(record.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
     killed = False
     if not wait_gone(record, max(0.0, deadline - time.monotonic())):
-        _kill(record)
+        _kill(record, registry)
         killed = True
         wait_gone(record, 5.0)
-        # the kernel drops a killed process's flock a moment after it is seen dead
-        release_deadline = time.monotonic() + 2.0
-        while registry.is_held(name) and time.monotonic() < release_deadline:
-            time.sleep(0.01)
+        _await_release(registry, name)
     registry.clean(name)  # a graceful exit removed them already; a killed process could not
     message = f"{name} did not stop within {timeout:g} s; killed it" if killed else f"{name} stopped"
     return StopOutcome(name, True, killed=killed, message=message)
 
 
-def _kill(record: ServiceRecord) -> None:
-    if is_dead(record):
+def _await_release(registry: LocalRegistry, name: str, timeout: float = 2.0) -> None:
+    """Wait until `name`'s lock is free: the kernel drops a killed process's flock a moment after it
+    is seen dead (its other threads still hold its files while its main thread is a zombie)."""
+    deadline = time.monotonic() + timeout
+    while registry.is_held(name) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _kill(record: ServiceRecord, registry: LocalRegistry, group: bool = False) -> None:
+    """SIGKILL the recorded process (its process group too if `group`), only if it is proven to be it."""
+    if not registry.owner_alive(record):
         return
     try:
-        os.kill(record.pid, signal.SIGKILL)
+        if group and os.getpgid(record.pid) == record.pid:
+            os.killpg(record.pid, signal.SIGKILL)
+        else:
+            os.kill(record.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
 
 
-def stop_all(timeout: float = 10.0, registry: LocalRegistry | None = None) -> list[StopOutcome]:
-    """Stop every service and every supervisor, all in parallel."""
+def stop_all(timeout: float | None = None, registry: LocalRegistry | None = None) -> list[StopOutcome]:
+    """Stop every service and every supervisor, all in parallel (each within its own stop timeout
+    unless `timeout` overrides it)."""
     registry = registry or LocalRegistry()
+    registry.check_safe()
     outcomes: list[StopOutcome] = []
     lock = threading.Lock()
 
@@ -146,28 +193,57 @@ def stop_all(timeout: float = 10.0, registry: LocalRegistry | None = None) -> li
     return sorted(outcomes, key=lambda outcome: outcome.name)
 
 
-def _stop_supervisor(name: str, record: ServiceRecord, timeout: float, registry: LocalRegistry) -> list[StopOutcome]:
-    records = {n: registry.lookup(n) for n in registry.names() if not n.startswith(SUPERVISOR_PREFIX)}
-    before = {n: record.state for n, record in records.items() if record is not None and record.supervisor == name}
-    rows: list = []
+def _suspended(pid: int) -> bool:
     try:
-        rows = call_supervisor(name, "stop", {"names": [], "timeout": timeout}, timeout + 15, registry)
-        call_supervisor(name, "shutdown", None, 5.0, registry)
-    except (ServiceNotRunning, ProtocolError):
-        pass
-    if not wait_gone(record, timeout + 5.0):
-        _kill(record)
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+    except (OSError, IndexError):
+        return False
+
+
+def _stop_supervisor(name: str, record: ServiceRecord, timeout: float | None,
+                     registry: LocalRegistry) -> list[StopOutcome]:
+    records = {n: registry.lookup(n) for n in registry.names() if not n.startswith(SUPERVISOR_PREFIX)}
+    children = {n: r for n, r in records.items() if r is not None and r.supervisor == name}
+    before = {n: r.state for n, r in children.items()}
+    limit = timeout if timeout is not None else max([own_timeout(r) for r in children.values()] or [0.0])
+    rows: list = []
+    answered = False
+    if not _suspended(record.pid):  # a stopped supervisor would take the request and act on it later
+        try:
+            rows = call_supervisor(name, "stop", _request([], timeout), limit + 5, registry)
+            answered = True
+            call_supervisor(name, "shutdown", None, 5.0, registry)
+        except (ServiceNotRunning, ProtocolError, ServiceTimeout):
+            pass
+    escalated = False
+    if not wait_gone(record, 5.0 if answered else 0.5):
+        # it does not answer (suspended, hung): kill it, so that nothing it queued runs later, and
+        # every service it ran (each is the leader of its own process group)
+        escalated = True
+        _kill(record, registry)
         wait_gone(record, 5.0)
+        for child in children.values():
+            _kill(child, registry, group=True)
+        for child in children.values():
+            wait_gone(child, 5.0)
+            _await_release(registry, child.name)
+        _await_release(registry, name)
     for child in before:
         registry.clean(child)
+        registry.mark_stopped(child)
+    registry.clean(name)
     killed = {row["name"] for row in rows if row.get("last_exit") == -signal.SIGKILL}
     outcomes = []
     for child, state in sorted(before.items()):
         if state == "stopped":
             outcomes.append(StopOutcome(child, False, message=f"{child} was already stopped"))
+        elif escalated:
+            outcomes.append(StopOutcome(child, True, killed=True, message=f"{child} killed: its supervisor "
+                                                                         f"{name} did not answer"))
         elif child in killed and state != "failed":
             outcomes.append(StopOutcome(child, True, killed=True,
-                                        message=f"{child} did not stop within {timeout:g} s; killed it"))
+                                        message=f"{child} did not stop within {limit:g} s; killed it"))
         else:
             outcomes.append(StopOutcome(child, True, message=f"{child} stopped"))
     return outcomes
@@ -177,8 +253,19 @@ def status(names: list[str] | None = None, registry: LocalRegistry | None = None
            include_supervisors: bool = False) -> list[dict[str, Any]]:
     """One row per service: name, state, pid, host, port, url, started, uptime, restarts, last exit, cpu, memory."""
     registry = registry or LocalRegistry()
+    registry.check_safe()
     if not names:
-        names = [n for n in registry.names() if include_supervisors or not n.startswith(SUPERVISOR_PREFIX)]
+        names = []
+        for name in registry.names():
+            if name.startswith(SUPERVISOR_PREFIX):
+                if registry.state_of(name)[0] == "stale":
+                    registry.clean(name)  # a dead supervisor's leftover: nothing to report, nothing to keep
+                    continue
+                if not include_supervisors:
+                    continue
+            names.append(name)
+        # what a supervisor ran before it was signalled or crashed is `stopped`, not gone: it can be restarted
+        names = sorted(set(names) | set(registry.remembered_names()))
     rows = []
     now = time.time()
     for name in names:

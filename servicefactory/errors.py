@@ -4,6 +4,7 @@ from __future__ import annotations
 __all__ = [
     "ServiceFactoryError",
     "ServiceNotRunning",
+    "ServiceUnavailable",
     "UnknownAction",
     "ActionFailed",
     "ServiceTimeout",
@@ -31,6 +32,13 @@ class ServiceNotRunning(ServiceFactoryError):
     """The service has no live endpoint: nothing registered, or connection refused."""
 
     exit_code = 3
+
+
+class ServiceUnavailable(ServiceNotRunning):
+    """The service received the request but did not run it (it is stopping): safe to retry.
+
+    Answered as HTTP 503 with `Connection: close` while a service drains; the action did not run.
+    """
 
 
 class UnknownAction(ServiceFactoryError):

@@ -1,12 +1,15 @@
 """Service log files: size-rotated writing, tailing, and following across rotations."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
 import time
 from pathlib import Path
 from typing import Callable, Iterator
+
+from .errors import StateError
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +27,44 @@ def printable(text: str) -> str:
     return text.translate(_CONTROLS)
 
 
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def refusal(info: os.stat_result) -> str | None:
+    """Why an existing log file must not receive a service's output, or None: it must be ours and
+    private (another user could read what the service prints, or have planted it to collect it).
+    Devices (/dev/null, /dev/full, a terminal) are fine."""
+    if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
+        return None
+    if info.st_uid != os.geteuid():
+        return f"it is owned by uid {info.st_uid}, not by this service's user"
+    if stat.S_ISREG(info.st_mode) and info.st_mode & 0o066:
+        return f"it is readable or writable by others (mode {stat.S_IMODE(info.st_mode):o}); run: chmod 600"
+    return None
+
+
+def untrusted(path: Path | str, home: Path | str) -> str | None:
+    """Why `logs` must not print the file at `path` (a record's log_path), or None: it must lie in
+    the state directory `home` or belong to this user; a planted path could name any file."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None  # nothing to print; the caller reports the missing file
+    inside = os.path.realpath(path).startswith(os.path.realpath(home) + os.sep)
+    if inside or info.st_uid == os.geteuid() or stat.S_ISCHR(info.st_mode):
+        return None
+    return f"{path} is outside the state directory and owned by uid {info.st_uid}, not by you"
+
+
+class LogFileRefused(StateError):
+    """An existing log file that is not the service's own (see `refusal`), or a symlink."""
+
+
 class RotatingLog:
-    """Appends to `path`; past `max_bytes` renames it to path.1 (path.1 to path.2, ...), keeping `backups`."""
+    """Appends to `path`; past `max_bytes` renames it to path.1 (path.1 to path.2, ...), keeping `backups`.
+
+    Never through a symlink; an existing file must be the service user's and private (LogFileRefused).
+    """
 
     def __init__(self, path: Path | str, max_bytes: int = DEFAULT_MAX_BYTES, backups: int = DEFAULT_BACKUPS) -> None:
         self.path = Path(path)
@@ -35,12 +74,24 @@ class RotatingLog:
         self._file = None
         self._size = 0
         self._regular = True
+        try:
+            fd = os.open(self.path, _OPEN_FLAGS, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise LogFileRefused(f"refusing the log file {self.path}: it is a symbolic link") from None
+            fd = None  # a full disk, a read-only directory: warned about below, retried on each write
+        if fd is not None:
+            why = refusal(os.fstat(fd))
+            if why:
+                os.close(fd)
+                raise LogFileRefused(f"refusing the log file {self.path}: {why}")
+            os.close(fd)
         self._open()
 
     def _open(self) -> None:
         try:
             # created 0600; an existing file keeps its mode (it may be a device such as /dev/null)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.path, _OPEN_FLAGS, 0o600)
             self._file = os.fdopen(fd, "ab", buffering=0)
             info = os.fstat(fd)
             self._regular = stat.S_ISREG(info.st_mode)
@@ -95,12 +146,21 @@ class RotatingLog:
             self._file = None
 
 
+def _open_for_reading(path: Path | str):  # type: ignore[no-untyped-def]
+    """The file at `path` for reading, never through a symlink; a directory is an OSError here."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+    return os.fdopen(fd, "rb")
+
+
 def tail(path: Path | str, lines: int) -> list[str]:
     """The last `lines` lines of `path` (fewer if it is shorter), read from the end."""
     if lines <= 0:
         return []
     complete, offset = tail_and_offset(path, lines)
-    with open(path, "rb") as handle:
+    with _open_for_reading(path) as handle:
         handle.seek(offset)
         partial = handle.read().decode(errors="replace")
     return (complete + partial.splitlines())[-lines:]
@@ -108,7 +168,7 @@ def tail(path: Path | str, lines: int) -> list[str]:
 
 def tail_and_offset(path: Path | str, lines: int) -> tuple[list[str], int]:
     """The last `lines` complete lines of `path`, and the offset just after them (to follow from)."""
-    with open(path, "rb") as handle:
+    with _open_for_reading(path) as handle:
         handle.seek(0, os.SEEK_END)
         end = position = handle.tell()
         data = b""

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 from collections import namedtuple
-from typing import Any, Iterator, Protocol
 
 from ._names import connect_host, host_port
 
+TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
+if TYPE_CHECKING:
+    from typing import Any, Iterator, Protocol
+else:
+    Protocol = object  # at run time Registry is a plain class that documents the interface
 
 #: the registry name of a supervisor is this prefix and its pid
 SUPERVISOR_PREFIX = "_supervisor-"
@@ -21,6 +25,7 @@ _FIELDS = {
     "last_exit": None,  # exit code, or -N for death by signal N
     "token": None,  # a supervisor's control token: only its owner can read this file
     "next_try": None,  # wall-clock time a service in backoff or failed is started again, if due
+    "stop_timeout": None,  # seconds the service may take to stop (its policy or --stop-timeout)
 }
 
 
@@ -94,6 +99,20 @@ class Registry(Protocol):
 
     def records(self) -> Iterator[ServiceRecord]:
         """Every published record."""
+
+    def check_safe(self) -> None:
+        """Raise StateError (exit 10) if the registry cannot be trusted (e.g. others may write to it).
+
+        Every command and the Python client call this (lookup does) before believing a record.
+        """
+
+    def owner_alive(self, record: ServiceRecord) -> bool:
+        """Whether `record.pid` is proven to be the service: it holds the name's claim (the locked
+        pidfile) open. Only such a pid may be signalled; a record alone proves nothing."""
+
+    def remembered(self, name: str) -> dict[str, Any] | None:
+        """How `name` was last run (its Spec fields, `settings`: the run Settings, `log_level`,
+        `home`), so that `restart` can bring it back with every option; None if never run here."""
 
 
 def default_registry() -> "Registry":

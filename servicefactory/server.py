@@ -1,40 +1,64 @@
-"""A small threaded HTTP/1.1 WSGI server: keep-alive, bounded workers, limits enforced while reading.
+"""A small threaded HTTP/1.1 WSGI server: keep-alive, bounded workers, no worker ever waits on a client.
 
-Idle and half-sent connections wait in one selector thread, never in a worker, so hundreds of
-slow or idle clients cannot starve the workers: a worker takes a connection only once a whole
-request (head and Content-Length body) has arrived. It answers, then keeps the connection for a
-moment in case the next request follows at once (the common case for a keep-alive client), which
-saves two thread hand-offs per call. Message parsing lives in `_http`.
+One selector thread holds every connection that is idle, still sending its request, or slow to read
+its answer; it reads, feeds each segment once to the connection's llhttp parser (`_http`), sends
+`100 Continue` itself, and hands a connection to a worker only when a whole request, body decoded
+and in memory, is queued on it. The worker runs the app and writes the answer without blocking: what
+the client does not take at once goes back to the selector to write. After answering, a worker
+keeps the connection for a moment in case the next request follows at once (the common case for a
+keep-alive client), which saves two thread hand-offs per call, but only while no other connection
+waits for a worker: pipelined requests are served one per connection per turn.
+
+`stop()` drains: it stops accepting, lets running requests finish, answers every request already
+received but not started with `503` + `Connection: close` (contract C3), and closes idle
+connections with a FIN, never a reset.
 """
 from __future__ import annotations
 
 import collections
 import errno
-import io
 import logging
 import os
+import select
 import selectors
 import socket
 import threading
 import time
 from typing import Any, Callable
 
-from . import _http
-from ._http import Reject
+from ._http import CONTINUE, Reject, RequestReader, asks_to_close, base_environ, error_response, response, unavailable
 from ._names import host_port
 from .errors import AddressInUse, StartupError
 
 logger = logging.getLogger(__name__)
 
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+_LINGER_CLOSE = 1.0  # after our FIN, how long a closing connection is drained before it is closed
+_LINGER_STOPPING = 0.25  # the same while stopping, so a client that holds its socket open cannot delay a stop
+# while stopping, idle connections stay open this long, and any request arriving on them is answered
+# 503: a busy keep-alive caller gets a clear "not run" rather than a FIN racing its next request
+_DRAIN_GRACE = 0.1
+_DRAIN_LIMIT = 4 * 1024 * 1024
+
 
 class _Conn:
-    __slots__ = ("sock", "buffer", "since", "peer")
+    """One accepted connection; owned by exactly one of the selector, the job queue or a worker."""
 
-    def __init__(self, sock: socket.socket, peer: Any, buffer: bytes = b"") -> None:
+    __slots__ = ("sock", "fd", "peer", "reader", "since", "out", "close_after", "closing_until", "drained",
+                 "mask")
+
+    def __init__(self, sock: socket.socket, peer: Any, reader: RequestReader) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
         self.peer = peer
-        self.buffer = buffer
-        self.since = time.monotonic()
+        self.reader = reader
+        self.since = time.monotonic()  # start of the current wait (idle, request, write), for timeouts
+        self.out: bytes | memoryview = b""  # answer bytes the client has not taken yet
+        self.close_after = False  # close (FIN, then drain) once `out` is written
+        self.closing_until = 0.0  # set once our FIN is sent: drain input until then, then close
+        self.drained = 0
+        self.mask = 0  # selector events registered; 0 = not in the selector
 
 
 def bind(host: str, port: int, backlog: int = 128) -> socket.socket:
@@ -76,18 +100,22 @@ class Server:
         self.max_workers = max_workers
         self.max_body = max_body
         self.max_connections = max_connections
-        self.header_timeout = header_timeout  # a whole request must arrive within this
+        self.header_timeout = header_timeout  # a whole request, body included, must arrive within this
         self.idle_timeout = idle_timeout
-        self.io_timeout = io_timeout  # a chunked or 100-continue body, read by a worker, in all
+        self.io_timeout = io_timeout  # a client that takes none of its answer for this long is dropped
         self.linger = linger
         self.host, self.port = sock.getsockname()[:2]
         self._stopping = threading.Event()
-        self._returned: collections.deque[_Conn] = collections.deque()
+        self._stop_deadline = 0.0
+        self._lock = threading.Lock()
         self._jobs: collections.deque[_Conn | None] = collections.deque()
-        self._jobs_ready = threading.Condition(threading.Lock())
+        self._jobs_ready = threading.Condition(self._lock)
+        self._all_idle = threading.Condition(self._lock)
+        self._returned: collections.deque[_Conn] = collections.deque()
         self._idle_workers = 0
         self._workers: list[threading.Thread] = []
         self._busy = 0
+        self._selector_done = False
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
@@ -101,26 +129,32 @@ class Server:
 
     def start(self) -> None:
         """Start serving in background threads; returns at once, the socket already listens."""
-        self._selector_thread = threading.Thread(target=self._select_loop, name="servicefactory-http",
+        self._selector_thread = threading.Thread(target=_Selector(self).run, name="servicefactory-http",
                                                  daemon=True)
         self._selector_thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop accepting, let running requests finish (up to `timeout`), close every connection."""
+        """Drain and stop: no new connections; running requests finish (up to `timeout`); requests
+        received but not started get 503 + Connection: close; idle connections get a FIN."""
         if self._stopping.is_set():
             return
+        deadline = time.monotonic() + timeout
+        self._stop_deadline = deadline
         self._stopping.set()
         self._wake()
-        deadline = time.monotonic() + timeout
+        own = 1 if threading.current_thread() in self._workers else 0  # stop() called by a handler
+        with self._lock:
+            while (self._busy > own or self._jobs) and time.monotonic() < deadline:
+                self._all_idle.wait(max(0.0, deadline - time.monotonic()))
+        self._wake()  # the selector leaves once it has written what it holds (or at the deadline)
         if self._selector_thread is not None:
-            self._selector_thread.join(max(0.0, deadline - time.monotonic()))
-        with self._jobs_ready:
+            self._selector_thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
+        with self._lock:
             self._jobs.extend([None] * len(self._workers))
             self._jobs_ready.notify_all()
         for worker in list(self._workers):
             if worker is not threading.current_thread():
                 worker.join(max(0.0, deadline - time.monotonic()))
-        self._close_returned()
         running = [worker for worker in self._workers if worker.is_alive()]
         if running:
             # a handler overran the stop: leave our pipe open for it (closing would let its fd
@@ -129,14 +163,6 @@ class Server:
                            len(running), timeout)
         else:
             self._close_pipes()
-
-    def _close_returned(self) -> None:
-        while True:
-            try:
-                conn = self._returned.popleft()
-            except IndexError:
-                return
-            _close(conn.sock)
 
     def _close_pipes(self) -> None:
         if not self._closed:
@@ -153,141 +179,11 @@ class Server:
         except (BlockingIOError, OSError):
             pass  # a full pipe already guarantees a wake-up
 
-    # -- the selector thread: accepts, and holds idle or half-sent connections --
-
-    def _select_loop(self) -> None:
-        selector = selectors.DefaultSelector()
-        selector.register(self.socket, selectors.EVENT_READ, "listen")
-        selector.register(self._wake_read, selectors.EVENT_READ, "wake")
-        waiting: dict[socket.socket, _Conn] = {}
-        listening = True
-        paused_until = 0.0
-        next_sweep = time.monotonic() + 1.0
-        try:
-            while not self._stopping.is_set():
-                for key, _ in selector.select(0.1 if not listening else 1.0):
-                    if key.data == "listen":
-                        if not self._accept(selector, waiting):
-                            paused_until = time.monotonic() + 0.1  # out of fds: back off, do not spin
-                    elif key.data == "wake":
-                        self._drain_wake(selector, waiting)
-                    else:
-                        self._read(selector, waiting, key.data)
-                now = time.monotonic()
-                if len(waiting) + self._busy >= self.max_connections:
-                    self._shed_idle(selector, waiting)
-                full = len(waiting) + self._busy >= self.max_connections or now < paused_until
-                if listening and full:
-                    selector.unregister(self.socket)
-                    listening = False
-                elif not listening and not full:
-                    selector.register(self.socket, selectors.EVENT_READ, "listen")
-                    listening = True
-                if now >= next_sweep:
-                    next_sweep = now + 1.0
-                    self._sweep(selector, waiting, now)
-        except Exception:  # pragma: no cover - a bug here must not pass silently
-            logger.exception("HTTP server selector failed")
-        finally:
-            selector.close()
-            for conn in waiting.values():
-                _close(conn.sock)
-            self._close_returned()
-            self.socket.close()
-
-    def _accept(self, selector: selectors.BaseSelector, waiting: dict) -> bool:
-        for _ in range(64):
-            try:
-                sock, peer = self.socket.accept()
-            except (BlockingIOError, InterruptedError):
-                return True
-            except OSError as exc:  # EMFILE and friends: shed idle connections and pause accepting
-                logger.warning("accept failed: %s", exc)
-                self._shed_idle(selector, waiting)
-                return False
-            sock.setblocking(False)
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-            conn = _Conn(sock, peer)
-            waiting[sock] = conn
-            selector.register(sock, selectors.EVENT_READ, conn)
-        return True
-
-    def _drain_wake(self, selector: selectors.BaseSelector, waiting: dict) -> None:
-        try:
-            while os.read(self._wake_read, 4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-        while self._returned:
-            conn = self._returned.popleft()
-            if self._ready(conn.buffer):
-                self._dispatch(conn)  # the rest of a request arrived while the worker handed it back
-                continue
-            conn.since = time.monotonic()
-            waiting[conn.sock] = conn
-            try:
-                selector.register(conn.sock, selectors.EVENT_READ, conn)
-            except (ValueError, OSError):
-                waiting.pop(conn.sock, None)
-                _close(conn.sock)
-
-    def _read(self, selector: selectors.BaseSelector, waiting: dict, conn: _Conn) -> None:
-        try:
-            data = conn.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._forget(selector, waiting, conn)
-            _close(conn.sock)
-            return
-        if not conn.buffer:
-            conn.since = time.monotonic()  # the request's own deadline starts with its first byte
-        conn.buffer += data
-        if self._ready(conn.buffer):
-            self._forget(selector, waiting, conn)
-            self._dispatch(conn)
-
-    def _ready(self, buffer: bytes) -> bool:
-        """Whether a worker should take the connection: a whole request is here, or an error to answer."""
-        if not buffer:
-            return False
-        try:
-            if _http.head_end(buffer) < 0:
-                return False
-        except Reject:
-            return True
-        return _http.complete_request_length(buffer, self.max_body) != -1
-
-    def _forget(self, selector: selectors.BaseSelector, waiting: dict, conn: _Conn) -> None:
-        waiting.pop(conn.sock, None)
-        try:
-            selector.unregister(conn.sock)
-        except (KeyError, ValueError):
-            pass
-
-    def _sweep(self, selector: selectors.BaseSelector, waiting: dict, now: float) -> None:
-        for conn in list(waiting.values()):
-            limit = self.header_timeout if conn.buffer else self.idle_timeout
-            if now - conn.since > limit:
-                self._forget(selector, waiting, conn)
-                _close(conn.sock)
-
-    def _shed_idle(self, selector: selectors.BaseSelector, waiting: dict) -> None:
-        # close the oldest quarter of the connections that sent nothing, as nginx does under pressure
-        idle = sorted((c for c in waiting.values() if not c.buffer), key=lambda c: c.since)
-        for conn in idle[: max(1, len(waiting) // 4)]:
-            self._forget(selector, waiting, conn)
-            _close(conn.sock)
-
-    # -- workers --
+    # -- hand-offs between the selector and the workers --
 
     def _dispatch(self, conn: _Conn) -> None:
-        with self._jobs_ready:
+        """Queue a connection with a whole request for a worker (the selector or a worker calls this)."""
+        with self._lock:
             self._jobs.append(conn)
             # more jobs waiting than idle workers to take them: grow the pool (up to its bound)
             if len(self._jobs) > self._idle_workers and len(self._workers) < self.max_workers:
@@ -297,9 +193,24 @@ class Server:
                 worker.start()
             self._jobs_ready.notify()
 
+    def _hand_back(self, conn: _Conn) -> None:
+        """Give a connection back to the selector (to wait, to be written to, or to be closed)."""
+        conn.since = time.monotonic()
+        with self._lock:
+            taken = not self._selector_done
+            if taken:
+                self._returned.append(conn)
+        if taken:
+            self._wake()
+        else:
+            _close(conn.sock)  # the selector has exited (a handler outlived the stop)
+
+    # -- workers: run the app on a request already in memory, never wait on a client --
+
     def _work(self) -> None:
+        poller = select.poll()
         while True:
-            with self._jobs_ready:
+            with self._lock:
                 while not self._jobs:
                     self._idle_workers += 1
                     self._jobs_ready.wait()
@@ -309,105 +220,125 @@ class Server:
                     return
                 self._busy += 1
             try:
-                self._serve_connection(conn)
+                self._serve(conn, poller)
             except BaseException:  # a request, even one whose handler called sys.exit, never kills a worker
                 logger.exception("unexpected error serving %s", conn.peer)
                 _close(conn.sock)
             finally:
-                with self._jobs_ready:
+                with self._lock:
                     self._busy -= 1
+                    if not self._busy and not self._jobs:
+                        self._all_idle.notify_all()
 
-    def _serve_connection(self, conn: _Conn) -> None:
+    def _serve(self, conn: _Conn, poller: Any) -> None:
         sock = conn.sock
-        sock.setblocking(True)
-        buffer = conn.buffer
+        reader = conn.reader
+        requests = reader.requests
+        first = True
         while True:
+            if not requests:
+                if reader.pending is not None:
+                    reader.pump()
+                if not requests:
+                    break
+            if not first and self._jobs:
+                self._dispatch(conn)  # others are waiting: one request per connection per turn
+                return
+            first = False
+            item = requests.popleft()
+            if type(item) is Reject:
+                conn.out = error_response(item.status, str(item))
+                conn.close_after = True
+                self._hand_back(conn)
+                return
+            if self._stopping.is_set():  # received, not started: contract C3
+                self._refuse_unstarted(conn)
+                return
+            environ, keep_alive = item
+            status, headers, body = self._run_app(environ)
+            if keep_alive and (asks_to_close(headers) or (self._stopping.is_set() and not requests)):
+                keep_alive = False
+            data = response(status, headers, body, keep_alive, head_only=environ["REQUEST_METHOD"] == "HEAD")
             try:
-                keep_alive, buffer = self._serve_one(sock, buffer)
-            except Reject as reject:
-                _send_error(sock, reject.status, str(reject))
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
                 _close(sock)
                 return
-            except (OSError, ValueError):
-                _close(sock)
+            if not keep_alive:
+                requests.clear()
+                reader.done = True
+                reader.pending = None
+                conn.close_after = True
+            if sent < len(data):
+                conn.out = memoryview(data)[sent:]  # the selector writes the rest, as the client reads
+                self._hand_back(conn)
                 return
-            if not keep_alive or self._stopping.is_set():
-                _close(sock)
+            if conn.close_after:
+                self._hand_back(conn)
                 return
-            if not self._ready(buffer):
-                sock.settimeout(self.linger)
+            if requests or reader.pending is not None:
+                continue
+            if self.linger and not self._jobs and not self._stopping.is_set() and not reader.needs_continue():
+                poller.register(conn.fd, select.POLLIN)
                 try:
-                    data = sock.recv(65536)
-                except (socket.timeout, BlockingIOError):
-                    data = None
-                except OSError:
-                    data = b""
-                if data == b"":
-                    _close(sock)
-                    return
-                buffer += data or b""
-            if self._ready(buffer):
-                continue  # the next request is already here (pipelined, or it followed at once)
-            sock.setblocking(False)
-            conn.buffer = buffer
-            conn.since = time.monotonic()
-            self._returned.append(conn)
-            self._wake()
-            if self._stopping.is_set():
-                self._close_returned()  # the selector may have drained the queue before we added to it
-            return
+                    ready = poller.poll(self.linger * 1000)
+                finally:
+                    poller.unregister(conn.fd)
+                if ready:
+                    try:
+                        data = sock.recv(65536)
+                    except (BlockingIOError, InterruptedError):
+                        data = None
+                    except OSError:
+                        data = b""
+                    if data == b"":
+                        if reader.in_message:  # half-closed mid-request: the selector says so
+                            conn.out = error_response("400 Bad Request", "the request ended before it was complete")
+                            conn.close_after = True
+                            self._hand_back(conn)
+                        else:
+                            _close(sock)
+                        return
+                    if data:
+                        was_idle = not reader.in_message
+                        reader.feed(data)
+                        if reader.in_message and was_idle:
+                            conn.since = time.monotonic()
+                        first = True  # this request arrived on its own: serve it without a turn
+                        continue
+            break
+        self._hand_back(conn)
 
-    def _serve_one(self, sock: socket.socket, buffer: bytes) -> tuple[bool, bytes]:
-        end = _http.head_end(buffer)
-        if end < 0:
-            raise Reject("400 Bad Request", "incomplete request head")
-        head, buffer = buffer[:end], buffer[end + 4:]
-        environ, version = _http.parse_head(head, self.host, self.port)
-        keep_alive = _http.wants_keep_alive(environ, version)
-        length = _http.body_length(environ, self.max_body)
-        deadline = time.monotonic() + self.io_timeout
+    def _refuse_unstarted(self, conn: _Conn) -> None:
+        reader = conn.reader
+        reader.requests.clear()
+        reader.pending = None
+        reader.done = True
+        conn.out = unavailable()
+        conn.close_after = True
+        self._hand_back(conn)
 
-        def recv() -> bytes:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise OSError("request body too slow")
-            sock.settimeout(remaining)
-            data = sock.recv(65536)
-            if not data:
-                raise ValueError("client closed mid-request")
-            return data
-
-        if (length is None or length > len(buffer)) and environ.get("HTTP_EXPECT", "").lower() == "100-continue":
-            sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if length is None:
-            body, buffer = _http.read_chunked(recv, buffer, self.max_body)
-            environ["CONTENT_LENGTH"] = str(len(body))
-        else:
-            while len(buffer) < length:
-                buffer += recv()
-            body, buffer = buffer[:length], buffer[length:]
-        environ["wsgi.input"] = io.BytesIO(body)
-        sock.settimeout(self.io_timeout)
-        self._respond(sock, environ, keep_alive)
-        return keep_alive, buffer
-
-    def _respond(self, sock: socket.socket, environ: dict, keep_alive: bool) -> None:
+    def _run_app(self, environ: dict) -> tuple[str, list, bytes]:
         started: list = []
 
         def start_response(status: str, headers: list, exc_info: Any = None) -> Callable:
             started[:] = [status, headers]
-            return lambda data: None
+            return _no_write
 
         try:
             result = self.app(environ, start_response)
         except Exception:
             logger.exception("WSGI app failed")
-            raise Reject("500 Internal Server Error", "internal error") from None
+            return _internal_error()
         try:
             body = b"".join(result)
             status, headers = started
-            sock.sendall(_http.response(status, headers, body, keep_alive,
-                                        head_only=environ["REQUEST_METHOD"] == "HEAD"))
+            return status, headers, body
+        except Exception:
+            logger.exception("WSGI app failed")
+            return _internal_error()
         finally:
             close = getattr(result, "close", None)
             if close is not None:
@@ -417,22 +348,306 @@ class Server:
                     logger.exception("WSGI response close() failed")
 
 
-def _send_error(sock: socket.socket, status: str, message: str) -> None:
-    try:
-        sock.settimeout(1.0)
-        sock.sendall(_http.error_response(status, message))
+def _internal_error() -> tuple[str, list, bytes]:
+    # the app itself failed (not a handler: api.App answers those): do not trust this connection
+    return ("500 Internal Server Error", [("Content-Type", "application/json"), ("Connection", "close")],
+            b'{"error": {"type": "HTTPError", "message": "internal error"}}\n')
+
+
+def _no_write(data: bytes) -> None:
+    raise NotImplementedError("write() is not supported; return the body instead")
+
+
+class _Selector:
+    """The selector thread: accepts, reads and parses, writes what workers could not, closes."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.selector = selectors.DefaultSelector()
+        self.waiting: dict[int, _Conn] = {}
+        self.listening = False
+        self.paused_until = 0.0
+        self.draining = False
+        self.drain_started = 0.0
+
+    def run(self) -> None:
+        server = self.server
+        selector = self.selector
+        selector.register(server._wake_read, _READ, None)
+        self._listen(True)
+        next_sweep = time.monotonic() + 1.0
+        try:
+            while True:
+                if server._stopping.is_set() and not self.draining:
+                    self._begin_drain()
+                if self.draining and self._drained():
+                    return
+                for key, events in selector.select(0.02 if self.draining else 0.1 if not self.listening else 1.0):
+                    conn = key.data
+                    if conn is None:
+                        self._take_returned()
+                    elif conn is self:
+                        if not self._accept():
+                            self.paused_until = time.monotonic() + 0.1  # out of fds: back off, do not spin
+                    elif events & _WRITE:
+                        self._write(conn)
+                    else:
+                        self._read(conn)
+                now = time.monotonic()
+                if not self.draining:
+                    self._regulate(now)
+                if now >= next_sweep or self.draining:
+                    next_sweep = now + 1.0
+                    self._sweep(now)
+        except Exception:  # pragma: no cover - a bug here must not pass silently
+            logger.exception("HTTP server selector failed")
+        finally:
+            with server._lock:
+                server._selector_done = True
+                returned = list(server._returned)
+                server._returned.clear()
+            for conn in list(self.waiting.values()) + returned:
+                _close(conn.sock)
+            self.waiting.clear()
+            self._listen(False)
+            server.socket.close()
+            selector.close()
+
+    # -- accepting --
+
+    def _listen(self, on: bool) -> None:
+        if on and not self.listening:
+            self.selector.register(self.server.socket, _READ, self)
+        elif not on and self.listening:
+            self.selector.unregister(self.server.socket)
+        self.listening = on
+
+    def _regulate(self, now: float) -> None:
+        server = self.server
+        if len(self.waiting) + server._busy + len(server._jobs) >= server.max_connections:
+            self._shed_idle()
+        full = len(self.waiting) + server._busy + len(server._jobs) >= server.max_connections
+        self._listen(not (full or now < self.paused_until))
+
+    def _accept(self) -> bool:
+        server = self.server
+        for _ in range(64):
+            try:
+                sock, peer = server.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError as exc:  # EMFILE and friends: shed idle connections and pause accepting
+                logger.warning("accept failed: %s", exc)
+                self._shed_idle()
+                return False
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            reader = RequestReader(base_environ(server.host, server.port, peer, {}), server.max_body)
+            self._place(_Conn(sock, peer, reader))
+        return True
+
+    # -- the state machine of a connection the selector holds --
+
+    def _watch(self, conn: _Conn, mask: int) -> None:
+        if conn.mask == mask:
+            return
+        if conn.mask:
+            self.selector.modify(conn.sock, mask, conn)
+        else:
+            self.selector.register(conn.sock, mask, conn)
+            self.waiting[conn.fd] = conn
+        conn.mask = mask
+
+    def _unwatch(self, conn: _Conn) -> None:
+        if conn.mask:
+            self.selector.unregister(conn.sock)
+            del self.waiting[conn.fd]
+            conn.mask = 0
+
+    def _drop(self, conn: _Conn) -> None:
+        self._unwatch(conn)
+        _close(conn.sock)
+
+    def _place(self, conn: _Conn) -> None:
+        """Decide what a connection the selector holds waits for next."""
+        if conn.out:
+            self._watch(conn, _WRITE)
+            return
+        if conn.closing_until:
+            return
+        if conn.close_after:
+            self._close_gently(conn)
+            return
+        reader = conn.reader
+        if not reader.requests and reader.pending is not None:
+            reader.pump()
+        if reader.requests:
+            item = reader.requests[0]
+            if type(item) is Reject:
+                reader.requests.clear()
+                self._answer_and_close(conn, error_response(item.status, str(item)))
+            elif self.draining:
+                self._answer_and_close(conn, unavailable())
+            else:
+                self._unwatch(conn)
+                self.server._dispatch(conn)
+            return
+        if self.draining and reader.in_message:  # part of a request is here: say it will not run
+            self._answer_and_close(conn, unavailable())
+            return
+        if reader.needs_continue():
+            reader.continue_sent = True
+            conn.out = CONTINUE
+            self._watch(conn, _WRITE)
+            return
+        self._watch(conn, _READ)
+
+    def _answer_and_close(self, conn: _Conn, data: bytes) -> None:
+        reader = conn.reader
+        reader.requests.clear()
+        reader.pending = None
+        reader.done = True
+        conn.out = data
+        conn.close_after = True
+        conn.since = time.monotonic()
+        self._watch(conn, _WRITE)
+
+    def _close_gently(self, conn: _Conn) -> None:
         # closing with unread input makes the kernel send RST, which can destroy the answer before
-        # the client reads it: shut our side, then drain what the client still sends, briefly
-        sock.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + 1.0
-        drained = 0
-        while drained < 4 * 1024 * 1024 and time.monotonic() < deadline:
-            data = sock.recv(65536)
-            if not data:
-                break
-            drained += len(data)
-    except OSError:
-        pass
+        # the client reads it: send our FIN, then read and discard what still comes, briefly
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._drop(conn)
+            return
+        limit = _LINGER_CLOSE
+        if self.draining:
+            limit = min(_LINGER_STOPPING, max(0.0, self.server._stop_deadline - time.monotonic()))
+        conn.closing_until = time.monotonic() + limit
+        self._watch(conn, _READ)
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            if conn.reader.in_message and not conn.closing_until:
+                # the client half-closed in the middle of a request: say so rather than vanish
+                self._answer_and_close(conn, error_response("400 Bad Request", "the request ended before it was complete"))
+            else:
+                self._drop(conn)
+            return
+        if conn.closing_until:
+            conn.drained += len(data)
+            if conn.drained > _DRAIN_LIMIT:
+                self._drop(conn)
+            return
+        reader = conn.reader
+        was_idle = not reader.in_message
+        completed = reader.completed
+        reader.feed(data)
+        if reader.in_message and (was_idle or reader.completed != completed):
+            conn.since = time.monotonic()  # the request's own deadline starts with its first byte
+        self._place(conn)
+
+    def _write(self, conn: _Conn) -> None:
+        try:
+            sent = conn.sock.send(conn.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        conn.since = time.monotonic()
+        out = conn.out[sent:]
+        conn.out = out if out else b""
+        if not out:
+            self._place(conn)
+
+    def _take_returned(self) -> None:
+        server = self.server
+        try:
+            while os.read(server._wake_read, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        while server._returned:
+            conn = server._returned.popleft()
+            try:
+                self._place(conn)
+            except (ValueError, OSError):  # closed under us
+                self.waiting.pop(conn.fd, None)
+                _close(conn.sock)
+
+    def _sweep(self, now: float) -> None:
+        server = self.server
+        for conn in list(self.waiting.values()):
+            if conn.closing_until:
+                if now > conn.closing_until:
+                    self._drop(conn)
+            elif conn.out:
+                if now - conn.since > server.io_timeout:
+                    self._drop(conn)  # it does not read its answers
+            elif conn.reader.in_message:
+                if now - conn.since > server.header_timeout:
+                    self._answer_and_close(conn, error_response("408 Request Timeout", "request too slow"))
+            elif now - conn.since > server.idle_timeout:
+                self._close_gently(conn)
+
+    def _shed_idle(self) -> None:
+        # close the oldest quarter of the connections that sent nothing, as nginx does under pressure
+        idle = sorted((c for c in self.waiting.values()
+                       if not c.reader.in_message and not c.out and not c.closing_until), key=lambda c: c.since)
+        for conn in idle[: max(1, len(self.waiting) // 4)]:
+            self._drop(conn)
+
+    # -- draining on stop --
+
+    def _begin_drain(self) -> None:
+        self.draining = True
+        self.drain_started = time.monotonic()
+        self._listen(False)
+        self.server.socket.close()  # refuse new connections at once, not after a backlog wait
+        server = self.server
+        with server._lock:
+            queued = [conn for conn in server._jobs if conn is not None]
+            server._jobs.clear()
+            server._all_idle.notify_all()
+        for conn in queued:
+            self._answer_and_close(conn, unavailable())
+        for conn in list(self.waiting.values()):
+            self._place(conn)
+
+    def _drained(self) -> bool:
+        """Whether the drain is over; once nothing runs, idle connections get their FIN."""
+        server = self.server
+        now = time.monotonic()
+        if now >= server._stop_deadline:
+            return True
+        with server._lock:
+            working = server._busy or server._jobs or server._returned
+        if working:
+            return False
+        idle = [conn for conn in self.waiting.values() if not conn.closing_until and not conn.out]
+        if idle and now < self.drain_started + _DRAIN_GRACE:
+            return False
+        for conn in idle:
+            self._read(conn)  # a request that just arrived is answered 503, not lost behind our FIN
+            if conn.mask and not conn.closing_until and not conn.out:
+                # idle: our FIN, then close at once (nothing was asked, so there is no answer for
+                # a reset to destroy, and a client holding its socket cannot delay the stop)
+                try:
+                    conn.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                self._drop(conn)
+        return not self.waiting
 
 
 def _close(sock: socket.socket) -> None:

@@ -355,7 +355,7 @@ class ServiceBase:
         sock = bind(host, port)
         app = App(self, type(self)._servicefactory_actions, max_body=endpoint_.max_body, token=token,
                   bound_host=host, exclusive_lock=runtime.lock,
-                  on_shutdown=lambda: runtime.request_stop("shutdown action"))
+                  on_shutdown=lambda: runtime.request_stop("shutdown action"), name=runtime.name)
         if endpoint_.server == "werkzeug":
             from ._werkzeug import WerkzeugServer
             runtime.server = WerkzeugServer(app, sock)
@@ -479,7 +479,8 @@ class _Registration:
             name=runtime.name, pid=os.getpid(), host=server.host if server else None,
             port=server.port if server else None, create_time=process_start_time(os.getpid()) or 0.0,
             started=time.time(), target=self.target or f"{type(service).__module__}:{type(service).__qualname__}",
-            hostname=socket.gethostname(), **service._servicefactory_record_extras())
+            hostname=socket.gethostname(), stop_timeout=type(service)._servicefactory_policy.stop_timeout,
+            **service._servicefactory_record_extras())
         self.url = record.url
         if self.claim is not None:
             try:

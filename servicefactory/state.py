@@ -12,12 +12,16 @@ import json
 import os
 import re
 import stat
+import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
 
 from .errors import AlreadyRunning, InvalidName, StateError
-from .registry import Claim, ServiceRecord
+from .registry import SUPERVISOR_PREFIX, Claim, ServiceRecord
+
+TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
+if TYPE_CHECKING:
+    from typing import Any, Iterator
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 
@@ -60,6 +64,60 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
         raise
 
 
+def read_nofollow(path: Path | str, limit: int = 1 << 20) -> bytes:
+    """The bytes of the regular file at `path`, never through a symlink (OSError otherwise)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            limit -= len(chunk)
+            if limit < 0:
+                raise OSError(errno.EFBIG, "file too large", str(path))
+    finally:
+        os.close(fd)
+
+
+def holds_open(pid: int, path: Path | str) -> bool:
+    """Whether process `pid` has the file now at `path` open: proof that it is the service whose
+    claim that (locked) pidfile is, which a pid merely written in a record never is."""
+    try:
+        target = os.stat(path, follow_symlinks=False)
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            info = os.stat(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if info.st_ino == target.st_ino and info.st_dev == target.st_dev:
+            return True
+    return False
+
+
+def locker(path: Path | str) -> int | None:
+    """The pid that took the flock on the file at `path` (the kernel's /proc/locks), or None."""
+    try:
+        info = os.stat(path, follow_symlinks=False)
+        with open("/proc/locks", "rb") as handle:
+            table = handle.read()
+    except OSError:
+        return None
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}".encode()
+    for line in table.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 8294 fe:00:2146387 0 EOF"; waiters ("->") hold nothing
+        if len(fields) >= 6 and fields[1] == b"FLOCK" and fields[5] == device and fields[4].isdigit():
+            return int(fields[4])
+    return None
+
+
 def process_start_time(pid: int) -> float | None:
     """When process `pid` started (seconds since the epoch, as psutil reports it), or None if it is dead."""
     try:
@@ -93,12 +151,20 @@ def _boot_time() -> float:
 
 
 def _lock(path: Path, *, create: bool) -> int | None:
-    """An fd holding an exclusive flock on `path` (the file now at that path), or None if another holds it."""
+    """An fd holding an exclusive flock on `path` (the file now at that path), or None if another holds it.
+
+    Never through a symlink, never on anything but a regular file (StateError, one line, otherwise).
+    """
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if create else 0), 0o600)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise _unusable(path, exc) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StateError(f"{path} is not a regular file; remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -117,6 +183,14 @@ def _lock(path: Path, *, create: bool) -> int | None:
             return None
 
 
+def _unusable(path: Path, exc: OSError) -> StateError:
+    if exc.errno == errno.ELOOP:
+        return StateError(f"{path} is a symbolic link; refusing to follow it (remove it)")
+    if exc.errno == errno.EISDIR:
+        return StateError(f"{path} is a directory, not a pidfile; remove it")
+    return StateError(f"cannot use {path}: {exc.strerror}")
+
+
 def is_dead(record: ServiceRecord) -> bool:
     """Whether the recorded process is gone (or its pid now names another process)."""
     started = process_start_time(record.pid) if record.pid else None
@@ -126,8 +200,14 @@ def is_dead(record: ServiceRecord) -> bool:
 class LocalRegistry:
     """The registry kept in one directory on this host (pidfiles, metadata, logs)."""
 
+    #: how often an owner checks that its record is still there and intact (and rewrites it if not)
+    KEEP_INTERVAL = 1.0
+
     def __init__(self, home: Path | str | None = None) -> None:
         self.home = Path(home) if home is not None else default_home()
+        self._published: dict[str, tuple[Claim, bytes]] = {}
+        self._keeper: threading.Thread | None = None
+        self._keeping = threading.Lock()
 
     # -- paths --
 
@@ -144,7 +224,8 @@ class LocalRegistry:
         return self.home / f"{check_name(name)}.log"
 
     def ensure(self) -> Path:
-        """Create the directory 0700 if missing; refuse one that others own or may write."""
+        """Create the directory 0700 if missing; refuse one that others own or may write, or that
+        cannot be written at all (a read-only file system): StateError, exit 10."""
         try:
             self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         except FileExistsError:
@@ -152,12 +233,20 @@ class LocalRegistry:
         except OSError as exc:
             raise StateError(f"cannot create state directory {self.home}: {exc.strerror}") from None
         self.check()
+        try:
+            read_only = os.statvfs(self.home).f_flag & os.ST_RDONLY
+        except OSError:
+            read_only = False
+        if read_only or not os.access(self.home, os.W_OK | os.X_OK):
+            raise StateError(f"state directory {self.home} is not writable"
+                             f"{' (read-only file system)' if read_only else ''}; "
+                             f"set SERVICEFACTORY_HOME to a writable directory of your own")
         return self.home
 
     def check(self) -> None:
         """Raise StateError if the directory is owned by another user or writable by others."""
         try:
-            info = self.home.stat()
+            info = os.stat(self.home)
         except FileNotFoundError:
             raise StateError(f"state directory {self.home} does not exist (was it deleted?)") from None
         except OSError as exc:
@@ -170,6 +259,11 @@ class LocalRegistry:
                              f"set SERVICEFACTORY_HOME to a directory of your own")
         if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             raise StateError(f"state directory {self.home} is writable by others; run: chmod 700 {self.home}")
+
+    def check_safe(self) -> None:
+        """Raise StateError if the directory exists but cannot be trusted; a missing one holds nothing."""
+        if os.path.lexists(self.home):
+            self.check()
 
     # -- the registry interface --
 
@@ -190,44 +284,112 @@ class LocalRegistry:
                                      f"its name: `servicefactory restart {name}` or `servicefactory stop {name}`")
             where = f" (pid {record.pid}, {record.url or 'no API'})" if record else ""
             raise AlreadyRunning(f"{name} is already running{where}")
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            os.close(fd)
+            raise _unusable(self.pidfile(name), exc) from None
         return Claim(name=name, handle=fd)
 
+    def owns(self, claim: Claim) -> bool:
+        """Whether the pidfile now at the claim's path is still the file this claim locked (the
+        state directory may have been deleted and the name claimed again by a new owner)."""
+        try:
+            here = os.stat(self.pidfile(claim.name), follow_symlinks=False)
+            mine = os.fstat(claim.handle)
+        except OSError:
+            return False
+        return (here.st_ino, here.st_dev) == (mine.st_ino, mine.st_dev)
+
     def publish(self, claim: Claim, record: ServiceRecord) -> None:
-        """Write the metadata of the service holding `claim`."""
-        write_atomically(self.metadata_file(claim.name), json.dumps(record.to_dict(), indent=1).encode())
+        """Write the metadata of the service holding `claim`, and keep it written: a record found
+        missing or unreadable later (a full disk, a truncated or garbled file) is rewritten."""
+        data = json.dumps(record.to_dict(), indent=1).encode()
+        with self._keeping:
+            self._published[claim.name] = (claim, data)
+            if self._keeper is None:
+                self._keeper = threading.Thread(target=self._keep, daemon=True, name="servicefactory-registry")
+                self._keeper.start()
+            if not self.owns(claim):
+                return  # the name is another owner's now: never overwrite its record
+            self._write_record(claim.name, data)
+
+    def _write_record(self, name: str, data: bytes) -> None:
+        path = self.metadata_file(name)
+        try:
+            write_atomically(path, data)
+        except IsADirectoryError:
+            os.rmdir(path)  # an empty directory in its place (a non-empty one stays: OSError)
+            write_atomically(path, data)
+
+    def _keep(self) -> None:
+        while True:
+            time.sleep(self.KEEP_INTERVAL)
+            with self._keeping:
+                if not self._published:
+                    self._keeper = None
+                    return
+                for name, (claim, data) in list(self._published.items()):
+                    if not self.owns(claim):
+                        continue
+                    try:
+                        if read_nofollow(self.metadata_file(name)) == data:
+                            continue
+                    except OSError:
+                        pass
+                    try:
+                        self._write_record(name, data)
+                    except OSError:
+                        pass  # still full (or worse): try again next time
 
     def release(self, claim: Claim) -> None:
-        """Remove the service's files and drop the lock (unlink first: a waiter then finds a new file)."""
-        for path in (self.metadata_file(claim.name), self.pidfile(claim.name)):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+        """Remove the service's files and drop the lock (unlink first: a waiter then finds a new file).
+
+        Only files this claim still owns: an old owner never deletes a new owner's pidfile or record.
+        """
+        with self._keeping:
+            if self._published.get(claim.name, (None,))[0] == claim:
+                del self._published[claim.name]
+            if self.owns(claim):
+                for path in (self.metadata_file(claim.name), self.pidfile(claim.name)):
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
         try:
             os.close(claim.handle)
         except OSError:
             pass
 
     def lookup(self, name: str) -> ServiceRecord | None:
-        """The recorded metadata of `name`, or None (a missing or half-written file reads as none)."""
+        """The recorded metadata of `name`, or None (a missing, half-written or garbled file reads as
+        none). Raises StateError for a state directory others could have planted it in."""
         path = self.metadata_file(name)  # an invalid name is the caller's error, not a missing record
+        self.check_safe()
         try:
-            raw = path.read_bytes()
-            return ServiceRecord.from_dict(json.loads(raw))
-        except (OSError, ValueError, TypeError, KeyError):
+            record = ServiceRecord.from_dict(json.loads(read_nofollow(path)))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
             return None
+        return record if record.name == name else None
 
     def names(self) -> list[str]:
         """Every name with a pidfile or metadata here, sorted."""
+        return self._names((".pid", ".json"))
+
+    def remembered_names(self) -> list[str]:
+        """Every name run here whose last stop was not asked for with `stop`, sorted (a supervisor
+        that was signalled or crashed leaves its services listed, as `stopped`)."""
+        return [name for name in self._names((".last",))
+                if not (self.remembered(name) or {}).get("stopped_by_user")]
+
+    def _names(self, suffixes: tuple[str, ...]) -> list[str]:
         try:
             entries = os.listdir(self.home)
         except (FileNotFoundError, NotADirectoryError):
             return []
-        found = {entry.rsplit(".", 1)[0] for entry in entries
-                 if entry.endswith((".pid", ".json")) and not entry.startswith(".")}
-        return sorted(found)
+        found = {entry.rsplit(".", 1)[0] for entry in entries if entry.endswith(suffixes) and not entry.startswith(".")}
+        return sorted(name for name in found if _NAME.match(name))
 
     def records(self) -> Iterator[ServiceRecord]:
         """The metadata of every registered service."""
@@ -239,10 +401,12 @@ class LocalRegistry:
     def is_held(self, name: str) -> bool:
         """Whether a live process holds `name`'s pidfile lock."""
         try:
-            fd = os.open(self.pidfile(name), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.pidfile(name), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return False
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
             return True
@@ -250,14 +414,50 @@ class LocalRegistry:
             os.close(fd)
         return False
 
+    def owner_alive(self, record: ServiceRecord) -> bool:
+        """Whether `record.pid` is the live service itself: it has the name's locked pidfile open (for
+        a supervisor, its own `_supervisor-N` pidfile) and started when the record says."""
+        if not record.pid or is_dead(record):
+            return False
+        return holds_open(record.pid, self.pidfile(record.name))
+
+    def owner(self, name: str) -> ServiceRecord | None:
+        """What the live process holding `name` proves about itself when its record is missing,
+        unreadable or an older owner's: its pid (and its supervisor's name); None if nobody holds it."""
+        pidfile = self.pidfile(name)
+        try:
+            pid = int(read_nofollow(pidfile, 64).split()[0])
+        except (OSError, ValueError, IndexError):
+            pid = 0
+        locked_by = locker(pidfile)
+        supervisor = None
+        if locked_by and locked_by != pid and holds_open(locked_by, pidfile):
+            supervisor = f"{SUPERVISOR_PREFIX}{locked_by}"
+        if not (pid > 0 and holds_open(pid, pidfile)):
+            if supervisor is None:
+                return None
+            pid = 0  # a supervisor between two runs of its child
+        return ServiceRecord(name, pid, create_time=(process_start_time(pid) or 0.0) if pid else 0.0,
+                             supervisor=supervisor, state="running" if pid else "backoff")
+
     def state_of(self, name: str) -> tuple[str, ServiceRecord | None]:
-        """`running`, `stale`, `stopped`, or what a supervisor reports (`starting`, `backoff`, `failed`, ...)."""
+        """`running`, `stale`, `stopped`, or what a supervisor reports (`starting`, `backoff`, `failed`, ...).
+
+        The live process holding the name wins over its record: a record that is missing for more
+        than a moment, unreadable or left by an older owner is replaced by what that process proves.
+        """
         record = self.lookup(name)
         if not self.is_held(name):
-            has_files = record is not None or self.pidfile(name).exists() or self.metadata_file(name).exists()
+            has_files = record is not None or os.path.lexists(self.pidfile(name)) or \
+                os.path.lexists(self.metadata_file(name))
             return ("stale" if has_files else "stopped"), record
+        if record is not None and not self._current(record):
+            record = None
         if record is None:
-            return "starting", None
+            owner = self.owner(name)
+            if owner is None or self._just_claimed(name):
+                return "starting", None
+            return owner.state, owner
         dead = is_dead(record)
         if record.supervisor:
             if not self.is_held(record.supervisor):
@@ -268,11 +468,28 @@ class LocalRegistry:
             return record.state, record
         return ("stale" if dead else "running"), record
 
+    def _current(self, record: ServiceRecord) -> bool:
+        """Whether `record` was written by the name's present owner (not left by an older one)."""
+        locked_by = locker(self.pidfile(record.name))
+        if locked_by is None:
+            return True  # cannot tell (no /proc/locks): believe the file
+        if record.supervisor:
+            return record.supervisor == f"{SUPERVISOR_PREFIX}{locked_by}"
+        return record.pid == locked_by
+
+    def _just_claimed(self, name: str) -> bool:
+        """A name claimed moments ago whose owner has not published yet (it is still starting)."""
+        try:
+            age = time.time() - os.stat(self.pidfile(name), follow_symlinks=False).st_mtime
+        except OSError:
+            return False
+        return age < 3.0 and not os.path.lexists(self.metadata_file(name))
+
     def clean(self, name: str) -> None:
         """Remove a stale service's leftovers, holding its lock meanwhile: never those of a live owner."""
         fd = _lock(self.pidfile(name), create=False)
         if fd is None:
-            if self.pidfile(name).exists():
+            if os.path.lexists(self.pidfile(name)):
                 return  # held: somebody owns the name
             fd = -1  # no pidfile at all: only a leftover metadata file to remove
         try:
@@ -292,10 +509,19 @@ class LocalRegistry:
     def remembered(self, name: str) -> dict[str, Any] | None:
         """How `name` was last run, if known."""
         try:
-            spec = json.loads((self.home / f"{check_name(name)}.last").read_bytes())
+            spec = json.loads(read_nofollow(self.home / f"{check_name(name)}.last"))
         except (OSError, ValueError):
             return None
         return spec if isinstance(spec, dict) and isinstance(spec.get("target"), str) else None
+
+    def mark_stopped(self, name: str) -> None:
+        """Note that `name` was stopped on purpose, so that `status` no longer lists it."""
+        spec = self.remembered(name)
+        if spec is not None and not spec.get("stopped_by_user"):
+            try:
+                self.remember(name, dict(spec, stopped_by_user=True))
+            except OSError:
+                pass
 
     @property
     def token_file(self) -> Path:
@@ -314,7 +540,10 @@ class LocalRegistry:
             return None
         if info.st_mode & 0o077:
             raise StateError(f"token file {path} is readable by others; run: chmod 600 {path}")
-        return path.read_text().strip() or None
+        try:
+            return read_nofollow(path, 4096).decode().strip() or None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StateError(f"token file {path} is unusable: {exc}") from None
 
     def describe(self) -> dict[str, Any]:
         """Where this registry keeps its state, for messages."""

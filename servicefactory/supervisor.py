@@ -285,7 +285,10 @@ class Supervisor(ServiceBase):
 
     def _remember(self, child: Child) -> None:
         try:
-            self.registry.remember(child.spec.name, asdict(child.spec))
+            # every run option, for `restart` after we are gone: the Spec, the Settings, the log level
+            self.registry.remember(child.spec.name, dict(
+                asdict(child.spec), settings=asdict(self.settings),
+                log_level=os.environ.get("SERVICEFACTORY_LOG_LEVEL")))
         except OSError:
             pass
 
@@ -519,7 +522,8 @@ class Supervisor(ServiceBase):
             create_time=(process_start_time(popen.pid) or 0.0) if popen else 0.0,
             started=child.ready_wall or time.time(), target=child.spec.target, log_path=str(child.log.path),
             hostname=os.uname().nodename, state=child.state, supervisor=self.name, restarts=child.restarts,
-            last_exit=child.last_exit, next_try=self._next_try(child))
+            last_exit=child.last_exit, next_try=self._next_try(child),
+            stop_timeout=child.spec.stop_timeout)
         try:
             self.registry.publish(child.claim, record)
         except OSError as exc:

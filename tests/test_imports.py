@@ -1,14 +1,97 @@
-"""Importing servicefactory is cheap and has no side effects."""
+"""What importing servicefactory, and running `servicefactory perform`, pull in.
+
+As click's tests/test_imports.py does: a fresh interpreter runs the code and lists every module it
+imported beyond what a bare interpreter had already loaded, and `perform`'s list is checked against
+an allow-list. A new import on perform's path fails the test until it is added here on purpose:
+each module costs every cold `servicefactory perform` (click alone cost it ~40 ms; typing ~10 ms).
+"""
+from __future__ import annotations
+
+import json
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
+
+from conftest import wait_until
+
+# every module `servicefactory perform` may import, beyond a bare interpreter's own
+PERFORM_MAY_IMPORT = {
+    # servicefactory's own, on the path from the console script to one call
+    "servicefactory", "servicefactory.cli", "servicefactory.cli.fast", "servicefactory.client",
+    "servicefactory.errors", "servicefactory._names", "servicefactory.registry", "servicefactory.state",
+    "__future__",  # `from __future__ import annotations` is an import too, a cheap one
+    # json
+    "json", "json.decoder", "json.encoder", "json.scanner", "_json",
+    # re (json's scanner needs it, so do names and state)
+    "re", "re._casefix", "re._compiler", "re._constants", "re._parser", "_sre", "copyreg", "enum", "functools",
+    "_functools", "collections", "_collections", "collections.abc", "itertools", "keyword", "operator",
+    "_operator", "reprlib", "types",
+    # the call itself, and the state directory's locks
+    "socket", "_socket", "array", "math", "select", "selectors", "errno", "threading", "_weakrefset", "fcntl",
+    "struct", "_struct",  # small C modules the client's wire code may use
+    # pathlib, for the state directory's paths: ~10 ms with what it imports (urllib.parse imports ipaddress)
+    "pathlib", "fnmatch", "ntpath", "urllib", "urllib.parse", "ipaddress", "warnings",
+    # getaddrinfo() encodes a str host with the idna codec
+    "encodings.idna", "stringprep", "unicodedata",
+}
+
+# run `servicefactory perform ARGS...` in this interpreter, then print what it imported
+PERFORM = """
+import atexit, json, sys
+baseline = set(sys.modules)
+atexit.register(lambda: print(json.dumps(sorted(set(sys.modules) - baseline)), file=sys.stderr))
+sys.argv = ["servicefactory", "perform", *sys.argv[1:]]
+from servicefactory.cli.fast import main
+main()
+"""
+
+ECHO = """
+from servicefactory import Service
+
+
+@Service.API.endpoint(port=0)
+class Echo(Service.base):
+    def loop(self):
+        self.sleep(1)
+
+    @Service.API.handle("echo")
+    def echo(self, data):
+        return data
+"""
+
+
+def imported_by_perform(*args: str, cwd: Path, input: str | None = None, code: int) -> set[str]:
+    result = subprocess.run([sys.executable, "-c", PERFORM, *args], cwd=cwd, input=input, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == code, result.stderr
+    return set(json.loads(result.stderr.splitlines()[-1]))
 
 
 def test_import_pulls_in_no_heavy_modules_and_configures_no_logging():
     code = (
         "import logging, sys\n"
         "import servicefactory\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('werkzeug', 'requests', 'psutil', 'click', 'http', 'ssl', 'email'))\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('werkzeug', 'requests', 'psutil', 'click', 'http', 'ssl', 'email', 'typing'))\n"
         "print(heavy, logging.getLogger().handlers, logging.getLogger('servicefactory').handlers)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[] [] []"
+
+
+def test_perform_of_a_service_that_is_not_running_imports_only_the_allowed_modules(tmp_path: Path):
+    imported = imported_by_perform("Nope", "echo", '{"a": [1]}', cwd=tmp_path, code=3)
+    assert "servicefactory.client" in imported  # the list saw perform's own imports
+    assert sorted(imported - PERFORM_MAY_IMPORT) == []
+
+
+def test_a_real_call_through_perform_imports_only_the_allowed_modules(tmp_path: Path, spawn):
+    spawn(args=[sys.executable, "-m", "servicefactory", "run", "echo"], files={"echo.py": ECHO})
+    wait_until(lambda: subprocess.run([sys.executable, "-m", "servicefactory", "perform", "Echo", "echo"],
+                                      capture_output=True, timeout=30).returncode == 0, message="Echo answering")
+    for args, stdin in ((["Echo", "echo", '{"a": "ü"}'], None), (["Echo", "echo", "-", "--timeout=5"], "[1, 2]")):
+        imported = imported_by_perform(*args, cwd=tmp_path, input=stdin, code=0)
+        assert "socket" in imported
+        assert sorted(imported - PERFORM_MAY_IMPORT) == []
+    for heavy in ("click", "typing", "werkzeug", "requests", "psutil", "http.client", "tempfile", "logging"):
+        assert heavy not in imported

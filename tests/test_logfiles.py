@@ -60,6 +60,7 @@ def test_zero_backups_starts_the_file_afresh_and_keeps_no_other(tmp_path):
 def test_a_reopened_log_counts_what_the_file_already_holds(tmp_path):
     path = tmp_path / "svc.log"
     path.write_bytes(b"".join(_lines(3)))  # 90 of 100 bytes used by an earlier run
+    path.chmod(0o600)  # as our own runs create it: a log others may read is refused
     log = RotatingLog(path, max_bytes=100, backups=1)
     log.write(b"y" * 29 + b"\n")
     log.close()

@@ -1,0 +1,113 @@
+"""A restart never leaves a caller guessing (issue 17): each call ran, or was refused and did not run.
+
+4 threads call a supervised service continuously through 20 `servicefactory restart`s. The handler
+writes each call's id to a file, so the test sees from outside which calls ran: an answered call
+ran exactly once, a call refused as retry-safe (`ServiceNotRunning`, `ServiceUnavailable`) did not
+run, and no call ends in `ProtocolError` ("may or may not have run").
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_until
+from servicefactory import ProtocolError, ServiceNotRunning, client
+from servicefactory.state import LocalRegistry
+
+CLI = [sys.executable, "-m", "servicefactory"]
+THREADS = 4
+RESTARTS = 20
+
+SERVICE = '''
+import os
+from servicefactory import Service
+
+RUNS = {runs!r}
+
+
+@Service.API.endpoint(port=0)
+class Counter(Service.base):
+    def loop(self):
+        self.sleep(30)
+
+    @Service.API.handle("count")
+    def count(self, data):
+        # O_APPEND: each run is one whole line, whatever the other workers and instances write
+        fd = os.open(RUNS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (data + "\\n").encode())
+        finally:
+            os.close(fd)
+        return data
+'''
+
+
+def cli(tmp_path: Path, sf_home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SERVICEFACTORY_HOME=str(sf_home))
+    return subprocess.run([*CLI, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.xfail(strict=False, reason="needs server drain (the http helper's 503 + Connection: close on stop)")
+def test_calls_through_twenty_restarts_either_ran_once_or_were_refused_and_did_not_run(tmp_path, sf_home):
+    runs_file = tmp_path / "runs.txt"
+    (tmp_path / "counter.py").write_text(SERVICE.format(runs=str(runs_file)))
+    started = cli(tmp_path, sf_home, "run", "counter:Counter", "--daemon")
+    assert started.returncode == 0, started.stdout + started.stderr
+    registry = LocalRegistry(sf_home)
+    outcomes: dict[str, str] = {}
+    samples: list[str] = []
+    stop = threading.Event()
+
+    def caller(index: int) -> None:
+        number = 0
+        try:
+            while not stop.is_set():
+                number += 1
+                call_id = f"{index}-{number}"
+                try:
+                    assert client.perform("Counter", "count", call_id, timeout=10) == call_id
+                    outcomes[call_id] = "ran"
+                except ServiceNotRunning:  # ServiceUnavailable too: both promise the call did not run
+                    outcomes[call_id] = "refused"
+                    time.sleep(0.005)
+                except ProtocolError as exc:
+                    outcomes[call_id] = "unknown"
+                    samples.append(str(exc))
+        finally:
+            client.close_connections()
+
+    threads = [threading.Thread(target=caller, args=(i,), daemon=True) for i in range(THREADS)]
+    try:
+        pids = {registry.lookup("Counter").pid}
+        for thread in threads:
+            thread.start()
+        for _ in range(RESTARTS):
+            time.sleep(0.15)
+            restarted = cli(tmp_path, sf_home, "restart", "Counter")
+            assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+            record = wait_until(lambda: (lambda r: r if r and r.pid not in pids and r.port else None)(
+                registry.lookup("Counter")), timeout=15, message="Counter back with a new pid")
+            pids.add(record.pid)
+        time.sleep(0.15)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(15)
+        cli(tmp_path, sf_home, "stop", "Counter")
+    assert len(pids) == RESTARTS + 1
+    ran = Counter(runs_file.read_text().split())
+    tally = Counter(outcomes.values())
+    assert tally["ran"] > 100, tally  # the calls did go on through the restarts
+    assert tally["unknown"] == 0, (tally, samples[:3])
+    assert [call for call, times in ran.items() if times > 1] == []  # nothing ran twice
+    answered = {call for call, outcome in outcomes.items() if outcome == "ran"}
+    refused = {call for call, outcome in outcomes.items() if outcome == "refused"}
+    assert answered <= set(ran)  # every answer came from a run
+    assert sorted(refused & set(ran)) == []  # a call refused as safe to retry did not run

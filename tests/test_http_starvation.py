@@ -1,0 +1,129 @@
+"""No client can hold a worker: half-sent requests wait in the selector, unread answers are written
+by the selector, and pipelined floods are served one request per connection per turn."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+from http_support import CountingApp, serving
+
+WORKERS = 4
+
+
+def _call(sock: socket.socket) -> float:
+    started = time.perf_counter()
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while not data.endswith(b"\r\n\r\n"):  # the app answers an empty body
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the well-behaved client's connection"
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 200 "), data
+    return time.perf_counter() - started
+
+
+def _p99(latencies: list[float]) -> float:
+    return sorted(latencies)[int(len(latencies) * 0.99) - 1]
+
+
+def test_heads_waiting_for_their_bodies_hold_no_worker_and_calls_stay_fast():
+    """2x the workers of connections each holding a chunked head, an Expect head and an overlong
+    length (13 digits) with a short body: a well-behaved client's calls keep p99 under 50 ms."""
+    app = CountingApp()
+    hogs: list[socket.socket] = []
+    with serving(app, max_workers=WORKERS) as server:
+        address = ("127.0.0.1", server.port)
+        try:
+            for _ in range(2 * WORKERS):
+                for head in (b"POST /h HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+                             b"POST /h HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n",
+                             b"POST /h HTTP/1.1\r\nHost: x\r\nContent-Length: 0000000000010\r\n\r\n12"):
+                    sock = socket.create_connection(address, timeout=5)
+                    sock.sendall(head)
+                    hogs.append(sock)
+            time.sleep(0.2)  # every hog is read and parsed
+            with socket.create_connection(address, timeout=5) as client:
+                _call(client)
+                latencies = [_call(client) for _ in range(300)]
+            assert _p99(latencies) < 0.050, f"p99 {_p99(latencies) * 1000:.1f} ms"
+            assert [path for _, path, _ in app.seen] == ["/health"] * 301
+            # the Expect heads got their 100 Continue from the selector, and no answer beyond it
+            expecting = hogs[1::3]
+            for sock in expecting:
+                sock.settimeout(2)
+                assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        finally:
+            for sock in hogs:
+                sock.close()
+
+
+def test_a_client_that_never_reads_its_answers_holds_no_worker():
+    big = b"x" * (24 * 1024 * 1024)  # more than the kernel's socket buffers hold
+
+    def handler(environ):
+        return None
+
+    app = CountingApp(handler)
+
+    def big_app(environ, start_response):
+        if environ["PATH_INFO"] == "/big":
+            start_response("200 OK", [("Content-Type", "application/octet-stream")])
+            return [big]
+        return app(environ, start_response)
+
+    with serving(big_app, max_workers=1, io_timeout=30) as server:
+        address = ("127.0.0.1", server.port)
+        stuck = []
+        try:
+            for _ in range(2):  # twice the single worker
+                sock = socket.create_connection(address, timeout=5)
+                sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+                stuck.append(sock)
+            time.sleep(0.3)
+            with socket.create_connection(address, timeout=5) as client:
+                latencies = [_call(client) for _ in range(20)]
+            assert max(latencies) < 0.5, latencies
+            # and the non-reader still gets its whole answer when it reads at last
+            stuck[0].settimeout(10)
+            received = 0
+            while received < len(big):
+                chunk = stuck[0].recv(1 << 20)
+                assert chunk
+                received += len(chunk)
+        finally:
+            for sock in stuck:
+                sock.close()
+
+
+def test_a_pipelined_flood_from_16_clients_does_not_delay_another_clients_calls():
+    app = CountingApp()
+    stop = threading.Event()
+    flood = b"GET /flood HTTP/1.1\r\nHost: x\r\n\r\n" * 2000
+
+    def flooder(address):
+        with socket.create_connection(address, timeout=5) as sock:
+            sock.setblocking(False)
+            while not stop.is_set():
+                try:
+                    sock.send(flood)  # never reads: its answers back up, then its requests
+                except BlockingIOError:
+                    time.sleep(0.01)
+                except OSError:
+                    return
+
+    with serving(app, max_workers=WORKERS) as server:
+        address = ("127.0.0.1", server.port)
+        threads = [threading.Thread(target=flooder, args=(address,), daemon=True) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(0.5)  # the flood is under way
+            assert len(app.seen) > 1000
+            with socket.create_connection(address, timeout=5) as client:
+                latencies = [_call(client) for _ in range(50)]
+            assert max(latencies) < 0.5, f"max {max(latencies) * 1000:.0f} ms"
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(5)
