@@ -499,7 +499,8 @@ class LocalRegistry:
         dead = is_dead(record)
         if record.supervisor:
             if not self.is_held(record.supervisor):
-                return "stale", record  # its supervisor died; the child follows it out
+                # its supervisor died; the child follows it out within its stop timeout
+                return ("stale" if dead else "stopping"), record
             if record.state == "running" and dead:
                 return "starting", record  # it just exited; its supervisor is about to say what next
             return record.state, record
