@@ -135,6 +135,8 @@ class Server:
         self._wake()  # the selector leaves once it has written what it holds (or at the deadline)
         if self._selector_thread is not None:
             self._selector_thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
+        else:
+            self.socket.close()  # never started: the selector would have closed it
         with self._lock:
             self._jobs.extend([None] * len(self._workers))
             self._jobs_ready.notify_all()
