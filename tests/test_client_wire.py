@@ -194,3 +194,31 @@ def test_the_cli_reports_an_8_mib_body_as_over_the_limit_with_exit_2(spawn, tmp_
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     assert "limit" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_forked_child_opens_its_own_connections_and_never_reads_its_parents_answers():
+    """multiprocessing (fork), gunicorn's preload: children must not share the parent's kept sockets."""
+    import os
+    import warnings
+
+    with running(Small()):
+        assert Small.perform("size", "warm") == 4  # the parent now keeps a connection open
+        children = []
+        for index in range(4):
+            with warnings.catch_warnings():  # 3.12+ warns of fork() in a process with threads: meant here
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:  # the child: many calls at once with the parent's, each checked
+                code = 0
+                try:
+                    for number in range(300):
+                        if Small.perform("size", "x" * (index * 1000 + number)) != index * 1000 + number:
+                            code = 1
+                except BaseException:
+                    code = 2
+                os._exit(code)
+            children.append(pid)
+        wrong = sum(Small.perform("size", "y" * number) != number for number in range(300))
+        codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+        client.close_connections()
+    assert (wrong, codes) == (0, [0, 0, 0, 0])
