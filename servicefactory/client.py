@@ -12,7 +12,6 @@ stopping service) means the action did not run; `ProtocolError` means it may or 
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import struct
@@ -20,14 +19,16 @@ import threading
 import time
 
 from ._names import connect_host, host_port, valid_action_name
-from .errors import (ActionFailed, InvalidData, ProtocolError, ServiceNotRunning, ServiceTimeout,
-                     ServiceUnavailable, Unauthorized, UnknownAction)
+from .errors import (ActionFailed, InvalidData, ProtocolError, ServiceNotRunning,
+                     ServiceTimeout, ServiceUnavailable,
+                     Unauthorized, UnknownAction)
 
 TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
 if TYPE_CHECKING:
     from typing import Any
 
 DEFAULT_TIMEOUT = 10.0
+_INFINITY = float("inf")
 #: bodies above this are sent in pieces, watching for an early answer (a 413 sent before the body is read)
 _PIECE = 256 * 1024
 
@@ -83,7 +84,7 @@ def decode_answer(status: int, content_type: str, body: bytes, action: str, name
     message = error.get("message", "") if isinstance(error, dict) else str(error or "")
     if status == 404:
         raise UnknownAction(f"{name} has no action {action!r}")
-    if status in (401, 403):
+    if status in (401, 403, 429):  # 429: too many wrong tokens from this peer, for a while
         raise Unauthorized(f"{name} refused the request: {message}")
     if status in (400, 413, 415):
         raise InvalidData(f"{name} rejected the data for {action!r}: {message or 'body over the limit'}")
@@ -194,7 +195,7 @@ def perform(name: str, action: str, data: Any = None, *, timeout: float = DEFAUL
     """
     if registry is None:
         registry = _default_registry()
-    if not 0 < timeout < math.inf:  # also false for nan
+    if not 0 < timeout < _INFINITY:  # also false for nan
         raise InvalidData(f"timeout must be a positive number of seconds, not {timeout!r}")
     if action not in _valid_actions:
         if not valid_action_name(action):
@@ -210,12 +211,10 @@ def perform(name: str, action: str, data: Any = None, *, timeout: float = DEFAUL
     except ServiceNotRunning as first:  # nothing ran: refused, another service, or stopping
         _addresses.pop((registry_key, name), None)
         fresh = resolve(name, registry, fallback, fresh=True)  # it may be back elsewhere
-        if fresh == address and not isinstance(first, ServiceUnavailable):
-            _addresses.pop((registry_key, name), None)
-            if isinstance(first, _Misdirected):
-                raise ServiceNotRunning(f"{name} is not running: {host_port(*address)} now serves another "
-                                        f"service") from None
-            raise
+        if fresh == address and isinstance(first, _Misdirected):
+            _addresses.pop((registry_key, name), None)  # the registry still names the other service's port
+            raise ServiceNotRunning(f"{name} is not running: {host_port(*address)} now serves another "
+                                    f"service") from None
         try:
             return _send(fresh, name, action, body, timeout, session, token)
         except ServiceNotRunning:

@@ -44,7 +44,7 @@ def _default_root() -> str:
 
 
 def check_name(name: str) -> str:
-    """Return `name` if it can name a service's files, else raise StateError."""
+    """Return `name` if it can name a service's files, else raise InvalidName (a usage error, exit 2)."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidName(f"invalid service name {name!r}: use letters, digits, '_', '-' and '.'")
     return name
@@ -105,6 +105,18 @@ def holds_open(pid: int, path: Path | str) -> bool:
         if info.st_ino == target.st_ino and info.st_dev == target.st_dev:
             return True
     return False
+
+
+def _supervised_as(pid: int, name: str) -> bool:
+    """Whether process `pid` was started by a supervisor as service `name` (its environment says so
+    from its start; with the start time checked by the caller, a record alone cannot fake it)."""
+    from .service import SUPERVISED_ENV
+
+    try:
+        environ = read_nofollow(f"/proc/{pid}/environ", 1 << 22)
+    except OSError:
+        return False
+    return f"{SUPERVISED_ENV}={name}".encode() in environ.split(b"\0")
 
 
 def locker(path: Path | str) -> int | None:
@@ -405,12 +417,15 @@ class LocalRegistry:
         return [name for name in self._names((".last",))
                 if not (self.remembered(name) or {}).get("stopped_by_user")]
 
-    def _names(self, suffixes: tuple[str, ...]) -> list[str]:
+    def _entries(self) -> list[str]:
         try:
-            entries = os.listdir(self.home)
+            return os.listdir(self.home)
         except (FileNotFoundError, NotADirectoryError):
             return []
-        found = {entry.rsplit(".", 1)[0] for entry in entries if entry.endswith(suffixes) and not entry.startswith(".")}
+
+    def _names(self, suffixes: tuple[str, ...]) -> list[str]:
+        found = {entry.rsplit(".", 1)[0] for entry in self._entries()
+                 if entry.endswith(suffixes) and not entry.startswith(".")}
         return sorted(name for name in found if _NAME.match(name))
 
     def records(self) -> Iterator[ServiceRecord]:
@@ -441,7 +456,7 @@ class LocalRegistry:
         a supervisor, its own `_supervisor-N` pidfile) and started when the record says."""
         if not record.pid or is_dead(record):
             return False
-        return holds_open(record.pid, self.pidfile(record.name))
+        return holds_open(record.pid, self.pidfile(record.name)) or _supervised_as(record.pid, record.name)
 
     def owner(self, name: str) -> ServiceRecord | None:
         """What the live process holding `name` proves about itself when its record is missing,
@@ -459,7 +474,8 @@ class LocalRegistry:
             if supervisor is None:
                 return None
             pid = 0  # a supervisor between two runs of its child
-        return ServiceRecord(name, pid, create_time=(process_start_time(pid) or 0.0) if pid else 0.0,
+        started = (process_start_time(pid) or 0.0) if pid else 0.0
+        return ServiceRecord(name, pid, create_time=started, started=started or time.time(),
                              supervisor=supervisor, state="running" if pid else "backoff")
 
     def state_of(self, name: str) -> tuple[str, ServiceRecord | None]:
@@ -483,7 +499,8 @@ class LocalRegistry:
         dead = is_dead(record)
         if record.supervisor:
             if not self.is_held(record.supervisor):
-                return "stale", record  # its supervisor died; the child follows it out
+                # its supervisor died; the child follows it out within its stop timeout
+                return ("stale" if dead else "stopping"), record
             if record.state == "running" and dead:
                 return "starting", record  # it just exited; its supervisor is about to say what next
             return record.state, record
@@ -491,12 +508,19 @@ class LocalRegistry:
 
     def _current(self, record: ServiceRecord) -> bool:
         """Whether `record` was written by the name's present owner (not left by an older one)."""
-        locked_by = locker(self.pidfile(record.name))
+        pidfile = self.pidfile(record.name)
+        locked_by = locker(pidfile)
         if locked_by is None:
             return True  # cannot tell (no /proc/locks): believe the file
-        if record.supervisor:
-            return record.supervisor == f"{SUPERVISOR_PREFIX}{locked_by}"
-        return record.pid == locked_by
+        if not record.supervisor:
+            return record.pid == locked_by
+        if record.supervisor != f"{SUPERVISOR_PREFIX}{locked_by}":
+            return False
+        try:  # the supervisor writes each new child's pid here first: a record naming another is older
+            pid = int(read_nofollow(pidfile, 64).split()[0])
+        except (OSError, ValueError, IndexError):
+            return True
+        return pid == record.pid or not holds_open(pid, pidfile)
 
     def _just_claimed(self, name: str) -> bool:
         """A name claimed moments ago whose owner has not published yet (it is still starting)."""
@@ -505,6 +529,29 @@ class LocalRegistry:
         except OSError:
             return False
         return age < 3.0 and not os.path.lexists(self.metadata_file(name))
+
+    def log_of(self, name: str) -> Path:
+        """Where `name` logs: its record's log path, else the --log-file it was last run with, else NAME.log."""
+        from pathlib import Path  # only `logs` needs it: `perform` stays free of pathlib
+
+        record = self.lookup(name)
+        if record is not None and record.log_path:
+            return Path(record.log_path)
+        remembered = self.remembered(name) or {}
+        if isinstance(remembered.get("log_file"), str):
+            return Path(remembered["log_file"])
+        return self.log_file(name)
+
+    def logs(self) -> dict[str, Path]:
+        """Every service's log that exists: NAME.log files here, and the --log-file of each service
+        registered or remembered here (public names only: a supervisor's own log is not a service's)."""
+        found = {entry[:-4]: self.home / entry for entry in sorted(self._entries())
+                 if entry.endswith(".log") and _NAME.match(entry[:-4]) and entry != "supervisor.log"}
+        for name in set(self.names()) | set(self.remembered_names()):
+            if not name.startswith("_"):
+                found[name] = self.log_of(name)
+        return {name: path for name, path in sorted(found.items())
+                if os.path.isfile(path) and not os.path.islink(path)}
 
     def clean(self, name: str) -> None:
         """Remove a stale service's leftovers, holding its lock meanwhile: never those of a live owner."""
