@@ -306,6 +306,8 @@ def test_restart_with_a_relative_home_from_another_directory_uses_the_same_state
         assert sf("stop", "Keeper", cwd=elsewhere, env=here).returncode == 0
         result = sf("restart", "Keeper", cwd=elsewhere, env=here)
         assert result.returncode == 0, result.stderr
+        named = result.stderr.split("state directory ", 1)[1].split(")", 1)[0]
+        assert Path(named).resolve() == home.resolve()  # the message names the directory it used
         assert status_of("Keeper", elsewhere, here)["state"] == "running"
         assert status_of("Keeper", started_in, {"SERVICEFACTORY_HOME": "state"})["state"] == "running"
         assert sorted(p.name for p in tmp_path.rglob("state")) == ["state"]  # no second state directory
