@@ -14,13 +14,13 @@ import re
 import stat
 import threading
 import time
-from pathlib import Path
 
 from .errors import AlreadyRunning, InvalidName, StateError
 from .registry import SUPERVISOR_PREFIX, Claim, ServiceRecord
 
 TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any, Iterator
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
@@ -28,13 +28,19 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 
 def default_home() -> Path:
     """Where state lives: $SERVICEFACTORY_HOME, else $XDG_RUNTIME_DIR/servicefactory, else ~/.servicefactory."""
+    from pathlib import Path
+    return Path(_default_root())
+
+
+def _default_root() -> str:
+    # default_home() as a string: see LocalRegistry.root
     explicit = os.environ.get("SERVICEFACTORY_HOME")
     if explicit:
-        return Path(explicit).expanduser().absolute()  # messages name the directory actually used
+        return os.path.abspath(os.path.expanduser(explicit))  # messages name the directory actually used
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
-        return Path(runtime) / "servicefactory"
-    return Path.home() / ".servicefactory"
+        return os.path.join(runtime, "servicefactory")
+    return os.path.join(os.path.expanduser("~"), ".servicefactory")
 
 
 def check_name(name: str) -> str:
@@ -48,7 +54,7 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace `path` with `data` so that readers see the old file or the new one, never a part."""
     import tempfile  # only writers pay for it; `perform` and `status` only read
 
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
@@ -216,12 +222,28 @@ class LocalRegistry:
     KEEP_INTERVAL = 1.0
 
     def __init__(self, home: Path | str | None = None) -> None:
-        self.home = Path(home) if home is not None else default_home()
+        #: the directory, as a string: the reads `servicefactory perform` makes go through os.* with
+        #: it, so that perform never imports pathlib (with the urllib.parse it imports, ~7 ms of a
+        #: ~50 ms cold start); `home` is the same directory as a Path, for everything else
+        self.root = os.path.normpath(os.fspath(home)) if home is not None else _default_root()
+        self._home: Path | None = None
         self._published: dict[str, tuple[Claim, bytes]] = {}
         self._keeper: threading.Thread | None = None
         self._keeping = threading.Lock()
 
     # -- paths --
+
+    @property
+    def home(self) -> Path:
+        """The state directory."""
+        if self._home is None:
+            from pathlib import Path
+            self._home = Path(self.root)
+        return self._home
+
+    def _file(self, name: str, suffix: str) -> str:
+        # pidfile(), metadata_file() as strings: see `root`
+        return os.path.join(self.root, check_name(name) + suffix)
 
     def pidfile(self, name: str) -> Path:
         """The pidfile of service `name`."""
@@ -258,7 +280,7 @@ class LocalRegistry:
     def check(self) -> None:
         """Raise StateError if the directory is owned by another user or writable by others."""
         try:
-            info = os.stat(self.home)
+            info = os.stat(self.root)
         except FileNotFoundError:
             raise StateError(f"state directory {self.home} does not exist (was it deleted?)") from None
         except OSError as exc:
@@ -274,7 +296,7 @@ class LocalRegistry:
 
     def check_safe(self) -> None:
         """Raise StateError if the directory exists but cannot be trusted; a missing one holds nothing."""
-        if os.path.lexists(self.home):
+        if os.path.lexists(self.root):
             self.check()
 
     # -- the registry interface --
@@ -377,7 +399,7 @@ class LocalRegistry:
     def lookup(self, name: str) -> ServiceRecord | None:
         """The recorded metadata of `name`, or None (a missing, half-written or garbled file reads as
         none). Raises StateError for a state directory others could have planted it in."""
-        path = self.metadata_file(name)  # an invalid name is the caller's error, not a missing record
+        path = self._file(name, ".json")  # an invalid name is the caller's error, not a missing record
         self.check_safe()
         try:
             record = ServiceRecord.from_dict(json.loads(read_nofollow(path)))
@@ -416,7 +438,7 @@ class LocalRegistry:
     def is_held(self, name: str) -> bool:
         """Whether a live process holds `name`'s pidfile lock."""
         try:
-            fd = os.open(self.pidfile(name), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(self._file(name, ".pid"), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return False
         try:
@@ -478,8 +500,8 @@ class LocalRegistry:
         """
         record = self.lookup(name)
         if not self.is_held(name):
-            has_files = record is not None or os.path.lexists(self.pidfile(name)) or \
-                os.path.lexists(self.metadata_file(name))
+            has_files = record is not None or os.path.lexists(self._file(name, ".pid")) or \
+                os.path.lexists(self._file(name, ".json"))
             return ("stale" if has_files else "stopped"), record
         if record is not None and not self._current(record):
             record = None
@@ -491,7 +513,8 @@ class LocalRegistry:
         dead = is_dead(record)
         if record.supervisor:
             if not self.is_held(record.supervisor):
-                return "stale", record  # its supervisor died; the child follows it out
+                # its supervisor died; the child follows it out within its stop timeout
+                return ("stale" if dead else "stopping"), record
             if record.state == "running" and dead:
                 return "starting", record  # it just exited; its supervisor is about to say what next
             return record.state, record
@@ -523,6 +546,8 @@ class LocalRegistry:
 
     def log_of(self, name: str) -> Path:
         """Where `name` logs: its record's log path, else the --log-file it was last run with, else NAME.log."""
+        from pathlib import Path  # only `logs` needs it: `perform` stays free of pathlib
+
         record = self.lookup(name)
         if record is not None and record.log_path:
             return Path(record.log_path)
@@ -590,9 +615,9 @@ class LocalRegistry:
         token = os.environ.get("SERVICEFACTORY_TOKEN", "").strip()
         if token:
             return token
-        path = self.token_file
+        path = os.path.join(self.root, "token")  # not token_file: see `root`
         try:
-            info = path.stat()
+            info = os.stat(path)
         except OSError:
             return None
         if info.st_mode & 0o077:
@@ -604,4 +629,4 @@ class LocalRegistry:
 
     def describe(self) -> dict[str, Any]:
         """Where this registry keeps its state, for messages."""
-        return {"backend": "local", "home": str(self.home)}
+        return {"backend": "local", "home": self.root}
