@@ -310,6 +310,7 @@ def _run_again(name: str, spec: dict, registry: Any) -> None:
             command += [param.opts[0], str(value)]
     # the directory it was run in, never one a relative SERVICEFACTORY_HOME would resolve to from there
     env = dict(os.environ, SERVICEFACTORY_HOME=str(registry.home))
+    click.echo(f"starting {name} again as it was last run (state directory {registry.home})", err=True)
     cwd = spec.get("cwd") if spec.get("cwd") and os.path.isdir(spec["cwd"]) else None
     code = subprocess.call(command, cwd=cwd, env=env)
     if code:
