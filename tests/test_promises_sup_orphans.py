@@ -129,3 +129,35 @@ def test_kill_9_of_a_foreground_run_ends_every_service_and_descendant_too(sf, sp
     left = {pid: argv for pid, argv in _tree(sf).items() if not gone(pid)}
     assert not left, f"still running {time.monotonic() - killed:.1f} s after the kill: {left}"
     assert time.monotonic() - killed <= STOP_TIMEOUT + 1.5
+
+
+CLOSER = """
+import os
+from servicefactory import Service
+
+@Service.policy(stop_timeout=1)
+class Closer(Service.base):
+    done = False
+
+    def loop(self):
+        if not self.done:
+            self.done = True
+            os.closerange(3, 1024)  # as daemon-style code does: every fd it does not know, ours too
+            self.kept = [os.pipe() for _ in range(4)]  # and reuses the numbers
+            print("closed", flush=True)
+        self.sleep(1)
+"""
+
+
+def test_a_service_closing_every_fd_is_not_taken_for_orphaned_yet_still_dies_with_its_supervisor(sf):
+    sf.write("closer.py", CLOSER)
+    sf.daemon("closer")
+    wait_until(lambda: "closed" in sf.log("Closer"), timeout=10, message="the fds closed")
+    time.sleep(1.5)
+    row = sf.row("Closer")
+    assert row["state"] == "running" and "lost its supervisor" not in sf.log("Closer"), sf.log("Closer")
+    pid = row["pid"]
+
+    os.kill(supervisor_pid(row), signal.SIGKILL)
+    # without its pipe it notices by its parent pid, polled each second: one more second of slack
+    wait_until(lambda: gone(pid), timeout=1 + 1 + 2, message="the service gone after its supervisor")
