@@ -111,6 +111,11 @@ def _write_own_log(name: str, log_path: str) -> None:
 
 def _reap_adopted() -> None:
     """Reap exited children this process did not start itself (orphans of its descendants)."""
+    try:  # one system call in the usual case: is any child waiting to be reaped? (not reaping it)
+        if os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            return
+    except (ChildProcessError, AttributeError, OSError):
+        return  # no child at all (or no waitid here)
     zombies = [p for p, parent in _reaper.parents().items() if parent == os.getpid() and _reaper.is_zombie(p)]
     if not zombies:
         return

@@ -161,3 +161,35 @@ def test_a_service_closing_every_fd_is_not_taken_for_orphaned_yet_still_dies_wit
     os.kill(supervisor_pid(row), signal.SIGKILL)
     # without its pipe it notices by its parent pid, polled each second: one more second of slack
     wait_until(lambda: gone(pid), timeout=1 + 1 + 2, message="the service gone after its supervisor")
+
+
+ZOMBIES = """
+import subprocess
+from servicefactory import Service
+
+class Zed(Service.base):
+    keep = None
+
+    def loop(self):
+        if self.keep is not None:
+            print(f"keep exit {self.keep.poll()}", flush=True)  # 1, unless someone reaped it behind our back
+        # a short-lived double-forked grandchild: re-parented to the service (a subreaper), then exits
+        subprocess.run(["sh", "-c", "(sleep 0.05 &) ; exit 0"])
+        self.keep = subprocess.Popen(["false"])  # its own child, left unwaited for a while
+        self.sleep(0.2)
+"""
+
+
+def test_orphans_adopted_by_a_service_are_reaped_and_its_own_children_are_left_to_it(sf):
+    sf.write("zed.py", ZOMBIES)
+    sf.daemon("zed")
+    pid = sf.row("Zed")["pid"]
+    time.sleep(11)  # ~45 orphans; reaped every 5 s
+    zombies = [child for child in psutil.Process(pid).children()
+               if child.status() == psutil.STATUS_ZOMBIE and child.name() == "sleep"]
+    log = sf.log("Zed")
+    iterations = log.count("keep exit")
+    # unreaped, there would be one per iteration; reaped every 5 s, at most those of the last 5 s
+    assert len(zombies) <= 0.6 * iterations, f"{len(zombies)} zombies after {iterations} iterations"
+    assert log.count("keep exit 1") >= 20, log[-2000:]
+    assert "keep exit 0" not in log, "the service's own child was reaped behind its back"
