@@ -414,19 +414,17 @@ def logs(name: str | None, follow: bool, lines: int) -> None:
             check_name(name)
         except ServiceFactoryError as exc:
             _fail(exc, 2)
-        path = _log_of(registry, name)
+        path = registry.log_of(name)
         if not os.path.lexists(path):
             _fail(f"no log for {name} at {path} (services run with `servicefactory run` have logs)", 3)
         sources = {name: path}
     else:
         if not registry.home.exists():
             _fail(f"no logs: state directory {registry.home} does not exist", 3)
-        sources = {p.name[:-4]: p for p in sorted(registry.home.glob("*.log"))
-                   if p.name != "supervisor.log" and p.is_file() and not p.is_symlink()}
-        for known in set(registry.names()) | set(registry.remembered_names()):
-            path = _log_of(registry, known)  # a service run with --log-file logs elsewhere
-            if not known.startswith("_") and path.exists():
-                sources[known] = path
+        try:
+            sources = registry.logs()
+        except ServiceFactoryError as exc:
+            _fail(exc)
         if not sources:
             _fail(f"no service logs in {registry.home}", 3)
     for source, path in sources.items():
@@ -458,19 +456,6 @@ def logs(name: str | None, follow: bool, lines: int) -> None:
         pass
     except BrokenPipeError:
         sys.stderr.close()
-
-
-def _log_of(registry: Any, name: str) -> Any:
-    """Where `name` logs: its record's log path, else the --log-file it was last run with, else NAME.log."""
-    from pathlib import Path
-
-    record = registry.lookup(name)
-    if record is not None and record.log_path:
-        return Path(record.log_path)
-    remembered = registry.remembered(name) or {}
-    if isinstance(remembered.get("log_file"), str):
-        return Path(remembered["log_file"])
-    return registry.log_file(name)
 
 
 def _follow(sources: dict, offsets: dict, prefix: bool) -> None:
@@ -511,6 +496,20 @@ def list_(target: str) -> None:
         click.echo(f"{cls._servicefactory_name()}  {where}  actions: {', '.join(actions) or '-'}"
                    f"  (+ {', '.join(BUILTIN_ACTIONS)})" if endpoint else
                    f"{cls._servicefactory_name()}  {where}")
+
+
+# -- token ---------------------------------------------------------------------------------
+
+@cli.command(epilog="""\b
+Example:
+  (umask 077; servicefactory token > ~/.servicefactory/token)
+  export SERVICEFACTORY_TOKEN=$(servicefactory token)
+""")
+def token() -> None:
+    """Print a fresh random API token (256 bits), for SERVICEFACTORY_TOKEN or the state directory's token file."""
+    from servicefactory._guard import new_token
+
+    click.echo(new_token())
 
 
 def main() -> None:

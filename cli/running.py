@@ -126,8 +126,12 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
     ready_read, ready_write = os.pipe()
     log_path = registry.home / "supervisor.log"
     env = dict(os.environ, **{READY_FD_ENV: str(ready_write)})
-    with open(log_path, "ab") as log:
-        os.chmod(log_path, 0o600)
+    from servicefactory.logfiles import open_private
+    try:
+        log_fd = open_private(log_path)  # never through a symlink (issue 9.7)
+    except ServiceFactoryError as exc:
+        _fail(exc)
+    with os.fdopen(log_fd, "ab") as log:
         # isolated: its working directory is the state directory (only we can write there) and it
         # is not on sys.path; each service gets the project directory as its own working directory
         process = subprocess.Popen(python_command("servicefactory.supervisor") + [config],
