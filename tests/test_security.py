@@ -417,6 +417,25 @@ def test_the_throttle_lets_a_peer_try_again_after_the_wait(monkeypatch):
     assert throttle.wait(peer) == 0
 
 
+def test_off_host_guessers_are_throttled_per_ipv6_network_not_per_address():
+    """One host owns a whole IPv6 /64: rotating through it must not reset the count."""
+    from servicefactory._gate import Gate
+
+    gate = Gate(token=STRONG_TOKEN, require_token=True, bound_host="::")
+
+    def attempt(address: str, token: str = "wrong") -> int:
+        environ = {"REMOTE_ADDR": address, "REMOTE_PORT": "40000", "HTTP_AUTHORIZATION": f"Bearer {token}"}
+        refusal = gate.refuse(environ)
+        return refusal[0] if refusal else 200
+
+    assert [attempt(f"2001:db8:1:2::{n:x}") for n in range(1, 6)] == [401] * 5
+    assert attempt("2001:db8:1:2:ffff::1", STRONG_TOKEN) == 429  # same /64, another address
+    assert attempt("2001:db8:1:3::1", STRONG_TOKEN) == 200  # the next /64 is another peer
+    assert [attempt(f"192.0.2.{n}") for n in range(1, 7)] == [401] * 6  # IPv4: per address
+    assert [attempt("::ffff:192.0.2.99") for _ in range(5)] == [401] * 5
+    assert attempt("192.0.2.99", STRONG_TOKEN) == 429  # an IPv4-mapped address is the same peer
+
+
 # -- actions: POST + JSON only ---------------------------------------------------------------
 
 @pytest.mark.parametrize("request_bytes, status", [
