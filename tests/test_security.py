@@ -149,6 +149,33 @@ def _uid(user: str) -> int:
     return pwd.getpwnam(user).pw_uid
 
 
+@pytest.mark.parametrize("family, host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1"),
+                                          (socket.AF_INET6, "::")])
+def test_netlink_and_proc_net_tcp_name_the_same_owner(family, host, other_user):
+    from servicefactory._peercred import peer_uid, proc_uid
+
+    with socket.socket(family) as server:
+        server.bind((host, 0))
+        server.listen()
+        port = server.getsockname()[1]
+        target = "127.0.0.1" if host == "::" else host  # an IPv4 client of a dual-stack socket: mapped
+        script = f"import socket, time; s = socket.create_connection(({target!r}, {port})); time.sleep(3)"
+        theirs = subprocess.Popen(["runuser", "-u", other_user, "--", SYSTEM_PYTHON, "-I", "-c", script], cwd="/")
+        try:
+            with socket.create_connection((target, port)) as mine:
+                accepted = [server.accept() for _ in range(2)]
+                owners = {}
+                for sock, peer in accepted:
+                    local = sock.getsockname()[:2]
+                    owners[peer[1] == mine.getsockname()[1]] = (peer_uid(local, peer[:2]), proc_uid(local, peer[:2]))
+                    sock.close()
+        finally:
+            theirs.kill()
+            theirs.wait(5)
+    assert owners[True] == (os.geteuid(), os.geteuid())
+    assert owners[False] == (_uid(other_user), _uid(other_user))
+
+
 def test_another_local_user_is_refused_over_ipv6_loopback_too(other_user):
     @Service.API.endpoint(port=0, host="::1")
     class Six(Guarded):
