@@ -106,13 +106,17 @@ def _error(status: int, kind: str, message: str) -> tuple[int, bytes]:
 class App:
     """The WSGI application exposing one service instance's actions."""
 
+    #: the registry name callers address this service by (`Servicefactory-Service`, contract C2);
+    #: None (an App built without one) answers whatever name a caller sends
+    name: str | None = None
+
     def __init__(self, service: Any, actions: Mapping[str, Action], *, max_body: int = DEFAULT_MAX_BODY,
                  token: str | None = None, require_token: bool | None = None, bound_host: str = "127.0.0.1",
                  local_address: tuple[str, int] | None = None, allowed_uids: Iterable[int] | None = None,
                  exclusive_lock: Any = None, on_shutdown: Callable[[], None] | None = None,
                  name: str | None = None) -> None:
         self.service = service
-        self.name = name  # the registry name callers address this service by (Servicefactory-Service)
+        self.name = name
         self.actions = actions
         self.max_body = max_body
         self.gate = Gate(token=token, require_token=require_token, bound_host=bound_host,

@@ -84,10 +84,10 @@ def policy(*, restart: str = "on-failure", stop_timeout: float = 10.0, backoff_m
     loop() errors after which the service is `unhealthy` (0: never) under supervision."""
     if restart not in RESTART_POLICIES:
         raise ValueError(f"restart must be one of {', '.join(RESTART_POLICIES)}, not {restart!r}")
-    if stop_timeout <= 0:
-        raise ValueError("stop_timeout must be positive")
-    if backoff_max is not None and backoff_max <= 0:
-        raise ValueError("backoff_max must be positive")
+    if not 0 < stop_timeout < float("inf"):  # nan fails the comparison too
+        raise ValueError("stop_timeout must be a positive number of seconds")
+    if backoff_max is not None and not 0 < backoff_max < float("inf"):
+        raise ValueError("backoff_max must be a positive number of seconds")
     if not isinstance(max_loop_errors, int) or max_loop_errors < 0:
         raise ValueError("max_loop_errors must be a whole number, 0 or more")
 
