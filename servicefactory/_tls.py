@@ -12,7 +12,7 @@ import socket
 import ssl
 
 from .client import _Connection
-from .errors import InvalidData, ProtocolError, StartupError
+from .errors import InvalidData, ProtocolError, ServiceTimeout, StartupError
 
 #: where a client finds the CA that signed the services' certificates, unless told otherwise
 CA_FILE_ENV = "SERVICEFACTORY_CA_FILE"
@@ -77,6 +77,9 @@ def wrap(sock: socket.socket, host: str, name: str, where: str, ca_file: str | N
         raise ProtocolError(f"{name} at {where}: its TLS certificate is not trusted ({exc.verify_message}); "
                             f"nothing was sent. Give the CA that signed it with --ca-file or "
                             f"${CA_FILE_ENV}") from None
+    except socket.timeout:
+        sock.close()
+        raise ServiceTimeout(f"{name} at {where}: the TLS handshake timed out; nothing was sent") from None
     except (ssl.SSLError, OSError) as exc:
         sock.close()
         reason = getattr(exc, "reason", None) or exc.strerror or str(exc) or type(exc).__name__
@@ -85,9 +88,32 @@ def wrap(sock: socket.socket, host: str, name: str, where: str, ca_file: str | N
 
 
 class TLSConnection(_Connection):
-    """A keep-alive connection over TLS: the kernel's timeouts surface as ssl's want-read/write errors."""
+    """A keep-alive connection over TLS, with Python's socket timeouts.
+
+    The plain connection's kernel timeouts (SO_RCVTIMEO) do not bound a blocking TLS socket: ssl
+    retries a read that timed out in the kernel, forever. So every wait is bounded by settimeout().
+    """
 
     __slots__ = ()
+
+    def _limit(self, seconds: float) -> None:
+        self.sock.settimeout(max(seconds, 0.001))
+
+    def usable(self) -> bool:
+        """Whether the idle connection is open with nothing unread (a close_notify counts as unread)."""
+        if not self.open:
+            return False
+        self.sock.settimeout(0.0)  # the peek must not wait for readability as a timeout would
+        return super().usable()
+
+    def _send_watching(self, request: bytes, deadline: float) -> bool:
+        # a peek would wait on a socket with a timeout: send it all; a 413 and a close are read after
+        try:
+            self._remaining(deadline)
+            self.sock.sendall(request)
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            raise BrokenPipeError("the TLS connection was closed while sending") from None
+        return False
 
     def exchange(self, request: bytes, deadline: float, timeout: float) -> tuple[int, str, bytes]:
         """Send one request and read its answer, as over plain TCP."""

@@ -146,6 +146,8 @@ def resolve(name: str, registry: Any = None, fallback: tuple[str, int] | None = 
         address = record.address
         if getattr(record, "tls", False):
             _secure.add(address)  # from now on only a verified TLS connection is made to it
+        else:
+            _secure.discard(address)
     elif record is not None and not dead and record.state == "running" and fallback is None:
         raise ServiceNotRunning(f"{name} runs without an API (its class declares no Service.API.endpoint): "
                                 f"there is nothing to perform")
@@ -227,6 +229,9 @@ def perform(name: str, action: str, data: Any = None, *, timeout: float = DEFAUL
         except ServiceNotRunning:
             _addresses.pop((registry_key, name), None)
             raise
+    except ProtocolError:  # e.g. the port now speaks TLS, or no longer does: read the record again next time
+        _addresses.pop((registry_key, name), None)
+        raise
 
 
 def _head(address: tuple[str, int], name: str, action: str, token: str | None) -> bytes:

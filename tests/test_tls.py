@@ -31,7 +31,7 @@ import pytest
 
 from conftest import PYTHON
 from servicefactory import Service, client
-from servicefactory.errors import InvalidData, ProtocolError, StartupError
+from servicefactory.errors import InvalidData, ProtocolError, ServiceTimeout, StartupError
 from servicefactory.state import LocalRegistry
 from servicefactory.testing import running
 
@@ -200,6 +200,40 @@ def test_plain_http_to_a_tls_port_and_tls_to_a_plain_port_fail_at_once(pki, tmp_
         assert plain.calls == []
 
 
+def test_a_slow_answer_or_a_silent_handshake_over_tls_is_a_timeout(pki, tmp_path):
+    @Service.API.endpoint(port=0, tls=(pki.cert, pki.key), name="Slow")
+    class Slow(Echo):
+        @Service.API.handle("slow")
+        def slow(self, data: Any) -> Any:
+            time.sleep(data)
+            return data
+
+    with running(Slow()):
+        started = time.monotonic()
+        with pytest.raises(ServiceTimeout, match="did not answer 'slow' within 0.3 s"):
+            client.perform("Slow", "slow", 1.5, ca_file=pki.ca, timeout=0.3)
+        assert time.monotonic() - started < 1.2
+        assert client.perform("Slow", "slow", 0, ca_file=pki.ca) == 0  # the next call is fine
+    elsewhere = LocalRegistry(tmp_path / "empty-home")
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts (the kernel does), never speaks
+        started = time.monotonic()
+        with pytest.raises(ServiceTimeout, match="handshake timed out"):
+            client.perform("Silent", "echo", 1, registry=elsewhere, fallback=silent.getsockname(), tls=True,
+                           ca_file=pki.ca, timeout=0.3)
+        assert time.monotonic() - started < 1.2
+
+
+def test_large_bodies_over_tls_are_sent_whole_and_one_over_the_limit_is_refused_as_data(pki):
+    with running(_tls_service(pki)) as service:
+        name = service._servicefactory_runtime.name
+        big = "x" * 700_000  # sent in pieces on a plain connection
+        assert client.perform(name, "echo", big, ca_file=pki.ca) == big
+        with pytest.raises(InvalidData, match="over the limit|rejected"):
+            client.perform(name, "echo", "y" * 3_000_000, ca_file=pki.ca)
+        assert client.perform(name, "echo", 1, ca_file=pki.ca) == 1
+        assert service.calls == [big, 1]
+
+
 def test_unusable_certificate_files_stop_the_start_in_one_line(pki, tmp_path):
     for cert, key, expected in [(tmp_path / "missing.pem", pki.key, "does not exist"),
                                 (pki.cert, pki.elsewhere[1], "cannot be used"),  # a key of another cert
@@ -266,7 +300,7 @@ def test_cli_run_serves_tls_perform_verifies_and_restart_keeps_it(pki, tmp_path,
         done = _cli("run", "sealed.py:Sealed", "--daemon", "--tls-cert", pki.cert, "--tls-key", pki.key, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert "https://127.0.0.1:" in done.stdout + done.stderr
-        for attempt in ("first", "after restart"):
+        for attempt in ("first", "after restart", "after stop and restart"):
             done = _cli("perform", "Sealed", "echo", '"hi"', "--ca-file", pki.ca, cwd=tmp_path)
             assert (done.returncode, done.stdout) == (0, '"hi"\n'), (attempt, done.stderr)
             done = _cli("perform", "Sealed", "echo", '"hi"', env={"SERVICEFACTORY_CA_FILE": pki.ca}, cwd=tmp_path)
@@ -277,9 +311,13 @@ def test_cli_run_serves_tls_perform_verifies_and_restart_keeps_it(pki, tmp_path,
             assert "not trusted" in done.stderr and "--ca-file" in done.stderr
             done = _cli("status", "Sealed", "--json", cwd=tmp_path)
             assert json.loads(done.stdout)[0]["url"].startswith("https://"), done.stdout
-            if attempt == "first":
+            if attempt == "after restart":  # not running: `restart` runs it again with the remembered options
+                done = _cli("stop", "Sealed", cwd=tmp_path)
+                assert done.returncode == 0, done.stdout + done.stderr
+            if attempt != "after stop and restart":
                 done = _cli("restart", "Sealed", cwd=tmp_path)
                 assert done.returncode == 0, done.stdout + done.stderr
+                assert "https://" in done.stdout, done.stdout
         done = _cli("perform", "Sealed", "echo", '"hi"', "--ca-file", str(tmp_path / "nope.pem"), cwd=tmp_path)
         assert done.returncode == 2 and "Traceback" not in done.stderr and "nope.pem" in done.stderr
     finally:
