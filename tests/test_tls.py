@@ -517,3 +517,23 @@ def test_off_host_over_plain_http_the_token_is_on_the_wire_and_the_service_warne
     assert seen["ok"] == "hello", seen
     assert seen["token_on_wire"] and seen["authorization_on_wire"], seen
     assert output.count("readable on the wire") == 1, output
+
+
+def test_perform_ca_file_means_the_same_on_the_fast_path_and_to_click(pki, tmp_path):
+    import click
+
+    from servicefactory.cli import fast
+    from servicefactory.cli.main import cli as click_cli
+
+    missing = str(tmp_path / "missing.pem")
+    for arguments in (["T", "a", "--ca-file", pki.ca], [f"--ca-file={pki.ca}", "T", "a", "1"],
+                      ["T", "a", "--ca-file", missing], ["T", "a", "--ca-file"], ["T", "a", "--ca-file", str(tmp_path)]):
+        parsed = fast.parse_perform(arguments)
+        try:
+            with click_cli.commands["perform"].make_context("perform", list(arguments)) as context:
+                clicked = context.params
+        except click.UsageError:
+            clicked = None
+        assert parsed == clicked, arguments
+    done = _cli("perform", "T", "a", "--ca-file", missing, cwd=tmp_path)
+    assert done.returncode == 2 and "missing.pem" in done.stderr and "Traceback" not in done.stderr
