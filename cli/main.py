@@ -96,7 +96,8 @@ Examples:
               help="Rotated log files kept per service.")
 @click.option("--tls-cert", type=click.Path(dir_okay=False), metavar="FILE",
               help="Serve the API over TLS with this certificate (PEM, with its chain); needs --tls-key.")
-@click.option("--tls-key", type=click.Path(dir_okay=False), metavar="FILE", help="The TLS certificate's private key (PEM).")
+@click.option("--tls-key", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The TLS certificate's private key (PEM).")
 def run(targets: tuple[str, ...], daemon: bool, name: str | None, host: str | None, port: int | None,
         log_file: str | None, log_level: str | None, restart: str | None, stop_timeout: float | None,
         max_failures: int, backoff: float, backoff_max: float | None, retry_failed_after: float,
