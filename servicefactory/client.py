@@ -300,7 +300,9 @@ def _connection(address: tuple[str, int], name: str, timeout: float,
         pool = _local.pool
     except AttributeError:
         pool = _local.pool = _Pool()
-    connection = pool.get(address)
+    # a TLS connection was verified against one CA file: a call trusting another one needs its own
+    key: Any = address if address not in _secure else (address, ca_file or os.environ.get("SERVICEFACTORY_CA_FILE"))
+    connection = pool.get(key)
     if connection is not None:
         if connection.usable():
             return connection, True
@@ -319,7 +321,7 @@ def _connection(address: tuple[str, int], name: str, timeout: float,
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if address in _secure:  # only here is ssl imported: a plain call never pays for it
         from ._tls import TLSConnection, wrap
-        connection = pool[address] = TLSConnection(wrap(sock, host, name, _host_header(address), ca_file))
+        connection = pool[key] = TLSConnection(wrap(sock, host, name, _host_header(address), ca_file))
         return connection, False
     connection = pool[address] = _Connection(sock)
     return connection, False
@@ -414,7 +416,7 @@ class _Connection:
             self._remaining(deadline)
             sent += self.sock.send(view[sent:sent + _PIECE])
             try:
-                if _recv(self.sock, 1, _PEEK):
+                if self.sock.recv(1, _PEEK):
                     return True  # answered before reading the whole body (413): sending more is waste
             except BlockingIOError:
                 pass
