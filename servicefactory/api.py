@@ -147,14 +147,15 @@ class App:
 
     def respond(self, environ: dict) -> tuple[int, bytes, Callable[[], None] | None]:
         """Turn a WSGI environ into (status, body, callback to run after sending)."""
+        # who may ask comes first: a caller this service refuses learns nothing, not even its name
+        refusal = self._refuse(environ)
+        if refusal:
+            return (*refusal, None)
         meant = environ.get("HTTP_SERVICEFACTORY_SERVICE")
         if meant is not None and self.name is not None and meant != self.name:
             # the caller's address is stale (its service died and another took the port): running
             # anything here, even `shutdown`, would act on the wrong service
             return (*_error(421, "Misdirected", f"this address serves another service, not {meant!r}"), None)
-        refusal = self._refuse(environ)
-        if refusal:
-            return (*refusal, None)
         method = environ.get("REQUEST_METHOD", "GET")
         name = environ.get("PATH_INFO", "/")[1:]
         action = self.actions.get(name) if valid_action_name(name) else None

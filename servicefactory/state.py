@@ -532,6 +532,8 @@ class LocalRegistry:
 
     def log_of(self, name: str) -> Path:
         """Where `name` logs: its record's log path, else the --log-file it was last run with, else NAME.log."""
+        from pathlib import Path  # only `logs` needs it: `perform` stays free of pathlib
+
         record = self.lookup(name)
         if record is not None and record.log_path:
             return Path(record.log_path)
