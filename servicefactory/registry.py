@@ -26,6 +26,7 @@ _FIELDS = {
     "token": None,  # a supervisor's control token: only its owner can read this file
     "next_try": None,  # wall-clock time a service in backoff or failed is started again, if due
     "stop_timeout": None,  # seconds the service may take to stop (its policy or --stop-timeout)
+    "tls": False,  # the API serves TLS only (its url is https://...): clients connect with TLS
 }
 
 
@@ -60,7 +61,7 @@ class ServiceRecord:
     def url(self) -> str | None:
         """The API's base URL, or None for a service without an API."""
         address = self.address
-        return None if address is None else f"http://{host_port(*address)}"
+        return None if address is None else f"{'https' if self.tls else 'http'}://{host_port(*address)}"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""

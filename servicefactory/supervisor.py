@@ -164,7 +164,8 @@ class Supervisor(ServiceBase):
         # isolated from its working directory (the project's): a module target is put on sys.path
         # after the standard library by the loader, not first by Python
         args = python_command("servicefactory._child", "-u") + [
-            spec.target, spec.name, spec.host or "", "" if spec.port is None else str(spec.port)]
+            spec.target, spec.name, spec.host or "", "" if spec.port is None else str(spec.port),
+            spec.tls_cert or "", spec.tls_key or ""]
         try:
             child.popen = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
@@ -262,6 +263,7 @@ class Supervisor(ServiceBase):
                 child.ready_wall = time.time()
                 child.settled.set()
                 child.host, child.port = message.get("host"), message.get("port")
+                child.tls = message.get("tls") is True
                 self._publish(child)
                 self._remember(child)
                 self._event(child, f"ready (pid {child.popen.pid}{', ' + url_of(child) if child.port else ''})")
@@ -523,7 +525,7 @@ class Supervisor(ServiceBase):
             started=child.ready_wall or time.time(), target=child.spec.target, log_path=str(child.log.path),
             hostname=os.uname().nodename, state=child.state, supervisor=self.name, restarts=child.restarts,
             last_exit=child.last_exit, next_try=self._next_try(child),
-            stop_timeout=child.spec.stop_timeout)
+            stop_timeout=child.spec.stop_timeout, tls=child.tls and child.state == "running")
         try:
             self.registry.publish(child.claim, record)
         except OSError as exc:
