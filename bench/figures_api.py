@@ -15,8 +15,13 @@ def _throughput(workdir: Path, sizes: Sizes, threads: int, seconds: float) -> Fi
     with services.echo_service(workdir), \
             peers.pyro_server(workdir) as (_, uri), \
             peers.floor_server(workdir) as (_, port):
+        from servicefactory import client
+        echo_port = client.resolve("Echo")[1]
         systems = {"servicefactory": services.echo_client(), "pyro5": peers.pyro_client(uri),
-                   "floor": peers.floor_client(port)}
+                   "floor": peers.floor_client(port),
+                   # each half of servicefactory next to the floor's: whose cost is the gap?
+                   "sf_client_floor_server": services.echo_client_of(port),
+                   "floor_client_sf_server": peers.floor_client(echo_port)}
         rounds = sizes.rounds if threads == 1 else sizes.multi_rounds
         measured = interleaved(systems, threads, rounds, seconds, sizes.warmup_calls)
     ours, pyro, floor = measured["servicefactory"], measured["pyro5"], measured["floor"]
@@ -30,6 +35,11 @@ def _throughput(workdir: Path, sizes: Sizes, threads: int, seconds: float) -> Fi
             f"{fmt_ratio(rate_ratio)} Pyro5; {fmt_ratio(floor_ratio)} floor",
             f">= 1.50x Pyro5; >= {floor_target:.2f}x floor", rate_ratio >= 1.5 and floor_ratio >= floor_target),
     ]
+    halves = [(measured["sf_client_floor_server"], "servicefactory's client, the floor's server"),
+              (measured["floor_client_sf_server"], "the floor's client, servicefactory's server")]
+    for half, label in halves:
+        rows.append(Row(f"split: {label}", fmt_rate(half["calls_per_s"]), f"floor {fmt_rate(floor['calls_per_s'])}",
+                        f"{fmt_ratio(ratio(half['calls_per_s'], floor['calls_per_s']))} floor", "diagnostic"))
     for label in ("p50", "p99"):
         key = f"{label}_s"
         rows.append(Row(f"{label} latency", fmt_seconds(ours[key]),

@@ -112,6 +112,19 @@ def echo_service(workdir: Path) -> Iterator[Spawned]:
         yield service
 
 
+def echo_client_of(port: int) -> Callable:
+    """perform() against any keep-alive HTTP echo on `port` (the floor): the client's own cost, apart."""
+    def make() -> tuple[Callable[[int], None], Callable[[], None]]:
+        from servicefactory import client
+
+        def call(i: int) -> None:
+            if client.perform("Floor", "echo", i, timeout=CALL_TIMEOUT, fallback=("127.0.0.1", port)) != i:
+                raise ValueError("wrong answer")
+
+        return call, client.close_connections
+    return make
+
+
 def echo_client() -> Callable:
     """A factory of clients calling Echo the way users do: servicefactory.client.perform."""
     def make() -> tuple[Callable[[int], None], Callable[[], None]]:

@@ -12,7 +12,6 @@ stopping service) means the action did not run; `ProtocolError` means it may or 
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import struct
@@ -20,14 +19,16 @@ import threading
 import time
 
 from ._names import connect_host, host_port, valid_action_name
-from .errors import (ActionFailed, InvalidData, ProtocolError, ServiceNotRunning, ServiceTimeout,
-                     ServiceUnavailable, Unauthorized, UnknownAction)
+from .errors import (ActionFailed, InvalidData, ProtocolError, ServiceNotRunning,
+                     ServiceTimeout, ServiceUnavailable,
+                     Unauthorized, UnknownAction)
 
 TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
 if TYPE_CHECKING:
     from typing import Any
 
 DEFAULT_TIMEOUT = 10.0
+_INFINITY = float("inf")
 #: bodies above this are sent in pieces, watching for an early answer (a 413 sent before the body is read)
 _PIECE = 256 * 1024
 
@@ -83,7 +84,7 @@ def decode_answer(status: int, content_type: str, body: bytes, action: str, name
     message = error.get("message", "") if isinstance(error, dict) else str(error or "")
     if status == 404:
         raise UnknownAction(f"{name} has no action {action!r}")
-    if status in (401, 403):
+    if status in (401, 403, 429):  # 429: too many wrong tokens from this peer, for a while
         raise Unauthorized(f"{name} refused the request: {message}")
     if status in (400, 413, 415):
         raise InvalidData(f"{name} rejected the data for {action!r}: {message or 'body over the limit'}")
@@ -109,13 +110,19 @@ def _default_registry() -> Any:
     if registry is None:
         from .registry import default_registry
         registry = _registries[key] = default_registry()
-        _registry_keys[id(registry)] = str(registry.home)  # kept alive by _registries: the id stays its own
+        _registry_keys[id(registry)] = _where(registry)  # kept alive by _registries: the id stays its own
     return registry
 
 
 def _registry_key(registry: Any) -> str:
     key = _registry_keys.get(id(registry))
-    return key if key is not None else str(getattr(registry, "home", id(registry)))
+    return key if key is not None else _where(registry)
+
+
+def _where(registry: Any) -> str:
+    # a local registry's directory as a string (`root`: its `home` is a Path, and pathlib would cost
+    # a cold `servicefactory perform` ~7 ms)
+    return str(getattr(registry, "root", None) or getattr(registry, "home", id(registry)))
 
 
 def resolve(name: str, registry: Any = None, fallback: tuple[str, int] | None = None,
@@ -146,8 +153,8 @@ def resolve(name: str, registry: Any = None, fallback: tuple[str, int] | None = 
     elif dead:
         raise ServiceNotRunning(f"{name} is not running (its record names pid {record.pid}, which has exited)")
     else:
-        home = getattr(registry, "home", None)
-        if home is not None and not home.exists():
+        home = getattr(registry, "root", None) or getattr(registry, "home", None)
+        if home is not None and not os.path.exists(home):
             raise ServiceNotRunning(f"{name} is not running, or cannot be found: the state directory {home} "
                                     f"does not exist (deleted? services started with it keep running)")
         raise ServiceNotRunning(f"{name} is not running (nothing registered in {home or 'the registry'})")
@@ -188,7 +195,7 @@ def perform(name: str, action: str, data: Any = None, *, timeout: float = DEFAUL
     """
     if registry is None:
         registry = _default_registry()
-    if not 0 < timeout < math.inf:  # also false for nan
+    if not 0 < timeout < _INFINITY:  # also false for nan
         raise InvalidData(f"timeout must be a positive number of seconds, not {timeout!r}")
     if action not in _valid_actions:
         if not valid_action_name(action):
@@ -204,12 +211,10 @@ def perform(name: str, action: str, data: Any = None, *, timeout: float = DEFAUL
     except ServiceNotRunning as first:  # nothing ran: refused, another service, or stopping
         _addresses.pop((registry_key, name), None)
         fresh = resolve(name, registry, fallback, fresh=True)  # it may be back elsewhere
-        if fresh == address and not isinstance(first, ServiceUnavailable):
-            _addresses.pop((registry_key, name), None)
-            if isinstance(first, _Misdirected):
-                raise ServiceNotRunning(f"{name} is not running: {host_port(*address)} now serves another "
-                                        f"service") from None
-            raise
+        if fresh == address and isinstance(first, _Misdirected):
+            _addresses.pop((registry_key, name), None)  # the registry still names the other service's port
+            raise ServiceNotRunning(f"{name} is not running: {host_port(*address)} now serves another "
+                                    f"service") from None
         try:
             return _send(fresh, name, action, body, timeout, session, token)
         except ServiceNotRunning:
@@ -287,8 +292,11 @@ def _connection(address: tuple[str, int], name: str, timeout: float) -> tuple["_
         if connection.usable():
             return connection, True
         connection.close()  # closed by the server while idle: never send a request into it
+    host, port = address
     try:
-        sock = socket.create_connection(address, timeout=min(timeout, 5.0))
+        # an ASCII host goes as bytes: for a str, getaddrinfo() loads the idna codec, ~2.5 ms of a
+        # cold `servicefactory perform`; a non-ASCII name still needs it
+        sock = socket.create_connection((host.encode() if host.isascii() else host, port), timeout=min(timeout, 5.0))
     except ConnectionRefusedError:
         raise _Refused(f"{name} is not running (connection to {_host_header(address)} refused)") from None
     except socket.timeout:

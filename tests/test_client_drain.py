@@ -105,9 +105,9 @@ def test_calls_through_twenty_restarts_either_ran_once_or_were_refused_and_did_n
     ran = Counter(runs_file.read_text().split())
     tally = Counter(outcomes.values())
     assert tally["ran"] > 100, tally  # the calls did go on through the restarts
-    assert tally["unknown"] == 0, (tally, samples[:3])
     assert [call for call, times in ran.items() if times > 1] == []  # nothing ran twice
     answered = {call for call, outcome in outcomes.items() if outcome == "ran"}
     refused = {call for call, outcome in outcomes.items() if outcome == "refused"}
     assert answered <= set(ran)  # every answer came from a run
     assert sorted(refused & set(ran)) == []  # a call refused as safe to retry did not run
+    assert tally["unknown"] == 0, (tally, samples[:3])  # the server's drain: no call left in doubt

@@ -168,3 +168,28 @@ def test_a_record_whose_process_has_exited_is_never_used(spawn, tmp_path, sf_hom
     with pytest.raises(ServiceNotRunning, match="exited"):
         client.perform("Test", "action", "late")
     assert runs(tmp_path, "Test") == []
+
+
+def test_the_werkzeug_backend_answers_421_too(tmp_path):
+    from servicefactory import Service
+    from servicefactory.testing import running
+
+    ran = []
+
+    @Service.API.endpoint(port=0, server="werkzeug")
+    class Served(Service.base):
+        def loop(self):
+            self.sleep(30)
+
+        @Service.API.handle("action")
+        def action(self, data):
+            ran.append(data)
+
+    with running(Served()) as service:
+        port = service.address[1]
+        request = (f"POST /action HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                   f"Servicefactory-Service: Test\r\nContent-Length: 3\r\nConnection: close\r\n\r\n\"x\"").encode()
+        status, _, _ = exchange(port, request)
+        assert status == 421
+        assert Served.perform("action", "mine") is None
+    assert ran == ["mine"]

@@ -117,17 +117,19 @@ def test_every_post_carries_json_content_type_and_the_service_name(session, data
     assert b"servicefactory-service: named" in lines
 
 
-def test_a_503_is_service_unavailable_a_not_running_error_and_is_retried_once():
+@pytest.mark.parametrize("session", [None, "requests"])
+def test_a_503_is_service_unavailable_a_not_running_error_and_is_retried_once(session):
     with peer(lambda n: DRAINING) as server:
         with pytest.raises(ServiceUnavailable, match="safe to retry") as caught:
-            call(server.port)
+            call(server.port, session=requests.Session() if session else None)
     assert isinstance(caught.value, ServiceNotRunning) and caught.value.exit_code == ServiceNotRunning.exit_code
     assert len(server.requests) == 2  # the call and one retry, no more
 
 
-def test_a_503_then_an_answer_returns_the_answer():
+@pytest.mark.parametrize("session", [None, "requests"])
+def test_a_503_then_an_answer_returns_the_answer(session):
     with peer(lambda n: DRAINING if n == 1 else OK) as server:
-        assert call(server.port, 1) == "ok"
+        assert call(server.port, 1, requests.Session() if session else None) == "ok"
     assert len(server.requests) == 2
 
 
