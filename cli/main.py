@@ -46,6 +46,23 @@ def cli() -> None:
 
 # -- run -----------------------------------------------------------------------------------
 
+class _Seconds(click.FloatRange):
+    """A number of seconds: at least `min`, at most a year, never inf or nan (a deadline must come)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        number = super().convert(value, param, ctx)
+        if not number <= 365 * 86400:  # nan fails every comparison
+            self.fail(f"{value!r} is not a number of seconds from {self.min:g} to one year", param, ctx)
+        return number
+
+
+SECONDS = _Seconds(min=0)
+SECONDS_FROM_0_1 = _Seconds(min=0.1)
+SECONDS_FROM_0_01 = _Seconds(min=0.01)
+
+
 @cli.command(epilog="""\b
 Examples:
   servicefactory run TestService:Test             # foreground; Ctrl+C stops it
@@ -62,16 +79,16 @@ Examples:
               help="Level of the services' log output (default INFO).")
 @click.option("--restart", type=click.Choice(["on-failure", "always", "no"]),
               help="Restart policy (default: the class's Service.policy, else on-failure).")
-@click.option("--stop-timeout", type=click.FloatRange(min=0.1), help="Seconds a stop may take before SIGKILL.")
+@click.option("--stop-timeout", type=SECONDS_FROM_0_1, help="Seconds a stop may take before SIGKILL.")
 @click.option("--max-failures", type=click.IntRange(min=1), default=5, show_default=True,
               help="Fast failures in a row before a service is left failed.")
-@click.option("--backoff", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+@click.option("--backoff", type=SECONDS_FROM_0_01, default=1.0, show_default=True,
               help="First restart delay in seconds; doubles per fast failure, up to --backoff-max.")
-@click.option("--backoff-max", type=click.FloatRange(min=0.01), default=None,
+@click.option("--backoff-max", type=SECONDS_FROM_0_01, default=None,
               help="Longest restart delay in seconds (default: the class's policy, else 60).")
-@click.option("--retry-failed-after", type=click.FloatRange(min=0), default=300.0, show_default=True,
+@click.option("--retry-failed-after", type=SECONDS, default=300.0, show_default=True,
               help="Seconds after which a failed service is tried again; 0 leaves it failed.")
-@click.option("--ready-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+@click.option("--ready-timeout", type=SECONDS_FROM_0_1, default=60.0, show_default=True,
               help="Seconds a service may take to become ready.")
 @click.option("--log-max-bytes", type=click.IntRange(min=1024), default=10 * 1024 * 1024, show_default=True,
               help="Rotate a service's log file past this size.")
@@ -275,11 +292,16 @@ def _run_again(name: str, spec: dict, registry: Any) -> None:
     field of the remembered Spec or Settings (so a new run option is remembered without a list here)."""
     import subprocess
 
-    remembered = {key: value for key, value in spec.items() if key not in ("settings", "target", "name")}
-    remembered.update((spec.get("settings") or {}))
+    from servicefactory._supervised import python_command
+
+    remembered = dict(spec.get("settings") or {})
+    # a service's own value (its Spec: backoff_max from its policy) wins over the supervisor-wide one
+    remembered.update({key: value for key, value in spec.items()
+                       if key not in ("settings", "target", "name") and value is not None})
     if spec.get("log_level"):
         remembered["log_level"] = spec["log_level"]
-    command = [sys.executable, "-m", "servicefactory", "run", spec["target"], "--daemon", "--name", name]
+    # not `python -m` from the project directory: that would put it first on sys.path (issue 16.2)
+    command = python_command("servicefactory") + ["run", spec["target"], "--daemon", "--name", name]
     for param in run.params:
         if not isinstance(param, click.Option) or param.is_flag or param.name in ("name", "daemon"):
             continue
@@ -392,19 +414,17 @@ def logs(name: str | None, follow: bool, lines: int) -> None:
             check_name(name)
         except ServiceFactoryError as exc:
             _fail(exc, 2)
-        path = _log_of(registry, name)
+        path = registry.log_of(name)
         if not os.path.lexists(path):
             _fail(f"no log for {name} at {path} (services run with `servicefactory run` have logs)", 3)
         sources = {name: path}
     else:
         if not registry.home.exists():
             _fail(f"no logs: state directory {registry.home} does not exist", 3)
-        sources = {p.name[:-4]: p for p in sorted(registry.home.glob("*.log"))
-                   if p.name != "supervisor.log" and p.is_file() and not p.is_symlink()}
-        for known in set(registry.names()) | set(registry.remembered_names()):
-            path = _log_of(registry, known)  # a service run with --log-file logs elsewhere
-            if not known.startswith("_") and path.exists():
-                sources[known] = path
+        try:
+            sources = registry.logs()
+        except ServiceFactoryError as exc:
+            _fail(exc)
         if not sources:
             _fail(f"no service logs in {registry.home}", 3)
     for source, path in sources.items():
@@ -435,19 +455,6 @@ def logs(name: str | None, follow: bool, lines: int) -> None:
         pass
     except BrokenPipeError:
         sys.stderr.close()
-
-
-def _log_of(registry: Any, name: str) -> Any:
-    """Where `name` logs: its record's log path, else the --log-file it was last run with, else NAME.log."""
-    from pathlib import Path
-
-    record = registry.lookup(name)
-    if record is not None and record.log_path:
-        return Path(record.log_path)
-    remembered = registry.remembered(name) or {}
-    if isinstance(remembered.get("log_file"), str):
-        return Path(remembered["log_file"])
-    return registry.log_file(name)
 
 
 def _follow(sources: dict, offsets: dict, prefix: bool) -> None:
@@ -487,6 +494,20 @@ def list_(target: str) -> None:
         click.echo(f"{cls._servicefactory_name()}  {where}  actions: {', '.join(actions) or '-'}"
                    f"  (+ {', '.join(BUILTIN_ACTIONS)})" if endpoint else
                    f"{cls._servicefactory_name()}  {where}")
+
+
+# -- token ---------------------------------------------------------------------------------
+
+@cli.command(epilog="""\b
+Example:
+  (umask 077; servicefactory token > ~/.servicefactory/token)
+  export SERVICEFACTORY_TOKEN=$(servicefactory token)
+""")
+def token() -> None:
+    """Print a fresh random API token (256 bits), for SERVICEFACTORY_TOKEN or the state directory's token file."""
+    from servicefactory._guard import new_token
+
+    click.echo(new_token())
 
 
 def main() -> None:

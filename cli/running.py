@@ -115,6 +115,7 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
     import time
 
     from servicefactory._notify import READY_FD_ENV
+    from servicefactory._supervised import python_command
 
     try:
         registry.ensure()
@@ -125,10 +126,16 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
     ready_read, ready_write = os.pipe()
     log_path = registry.home / "supervisor.log"
     env = dict(os.environ, **{READY_FD_ENV: str(ready_write)})
-    with open(log_path, "ab") as log:
-        os.chmod(log_path, 0o600)
-        process = subprocess.Popen([sys.executable, "-m", "servicefactory.supervisor", config],
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+    from servicefactory.logfiles import open_private
+    try:
+        log_fd = open_private(log_path)  # never through a symlink (issue 9.7)
+    except ServiceFactoryError as exc:
+        _fail(exc)
+    with os.fdopen(log_fd, "ab") as log:
+        # isolated: its working directory is the state directory (only we can write there) and it
+        # is not on sys.path; each service gets the project directory as its own working directory
+        process = subprocess.Popen(python_command("servicefactory.supervisor") + [config],
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=registry.home,
                                    pass_fds=(ready_write,), start_new_session=True)
     os.close(ready_write)
     try:
@@ -164,10 +171,13 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
         from servicefactory.logfiles import printable
         _fail(f"{prefix}{printable(str(message.get('error')))}", message.get("exit_code") if not service else 1)
     for service in message["services"]:
-        if service.get("state") == "stopped":  # a `stop` while it started: asked for, not a failure
-            click.echo(f"{service['name']} stopped while starting (by a stop request)")
-        else:
+        state = service.get("state", "running")
+        if state == "running":
             click.echo(f"{service['name']} running (pid {service['pid']}, {service['url'] or 'no API'})")
+        elif not service.get("ever_ready", True):  # a `stop` while it started: asked for, not a failure
+            click.echo(f"{service['name']} stopped while starting (by a stop request)")
+        else:  # ready, then stopped by a request that came before every other service was ready
+            click.echo(f"{service['name']} {state} (by a stop request)")
 
 
 class Printer:

@@ -1,10 +1,11 @@
 """Entry point of a supervised service process: `python -m servicefactory._child TARGET NAME [HOST] [PORT]`.
 
-Dies with its supervisor, and takes everything it started along: the kernel sends SIGTERM when
-the supervisor dies (parent-death signal: a graceful stop, finalize() runs), and a watcher thread
-that sees the supervisor's lifeline pipe close escalates after the stop timeout: SIGKILL to every
-descendant (the process is a child subreaper, so double-forked and `setsid` ones are found), then
-to itself. A supervisor killed with -9 leaves no process behind.
+Dies with its supervisor, and takes everything it started along: a watcher thread that sees the
+supervisor's lifeline pipe close (however the supervisor died) sends its output to the log file
+itself (nobody reads the pipe any more), asks for a graceful stop (SIGTERM: finalize() runs), and
+after the stop timeout SIGKILLs every descendant (the process is a child subreaper, so
+double-forked and `setsid` ones are found), then itself. A supervisor killed with -9 leaves no
+process behind.
 """
 from __future__ import annotations
 
@@ -23,21 +24,23 @@ SUPERVISOR_PID_ENV = "SERVICEFACTORY_SUPERVISOR_PID"
 LIFELINE_FD_ENV = "SERVICEFACTORY_LIFELINE_FD"
 #: seconds a stop may take after the supervisor died, before everything is SIGKILLed
 STOP_TIMEOUT_ENV = "SERVICEFACTORY_STOP_TIMEOUT"
+#: the service's log file, written by the service itself once its supervisor is gone
+LOG_PATH_ENV = "SERVICEFACTORY_LOG_PATH"
 #: how often the watcher reaps exited orphans that were re-parented to this process
 REAP_EVERY = 5.0
 
 
 def _die_with_parent() -> None:
     expected = os.environ.get(SUPERVISOR_PID_ENV, "")
-    _reaper.die_with_parent(signal.SIGTERM)  # not Linux: the supervisor's stop still signals our group
     _reaper.become_subreaper()
     if expected.isdigit() and os.getppid() != int(expected):
         sys.exit(0)  # the supervisor died before we could ask to follow it
 
 
-def _watch_lifeline() -> None:
+def _watch_lifeline(name: str) -> None:
     """Start the thread that ends this process tree once the supervisor is gone (if there is a lifeline)."""
     value = os.environ.pop(LIFELINE_FD_ENV, "")
+    log_path = os.environ.pop(LOG_PATH_ENV, "")
     try:
         stop_timeout = float(os.environ.pop(STOP_TIMEOUT_ENV, "10"))
     except ValueError:
@@ -46,21 +49,53 @@ def _watch_lifeline() -> None:
         return
     fd = int(value)
     os.set_inheritable(fd, False)  # what the service starts must not hold it (it could not close it)
-    threading.Thread(target=_watcher, args=(fd, stop_timeout), daemon=True, name="servicefactory-lifeline").start()
+    threading.Thread(target=_watcher, args=(fd, stop_timeout, name, log_path), daemon=True,
+                     name="servicefactory-lifeline").start()
 
 
-def _watcher(fd: int, stop_timeout: float) -> None:
+def _watcher(fd: int, stop_timeout: float, name: str, log_path: str) -> None:
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLHUP)
     while not poller.poll(REAP_EVERY * 1000):
         _reap_adopted()  # an orphan re-parented to us exits: nobody but us can reap it
-    # the supervisor is gone (nobody else holds the write end). The parent-death signal asked for a
-    # graceful stop; a service that ignores it or hangs in finalize() is ended after its stop timeout
+    # the supervisor is gone (nobody else holds the write end): stop gracefully, and end a service
+    # that ignores SIGTERM or hangs in finalize() after its stop timeout
     if not threading.main_thread().is_alive():
         return
+    _write_own_log(name, log_path)
+    os.kill(os.getpid(), signal.SIGTERM)
     threading.Event().wait(stop_timeout)
     end_tree()
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _write_own_log(name: str, log_path: str) -> None:
+    """Point stdout and stderr at a pipe whose lines this process writes to its log file, stamped,
+    prefixed and escaped as the supervisor would: the supervisor's pipe has no reader any more (a
+    print in finalize() would raise BrokenPipeError)."""
+    from ._supervised import stamp
+    from .logfiles import printable
+
+    try:
+        log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        log = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    read, write = os.pipe()
+    os.dup2(write, 1)
+    os.dup2(write, 2)
+    os.close(write)
+
+    def copy() -> None:
+        with os.fdopen(read, "rb") as lines:
+            for line in lines:
+                text = printable(line.rstrip(b"\n").decode(errors="replace"))
+                try:
+                    os.write(log, f"{stamp()} {name} | {text}\n".encode())
+                except OSError:
+                    pass
+
+    threading.Thread(target=copy, daemon=True, name="servicefactory-output").start()
+    os.write(log, f"{stamp()} [servicefactory] {name} lost its supervisor; stopping\n".encode())
 
 
 def _reap_adopted() -> None:
@@ -83,7 +118,7 @@ def end_tree() -> None:
 def main(argv: list[str]) -> int:
     """Load the target, build the service and run it; report a failed start on the ready pipe."""
     _die_with_parent()
-    _watch_lifeline()
+    _watch_lifeline(argv[1] if len(argv) > 1 else "?")
     try:
         return _run(argv)
     finally:

@@ -31,6 +31,8 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 # header name (as received) -> environ key; names repeat on every request of a client
 _KEYS: dict[bytes, str] = {}
+_PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+_METHODS = {name.encode(): name for name in ("GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS")}
 _ENCODING = "latin-1"
 
 
@@ -172,11 +174,10 @@ class RequestReader:
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers += 1
         self.head_bytes += len(name) + len(value) + 4
-        if self.headers > MAX_HEADERS:
-            raise Reject("431 Request Header Fields Too Large", "too many header fields")
-        if self.head_bytes > MAX_HEAD:
-            raise Reject("431 Request Header Fields Too Large", "request head too large")
-        key = _environ_key(name)
+        if self.headers > MAX_HEADERS or self.head_bytes > MAX_HEAD:
+            raise Reject("431 Request Header Fields Too Large",
+                         "too many header fields" if self.headers > MAX_HEADERS else "request head too large")
+        key = _KEYS.get(name) or _environ_key(name)
         environ = self.environ
         text = value.decode(_ENCODING)
         if key in environ:
@@ -190,11 +191,13 @@ class RequestReader:
         self.in_head = False
         parser = self.parser
         version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
+        protocol = _PROTOCOLS.get(version)
+        if protocol is None:
             raise Reject("505 HTTP Version Not Supported", "only HTTP/1.0 and HTTP/1.1 are spoken here")
         environ = self.environ
-        environ["SERVER_PROTOCOL"] = "HTTP/" + version
-        environ["REQUEST_METHOD"] = parser.get_method().decode(_ENCODING)
+        environ["SERVER_PROTOCOL"] = protocol
+        method = parser.get_method()
+        environ["REQUEST_METHOD"] = _METHODS.get(method) or method.decode(_ENCODING)
         if version == "1.1" and "HTTP_HOST" not in environ:
             raise Reject("400 Bad Request", "HTTP/1.1 request without a Host header")
         encoding = environ.get("HTTP_TRANSFER_ENCODING")

@@ -12,7 +12,6 @@ import os
 import signal
 import time
 
-PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -29,11 +28,6 @@ def _prctl(option: int, value: int) -> bool:
 def become_subreaper() -> bool:
     """Make orphaned descendants of this process re-parent to it (not to init); True if it worked."""
     return _prctl(PR_SET_CHILD_SUBREAPER, 1)
-
-
-def die_with_parent(signum: int) -> bool:
-    """Have the kernel send `signum` to this process when its parent dies; True if it worked."""
-    return _prctl(PR_SET_PDEATHSIG, signum)
 
 
 def parents() -> dict[int, int]:

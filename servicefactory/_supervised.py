@@ -5,6 +5,7 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -78,6 +79,17 @@ class Child:
         self.exited = threading.Event()
         self.settled = threading.Event()  # ready, failed or stopped: what a restart waits for
         self.tail: list[str] = []
+
+
+def python_command(module: str, *options: str) -> list[str]:
+    """`python [options] -m module`, isolated from the working directory: it is not put first on
+    sys.path, so a module planted there (`selectors.py`) cannot run in its place. Python 3.11+ has
+    -P for that; before, the same is done by hand before anything is imported."""
+    if sys.version_info >= (3, 11):
+        return [sys.executable, *options, "-P", "-m", module]
+    # the module's name stays in the command line, where `-m` would put it (process listings show it)
+    code = "import sys, runpy; del sys.path[0]; runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
+    return [sys.executable, *options, "-c", code, module]
 
 
 def url_of(child: Child) -> str | None:

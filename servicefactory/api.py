@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import namedtuple
-from _operator import _compare_digest as compare_digest  # hmac's, without loading OpenSSL (3.7 MiB)
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
-from ._names import is_loopback, valid_action_name
+from ._gate import Gate
+from ._guard import cut, short_traceback
+from ._names import valid_action_name
 
 logger = logging.getLogger(__name__)
 
@@ -19,27 +21,45 @@ DEFAULT_MAX_BODY = 1024 * 1024
 _MARK = "__servicefactory_action__"
 _JSON_HEADERS = [("Content-Type", "application/json")]
 _STATUS_LINES = {
-    421: "421 Misdirected Request",
     200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden",
     404: "404 Not Found", 405: "405 Method Not Allowed", 413: "413 Content Too Large",
-    415: "415 Unsupported Media Type", 500: "500 Internal Server Error",
+    415: "415 Unsupported Media Type", 421: "421 Misdirected Request", 429: "429 Too Many Requests",
+    500: "500 Internal Server Error",
 }
+#: only JSON escapes can put a surrogate into a decoded string (the body itself must be UTF-8)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-class Action(namedtuple("Action", "name attribute exclusive post_only doc", defaults=(False, False, ""))):
+class Action(namedtuple("Action", "name attribute exclusive methods doc", defaults=(False, ("POST",), ""))):
     """One exposed action: its name, the method implementing it, and how it runs."""
 
     __slots__ = ()
 
+    @property
+    def post_only(self) -> bool:
+        """Whether a GET of this action is refused (the default: a GET can be sent by any web page)."""
+        return "GET" not in self.methods
 
-def handle(action: str, *, exclusive: bool = False, post_only: bool = False,
-           override: bool = False) -> Callable[[Callable], Callable]:
-    """Expose the decorated method as `action`; `exclusive=True` runs it holding the loop lock."""
+
+def handle(action: str, *, exclusive: bool = False, methods: Iterable[str] = ("POST",),
+           post_only: bool = False, override: bool = False) -> Callable[[Callable], Callable]:
+    """Expose the decorated method as `action`; `exclusive=True` runs it holding the loop lock.
+
+    Actions answer POST only; `methods=("GET", "POST")` also lets a bare GET call it (with None),
+    which any web page or `<img>` can send: only for actions without side effects.
+    """
     if not valid_action_name(action):
         raise ValueError(f"invalid action name {action!r}: use letters, digits, '_', '-' and single dots")
+    wanted = {str(method).upper() for method in methods}
+    if "POST" not in wanted or not wanted <= {"GET", "POST"}:
+        raise ValueError(f"methods must be ('POST',) or ('GET', 'POST'), not {tuple(methods)!r}")
+    methods = ("GET", "POST") if "GET" in wanted else ("POST",)
+    if post_only:
+        methods = ("POST",)
 
     def mark(method: Callable) -> Callable:
-        setattr(method, _MARK, (action, exclusive, post_only, override))
+        setattr(method, _MARK, (action, exclusive, methods, override))
         return method
 
     return mark
@@ -53,14 +73,14 @@ def collect_actions(cls: type) -> Mapping[str, Action]:
             mark = getattr(value, _MARK, None)
             if mark is None:
                 continue
-            name, exclusive, post_only, override = mark
+            name, exclusive, methods, override = mark
             builtin = getattr(klass, "_servicefactory_builtin", False)
             if name in BUILTIN_ACTIONS and not builtin and not override:
                 raise TypeError(
                     f"{cls.__qualname__}.{attribute} would replace the built-in action {name!r}; "
                     f"pick another name, or pass override=True if you mean to replace it")
             doc = (value.__doc__ or "").strip().splitlines()
-            table[name] = Action(name, attribute, exclusive, post_only, doc[0] if doc else "")
+            table[name] = Action(name, attribute, exclusive, methods, doc[0] if doc else "")
     return MappingProxyType(table)
 
 
@@ -83,14 +103,6 @@ def _error(status: int, kind: str, message: str) -> tuple[int, bytes]:
     return status, json.dumps({"error": {"type": kind, "message": message}}).encode() + b"\n"
 
 
-def _allowed_host(host_header: str, bound_host: str) -> bool:
-    if not host_header:
-        return True  # HTTP/1.0 clients send none; browsers always do
-    host = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
-    host = host.lower()
-    return is_loopback(host) or host.strip("[]") == bound_host
-
-
 class App:
     """The WSGI application exposing one service instance's actions."""
 
@@ -99,15 +111,16 @@ class App:
     name: str | None = None
 
     def __init__(self, service: Any, actions: Mapping[str, Action], *, max_body: int = DEFAULT_MAX_BODY,
-                 token: str | None = None, bound_host: str = "127.0.0.1",
-                 exclusive_lock: Any = None, on_shutdown: Callable[[], None] | None = None) -> None:
+                 token: str | None = None, require_token: bool | None = None, bound_host: str = "127.0.0.1",
+                 local_address: tuple[str, int] | None = None, allowed_uids: Iterable[int] | None = None,
+                 exclusive_lock: Any = None, on_shutdown: Callable[[], None] | None = None,
+                 name: str | None = None) -> None:
         self.service = service
+        self.name = name
         self.actions = actions
         self.max_body = max_body
-        self.token = token.encode() if token else None
-        self.bound_host = bound_host
-        # a wildcard bind has no single name to check Host against; the token guards it instead
-        self.check_host = bound_host not in ("0.0.0.0", "::", "")
+        self.gate = Gate(token=token, require_token=require_token, bound_host=bound_host,
+                         local_address=local_address, allowed_uids=allowed_uids)
         self.exclusive_lock = exclusive_lock
         self.on_shutdown = on_shutdown
 
@@ -116,9 +129,16 @@ class App:
         status, body, after = self.respond(environ)
         headers = list(_JSON_HEADERS)
         if status == 405:
-            headers.append(("Allow", "POST" if environ.get("PATH_INFO") == "/shutdown" else "GET, POST"))
+            action = self.actions.get(environ.get("PATH_INFO", "/")[1:])
+            headers.append(("Allow", ", ".join(action.methods) if action else "POST"))
         if status == 401:
             headers.append(("WWW-Authenticate", 'Bearer realm="servicefactory"'))
+        elif status == 429:
+            headers.append(("Retry-After", str(environ.get("servicefactory.retry_after", 1))))
+        if status in (401, 429) and "servicefactory.connection" in environ:
+            # contract C1: our server then closes the connection, so each guess costs a new one
+            # (WSGI forbids hop-by-hop headers to other servers; werkzeug's closes after each anyway)
+            headers.append(("Connection", "close"))
         if body is _PLAIN_OK:
             headers = [("Content-Type", "text/plain; charset=utf-8")]
         headers.append(("Content-Length", str(len(body))))
@@ -127,20 +147,21 @@ class App:
 
     def respond(self, environ: dict) -> tuple[int, bytes, Callable[[], None] | None]:
         """Turn a WSGI environ into (status, body, callback to run after sending)."""
+        # who may ask comes first: a caller this service refuses learns nothing, not even its name
+        refusal = self._refuse(environ)
+        if refusal:
+            return (*refusal, None)
         meant = environ.get("HTTP_SERVICEFACTORY_SERVICE")
         if meant is not None and self.name is not None and meant != self.name:
             # the caller's address is stale (its service died and another took the port): running
             # anything here, even `shutdown`, would act on the wrong service
             return (*_error(421, "Misdirected", f"this address serves another service, not {meant!r}"), None)
-        refusal = self._refuse(environ)
-        if refusal:
-            return (*refusal, None)
         method = environ.get("REQUEST_METHOD", "GET")
         name = environ.get("PATH_INFO", "/")[1:]
         action = self.actions.get(name) if valid_action_name(name) else None
         if action is None:
             return (*_error(404, "UnknownAction", f"unknown action {name!r}"), None)
-        if method not in ("GET", "POST") or (method == "GET" and action.post_only):
+        if method not in action.methods:
             return (*_error(405, "MethodNotAllowed", f"{method} is not allowed for {name!r}"), None)
         data = None
         if method == "POST":
@@ -151,8 +172,9 @@ class App:
         try:
             result = self._call(action, data)
         except BaseException as exc:  # even sys.exit() in a handler is the caller's answer, not ours
-            logger.exception("action %r failed", name)
-            return (*_error(500, type(exc).__name__, str(exc)), None)
+            # cut: a handler raising with megabytes of text must not fill the logs or the answer
+            logger.error("action %r failed\n%s", name, short_traceback(exc))
+            return (*_error(500, type(exc).__name__, cut(str(exc))), None)
         if result is None:
             # curl and browsers see the founding transcript's `ok`; JSON clients get null, so that
             # perform() returns None, as the transcript's REPL (which echoes no result) shows
@@ -162,26 +184,20 @@ class App:
                 body = json.dumps(result, allow_nan=False).encode() + b"\n"
             except (TypeError, ValueError, RecursionError) as exc:
                 logger.error("action %r returned a result that is not JSON serialisable: %s", name, exc)
-                return (*_error(500, type(exc).__name__, f"result is not JSON serialisable: {exc}"), None)
+                return (*_error(500, type(exc).__name__, cut(f"result is not JSON serialisable: {exc}")), None)
         after = self.on_shutdown if name == "shutdown" and action.attribute == "_servicefactory_shutdown" else None
         return 200, body, after
 
     def _refuse(self, environ: dict) -> tuple[int, bytes] | None:
-        if self.check_host and not _allowed_host(environ.get("HTTP_HOST", ""), self.bound_host):
-            return _error(403, "Forbidden", "Host header does not name this service (DNS rebinding?)")
-        origin = environ.get("HTTP_ORIGIN")
-        if origin and not _allowed_host(origin.split("://", 1)[-1], self.bound_host):
-            return _error(403, "Forbidden", "cross-origin requests are refused")
-        if environ.get("HTTP_SEC_FETCH_SITE") in ("cross-site", "same-site"):
-            return _error(403, "Forbidden", "cross-site requests are refused")
-        if self.token is not None:
-            given = environ.get("HTTP_AUTHORIZATION", "")
-            scheme, _, credential = given.partition(" ")
-            if scheme.lower() != "bearer" or not compare_digest(credential.strip().encode(), self.token):
-                return _error(401, "Unauthorized", "missing or wrong token: send 'Authorization: Bearer <token>'")
-        return None
+        refusal = self.gate.refuse(environ)
+        return _error(*refusal) if refusal else None
 
     def _read_json(self, environ: dict) -> Any:
+        content_type = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+        if content_type != "application/json":
+            # checked on every POST, empty or not: a web page can send a bodiless or a text/plain
+            # POST to any address without a preflight, and that alone must never run an action
+            raise _BadRequest(415, "UnsupportedMediaType", "send POSTs with Content-Type: application/json")
         length_text = environ.get("CONTENT_LENGTH")
         if not length_text and environ.get("wsgi.input_terminated"):
             # a chunked body the server passes through: read no more than one byte past the limit
@@ -198,16 +214,16 @@ class App:
             body = environ["wsgi.input"].read(length) if length else b""
         if not body:
             return None
-        content_type = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
-        if content_type != "application/json":
-            # form and text types can be sent cross-site by any web page without a preflight
-            raise _BadRequest(415, "UnsupportedMediaType", "send the body as Content-Type: application/json")
         try:
-            return json.loads(body, parse_constant=_reject_constant)
+            value = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
         except RecursionError:
             raise _BadRequest(400, "BadRequest", "JSON nested too deeply") from None
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-            raise _BadRequest(400, "BadRequest", f"malformed JSON: {exc}") from None
+            raise _BadRequest(400, "BadRequest", cut(f"malformed JSON: {exc}", 300)) from None
+        if _SURROGATE_ESCAPE.search(body) and _has_lone_surrogate(value):
+            raise _BadRequest(400, "BadRequest", "malformed JSON: a lone surrogate (\\ud800-\\udfff) "
+                                                 "is not a character and cannot be encoded as UTF-8")
+        return value
 
     def _call(self, action: Action, data: Any) -> Any:
         method = getattr(self.service, action.attribute)
@@ -219,6 +235,29 @@ class App:
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number out of range: {cut(text, 40)}")
+    return value
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether any string in the decoded JSON `value` (keys included) holds a lone surrogate."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 class _BadRequest(Exception):

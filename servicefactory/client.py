@@ -119,13 +119,19 @@ def _default_registry() -> Any:
     if registry is None:
         from .registry import default_registry
         registry = _registries[key] = default_registry()
-        _registry_keys[id(registry)] = str(registry.home)  # kept alive by _registries: the id stays its own
+        _registry_keys[id(registry)] = _where(registry)  # kept alive by _registries: the id stays its own
     return registry
 
 
 def _registry_key(registry: Any) -> str:
     key = _registry_keys.get(id(registry))
-    return key if key is not None else str(getattr(registry, "home", id(registry)))
+    return key if key is not None else _where(registry)
+
+
+def _where(registry: Any) -> str:
+    # a local registry's directory as a string (`root`: its `home` is a Path, and pathlib would cost
+    # a cold `servicefactory perform` ~7 ms)
+    return str(getattr(registry, "root", None) or getattr(registry, "home", id(registry)))
 
 
 def resolve(name: str, registry: Any = None, fallback: tuple[str, int] | None = None,
@@ -156,8 +162,8 @@ def resolve(name: str, registry: Any = None, fallback: tuple[str, int] | None = 
     elif dead:
         raise ServiceNotRunning(f"{name} is not running (its record names pid {record.pid}, which has exited)")
     else:
-        home = getattr(registry, "home", None)
-        if home is not None and not home.exists():
+        home = getattr(registry, "root", None) or getattr(registry, "home", None)
+        if home is not None and not os.path.exists(home):
             raise ServiceNotRunning(f"{name} is not running, or cannot be found: the state directory {home} "
                                     f"does not exist (deleted? services started with it keep running)")
         raise ServiceNotRunning(f"{name} is not running (nothing registered in {home or 'the registry'})")
@@ -295,8 +301,11 @@ def _connection(address: tuple[str, int], name: str, timeout: float) -> tuple["_
         if connection.usable():
             return connection, True
         connection.close()  # closed by the server while idle: never send a request into it
+    host, port = address
     try:
-        sock = socket.create_connection(address, timeout=min(timeout, 5.0))
+        # an ASCII host goes as bytes: for a str, getaddrinfo() loads the idna codec, ~2.5 ms of a
+        # cold `servicefactory perform`; a non-ASCII name still needs it
+        sock = socket.create_connection((host.encode() if host.isascii() else host, port), timeout=min(timeout, 5.0))
     except ConnectionRefusedError:
         raise _Refused(f"{name} is not running (connection to {_host_header(address)} refused)") from None
     except socket.timeout:

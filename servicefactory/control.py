@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import client
-from .errors import ProtocolError, ServiceFactoryError, ServiceNotRunning, ServiceTimeout
+from .errors import ServiceFactoryError, ServiceNotRunning, ServiceTimeout
 from .registry import SUPERVISOR_PREFIX, ServiceRecord
 from .state import LocalRegistry, is_dead
 
@@ -99,6 +99,11 @@ def _request(names: list[str], timeout: float | None) -> dict[str, Any]:
 def _stop_supervised(name: str, record: ServiceRecord, timeout: float | None,
                      registry: LocalRegistry) -> StopOutcome:
     limit = timeout if timeout is not None else own_timeout(record)
+    supervisor = registry.lookup(record.supervisor)
+    if supervisor is not None and _suspended(supervisor.pid):
+        # it would take the request and carry it out whenever it is resumed, long after we gave up
+        return StopOutcome(name, False, failed=True, message=f"{name}: its supervisor {record.supervisor} is "
+                           f"suspended (SIGSTOP); resume it (kill -CONT {supervisor.pid}) or `stop --all`")
     rows = call_supervisor(record.supervisor, "stop", _request([name], timeout), limit + 15, registry)
     row = rows[0] if rows else {}
     killed = row.get("last_exit") == -signal.SIGKILL
@@ -208,16 +213,25 @@ def _stop_supervisor(name: str, record: ServiceRecord, timeout: float | None,
     before = {n: r.state for n, r in children.items()}
     limit = timeout if timeout is not None else max([own_timeout(r) for r in children.values()] or [0.0])
     rows: list = []
-    answered = False
+    answered = unreachable = False
     if not _suspended(record.pid):  # a stopped supervisor would take the request and act on it later
         try:
             rows = call_supervisor(name, "stop", _request([], timeout), limit + 5, registry)
             answered = True
             call_supervisor(name, "shutdown", None, 5.0, registry)
-        except (ServiceNotRunning, ProtocolError, ServiceTimeout):
+        except ServiceTimeout:
+            pass  # it took the request and hangs: no point in waiting longer
+        except ServiceFactoryError:
+            unreachable = not answered  # its record is unreadable, its API refuses us, ...
+    grace = 5.0 if answered else 0.5
+    if unreachable and registry.owner_alive(record):
+        try:
+            os.kill(record.pid, signal.SIGTERM)  # then it stops every service itself, each within its timeout
+            grace = limit + 5.0
+        except ProcessLookupError:
             pass
     escalated = False
-    if not wait_gone(record, 5.0 if answered else 0.5):
+    if not wait_gone(record, grace):
         # it does not answer (suspended, hung): kill it, so that nothing it queued runs later, and
         # every service it ran (each is the leader of its own process group)
         escalated = True

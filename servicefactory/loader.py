@@ -41,7 +41,9 @@ def _import_module(spec: str) -> ModuleType:
     if not spec or not all(part.isidentifier() for part in spec.split(".")):
         raise LoadError(f"{spec!r} is not a module name or a path to a .py file")
     if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `python -m` does: the current directory is importable
+        # the current directory is importable, but after the standard library: a `selectors.py`
+        # planted in a shared working directory must not run in place of the real one
+        sys.path.insert(_after_stdlib(), os.getcwd())
     try:
         return importlib.import_module(spec)
     except SystemExit as exc:
@@ -53,6 +55,21 @@ def _import_module(spec: str) -> ModuleType:
         raise TargetImportError(spec, exc) from None
     except Exception as exc:
         raise TargetImportError(spec, exc) from None
+
+
+def _after_stdlib() -> int:
+    """The sys.path index just after the standard library's entries (the end if none is found)."""
+    import sysconfig
+
+    roots = {os.path.realpath(sysconfig.get_paths()[key]) for key in ("stdlib", "platstdlib")}
+    position = len(sys.path)
+    for index, entry in enumerate(sys.path):
+        real = os.path.realpath(entry) if entry else ""
+        packages = "site-packages" in real or "dist-packages" in real
+        if not packages and (real in roots or any(real.startswith(root + os.sep) for root in roots)
+                             or (real.endswith(".zip") and os.path.basename(real).startswith("python"))):
+            position = index + 1
+    return position
 
 
 def _import_path(spec: str) -> ModuleType:

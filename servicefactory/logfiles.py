@@ -56,6 +56,19 @@ def untrusted(path: Path | str, home: Path | str) -> str | None:
     return f"{path} is outside the state directory and owned by uid {info.st_uid}, not by you"
 
 
+def open_private(path: Path | str) -> int:
+    """An fd appending to `path`, created 0600, never through a symlink (StateError, one line, if it is one)."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS, 0o600)
+    except OSError as exc:
+        raise StateError(f"cannot open {path}: " + ("it is a symbolic link" if exc.errno == errno.ELOOP
+                                                     else str(exc.strerror))) from None
+    info = os.fstat(fd)
+    if stat.S_ISREG(info.st_mode) and info.st_mode & 0o077:
+        os.fchmod(fd, 0o600)
+    return fd
+
+
 class LogFileRefused(StateError):
     """An existing log file that is not the service's own (see `refusal`), or a symlink."""
 
@@ -92,8 +105,12 @@ class RotatingLog:
         try:
             # created 0600; an existing file keeps its mode (it may be a device such as /dev/null)
             fd = os.open(self.path, _OPEN_FLAGS, 0o600)
-            self._file = os.fdopen(fd, "ab", buffering=0)
             info = os.fstat(fd)
+            why = refusal(info)
+            if why:  # planted by another user after a rotation, between our rename and this open
+                os.close(fd)
+                raise OSError(errno.EPERM, f"refusing it: {why}")
+            self._file = os.fdopen(fd, "ab", buffering=0)
             self._regular = stat.S_ISREG(info.st_mode)
             self._size = info.st_size if self._regular else 0
         except OSError as exc:
@@ -148,10 +165,14 @@ class RotatingLog:
 
 def _open_for_reading(path: Path | str):  # type: ignore[no-untyped-def]
     """The file at `path` for reading, never through a symlink; a directory is an OSError here."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    if stat.S_ISDIR(os.fstat(fd).st_mode):
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not hang us
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
         os.close(fd)
-        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    os.set_blocking(fd, True)
     return os.fdopen(fd, "rb")
 
 

@@ -100,6 +100,13 @@ class Registry(Protocol):
     def records(self) -> Iterator[ServiceRecord]:
         """Every published record."""
 
+    def names(self) -> list[str]:
+        """Every name registered now (services and supervisors), sorted."""
+
+    def state_of(self, name: str) -> tuple[str, ServiceRecord | None]:
+        """`running`, `stale`, `stopped` or a supervisor's state, with the record it is based on: the live
+        owner's truth when the published record is missing, unreadable or an older owner's."""
+
     def check_safe(self) -> None:
         """Raise StateError (exit 10) if the registry cannot be trusted (e.g. others may write to it).
 
@@ -111,8 +118,15 @@ class Registry(Protocol):
         pidfile) open. Only such a pid may be signalled; a record alone proves nothing."""
 
     def remembered(self, name: str) -> dict[str, Any] | None:
-        """How `name` was last run (its Spec fields, `settings`: the run Settings, `log_level`,
-        `home`), so that `restart` can bring it back with every option; None if never run here."""
+        """How `name` was last run (its Spec fields, `settings`: the run Settings, and
+        `log_level`), so that `restart` can bring it back with every option; None if never run here."""
+
+    def mark_stopped(self, name: str) -> None:
+        """Note that `name` was stopped on purpose (`status` then stops listing it as `stopped`)."""
+
+    def logs(self) -> dict[str, Any]:
+        """Every service's log file that exists, by service name (the CLI's `logs` reads these and
+        nothing else: it never globs a directory itself)."""
 
 
 def default_registry() -> "Registry":

@@ -20,45 +20,20 @@ import errno
 import logging
 import os
 import select
-import selectors
 import socket
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from ._http import CONTINUE, Reject, RequestReader, asks_to_close, base_environ, error_response, response, unavailable
+from ._http import Reject, asks_to_close, error_response, response, unavailable
 from ._names import host_port
+from ._selector import Connection, Selector, close_quietly
 from .errors import AddressInUse, StartupError
 
+if TYPE_CHECKING:
+    import ssl
+
 logger = logging.getLogger(__name__)
-
-_READ = selectors.EVENT_READ
-_WRITE = selectors.EVENT_WRITE
-_LINGER_CLOSE = 1.0  # after our FIN, how long a closing connection is drained before it is closed
-_LINGER_STOPPING = 0.25  # the same while stopping, so a client that holds its socket open cannot delay a stop
-# while stopping, idle connections stay open this long, and any request arriving on them is answered
-# 503: a busy keep-alive caller gets a clear "not run" rather than a FIN racing its next request
-_DRAIN_GRACE = 0.1
-_DRAIN_LIMIT = 4 * 1024 * 1024
-
-
-class _Conn:
-    """One accepted connection; owned by exactly one of the selector, the job queue or a worker."""
-
-    __slots__ = ("sock", "fd", "peer", "reader", "since", "out", "close_after", "closing_until", "drained",
-                 "mask")
-
-    def __init__(self, sock: socket.socket, peer: Any, reader: RequestReader) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.peer = peer
-        self.reader = reader
-        self.since = time.monotonic()  # start of the current wait (idle, request, write), for timeouts
-        self.out: bytes | memoryview = b""  # answer bytes the client has not taken yet
-        self.close_after = False  # close (FIN, then drain) once `out` is written
-        self.closing_until = 0.0  # set once our FIN is sent: drain input until then, then close
-        self.drained = 0
-        self.mask = 0  # selector events registered; 0 = not in the selector
 
 
 def bind(host: str, port: int, backlog: int = 128) -> socket.socket:
@@ -94,8 +69,15 @@ class Server:
     def __init__(self, app: Callable, sock: socket.socket, *, max_workers: int = 16,
                  max_body: int = 1024 * 1024, max_connections: int = 512,
                  header_timeout: float = 10.0, idle_timeout: float = 75.0, io_timeout: float = 10.0,
-                 linger: float = 0.005) -> None:
+                 linger: float = 0.005, ssl_context: "ssl.SSLContext | None" = None) -> None:
         self.app = app
+        self.ssl_context = ssl_context  # server side; the handshake runs in the selector, never a worker
+        self._would_block: tuple[type[BaseException], ...] = (BlockingIOError, InterruptedError)
+        if ssl_context is not None:
+            import ssl
+
+            # a TLS socket that needs more bytes (or room) says so with these, both OSErrors
+            self._would_block += (ssl.SSLWantReadError, ssl.SSLWantWriteError)
         self.socket = sock
         self.max_workers = max_workers
         self.max_body = max_body
@@ -108,10 +90,10 @@ class Server:
         self._stopping = threading.Event()
         self._stop_deadline = 0.0
         self._lock = threading.Lock()
-        self._jobs: collections.deque[_Conn | None] = collections.deque()
+        self._jobs: collections.deque[Connection | None] = collections.deque()
         self._jobs_ready = threading.Condition(self._lock)
         self._all_idle = threading.Condition(self._lock)
-        self._returned: collections.deque[_Conn] = collections.deque()
+        self._returned: collections.deque[Connection] = collections.deque()
         self._idle_workers = 0
         self._workers: list[threading.Thread] = []
         self._busy = 0
@@ -129,7 +111,7 @@ class Server:
 
     def start(self) -> None:
         """Start serving in background threads; returns at once, the socket already listens."""
-        self._selector_thread = threading.Thread(target=_Selector(self).run, name="servicefactory-http",
+        self._selector_thread = threading.Thread(target=Selector(self).run, name="servicefactory-http",
                                                  daemon=True)
         self._selector_thread.start()
 
@@ -179,9 +161,23 @@ class Server:
         except (BlockingIOError, OSError):
             pass  # a full pipe already guarantees a wake-up
 
+    def _send_fin(self, conn: Connection) -> bool:
+        """Shut our sending side (after a TLS close_notify, best effort); False if the socket is gone."""
+        sock = conn.sock
+        if self.ssl_context is not None:
+            try:
+                sock.unwrap()  # sends close_notify; the peer's own may never come, which is fine
+            except (OSError, ValueError):
+                pass
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return False
+        return True
+
     # -- hand-offs between the selector and the workers --
 
-    def _dispatch(self, conn: _Conn) -> None:
+    def _dispatch(self, conn: Connection) -> None:
         """Queue a connection with a whole request for a worker (the selector or a worker calls this)."""
         with self._lock:
             self._jobs.append(conn)
@@ -193,7 +189,7 @@ class Server:
                 worker.start()
             self._jobs_ready.notify()
 
-    def _hand_back(self, conn: _Conn) -> None:
+    def _hand_back(self, conn: Connection) -> None:
         """Give a connection back to the selector (to wait, to be written to, or to be closed)."""
         conn.since = time.monotonic()
         with self._lock:
@@ -203,7 +199,7 @@ class Server:
         if taken:
             self._wake()
         else:
-            _close(conn.sock)  # the selector has exited (a handler outlived the stop)
+            close_quietly(conn.sock)  # the selector has exited (a handler outlived the stop)
 
     # -- workers: run the app on a request already in memory, never wait on a client --
 
@@ -223,14 +219,14 @@ class Server:
                 self._serve(conn, poller)
             except BaseException:  # a request, even one whose handler called sys.exit, never kills a worker
                 logger.exception("unexpected error serving %s", conn.peer)
-                _close(conn.sock)
+                close_quietly(conn.sock)
             finally:
                 with self._lock:
                     self._busy -= 1
                     if not self._busy and not self._jobs:
                         self._all_idle.notify_all()
 
-    def _serve(self, conn: _Conn, poller: Any) -> None:
+    def _serve(self, conn: Connection, poller: Any) -> None:
         sock = conn.sock
         reader = conn.reader
         requests = reader.requests
@@ -260,11 +256,11 @@ class Server:
                 keep_alive = False
             data = response(status, headers, body, keep_alive, head_only=environ["REQUEST_METHOD"] == "HEAD")
             try:
-                sent = sock.send(data)
-            except (BlockingIOError, InterruptedError):
+                sent = sock.send(data)  # non-blocking; TLS sends all or raises, resumed by the selector
+            except self._would_block:
                 sent = 0
             except OSError:
-                _close(sock)
+                close_quietly(sock)
                 return
             if not keep_alive:
                 requests.clear()
@@ -289,7 +285,7 @@ class Server:
                 if ready:
                     try:
                         data = sock.recv(65536)
-                    except (BlockingIOError, InterruptedError):
+                    except self._would_block:  # TLS: only part of a record is here
                         data = None
                     except OSError:
                         data = b""
@@ -299,7 +295,7 @@ class Server:
                             conn.close_after = True
                             self._hand_back(conn)
                         else:
-                            _close(sock)
+                            close_quietly(sock)
                         return
                     if data:
                         was_idle = not reader.in_message
@@ -311,7 +307,7 @@ class Server:
             break
         self._hand_back(conn)
 
-    def _refuse_unstarted(self, conn: _Conn) -> None:
+    def _refuse_unstarted(self, conn: Connection) -> None:
         reader = conn.reader
         reader.requests.clear()
         reader.pending = None
@@ -356,302 +352,3 @@ def _internal_error() -> tuple[str, list, bytes]:
 
 def _no_write(data: bytes) -> None:
     raise NotImplementedError("write() is not supported; return the body instead")
-
-
-class _Selector:
-    """The selector thread: accepts, reads and parses, writes what workers could not, closes."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.selector = selectors.DefaultSelector()
-        self.waiting: dict[int, _Conn] = {}
-        self.listening = False
-        self.paused_until = 0.0
-        self.draining = False
-        self.drain_started = 0.0
-
-    def run(self) -> None:
-        server = self.server
-        selector = self.selector
-        selector.register(server._wake_read, _READ, None)
-        self._listen(True)
-        next_sweep = time.monotonic() + 1.0
-        try:
-            while True:
-                if server._stopping.is_set() and not self.draining:
-                    self._begin_drain()
-                if self.draining and self._drained():
-                    return
-                for key, events in selector.select(0.02 if self.draining else 0.1 if not self.listening else 1.0):
-                    conn = key.data
-                    if conn is None:
-                        self._take_returned()
-                    elif conn is self:
-                        if not self._accept():
-                            self.paused_until = time.monotonic() + 0.1  # out of fds: back off, do not spin
-                    elif events & _WRITE:
-                        self._write(conn)
-                    else:
-                        self._read(conn)
-                now = time.monotonic()
-                if not self.draining:
-                    self._regulate(now)
-                if now >= next_sweep or self.draining:
-                    next_sweep = now + 1.0
-                    self._sweep(now)
-        except Exception:  # pragma: no cover - a bug here must not pass silently
-            logger.exception("HTTP server selector failed")
-        finally:
-            with server._lock:
-                server._selector_done = True
-                returned = list(server._returned)
-                server._returned.clear()
-            for conn in list(self.waiting.values()) + returned:
-                _close(conn.sock)
-            self.waiting.clear()
-            self._listen(False)
-            server.socket.close()
-            selector.close()
-
-    # -- accepting --
-
-    def _listen(self, on: bool) -> None:
-        if on and not self.listening:
-            self.selector.register(self.server.socket, _READ, self)
-        elif not on and self.listening:
-            self.selector.unregister(self.server.socket)
-        self.listening = on
-
-    def _regulate(self, now: float) -> None:
-        server = self.server
-        if len(self.waiting) + server._busy + len(server._jobs) >= server.max_connections:
-            self._shed_idle()
-        full = len(self.waiting) + server._busy + len(server._jobs) >= server.max_connections
-        self._listen(not (full or now < self.paused_until))
-
-    def _accept(self) -> bool:
-        server = self.server
-        for _ in range(64):
-            try:
-                sock, peer = server.socket.accept()
-            except (BlockingIOError, InterruptedError):
-                return True
-            except OSError as exc:  # EMFILE and friends: shed idle connections and pause accepting
-                logger.warning("accept failed: %s", exc)
-                self._shed_idle()
-                return False
-            sock.setblocking(False)
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-            reader = RequestReader(base_environ(server.host, server.port, peer, {}), server.max_body)
-            self._place(_Conn(sock, peer, reader))
-        return True
-
-    # -- the state machine of a connection the selector holds --
-
-    def _watch(self, conn: _Conn, mask: int) -> None:
-        if conn.mask == mask:
-            return
-        if conn.mask:
-            self.selector.modify(conn.sock, mask, conn)
-        else:
-            self.selector.register(conn.sock, mask, conn)
-            self.waiting[conn.fd] = conn
-        conn.mask = mask
-
-    def _unwatch(self, conn: _Conn) -> None:
-        if conn.mask:
-            self.selector.unregister(conn.sock)
-            del self.waiting[conn.fd]
-            conn.mask = 0
-
-    def _drop(self, conn: _Conn) -> None:
-        self._unwatch(conn)
-        _close(conn.sock)
-
-    def _place(self, conn: _Conn) -> None:
-        """Decide what a connection the selector holds waits for next."""
-        if conn.out:
-            self._watch(conn, _WRITE)
-            return
-        if conn.closing_until:
-            return
-        if conn.close_after:
-            self._close_gently(conn)
-            return
-        reader = conn.reader
-        if not reader.requests and reader.pending is not None:
-            reader.pump()
-        if reader.requests:
-            item = reader.requests[0]
-            if type(item) is Reject:
-                reader.requests.clear()
-                self._answer_and_close(conn, error_response(item.status, str(item)))
-            elif self.draining:
-                self._answer_and_close(conn, unavailable())
-            else:
-                self._unwatch(conn)
-                self.server._dispatch(conn)
-            return
-        if self.draining and reader.in_message:  # part of a request is here: say it will not run
-            self._answer_and_close(conn, unavailable())
-            return
-        if reader.needs_continue():
-            reader.continue_sent = True
-            conn.out = CONTINUE
-            self._watch(conn, _WRITE)
-            return
-        self._watch(conn, _READ)
-
-    def _answer_and_close(self, conn: _Conn, data: bytes) -> None:
-        reader = conn.reader
-        reader.requests.clear()
-        reader.pending = None
-        reader.done = True
-        conn.out = data
-        conn.close_after = True
-        conn.since = time.monotonic()
-        self._watch(conn, _WRITE)
-
-    def _close_gently(self, conn: _Conn) -> None:
-        # closing with unread input makes the kernel send RST, which can destroy the answer before
-        # the client reads it: send our FIN, then read and discard what still comes, briefly
-        try:
-            conn.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            self._drop(conn)
-            return
-        limit = _LINGER_CLOSE
-        if self.draining:
-            limit = min(_LINGER_STOPPING, max(0.0, self.server._stop_deadline - time.monotonic()))
-        conn.closing_until = time.monotonic() + limit
-        self._watch(conn, _READ)
-
-    def _read(self, conn: _Conn) -> None:
-        try:
-            data = conn.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            if conn.reader.in_message and not conn.closing_until:
-                # the client half-closed in the middle of a request: say so rather than vanish
-                self._answer_and_close(conn, error_response("400 Bad Request", "the request ended before it was complete"))
-            else:
-                self._drop(conn)
-            return
-        if conn.closing_until:
-            conn.drained += len(data)
-            if conn.drained > _DRAIN_LIMIT:
-                self._drop(conn)
-            return
-        reader = conn.reader
-        was_idle = not reader.in_message
-        completed = reader.completed
-        reader.feed(data)
-        if reader.in_message and (was_idle or reader.completed != completed):
-            conn.since = time.monotonic()  # the request's own deadline starts with its first byte
-        self._place(conn)
-
-    def _write(self, conn: _Conn) -> None:
-        try:
-            sent = conn.sock.send(conn.out)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._drop(conn)
-            return
-        conn.since = time.monotonic()
-        out = conn.out[sent:]
-        conn.out = out if out else b""
-        if not out:
-            self._place(conn)
-
-    def _take_returned(self) -> None:
-        server = self.server
-        try:
-            while os.read(server._wake_read, 4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-        while server._returned:
-            conn = server._returned.popleft()
-            try:
-                self._place(conn)
-            except (ValueError, OSError):  # closed under us
-                self.waiting.pop(conn.fd, None)
-                _close(conn.sock)
-
-    def _sweep(self, now: float) -> None:
-        server = self.server
-        for conn in list(self.waiting.values()):
-            if conn.closing_until:
-                if now > conn.closing_until:
-                    self._drop(conn)
-            elif conn.out:
-                if now - conn.since > server.io_timeout:
-                    self._drop(conn)  # it does not read its answers
-            elif conn.reader.in_message:
-                if now - conn.since > server.header_timeout:
-                    self._answer_and_close(conn, error_response("408 Request Timeout", "request too slow"))
-            elif now - conn.since > server.idle_timeout:
-                self._close_gently(conn)
-
-    def _shed_idle(self) -> None:
-        # close the oldest quarter of the connections that sent nothing, as nginx does under pressure
-        idle = sorted((c for c in self.waiting.values()
-                       if not c.reader.in_message and not c.out and not c.closing_until), key=lambda c: c.since)
-        for conn in idle[: max(1, len(self.waiting) // 4)]:
-            self._drop(conn)
-
-    # -- draining on stop --
-
-    def _begin_drain(self) -> None:
-        self.draining = True
-        self.drain_started = time.monotonic()
-        self._listen(False)
-        self.server.socket.close()  # refuse new connections at once, not after a backlog wait
-        server = self.server
-        with server._lock:
-            queued = [conn for conn in server._jobs if conn is not None]
-            server._jobs.clear()
-            server._all_idle.notify_all()
-        for conn in queued:
-            self._answer_and_close(conn, unavailable())
-        for conn in list(self.waiting.values()):
-            self._place(conn)
-
-    def _drained(self) -> bool:
-        """Whether the drain is over; once nothing runs, idle connections get their FIN."""
-        server = self.server
-        now = time.monotonic()
-        if now >= server._stop_deadline:
-            return True
-        with server._lock:
-            working = server._busy or server._jobs or server._returned
-        if working:
-            return False
-        idle = [conn for conn in self.waiting.values() if not conn.closing_until and not conn.out]
-        if idle and now < self.drain_started + _DRAIN_GRACE:
-            return False
-        for conn in idle:
-            self._read(conn)  # a request that just arrived is answered 503, not lost behind our FIN
-            if conn.mask and not conn.closing_until and not conn.out:
-                # idle: our FIN, then close at once (nothing was asked, so there is no answer for
-                # a reset to destroy, and a client holding its socket cannot delay the stop)
-                try:
-                    conn.sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
-                self._drop(conn)
-        return not self.waiting
-
-
-def _close(sock: socket.socket) -> None:
-    try:
-        sock.close()
-    except OSError:
-        pass

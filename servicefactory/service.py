@@ -13,7 +13,8 @@ from typing import Any, Callable, Mapping
 
 from . import _notify
 from ._logging import ensure_default_output, service_logger
-from ._names import is_loopback
+from ._guard import MIN_TOKEN_BITS, token_bits, weak_token_message
+from ._names import is_loopback, is_loopback_address
 from .api import DEFAULT_MAX_BODY, Action, collect_actions, handle
 from .errors import AlreadyRunning, ServiceFactoryError, StartupError, StateError, TokenRequired
 
@@ -30,8 +31,8 @@ SUPERVISED_ENV = "SERVICEFACTORY_SUPERVISED"
 SERVERS = ("builtin", "werkzeug")
 
 
-class Endpoint(namedtuple("Endpoint", "port host name max_body workers require_token server",
-                          defaults=(0, "127.0.0.1", None, DEFAULT_MAX_BODY, 16, False, "builtin"))):
+class Endpoint(namedtuple("Endpoint", "port host name max_body workers require_token server allow_users",
+                          defaults=(0, "127.0.0.1", None, DEFAULT_MAX_BODY, 16, False, "builtin", ()))):
     """Where and how a service class exposes its API."""
 
     __slots__ = ()
@@ -39,17 +40,27 @@ class Endpoint(namedtuple("Endpoint", "port host name max_body workers require_t
 
 def endpoint(port: int = 0, host: str = "127.0.0.1", *, name: str | None = None,
              max_body: int = DEFAULT_MAX_BODY, workers: int = 16, require_token: bool = False,
-             server: str = "builtin") -> Callable[[type], type]:
-    """Class decorator: serve the class's actions over HTTP/JSON on host:port (0 picks a free port)."""
+             server: str = "builtin", allow_users: Any = ()) -> Callable[[type], type]:
+    """Class decorator: serve the class's actions over HTTP/JSON on host:port (0 picks a free port).
+
+    On loopback only the service's own user and root may call it; `allow_users=["alice", 1001]`
+    (names or uids) lets those users in too, as a token does.
+    """
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an integer from 0 to 65535, not {port!r}")
     if server not in SERVERS:
         raise ValueError(f"server must be one of {', '.join(SERVERS)}, not {server!r}")
+    if isinstance(allow_users, (str, int)):
+        allow_users = (allow_users,)
+    allow_users = tuple(allow_users)
+    if not all(isinstance(user, (str, int)) and not isinstance(user, bool) for user in allow_users):
+        raise ValueError(f"allow_users takes user names or uids, not {allow_users!r}")
 
     def apply(cls: type) -> type:
         if not (isinstance(cls, type) and issubclass(cls, ServiceBase)):
             raise TypeError("Service.API.endpoint decorates subclasses of Service.base")
-        cls._servicefactory_endpoint = Endpoint(port, host, name, max_body, workers, require_token, server)
+        cls._servicefactory_endpoint = Endpoint(port, host, name, max_body, workers, require_token, server,
+                                                allow_users)
         return cls
 
     return apply
@@ -73,10 +84,10 @@ def policy(*, restart: str = "on-failure", stop_timeout: float = 10.0, backoff_m
     loop() errors after which the service is `unhealthy` (0: never) under supervision."""
     if restart not in RESTART_POLICIES:
         raise ValueError(f"restart must be one of {', '.join(RESTART_POLICIES)}, not {restart!r}")
-    if stop_timeout <= 0:
-        raise ValueError("stop_timeout must be positive")
-    if backoff_max is not None and backoff_max <= 0:
-        raise ValueError("backoff_max must be positive")
+    if not 0 < stop_timeout < float("inf"):  # nan fails the comparison too
+        raise ValueError("stop_timeout must be a positive number of seconds")
+    if backoff_max is not None and not 0 < backoff_max < float("inf"):
+        raise ValueError("backoff_max must be a positive number of seconds")
     if not isinstance(max_loop_errors, int) or max_loop_errors < 0:
         raise ValueError("max_loop_errors must be a whole number, 0 or more")
 
@@ -275,7 +286,7 @@ class ServiceBase:
         """Stop the service gracefully (answered before the process goes away)."""
         return None
 
-    @handle("health")
+    @handle("health", methods=("GET", "POST"))
     def _servicefactory_health(self, data: Any) -> dict:
         """Name, pid, uptime, loop iterations and errors, version."""
         from . import __version__
@@ -288,10 +299,10 @@ class ServiceBase:
             "iterations": runtime.iterations, "errors": runtime.errors, "last_error": runtime.last_error,
         }
 
-    @handle("actions")
+    @handle("actions", methods=("GET", "POST"))
     def _servicefactory_list_actions(self, data: Any) -> list:
         """The actions this service exposes."""
-        return [{"name": action.name, "doc": action.doc, "methods": ["POST"] if action.post_only else ["GET", "POST"]}
+        return [{"name": action.name, "doc": action.doc, "methods": list(action.methods)}
                 for action in sorted(type(self)._servicefactory_actions.values(), key=lambda a: a.name)]
 
     # -- the lifecycle --
@@ -344,19 +355,32 @@ class ServiceBase:
         host = host if host is not None else endpoint_.host
         port = port if port is not None else endpoint_.port
         token = self._servicefactory_token(registration)
-        if not is_loopback(host) and not token:
+        loopback = is_loopback(host)  # resolved: every address the name stands for is loopback
+        if not loopback:
+            try:
+                socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            except (socket.gaierror, UnicodeError) as exc:  # say so, rather than ask for a token
+                raise StartupError(f"cannot resolve host {host!r}: {getattr(exc, 'strerror', exc)}") from None
+        if not loopback and not token:
             raise TokenRequired(
                 f"{runtime.name} would bind {host}:{port}, reachable from other hosts, without a token; "
                 f"set SERVICEFACTORY_TOKEN or write one to {registration.token_path()} (mode 0600)")
-        if not endpoint_.require_token and is_loopback(host):
-            token = None
-        elif endpoint_.require_token and not token:
+        if endpoint_.require_token and not token:
             raise TokenRequired(f"{runtime.name} requires a token; set SERVICEFACTORY_TOKEN")
+        if token and token_bits(token) < MIN_TOKEN_BITS:
+            raise TokenRequired(weak_token_message(_token_source(registration)))
+        allowed_uids = _allowed_uids(endpoint_.allow_users)
         sock = bind(host, port)
+        local = sock.getsockname()[:2]
+        if loopback and not is_loopback_address(local[0]):
+            # the name resolved to loopback a moment ago, yet the socket is not: refuse, token-less
+            sock.close()
+            raise TokenRequired(f"{runtime.name} bound {host}:{port} as {local[0]}, which is not loopback; "
+                                f"set SERVICEFACTORY_TOKEN to serve it off-host")
         app = App(self, type(self)._servicefactory_actions, max_body=endpoint_.max_body, token=token,
-                  bound_host=host, exclusive_lock=runtime.lock,
-                  on_shutdown=lambda: runtime.request_stop("shutdown action"))
-        app.name = runtime.name  # contract C2: a call naming another service is answered 421
+                  require_token=endpoint_.require_token or not loopback, bound_host=host,
+                  local_address=local, allowed_uids=allowed_uids, exclusive_lock=runtime.lock,
+                  on_shutdown=lambda: runtime.request_stop("shutdown action"), name=runtime.name)
         if endpoint_.server == "werkzeug":
             from ._werkzeug import WerkzeugServer
             runtime.server = WerkzeugServer(app, sock)
@@ -492,6 +516,26 @@ class _Registration:
     def __exit__(self, *exc_info: Any) -> None:
         if self.claim is not None:
             self.registry.release(self.claim)
+
+
+def _allowed_uids(users: tuple) -> frozenset[int]:
+    """The uids that may call a loopback service without a token: its own, root's, and `users`."""
+    import pwd
+
+    uids = {os.geteuid(), 0}
+    for user in users:
+        if isinstance(user, int):
+            uids.add(user)
+            continue
+        try:
+            uids.add(pwd.getpwnam(user).pw_uid)
+        except KeyError:
+            raise StartupError(f"allow_users names {user!r}, which is not a user on this host") from None
+    return frozenset(uids)
+
+
+def _token_source(registration: "_Registration") -> str:
+    return "$SERVICEFACTORY_TOKEN" if os.environ.get("SERVICEFACTORY_TOKEN", "").strip() else registration.token_path()
 
 
 def _install_signals(runtime: _Runtime) -> dict:

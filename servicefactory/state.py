@@ -14,13 +14,13 @@ import re
 import stat
 import threading
 import time
-from pathlib import Path
 
 from .errors import AlreadyRunning, InvalidName, StateError
 from .registry import SUPERVISOR_PREFIX, Claim, ServiceRecord
 
 TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any, Iterator
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
@@ -28,17 +28,23 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 
 def default_home() -> Path:
     """Where state lives: $SERVICEFACTORY_HOME, else $XDG_RUNTIME_DIR/servicefactory, else ~/.servicefactory."""
+    from pathlib import Path
+    return Path(_default_root())
+
+
+def _default_root() -> str:
+    # default_home() as a string: see LocalRegistry.root
     explicit = os.environ.get("SERVICEFACTORY_HOME")
     if explicit:
-        return Path(explicit).expanduser().absolute()  # messages name the directory actually used
+        return os.path.abspath(os.path.expanduser(explicit))  # messages name the directory actually used
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
-        return Path(runtime) / "servicefactory"
-    return Path.home() / ".servicefactory"
+        return os.path.join(runtime, "servicefactory")
+    return os.path.join(os.path.expanduser("~"), ".servicefactory")
 
 
 def check_name(name: str) -> str:
-    """Return `name` if it can name a service's files, else raise StateError."""
+    """Return `name` if it can name a service's files, else raise InvalidName (a usage error, exit 2)."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidName(f"invalid service name {name!r}: use letters, digits, '_', '-' and '.'")
     return name
@@ -48,7 +54,7 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace `path` with `data` so that readers see the old file or the new one, never a part."""
     import tempfile  # only writers pay for it; `perform` and `status` only read
 
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=os.path.dirname(path))
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
@@ -99,6 +105,18 @@ def holds_open(pid: int, path: Path | str) -> bool:
         if info.st_ino == target.st_ino and info.st_dev == target.st_dev:
             return True
     return False
+
+
+def _supervised_as(pid: int, name: str) -> bool:
+    """Whether process `pid` was started by a supervisor as service `name` (its environment says so
+    from its start; with the start time checked by the caller, a record alone cannot fake it)."""
+    from .service import SUPERVISED_ENV
+
+    try:
+        environ = read_nofollow(f"/proc/{pid}/environ", 1 << 22)
+    except OSError:
+        return False
+    return f"{SUPERVISED_ENV}={name}".encode() in environ.split(b"\0")
 
 
 def locker(path: Path | str) -> int | None:
@@ -204,12 +222,28 @@ class LocalRegistry:
     KEEP_INTERVAL = 1.0
 
     def __init__(self, home: Path | str | None = None) -> None:
-        self.home = Path(home) if home is not None else default_home()
+        #: the directory, as a string: the reads `servicefactory perform` makes go through os.* with
+        #: it, so that perform never imports pathlib (with the urllib.parse it imports, ~7 ms of a
+        #: ~50 ms cold start); `home` is the same directory as a Path, for everything else
+        self.root = os.path.normpath(os.fspath(home)) if home is not None else _default_root()
+        self._home: Path | None = None
         self._published: dict[str, tuple[Claim, bytes]] = {}
         self._keeper: threading.Thread | None = None
         self._keeping = threading.Lock()
 
     # -- paths --
+
+    @property
+    def home(self) -> Path:
+        """The state directory."""
+        if self._home is None:
+            from pathlib import Path
+            self._home = Path(self.root)
+        return self._home
+
+    def _file(self, name: str, suffix: str) -> str:
+        # pidfile(), metadata_file() as strings: see `root`
+        return os.path.join(self.root, check_name(name) + suffix)
 
     def pidfile(self, name: str) -> Path:
         """The pidfile of service `name`."""
@@ -246,7 +280,7 @@ class LocalRegistry:
     def check(self) -> None:
         """Raise StateError if the directory is owned by another user or writable by others."""
         try:
-            info = os.stat(self.home)
+            info = os.stat(self.root)
         except FileNotFoundError:
             raise StateError(f"state directory {self.home} does not exist (was it deleted?)") from None
         except OSError as exc:
@@ -262,7 +296,7 @@ class LocalRegistry:
 
     def check_safe(self) -> None:
         """Raise StateError if the directory exists but cannot be trusted; a missing one holds nothing."""
-        if os.path.lexists(self.home):
+        if os.path.lexists(self.root):
             self.check()
 
     # -- the registry interface --
@@ -365,7 +399,7 @@ class LocalRegistry:
     def lookup(self, name: str) -> ServiceRecord | None:
         """The recorded metadata of `name`, or None (a missing, half-written or garbled file reads as
         none). Raises StateError for a state directory others could have planted it in."""
-        path = self.metadata_file(name)  # an invalid name is the caller's error, not a missing record
+        path = self._file(name, ".json")  # an invalid name is the caller's error, not a missing record
         self.check_safe()
         try:
             record = ServiceRecord.from_dict(json.loads(read_nofollow(path)))
@@ -383,12 +417,15 @@ class LocalRegistry:
         return [name for name in self._names((".last",))
                 if not (self.remembered(name) or {}).get("stopped_by_user")]
 
-    def _names(self, suffixes: tuple[str, ...]) -> list[str]:
+    def _entries(self) -> list[str]:
         try:
-            entries = os.listdir(self.home)
+            return os.listdir(self.home)
         except (FileNotFoundError, NotADirectoryError):
             return []
-        found = {entry.rsplit(".", 1)[0] for entry in entries if entry.endswith(suffixes) and not entry.startswith(".")}
+
+    def _names(self, suffixes: tuple[str, ...]) -> list[str]:
+        found = {entry.rsplit(".", 1)[0] for entry in self._entries()
+                 if entry.endswith(suffixes) and not entry.startswith(".")}
         return sorted(name for name in found if _NAME.match(name))
 
     def records(self) -> Iterator[ServiceRecord]:
@@ -401,7 +438,7 @@ class LocalRegistry:
     def is_held(self, name: str) -> bool:
         """Whether a live process holds `name`'s pidfile lock."""
         try:
-            fd = os.open(self.pidfile(name), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(self._file(name, ".pid"), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return False
         try:
@@ -419,7 +456,7 @@ class LocalRegistry:
         a supervisor, its own `_supervisor-N` pidfile) and started when the record says."""
         if not record.pid or is_dead(record):
             return False
-        return holds_open(record.pid, self.pidfile(record.name))
+        return holds_open(record.pid, self.pidfile(record.name)) or _supervised_as(record.pid, record.name)
 
     def owner(self, name: str) -> ServiceRecord | None:
         """What the live process holding `name` proves about itself when its record is missing,
@@ -437,7 +474,8 @@ class LocalRegistry:
             if supervisor is None:
                 return None
             pid = 0  # a supervisor between two runs of its child
-        return ServiceRecord(name, pid, create_time=(process_start_time(pid) or 0.0) if pid else 0.0,
+        started = (process_start_time(pid) or 0.0) if pid else 0.0
+        return ServiceRecord(name, pid, create_time=started, started=started or time.time(),
                              supervisor=supervisor, state="running" if pid else "backoff")
 
     def state_of(self, name: str) -> tuple[str, ServiceRecord | None]:
@@ -448,8 +486,8 @@ class LocalRegistry:
         """
         record = self.lookup(name)
         if not self.is_held(name):
-            has_files = record is not None or os.path.lexists(self.pidfile(name)) or \
-                os.path.lexists(self.metadata_file(name))
+            has_files = record is not None or os.path.lexists(self._file(name, ".pid")) or \
+                os.path.lexists(self._file(name, ".json"))
             return ("stale" if has_files else "stopped"), record
         if record is not None and not self._current(record):
             record = None
@@ -461,7 +499,8 @@ class LocalRegistry:
         dead = is_dead(record)
         if record.supervisor:
             if not self.is_held(record.supervisor):
-                return "stale", record  # its supervisor died; the child follows it out
+                # its supervisor died; the child follows it out within its stop timeout
+                return ("stale" if dead else "stopping"), record
             if record.state == "running" and dead:
                 return "starting", record  # it just exited; its supervisor is about to say what next
             return record.state, record
@@ -469,12 +508,19 @@ class LocalRegistry:
 
     def _current(self, record: ServiceRecord) -> bool:
         """Whether `record` was written by the name's present owner (not left by an older one)."""
-        locked_by = locker(self.pidfile(record.name))
+        pidfile = self.pidfile(record.name)
+        locked_by = locker(pidfile)
         if locked_by is None:
             return True  # cannot tell (no /proc/locks): believe the file
-        if record.supervisor:
-            return record.supervisor == f"{SUPERVISOR_PREFIX}{locked_by}"
-        return record.pid == locked_by
+        if not record.supervisor:
+            return record.pid == locked_by
+        if record.supervisor != f"{SUPERVISOR_PREFIX}{locked_by}":
+            return False
+        try:  # the supervisor writes each new child's pid here first: a record naming another is older
+            pid = int(read_nofollow(pidfile, 64).split()[0])
+        except (OSError, ValueError, IndexError):
+            return True
+        return pid == record.pid or not holds_open(pid, pidfile)
 
     def _just_claimed(self, name: str) -> bool:
         """A name claimed moments ago whose owner has not published yet (it is still starting)."""
@@ -483,6 +529,29 @@ class LocalRegistry:
         except OSError:
             return False
         return age < 3.0 and not os.path.lexists(self.metadata_file(name))
+
+    def log_of(self, name: str) -> Path:
+        """Where `name` logs: its record's log path, else the --log-file it was last run with, else NAME.log."""
+        from pathlib import Path  # only `logs` needs it: `perform` stays free of pathlib
+
+        record = self.lookup(name)
+        if record is not None and record.log_path:
+            return Path(record.log_path)
+        remembered = self.remembered(name) or {}
+        if isinstance(remembered.get("log_file"), str):
+            return Path(remembered["log_file"])
+        return self.log_file(name)
+
+    def logs(self) -> dict[str, Path]:
+        """Every service's log that exists: NAME.log files here, and the --log-file of each service
+        registered or remembered here (public names only: a supervisor's own log is not a service's)."""
+        found = {entry[:-4]: self.home / entry for entry in sorted(self._entries())
+                 if entry.endswith(".log") and _NAME.match(entry[:-4]) and entry != "supervisor.log"}
+        for name in set(self.names()) | set(self.remembered_names()):
+            if not name.startswith("_"):
+                found[name] = self.log_of(name)
+        return {name: path for name, path in sorted(found.items())
+                if os.path.isfile(path) and not os.path.islink(path)}
 
     def clean(self, name: str) -> None:
         """Remove a stale service's leftovers, holding its lock meanwhile: never those of a live owner."""
@@ -532,9 +601,9 @@ class LocalRegistry:
         token = os.environ.get("SERVICEFACTORY_TOKEN", "").strip()
         if token:
             return token
-        path = self.token_file
+        path = os.path.join(self.root, "token")  # not token_file: see `root`
         try:
-            info = path.stat()
+            info = os.stat(path)
         except OSError:
             return None
         if info.st_mode & 0o077:
@@ -546,4 +615,4 @@ class LocalRegistry:
 
     def describe(self) -> dict[str, Any]:
         """Where this registry keeps its state, for messages."""
-        return {"backend": "local", "home": str(self.home)}
+        return {"backend": "local", "home": self.root}

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import _notify, _reaper
-from ._child import LIFELINE_FD_ENV, STOP_TIMEOUT_ENV, SUPERVISOR_PID_ENV
+from ._child import LIFELINE_FD_ENV, LOG_PATH_ENV, STOP_TIMEOUT_ENV, SUPERVISOR_PID_ENV
 from .api import handle
 from .errors import AlreadyRunning, ServiceFactoryError, ServiceTimeout, StateError
 from .logfiles import RotatingLog, printable
-from ._supervised import Child, Settings, Spec, drain, readable, signal_name, stamp, url_of
+from ._supervised import Child, Settings, Spec, drain, python_command, readable, signal_name, stamp, url_of
 from .registry import SUPERVISOR_PREFIX, ServiceRecord
 from .service import SUPERVISED_ENV, Endpoint, ServiceBase
 from .state import LocalRegistry, process_start_time
@@ -160,9 +160,11 @@ class Supervisor(ServiceBase):
         env = dict(os.environ, PYTHONUNBUFFERED="1", **{
             SUPERVISED_ENV: spec.name, SUPERVISOR_PID_ENV: str(os.getpid()),
             _notify.READY_FD_ENV: str(ready_write), LIFELINE_FD_ENV: str(self.lifeline_read),
-            STOP_TIMEOUT_ENV: repr(spec.stop_timeout)})
-        args = [sys.executable, "-u", "-m", "servicefactory._child", spec.target, spec.name,
-                spec.host or "", "" if spec.port is None else str(spec.port)]
+            STOP_TIMEOUT_ENV: repr(spec.stop_timeout), LOG_PATH_ENV: str(child.log.path)})
+        # isolated from its working directory (the project's): a module target is put on sys.path
+        # after the standard library by the loader, not first by Python
+        args = python_command("servicefactory._child", "-u") + [
+            spec.target, spec.name, spec.host or "", "" if spec.port is None else str(spec.port)]
         try:
             child.popen = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
@@ -325,11 +327,16 @@ class Supervisor(ServiceBase):
         self._after_exit(child, code)
 
     def _kill_strays(self) -> None:
-        """Kill and reap our children that are no service: orphans re-parented to us when a service died."""
+        """Kill and reap our children that are no service: orphans re-parented to us when a service died.
+
+        (The supervisor is a process of its own, started by `run`: its only other children are services.)
+        A stray killed here may leave children of its own, which come to us next: bounded passes; one
+        that does not die at once (in the kernel) is reaped on a later call, never waited for here.
+        """
         ours = {child.popen.pid for child in self.children.values() if child.popen is not None}
         me = os.getpid()
-        for _ in range(100):  # a killed stray's own children come to us next: bounded passes
-            # (the supervisor is a process of its own, started by `run`: its only children are services)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
             strays = [pid for pid, parent in _reaper.parents().items() if parent == me and pid not in ours]
             if not strays:
                 return
@@ -338,9 +345,10 @@ class Supervisor(ServiceBase):
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+            time.sleep(0.005)
             for pid in strays:
                 try:
-                    os.waitpid(pid, 0)
+                    os.waitpid(pid, os.WNOHANG)
                 except ChildProcessError:
                     pass
 
@@ -380,7 +388,8 @@ class Supervisor(ServiceBase):
                                 warn=True)
                 else:
                     cap = child.spec.backoff_max if child.spec.backoff_max is not None else self.settings.backoff_max
-                    delay = min(cap, self.settings.backoff * 2 ** (child.fast_failures - 1))
+                    # the exponent is bounded: with a large --max-failures, 2**n overflows a float
+                    delay = min(cap, self.settings.backoff * 2 ** min(child.fast_failures - 1, 64))
                     child.state = "backoff"
                     child.next_start = time.monotonic() + delay
                     child.restarts += 1
@@ -480,7 +489,7 @@ class Supervisor(ServiceBase):
         else:
             message = {"ready": True, "supervisor": self.name, "pid": os.getpid(),
                        "services": [{"name": c.spec.name, "pid": c.popen.pid if c.popen else None, "url": url_of(c),
-                                     "state": c.state} for c in self.children.values()]}
+                                     "state": c.state, "ever_ready": c.ever_ready} for c in self.children.values()]}
         try:
             os.write(self.ready_fd, json.dumps(message).encode() + b"\n")
             os.close(self.ready_fd)

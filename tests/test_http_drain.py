@@ -10,7 +10,7 @@ import time
 
 from http_support import read_until_closed, responses, serving
 
-from servicefactory import server as server_module
+from servicefactory._selector import DRAIN_GRACE
 
 from conftest import wait_until
 
@@ -207,7 +207,7 @@ def test_callers_on_many_connections_through_a_stop_get_a_result_or_a_retry_safe
     # can cross our FIN (HTTP/1.1 has no way around that race: the caller sees a closed socket
     # before it sends, or must treat the silence as "not run"); none sent before it may vanish
     vanished = [key for key, status in outcomes.items() if status == 0]
-    assert all(sent_at[key] > stop_called + server_module._DRAIN_GRACE for key in vanished), vanished
+    assert all(sent_at[key] > stop_called + DRAIN_GRACE for key in vanished), vanished
     assert not set(vanished) & set(ran)
     assert {key for key, status in outcomes.items() if status == 200} == set(ran) & set(outcomes)
     assert not {key for key, status in outcomes.items() if status == 503} & set(ran)

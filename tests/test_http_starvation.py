@@ -127,3 +127,20 @@ def test_a_pipelined_flood_from_16_clients_does_not_delay_another_clients_calls(
             stop.set()
             for thread in threads:
                 thread.join(5)
+
+
+def test_a_request_that_does_not_arrive_in_time_is_answered_408_and_closed():
+    app = CountingApp()
+    with serving(app, header_timeout=0.5) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            started = time.monotonic()
+            sock.sendall(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12")
+            data = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 408 "), data
+            assert time.monotonic() - started < 3.0
+    assert app.seen == []

@@ -159,6 +159,7 @@ def test_a_damaged_record_yields_to_the_live_owner_and_is_rewritten(module, spaw
     if damage != "removed":  # (a missing record may also be one not written yet: `starting` is fair)
         row = status_of("Keeper", module)  # at once: the truth from the lock holder, not `starting`
         assert row["state"] == "running" and row["pid"] == pid, row
+        assert 0 <= row["uptime"] < 60, row
     def rewritten() -> bool:
         try:
             return json.loads(path.read_bytes())["pid"] == pid
@@ -245,6 +246,10 @@ def test_symlinked_record_and_log_files_are_not_followed(module, sf_home):
     result = sf("logs", "Ghost", cwd=module)
     assert result.returncode != 0 and "the secret" not in result.stdout
     one_line_error(result)
+    (sf_home / "supervisor.log").symlink_to(secret)  # the detached supervisor's own output
+    result = sf("run", "keeper.py", "--daemon", cwd=module)
+    assert result.returncode == 10 and "symbolic link" in result.stderr, result.stderr
+    assert secret.read_text() == "the secret\n" and oct(secret.stat().st_mode & 0o777) != oct(0o600)
     elsewhere = module / "elsewhere.json"
     elsewhere.write_text(json.dumps({"name": "Ghost", "pid": os.getpid(), "port": 1, "host": "127.0.0.1"}))
     (sf_home / "Ghost.json").symlink_to(elsewhere)
@@ -383,6 +388,10 @@ def test_a_directory_at_the_log_gives_one_line(module, sf_home):
     result = sf("logs", "Other", cwd=module)
     assert result.returncode != 0
     one_line_error(result)
+    os.mkfifo(sf_home / "Piped.log")  # a FIFO nobody writes to must not hang `logs`
+    result = sf("logs", "Piped", cwd=module, timeout=30)
+    assert result.returncode != 0
+    one_line_error(result)
     result = sf("logs", cwd=module)  # every service's: the directory is no service's log
     assert "Traceback" not in result.stderr and "Other" not in result.stdout
 
@@ -513,3 +522,99 @@ def test_logs_refuses_a_planted_log_path_outside_the_state_directory(module, sf_
     result = sf("logs", "Planted", cwd=module)
     assert result.returncode == 10, (result.stdout, result.stderr)
     assert "secret" not in result.stdout and "outside the state directory" in result.stderr
+
+
+FULL_DISK_DRIVER = """
+import json, os, subprocess, sys, time
+
+CLI = [sys.executable, "-m", "servicefactory"]
+home = os.environ["SERVICEFACTORY_HOME"]
+
+
+def status():
+    result = subprocess.run(CLI + ["status", "Keeper", "--json"], capture_output=True, text=True, timeout=60)
+    return json.loads(result.stdout)[0]
+
+
+service = subprocess.Popen([sys.executable, "keeper.py"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+try:
+    deadline = time.monotonic() + 30
+    while status()["state"] != "running":
+        assert time.monotonic() < deadline, "Keeper did not start"
+        time.sleep(0.1)
+    os.unlink(os.path.join(home, "Keeper.json"))
+    filler = os.open(os.path.join(home, "filler"), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:  # the disk is full: the record cannot come back
+        while True:
+            os.write(filler, b"x" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(filler)
+    time.sleep(4)  # several of the owner's attempts fail meanwhile
+    assert not os.path.exists(os.path.join(home, "Keeper.json"))
+    row = status()
+    print("FULL", row["state"], row["pid"], service.pid, flush=True)
+    os.unlink(os.path.join(home, "filler"))
+    deadline = time.monotonic() + 5
+    while not os.path.exists(os.path.join(home, "Keeper.json")):
+        assert time.monotonic() < deadline, "the record was not rewritten once space returned"
+        time.sleep(0.05)
+    row = status()
+    print("BACK", row["state"], row["pid"], bool(row["url"]), flush=True)
+    result = subprocess.run(CLI + ["stop", "Keeper"], capture_output=True, text=True, timeout=60)
+    print("STOP", result.returncode, service.wait(30), flush=True)
+finally:
+    service.kill()
+"""
+
+
+def test_a_record_lost_on_a_full_disk_is_rewritten_once_space_returns(tmp_path, sf_home):
+    """9.5: a failed write on a full disk left `status` at `starting` for ever and the record was never
+    rewritten once space returned. Here the state directory is a 1 MiB tmpfs in a private mount namespace."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) to mount a small file system")
+    (tmp_path / "keeper.py").write_text(textwrap.dedent(MODULE))
+    (tmp_path / "driver.py").write_text(FULL_DISK_DRIVER)
+    sf_home.mkdir(mode=0o700)
+    script = 'mount -t tmpfs -o size=1m,mode=0700 tmpfs "$0" && exec "$@"'
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script, str(sf_home), sys.executable, "driver.py"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    state, pid, service = lines["FULL"].split()
+    assert state == "running" and pid == service, lines  # the live owner, not `starting`
+    assert lines["BACK"] == f"running {service} True", lines
+    assert lines["STOP"] == "0 0", lines
+
+
+def test_stop_of_one_service_of_a_suspended_supervisor_fails_fast_and_queues_nothing(module, sf_home):
+    """9.13: a stop sent to a SIGSTOPped supervisor waited, failed, and was carried out later anyway."""
+    service = run_daemon(module)
+    supervisor = supervisor_pid(sf_home)
+    os.kill(supervisor, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        result = sf("stop", "Keeper", cwd=module)
+        assert time.monotonic() - started < 5
+        assert result.returncode == 1 and "suspended" in result.stderr, result.stderr
+    finally:
+        os.kill(supervisor, signal.SIGCONT)
+    time.sleep(1.0)
+    assert alive(service)  # nothing was queued to stop it later
+    assert status_of("Keeper", module)["state"] == "running"
+
+
+def test_stop_all_stops_a_supervisor_whose_record_is_unreadable_gracefully(module, sf_home):
+    """9.5: with the supervisor's own record unreadable, `stop --all` said nothing was running (or, had it
+    guessed, could only have killed); the live lock holder is asked to stop by SIGTERM, and finalizes."""
+    service = run_daemon(module, env={"FINALIZE_SECONDS": "0.5"})
+    supervisor = supervisor_pid(sf_home)
+    record = sf_home / f"_supervisor-{supervisor}.json"
+    record.unlink()
+    (record / "blocked").mkdir(parents=True)  # a non-empty directory: not even its owner can rewrite it
+    result = sf("stop", "--all", cwd=module)
+    assert result.returncode == 0, result.stderr
+    assert "Keeper stopped" in result.stdout and "killed" not in result.stderr
+    wait_until(lambda: not alive(supervisor) and not alive(service), timeout=10, message="both gone")
+    assert "finalized" in (sf_home / "Keeper.log").read_text()

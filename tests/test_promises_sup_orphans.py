@@ -85,6 +85,10 @@ def test_kill_9_of_the_supervisor_ends_every_service_and_descendant_within_the_s
     print(f"all gone {took:.2f} s after the kill")
     assert took <= STOP_TIMEOUT + 1.5, f"took {took:.2f} s"
     assert all(gone(pid) for pid in before), before
+    # what the services said while stopping is not lost with the supervisor's pipe
+    hanging = sf.log("Hanging")
+    assert "[servicefactory] Hanging lost its supervisor; stopping" in hanging, hanging
+    assert "Hanging | Hanging : shutdown requested" in hanging and "Hanging | finalize hangs" in hanging, hanging
 
     # the names are free again: a new run takes them over
     sf.daemon("unruly")
@@ -105,3 +109,23 @@ def test_a_service_killed_under_a_live_supervisor_takes_its_setsid_descendants_a
                message="the killed service's descendants gone")
     wait_until(lambda: (sf.row("Forker") or {}).get("state") == "running", timeout=10,
                message="Forker restarted")
+
+
+def test_kill_9_of_a_foreground_run_ends_every_service_and_descendant_too(sf, spawn):
+    from conftest import PYTHON
+
+    proc = spawn(args=[PYTHON, "-m", "servicefactory", "run", "unruly"],
+                 files={"unruly.py": UNRULY.format(timeout=STOP_TIMEOUT)})
+    proc.wait_for(r"Forker\s+\| forked", timeout=20)
+    proc.wait_for(r"Stubborn ready")
+    proc.wait_for(r"Hanging ready")
+    before = _tree(sf)
+    assert len([argv for argv in before.values() if argv.startswith("sleep 100")]) == 3, before
+
+    os.kill(proc.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    while [pid for pid in _tree(sf) if not gone(pid)] and time.monotonic() < killed + STOP_TIMEOUT + 2.0:
+        time.sleep(0.02)
+    left = {pid: argv for pid, argv in _tree(sf).items() if not gone(pid)}
+    assert not left, f"still running {time.monotonic() - killed:.1f} s after the kill: {left}"
+    assert time.monotonic() - killed <= STOP_TIMEOUT + 1.5

@@ -72,3 +72,22 @@ def test_retry_failed_after_0_leaves_a_failed_service_down(sf):
     time.sleep(2.0)
     assert sf.row("Needy")["state"] == "failed"
     assert "leaving it down" in sf.log("Needy")
+
+
+def test_non_finite_or_absurd_durations_are_usage_errors(sf):
+    import pytest
+
+    from servicefactory import Service
+
+    sf.write("needy.py", NEEDS_DB.format(policy=""))
+    for option, value in [("--backoff", "nan"), ("--backoff-max", "inf"), ("--retry-failed-after", "1e99"),
+                          ("--stop-timeout", "nan"), ("--ready-timeout", "inf"), ("--retry-failed-after", "-1")]:
+        result = sf("run", "needy", option, value, "--daemon")
+        assert result.returncode == 2, (option, value, result.stdout, result.stderr)
+        assert option in result.stderr and "Traceback" not in result.stderr
+    for bad in (float("nan"), float("inf"), 0, -1):
+        with pytest.raises(ValueError):
+            Service.policy(backoff_max=bad)
+        with pytest.raises(ValueError):
+            Service.policy(stop_timeout=bad)
+

@@ -299,7 +299,7 @@ def test_an_exception_in_finalize_is_logged_and_run_still_returns(caplog):
 
 def test_stopping_right_after_a_request_closes_the_servers_end_of_the_connection():
     """A keep-alive connection whose request just finished must not outlive the stopped server (no fd leak)."""
-    request = b"POST /same HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    request = b"POST /same HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\r\n"
     leaked = []
     for _ in range(3):
         service = Alpha()
