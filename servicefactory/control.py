@@ -61,17 +61,9 @@ def stop(name: str, timeout: float | None = None, registry: LocalRegistry | None
         known = registry.remembered(name) is not None
         return StopOutcome(name, False, unknown=not known, message=f"{name} is not running" +
                            ("" if known else f" (no service of that name was ever run in {registry.home})"))
-    if state == "stale":
-        killed = False
-        if record is not None and record.supervisor and registry.signal(record, signal.SIGKILL):
-            killed = wait_gone(record, 5.0)  # an orphan of a dead supervisor that did not follow it out
-            _await_release(registry, name)
-        registry.clean(name)
-        registry.mark_stopped(name)
-        if killed:
-            return StopOutcome(name, True, killed=True,
-                               message=f"{name} outlived its supervisor; killed it and removed its files")
-        return StopOutcome(name, False, message=f"{name} was not running (removed its stale pidfile)")
+    orphan = record is not None and bool(record.supervisor) and not registry.is_held(record.supervisor)
+    if state == "stale" or orphan:
+        return _stop_orphan(name, record, timeout, registry)
     if record is not None and record.supervisor:
         outcome = _stop_supervised(name, record, timeout, registry)
     elif record is None:
@@ -80,6 +72,29 @@ def stop(name: str, timeout: float | None = None, registry: LocalRegistry | None
         outcome = _stop_standalone(name, record, timeout, registry)
     registry.mark_stopped(name)
     return outcome
+
+
+def _stop_orphan(name: str, record: ServiceRecord | None, timeout: float | None,
+                 registry: LocalRegistry) -> StopOutcome:
+    """A stale name, or a service whose supervisor died: it ends itself within its stop timeout (its
+    lifeline); give it that long, then SIGKILL what is proven to be it, and remove its files."""
+    killed = False
+    alive = record is not None and record.supervisor and registry.owner_alive(record)
+    if alive:
+        if not wait_gone(record, timeout if timeout is not None else own_timeout(record) + 1.0):
+            killed = registry.signal(record, signal.SIGKILL, group=True)
+            wait_gone(record, 5.0)
+        _await_release(registry, name)
+    registry.clean(name)
+    if record is not None and record.supervisor:
+        registry.clean(record.supervisor)  # the dead supervisor's own leftovers (never a live one's)
+    registry.mark_stopped(name)
+    if killed:
+        return StopOutcome(name, True, killed=True,
+                           message=f"{name} outlived its supervisor; killed it and removed its files")
+    if alive:
+        return StopOutcome(name, True, message=f"{name} stopped (it was ending after its supervisor died)")
+    return StopOutcome(name, False, message=f"{name} was not running (removed its stale pidfile)")
 
 
 def call_supervisor(supervisor: str, action: str, data: Any, timeout: float, registry: LocalRegistry) -> Any:
@@ -172,7 +187,8 @@ def stop_all(timeout: float | None = None, registry: LocalRegistry | None = None
                 threads.append(threading.Thread(target=one, args=(_stop_supervisor, name, record, timeout, registry)))
             else:
                 registry.clean(name)
-        elif not (record is not None and record.supervisor and state != "stale"):
+        elif not (record is not None and record.supervisor and state != "stale"
+                  and registry.is_held(record.supervisor)):  # a live supervisor stops its own
             threads.append(threading.Thread(target=one, args=(stop, name, timeout, registry)))
     for thread in threads:
         thread.start()
