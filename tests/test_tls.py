@@ -495,10 +495,19 @@ def test_off_host_a_token_over_tls_is_answered_refused_without_it_and_never_on_t
     try:
         record = _wait_for_record("Remote", process)
         assert record.tls and record.url == f"https://{SERVER_IP}:{record.port}"
+        # the CLI first: the wrong tokens below get this peer throttled
+        env = dict(os.environ, SERVICEFACTORY_HOME=str(sf_home), SERVICEFACTORY_TOKEN=STRONG_TOKEN)
+        env.pop("SERVICEFACTORY_CA_FILE", None)
+        cli = ["ip", "netns", "exec", peer, *CLI, "perform", "Remote", "echo", '"from afar"']
+        by_cli = subprocess.run([*cli, "--ca-file", pki.ca], capture_output=True, text=True, timeout=60, env=env)
+        untrusting = subprocess.run(cli, capture_output=True, text=True, timeout=60, env=env)
         seen = _call_from(peer, sf_home, "Remote", record.port, pki.ca, "tls")
     finally:
         output = _stop(process)
     assert seen["ok"] == "hello", seen
+    assert (by_cli.returncode, by_cli.stdout) == (0, '"from afar"\n'), by_cli.stderr
+    assert untrusting.returncode == 8 and "not trusted" in untrusting.stderr, untrusting.stderr
+    assert "Traceback" not in untrusting.stderr
     # no token: 401; wrong ones: 401 until the peer has used its free failures, then 429
     assert seen["statuses"] == [401] * 5 + [429] * 3, seen
     assert seen["first_bytes"][:4] == "1603", seen  # the server's first bytes are a TLS handshake record
