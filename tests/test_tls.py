@@ -134,6 +134,10 @@ def test_a_tls_service_is_recorded_as_https_and_answers_a_client_that_trusts_its
         monkeypatch.setenv("SERVICEFACTORY_CA_FILE", pki.ca)
         assert client.perform(name, "echo", 3) == 3
         assert type(service).perform("echo", 4) == 4  # the class's own perform
+        client.close_connections()
+        monkeypatch.delenv("SERVICEFACTORY_CA_FILE")
+        assert type(service).perform("echo", 4, ca_file=pki.ca) == 4
+        monkeypatch.setenv("SERVICEFACTORY_CA_FILE", pki.ca)
         import requests
 
         with requests.Session() as session:
@@ -142,7 +146,7 @@ def test_a_tls_service_is_recorded_as_https_and_answers_a_client_that_trusts_its
             assert client.perform(name, "echo", 6, session=session, ca_file=pki.ca) == 6
             with pytest.raises(ProtocolError, match="TLS"):
                 client.perform(name, "echo", 7, session=session)  # requests' own CAs do not know ours
-        assert service.calls == [{"a": 1}, 2, 3, 4, 5, 6]
+        assert service.calls == [{"a": 1}, 2, 3, 4, 4, 5, 6]
 
 
 @pytest.mark.parametrize("case", ["no CA", "another CA", "a certificate for another address"])
