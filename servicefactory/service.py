@@ -389,8 +389,11 @@ class ServiceBase:
         if tls:
             if endpoint_.server != "builtin":
                 raise StartupError(f"{runtime.name}: TLS needs the builtin server, not {endpoint_.server!r}")
-            from ._tls import server_context
+            from ._tls import exposed_key, server_context
             context = server_context(*tls)  # before binding: a bad file is one line, nothing was bound
+            exposure = exposed_key(tls[1])
+            if exposure:
+                runtime.log.warning("%s", exposure)
         elif not loopback:
             runtime.log.warning("serving %s:%s off-host over plain HTTP: the token is readable on the wire; "
                                 "serve TLS (--tls-cert/--tls-key or endpoint(tls=...))", host, port)

@@ -273,6 +273,21 @@ def test_an_off_host_bind_without_tls_warns_once_and_with_tls_does_not(pki, monk
     assert not [r for r in caplog.records if "readable on the wire" in r.getMessage()]
 
 
+def test_a_key_every_user_can_read_is_warned_about(pki, tmp_path, caplog):
+    key = tmp_path / "open.key"
+    key.write_bytes(Path(pki.key).read_bytes())
+    key.chmod(0o644)
+    caplog.set_level(logging.WARNING)
+    with running(_tls_service(pki, (pki.cert, str(key)))):
+        pass
+    assert [r for r in caplog.records if "readable by every user" in r.getMessage() and str(key) in r.getMessage()]
+    caplog.clear()
+    key.chmod(0o600)
+    with running(_tls_service(pki, (pki.cert, str(key)))):
+        pass
+    assert not [r for r in caplog.records if "readable by every user" in r.getMessage()]
+
+
 def test_endpoint_tls_takes_a_pair_of_paths():
     for bad in ["cert.pem", ("cert.pem",), ("cert.pem", ""), ("a", "b", "c"), (1, 2)]:
         with pytest.raises(ValueError, match="tls takes"):
