@@ -250,6 +250,14 @@ def test_unusable_certificate_files_stop_the_start_in_one_line(pki, tmp_path):
         assert "\n" not in str(raised.value)
 
 
+    @Service.API.endpoint(port=0, tls=(pki.cert, pki.key), server="werkzeug")
+    class OtherServer(Echo):
+        pass
+
+    with pytest.raises(StartupError, match="TLS needs the builtin server"):
+        OtherServer().run()
+
+
 def test_an_off_host_bind_without_tls_warns_once_and_with_tls_does_not(pki, monkeypatch, caplog):
     monkeypatch.setenv("SERVICEFACTORY_TOKEN", STRONG_TOKEN)
 
