@@ -320,6 +320,7 @@ def _run_again(name: str, spec: dict, registry: Any) -> None:
             command += [param.opts[0], str(value)]
     # the directory it was run in, never one a relative SERVICEFACTORY_HOME would resolve to from there
     env = dict(os.environ, SERVICEFACTORY_HOME=str(registry.home))
+    click.echo(f"starting {name} again as it was last run (state directory {registry.home})", err=True)
     cwd = spec.get("cwd") if spec.get("cwd") and os.path.isdir(spec["cwd"]) else None
     code = subprocess.call(command, cwd=cwd, env=env)
     if code:
@@ -447,7 +448,8 @@ def logs(name: str | None, follow: bool, lines: int) -> None:
     for source, path in sources.items():
         try:
             if follow:  # a line still being written is left to the follower, so none is lost or doubled
-                tail, offsets[source] = logfiles.tail_and_offset(path, lines)
+                tail, offset, inode = logfiles.tail_and_position(path, lines)
+                offsets[source] = (offset, inode)  # the follower finds that file even if rotated meanwhile
             else:
                 tail = logfiles.tail(path, lines)
         except OSError as exc:
@@ -476,7 +478,8 @@ def _follow(sources: dict, offsets: dict, prefix: bool) -> None:
     lines: queue.Queue = queue.Queue()
     for source, path in sources.items():
         def pump(source: str = source, path: Any = path) -> None:
-            for line in logfiles.follow(path, offset=offsets[source]):  # from where the history ended
+            offset, inode = offsets[source]
+            for line in logfiles.follow(path, offset=offset, inode=inode):  # from where the history ended
                 lines.put((source, line))
         threading.Thread(target=pump, daemon=True).start()
     while True:

@@ -50,17 +50,28 @@ def _watch_lifeline(name: str) -> None:
         return
     fd = int(value)
     os.set_inheritable(fd, False)  # what the service starts must not hold it (it could not close it)
-    threading.Thread(target=_watcher, args=(fd, stop_timeout, name, log_path), daemon=True,
-                     name="servicefactory-lifeline").start()
+    supervisor = os.environ.get(SUPERVISOR_PID_ENV, "")
+    threading.Thread(target=_watcher, args=(fd, int(supervisor) if supervisor.isdigit() else os.getppid(),
+                                            stop_timeout, name, log_path),
+                     daemon=True, name="servicefactory-lifeline").start()
 
 
-def _watcher(fd: int, stop_timeout: float, name: str, log_path: str) -> None:
+def _watcher(fd: int, supervisor: int, stop_timeout: float, name: str, log_path: str) -> None:
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLHUP)
-    while not poller.poll(REAP_EVERY * 1000):
+    every = REAP_EVERY
+    while os.getppid() == supervisor:  # re-parented: the supervisor is gone
+        events = poller.poll(every * 1000)
+        if events and events[0][1] & select.POLLHUP:
+            break  # the supervisor's end closed: it is exiting (it closes it only once we are gone)
+        if events:
+            # not a hang-up: the service's own code closed our fd (POLLNVAL) or reused its number.
+            # From now on the parent pid alone tells whether the supervisor lives
+            poller.unregister(fd)
+            every = 1.0
         _reap_adopted()  # an orphan re-parented to us exits: nobody but us can reap it
-    # the supervisor is gone (nobody else holds the write end): stop gracefully, and end a service
-    # that ignores SIGTERM or hangs in finalize() after its stop timeout
+    # the supervisor is gone: stop gracefully, and end a service that ignores SIGTERM or hangs in
+    # finalize() after its stop timeout
     if not threading.main_thread().is_alive():
         return
     _write_own_log(name, log_path)
@@ -101,6 +112,11 @@ def _write_own_log(name: str, log_path: str) -> None:
 
 def _reap_adopted() -> None:
     """Reap exited children this process did not start itself (orphans of its descendants)."""
+    try:  # one system call in the usual case: is any child waiting to be reaped? (not reaping it)
+        if os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            return
+    except (ChildProcessError, AttributeError, OSError):
+        return  # no child at all (or no waitid here)
     zombies = [p for p, parent in _reaper.parents().items() if parent == os.getpid() and _reaper.is_zombie(p)]
     if not zombies:
         return

@@ -33,6 +33,15 @@ _INFINITY = float("inf")
 _PIECE = 256 * 1024
 
 _local = threading.local()
+
+
+def _after_fork_in_child() -> None:
+    # a forked child would otherwise share its parent's kept-open sockets, and read its answers
+    global _local
+    _local = threading.local()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 _addresses: dict[tuple[str, str], tuple[str, int]] = {}
 _tokens: dict[str, str | None] = {}
 _registries: dict[tuple, Any] = {}

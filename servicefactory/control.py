@@ -63,9 +63,8 @@ def stop(name: str, timeout: float | None = None, registry: LocalRegistry | None
                            ("" if known else f" (no service of that name was ever run in {registry.home})"))
     if state == "stale":
         killed = False
-        if record is not None and record.supervisor and registry.owner_alive(record):
-            _kill(record, registry)  # an orphan of a dead supervisor that did not follow it out
-            killed = wait_gone(record, 5.0)
+        if record is not None and record.supervisor and registry.signal(record, signal.SIGKILL):
+            killed = wait_gone(record, 5.0)  # an orphan of a dead supervisor that did not follow it out
             _await_release(registry, name)
         registry.clean(name)
         registry.mark_stopped(name)
@@ -127,14 +126,11 @@ def _stop_standalone(name: str, record: ServiceRecord, timeout: float | None,
             asked = True
         except ServiceFactoryError:
             pass  # not answering, or refusing (a token, an overridden shutdown): the signal decides
-    if not asked and registry.owner_alive(record):
-        try:
-            os.kill(record.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    if not asked:
+        registry.signal(record, signal.SIGTERM)
     killed = False
     if not wait_gone(record, max(0.0, deadline - time.monotonic())):
-        _kill(record, registry)
+        registry.signal(record, signal.SIGKILL)
         killed = True
         wait_gone(record, 5.0)
         _await_release(registry, name)
@@ -149,19 +145,6 @@ def _await_release(registry: LocalRegistry, name: str, timeout: float = 2.0) -> 
     deadline = time.monotonic() + timeout
     while registry.is_held(name) and time.monotonic() < deadline:
         time.sleep(0.01)
-
-
-def _kill(record: ServiceRecord, registry: LocalRegistry, group: bool = False) -> None:
-    """SIGKILL the recorded process (its process group too if `group`), only if it is proven to be it."""
-    if not registry.owner_alive(record):
-        return
-    try:
-        if group and os.getpgid(record.pid) == record.pid:
-            os.killpg(record.pid, signal.SIGKILL)
-        else:
-            os.kill(record.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def stop_all(timeout: float | None = None, registry: LocalRegistry | None = None) -> list[StopOutcome]:
@@ -224,21 +207,17 @@ def _stop_supervisor(name: str, record: ServiceRecord, timeout: float | None,
         except ServiceFactoryError:
             unreachable = not answered  # its record is unreadable, its API refuses us, ...
     grace = 5.0 if answered else 0.5
-    if unreachable and registry.owner_alive(record):
-        try:
-            os.kill(record.pid, signal.SIGTERM)  # then it stops every service itself, each within its timeout
-            grace = limit + 5.0
-        except ProcessLookupError:
-            pass
+    if unreachable and registry.signal(record, signal.SIGTERM):
+        grace = limit + 5.0  # it stops every service itself, each within its stop timeout
     escalated = False
     if not wait_gone(record, grace):
         # it does not answer (suspended, hung): kill it, so that nothing it queued runs later, and
         # every service it ran (each is the leader of its own process group)
         escalated = True
-        _kill(record, registry)
+        registry.signal(record, signal.SIGKILL)
         wait_gone(record, 5.0)
         for child in children.values():
-            _kill(child, registry, group=True)
+            registry.signal(child, signal.SIGKILL, group=True)
         for child in children.values():
             wait_gone(child, 5.0)
             _await_release(registry, child.name)

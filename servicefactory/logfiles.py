@@ -189,7 +189,15 @@ def tail(path: Path | str, lines: int) -> list[str]:
 
 def tail_and_offset(path: Path | str, lines: int) -> tuple[list[str], int]:
     """The last `lines` complete lines of `path`, and the offset just after them (to follow from)."""
+    text, offset, _ = tail_and_position(path, lines)
+    return text, offset
+
+
+def tail_and_position(path: Path | str, lines: int) -> tuple[list[str], int, int]:
+    """tail_and_offset, and the inode of the file read: `follow(offset=, inode=)` then goes on from
+    there even if the file was rotated in between (printing a long history takes time)."""
     with _open_for_reading(path) as handle:
+        inode = os.fstat(handle.fileno()).st_ino
         handle.seek(0, os.SEEK_END)
         end = position = handle.tell()
         data = b""
@@ -201,17 +209,17 @@ def tail_and_offset(path: Path | str, lines: int) -> tuple[list[str], int]:
     complete = data.rfind(b"\n") + 1  # a line still being written is left to the follower
     offset = end - (len(data) - complete)
     text = data[:complete].decode(errors="replace").splitlines()
-    return (text[-lines:] if lines > 0 else []), offset
+    return (text[-lines:] if lines > 0 else []), offset, inode
 
 
 def follow(path: Path | str, *, stop: Callable[[], bool] = lambda: False, poll: float = 0.2,
-           offset: int | None = None) -> Iterator[str]:
+           offset: int | None = None, inode: int | None = None) -> Iterator[str]:
     """Yield lines appended to `path` after `offset` (default: its current end; its start if it does
     not exist yet), losing none across rotations: when `path` was rotated (once or many times since
-    the last look), every rotated file newer than the one being read is read whole, oldest first."""
+    the last look), every rotated file newer than the one being read is read whole, oldest first.
+    With `inode` (from tail_and_position), `offset` is in that file, wherever rotation moved it."""
     path = Path(path)
-    handle = None
-    inode = None
+    handle = None  # `inode` is then the inode of the file `handle` reads
     newer: list = []  # open files written after the current one, oldest first: complete, read whole
     pending = b""
     start: int | None = offset
@@ -226,7 +234,17 @@ def follow(path: Path | str, *, stop: Callable[[], bool] = lambda: False, poll: 
                     start = 0
                     time.sleep(poll)
                     continue
-                inode = os.fstat(handle.fileno()).st_ino
+                opened = os.fstat(handle.fileno()).st_ino
+                if first and inode is not None and opened != inode:
+                    # rotated since the offset was taken: go on in that file, then in every newer one
+                    newer = _newer_than(path, inode)
+                    handle.close()
+                    handle = _find(path, inode)
+                    if handle is None:  # rotated away meanwhile: from the oldest file still there
+                        start = 0
+                        handle = newer.pop(0) if newer else open(path, "rb")
+                    opened = os.fstat(handle.fileno()).st_ino
+                inode = opened
                 if start is None and first:
                     handle.seek(0, os.SEEK_END)
                 elif start:
@@ -261,6 +279,20 @@ def follow(path: Path | str, *, stop: Callable[[], bool] = lambda: False, poll: 
         for leftover in [handle] + newer:
             if leftover is not None:
                 leftover.close()
+
+
+def _find(path: Path, inode: int):
+    """The rotated file of `path`'s chain that is `inode`, opened, or None if it is gone."""
+    index = 1
+    while True:
+        try:
+            handle = open(path.with_name(f"{path.name}.{index}"), "rb")
+        except OSError:
+            return None
+        if os.fstat(handle.fileno()).st_ino == inode:
+            return handle
+        handle.close()
+        index += 1
 
 
 def _newer_than(path: Path, inode: int | None) -> list:

@@ -118,6 +118,10 @@ class Registry(Protocol):
         """Whether `record.pid` is proven to be the service: it holds the name's claim (the locked
         pidfile) open. Only such a pid may be signalled; a record alone proves nothing."""
 
+    def signal(self, record: ServiceRecord, signum: int, *, group: bool = False) -> bool:
+        """Send `signum` to the service `record` describes, only if `owner_alive(record)`; True if sent.
+        The commands never signal a pid themselves."""
+
     def remembered(self, name: str) -> dict[str, Any] | None:
         """How `name` was last run (its Spec fields, `settings`: the run Settings, and
         `log_level`), so that `restart` can bring it back with every option; None if never run here."""

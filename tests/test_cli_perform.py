@@ -128,6 +128,12 @@ def test_the_fast_path_takes_plain_command_lines_and_leaves_the_rest_to_click():
         assert fast.parse_perform(handed_on) is None
 
 
+def test_the_console_script_enters_through_the_fast_path():
+    if not SCRIPT.exists():
+        pytest.skip("no installed console script beside this Python")
+    assert "from servicefactory.cli.fast import main" in SCRIPT.read_text()
+
+
 def test_perform_goes_through_the_fast_path_without_importing_click(tmp_path: Path, sf_home: Path):
     result = subprocess.run([PYTHON, "-X", "importtime", "-m", "servicefactory", "perform", "Nope", "x"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=30)

@@ -8,7 +8,7 @@ import time
 
 from http_support import CountingApp, serving
 
-WORKERS = 4
+WORKERS = 16  # the default pool: the issue starved exactly this many
 
 
 def _call(sock: socket.socket) -> float:
@@ -144,3 +144,27 @@ def test_a_request_that_does_not_arrive_in_time_is_answered_408_and_closed():
             assert data.startswith(b"HTTP/1.1 408 "), data
             assert time.monotonic() - started < 3.0
     assert app.seen == []
+
+
+def test_a_client_that_takes_none_of_its_answer_for_io_timeout_is_dropped():
+    big = b"z" * (24 * 1024 * 1024)
+
+    def big_app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return [big]
+
+    with serving(big_app, io_timeout=1.0) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(3.5)  # io_timeout, plus the once-a-second sweep, plus slack
+            received = 0
+            sock.settimeout(5)
+            try:
+                while True:
+                    chunk = sock.recv(1 << 20)
+                    if not chunk:
+                        break
+                    received += len(chunk)
+            except ConnectionResetError:
+                pass
+            assert received < len(big)  # the server gave up on the rest rather than hold it forever

@@ -95,3 +95,28 @@ def test_child_output_cannot_write_terminal_escapes_or_forge_supervisor_events(s
     assert "\x1b" not in fg.output and "\x07" not in fg.output
     assert re.search(r"Echo2\s+\| \\x1b\]0;evil\\x07\[servicefactory\]", line), line
     assert re.search(r"Echo2\s+\[servicefactory\] Echo2 ready", fg.output), fg.output
+
+
+def test_follow_goes_on_in_the_file_the_history_came_from_though_it_was_rotated_twice_since(tmp_path):
+    import os
+
+    from servicefactory import logfiles
+
+    path = tmp_path / "Svc.log"
+    path.write_text("".join(f"line {n}\n" for n in range(1, 6)))
+    history, offset, inode = logfiles.tail_and_position(path, 2)
+    assert history == ["line 4", "line 5"]
+    with open(path, "a") as handle:
+        handle.write("line 6\n")  # written after the history was read, before the follower starts
+    os.replace(path, tmp_path / "Svc.log.1")
+    path.write_text("line 7\nline 8\n")
+    os.replace(tmp_path / "Svc.log.1", tmp_path / "Svc.log.2")
+    os.replace(path, tmp_path / "Svc.log.1")
+    path.write_text("line 9\n")
+
+    seen = []
+    for line in logfiles.follow(path, offset=offset, inode=inode, poll=0.01):
+        seen.append(line)
+        if len(seen) == 4:
+            break
+    assert seen == ["line 6", "line 7", "line 8", "line 9"]

@@ -75,6 +75,10 @@ def test_kill_9_of_the_supervisor_ends_every_service_and_descendant_within_the_s
 
     os.kill(supervisor, signal.SIGKILL)
     killed = time.monotonic()
+    # while it stops, `status` says so (not `stale` with no pid while it still runs)
+    hanging = wait_until(lambda: (sf.row("Hanging") or {}).get("state") == "stopping" and sf.row("Hanging"),
+                         timeout=STOP_TIMEOUT, message="Hanging shown as stopping")
+    assert hanging["pid"] == rows["Hanging"]["pid"], hanging
     survivors = lambda: {pid: argv for pid, argv in _tree(sf).items() if not gone(pid)}  # noqa: E731
     # the promise is STOP_TIMEOUT + 1 s; one more second of slack for a loaded test machine
     deadline = killed + STOP_TIMEOUT + 2.0
@@ -129,3 +133,67 @@ def test_kill_9_of_a_foreground_run_ends_every_service_and_descendant_too(sf, sp
     left = {pid: argv for pid, argv in _tree(sf).items() if not gone(pid)}
     assert not left, f"still running {time.monotonic() - killed:.1f} s after the kill: {left}"
     assert time.monotonic() - killed <= STOP_TIMEOUT + 1.5
+
+
+CLOSER = """
+import os
+from servicefactory import Service
+
+@Service.policy(stop_timeout=1)
+class Closer(Service.base):
+    done = False
+
+    def loop(self):
+        if not self.done:
+            self.done = True
+            os.closerange(3, 1024)  # as daemon-style code does: every fd it does not know, ours too
+            self.kept = [os.pipe() for _ in range(4)]  # and reuses the numbers
+            print("closed", flush=True)
+        self.sleep(1)
+"""
+
+
+def test_a_service_closing_every_fd_is_not_taken_for_orphaned_yet_still_dies_with_its_supervisor(sf):
+    sf.write("closer.py", CLOSER)
+    sf.daemon("closer")
+    wait_until(lambda: "closed" in sf.log("Closer"), timeout=10, message="the fds closed")
+    time.sleep(1.5)
+    row = sf.row("Closer")
+    assert row["state"] == "running" and "lost its supervisor" not in sf.log("Closer"), sf.log("Closer")
+    pid = row["pid"]
+
+    os.kill(supervisor_pid(row), signal.SIGKILL)
+    # without its pipe it notices by its parent pid, polled each second: one more second of slack
+    wait_until(lambda: gone(pid), timeout=1 + 1 + 2, message="the service gone after its supervisor")
+
+
+ZOMBIES = """
+import subprocess
+from servicefactory import Service
+
+class Zed(Service.base):
+    keep = None
+
+    def loop(self):
+        if self.keep is not None:
+            print(f"keep exit {self.keep.poll()}", flush=True)  # 1, unless someone reaped it behind our back
+        # a short-lived double-forked grandchild: re-parented to the service (a subreaper), then exits
+        subprocess.run(["sh", "-c", "(sleep 0.05 &) ; exit 0"])
+        self.keep = subprocess.Popen(["false"])  # its own child, left unwaited for a while
+        self.sleep(0.2)
+"""
+
+
+def test_orphans_adopted_by_a_service_are_reaped_and_its_own_children_are_left_to_it(sf):
+    sf.write("zed.py", ZOMBIES)
+    sf.daemon("zed")
+    pid = sf.row("Zed")["pid"]
+    time.sleep(11)  # ~45 orphans; reaped every 5 s
+    zombies = [child for child in psutil.Process(pid).children()
+               if child.status() == psutil.STATUS_ZOMBIE and child.name() == "sleep"]
+    log = sf.log("Zed")
+    iterations = log.count("keep exit")
+    # unreaped, there would be one per iteration; reaped every 5 s, at most those of the last 5 s
+    assert len(zombies) <= 0.6 * iterations, f"{len(zombies)} zombies after {iterations} iterations"
+    assert log.count("keep exit 1") >= 20, log[-2000:]
+    assert "keep exit 0" not in log, "the service's own child was reaped behind its back"
