@@ -37,6 +37,17 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
+def exposed_key(key: str) -> str | None:
+    """Why the private key is exposed to other users (readable by everyone), else None."""
+    try:
+        mode = os.stat(key).st_mode
+    except OSError:
+        return None
+    if mode & 0o004:
+        return f"TLS key {key} is readable by every user (mode {mode & 0o777:o}); run: chmod 600 {key}"
+    return None
+
+
 def client_context(ca_file: str | None) -> ssl.SSLContext:
     """A verifying client context: `ca_file` (else $SERVICEFACTORY_CA_FILE, else the system's CAs)."""
     ca_file = ca_file or os.environ.get(CA_FILE_ENV) or None

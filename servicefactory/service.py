@@ -279,14 +279,16 @@ class ServiceBase:
 
     @classmethod
     def perform(cls, action: str, data: Any = None, *, timeout: float = 10.0, name: str | None = None,
-                session: Any = None, registry: Any = None) -> Any:
-        """Call `action` with JSON `data` on the running instance of this service; return its result."""
+                session: Any = None, registry: Any = None, ca_file: str | None = None) -> Any:
+        """Call `action` with JSON `data` on the running instance of this service; return its result.
+
+        Over TLS (the record's or the endpoint's) the certificate is verified against `ca_file`."""
         from .client import perform
         endpoint_ = cls._servicefactory_endpoint
         fallback = (endpoint_.host, endpoint_.port) if endpoint_ and endpoint_.port else None
         return perform(name or cls._servicefactory_name(), action, data, timeout=timeout,
                        registry=registry, fallback=fallback, session=session,
-                       tls=bool(endpoint_ and endpoint_.tls))
+                       tls=bool(endpoint_ and endpoint_.tls), ca_file=ca_file)
 
     # -- built-in actions --
 
@@ -387,8 +389,11 @@ class ServiceBase:
         if tls:
             if endpoint_.server != "builtin":
                 raise StartupError(f"{runtime.name}: TLS needs the builtin server, not {endpoint_.server!r}")
-            from ._tls import server_context
+            from ._tls import exposed_key, server_context
             context = server_context(*tls)  # before binding: a bad file is one line, nothing was bound
+            exposure = exposed_key(tls[1])
+            if exposure:
+                runtime.log.warning("%s", exposure)
         elif not loopback:
             runtime.log.warning("serving %s:%s off-host over plain HTTP: the token is readable on the wire; "
                                 "serve TLS (--tls-cert/--tls-key or endpoint(tls=...))", host, port)

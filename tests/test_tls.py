@@ -134,6 +134,10 @@ def test_a_tls_service_is_recorded_as_https_and_answers_a_client_that_trusts_its
         monkeypatch.setenv("SERVICEFACTORY_CA_FILE", pki.ca)
         assert client.perform(name, "echo", 3) == 3
         assert type(service).perform("echo", 4) == 4  # the class's own perform
+        client.close_connections()
+        monkeypatch.delenv("SERVICEFACTORY_CA_FILE")
+        assert type(service).perform("echo", 4, ca_file=pki.ca) == 4
+        monkeypatch.setenv("SERVICEFACTORY_CA_FILE", pki.ca)
         import requests
 
         with requests.Session() as session:
@@ -142,7 +146,7 @@ def test_a_tls_service_is_recorded_as_https_and_answers_a_client_that_trusts_its
             assert client.perform(name, "echo", 6, session=session, ca_file=pki.ca) == 6
             with pytest.raises(ProtocolError, match="TLS"):
                 client.perform(name, "echo", 7, session=session)  # requests' own CAs do not know ours
-        assert service.calls == [{"a": 1}, 2, 3, 4, 5, 6]
+        assert service.calls == [{"a": 1}, 2, 3, 4, 4, 5, 6]
 
 
 @pytest.mark.parametrize("case", ["no CA", "another CA", "a certificate for another address"])
@@ -246,6 +250,14 @@ def test_unusable_certificate_files_stop_the_start_in_one_line(pki, tmp_path):
         assert "\n" not in str(raised.value)
 
 
+    @Service.API.endpoint(port=0, tls=(pki.cert, pki.key), server="werkzeug")
+    class OtherServer(Echo):
+        pass
+
+    with pytest.raises(StartupError, match="TLS needs the builtin server"):
+        OtherServer().run()
+
+
 def test_an_off_host_bind_without_tls_warns_once_and_with_tls_does_not(pki, monkeypatch, caplog):
     monkeypatch.setenv("SERVICEFACTORY_TOKEN", STRONG_TOKEN)
 
@@ -267,6 +279,21 @@ def test_an_off_host_bind_without_tls_warns_once_and_with_tls_does_not(pki, monk
     with running(Sealed()):
         pass
     assert not [r for r in caplog.records if "readable on the wire" in r.getMessage()]
+
+
+def test_a_key_every_user_can_read_is_warned_about(pki, tmp_path, caplog):
+    key = tmp_path / "open.key"
+    key.write_bytes(Path(pki.key).read_bytes())
+    key.chmod(0o644)
+    caplog.set_level(logging.WARNING)
+    with running(_tls_service(pki, (pki.cert, str(key)))):
+        pass
+    assert [r for r in caplog.records if "readable by every user" in r.getMessage() and str(key) in r.getMessage()]
+    caplog.clear()
+    key.chmod(0o600)
+    with running(_tls_service(pki, (pki.cert, str(key)))):
+        pass
+    assert not [r for r in caplog.records if "readable by every user" in r.getMessage()]
 
 
 def test_endpoint_tls_takes_a_pair_of_paths():
@@ -495,10 +522,19 @@ def test_off_host_a_token_over_tls_is_answered_refused_without_it_and_never_on_t
     try:
         record = _wait_for_record("Remote", process)
         assert record.tls and record.url == f"https://{SERVER_IP}:{record.port}"
+        # the CLI first: the wrong tokens below get this peer throttled
+        env = dict(os.environ, SERVICEFACTORY_HOME=str(sf_home), SERVICEFACTORY_TOKEN=STRONG_TOKEN)
+        env.pop("SERVICEFACTORY_CA_FILE", None)
+        cli = ["ip", "netns", "exec", peer, *CLI, "perform", "Remote", "echo", '"from afar"']
+        by_cli = subprocess.run([*cli, "--ca-file", pki.ca], capture_output=True, text=True, timeout=60, env=env)
+        untrusting = subprocess.run(cli, capture_output=True, text=True, timeout=60, env=env)
         seen = _call_from(peer, sf_home, "Remote", record.port, pki.ca, "tls")
     finally:
         output = _stop(process)
     assert seen["ok"] == "hello", seen
+    assert (by_cli.returncode, by_cli.stdout) == (0, '"from afar"\n'), by_cli.stderr
+    assert untrusting.returncode == 8 and "not trusted" in untrusting.stderr, untrusting.stderr
+    assert "Traceback" not in untrusting.stderr
     # no token: 401; wrong ones: 401 until the peer has used its free failures, then 429
     assert seen["statuses"] == [401] * 5 + [429] * 3, seen
     assert seen["first_bytes"][:4] == "1603", seen  # the server's first bytes are a TLS handshake record
