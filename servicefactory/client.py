@@ -276,7 +276,14 @@ def _send(address: tuple[str, int], name: str, action: str, body: bytes, timeout
             connection.close()
             if reused and attempt == 1:
                 continue  # the request could not be sent at all: nothing ran, sending again is safe
-            raise ProtocolError(f"{name} closed the connection before the request was sent") from None
+            raise ServiceUnavailable(f"{name} closed the connection before {action!r} was sent "
+                                     f"(not run; safe to retry)") from None
+        except _Unread:
+            # a reset with no answer: the server closed with our request still unread (a stopping
+            # service's accept queue or last moment), and it runs nothing it has not read whole
+            connection.close()
+            raise ServiceUnavailable(f"{name} reset the connection without reading {action!r} "
+                                     f"(not run; safe to retry)") from None
         except (socket.timeout, BlockingIOError):  # BlockingIOError: the kernel's SO_RCVTIMEO ran out
             connection.close()
             raise ServiceTimeout(f"{name} did not answer {action!r} within {timeout:g} s") from None
@@ -334,6 +341,12 @@ def _connection(address: tuple[str, int], name: str, timeout: float,
         return connection, False
     connection = pool[address] = _Connection(sock)
     return connection, False
+
+
+class _Unread(Exception):
+    """The server reset the connection before answering: the kernel does that only when a socket is
+    closed with received bytes still unread, so the request was not read whole, hence not run.
+    (A server that read the request and then died closes with a FIN, which stays 'may have run'.)"""
 
 
 class _Stale(Exception):
@@ -456,6 +469,8 @@ class _Connection:
             try:
                 data = sock.recv(65536)
             except ConnectionResetError:
+                if not buffer:
+                    raise _Unread() from None
                 data = b""
             if not data:
                 raise OSError("connection closed before the answer" if not buffer else
