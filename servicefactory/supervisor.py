@@ -22,13 +22,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import _notify, _reaper
-from ._child import LIFELINE_FD_ENV, LOG_PATH_ENV, STOP_TIMEOUT_ENV, SUPERVISOR_PID_ENV
+from ._protocol import (LIFELINE_FD_ENV, LOG_PATH_ENV, READY_FD_ENV, STOP_TIMEOUT_ENV, SUPERVISED_ENV,
+                        SUPERVISOR_PID_ENV, Ready, StartFailed, StartupReport, Stopping, Unhealthy, decode_child,
+                        to_line)
 from .api import handle
 from .errors import AlreadyRunning, ServiceFactoryError, ServiceTimeout, StateError
 from .logfiles import RotatingLog, printable
 from ._supervised import Child, Settings, Spec, drain, python_command, readable, signal_name, stamp, url_of
 from .registry import SUPERVISOR_PREFIX, ServiceRecord
-from .service import SUPERVISED_ENV, Endpoint, ServiceBase
+from .service import Endpoint, ServiceBase
 from .state import LocalRegistry, process_start_time
 
 logger = logging.getLogger("servicefactory.supervisor")  # also when run as __main__
@@ -159,7 +161,7 @@ class Supervisor(ServiceBase):
         ready_read, ready_write = os.pipe()
         env = dict(os.environ, PYTHONUNBUFFERED="1", **{
             SUPERVISED_ENV: spec.name, SUPERVISOR_PID_ENV: str(os.getpid()),
-            _notify.READY_FD_ENV: str(ready_write), LIFELINE_FD_ENV: str(self.lifeline_read),
+            READY_FD_ENV: str(ready_write), LIFELINE_FD_ENV: str(self.lifeline_read),
             STOP_TIMEOUT_ENV: repr(spec.stop_timeout), LOG_PATH_ENV: str(child.log.path)})
         # isolated from its working directory (the project's): a module target is put on sys.path
         # after the standard library by the loader, not first by Python
@@ -249,34 +251,29 @@ class Supervisor(ServiceBase):
         child.ready_buffer += data
         *lines, child.ready_buffer = child.ready_buffer.split(b"\n")
         for line in lines:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(message, dict):
-                continue
-            if message.get("ready") and child.state == "starting":
+            message = decode_child(line)
+            if isinstance(message, Ready) and child.state == "starting":
                 child.state = "running"
                 child.ready_at = time.monotonic()
                 child.ever_ready = True
                 child.ready_wall = time.time()
                 child.settled.set()
-                child.host, child.port = message.get("host"), message.get("port")
+                child.host, child.port = message.host, message.port
                 self._publish(child)
                 self._remember(child)
                 self._event(child, f"ready (pid {child.popen.pid}{', ' + url_of(child) if child.port else ''})")
-            elif message.get("ready") is False:
-                child.error = message.get("error") or child.error
-            elif message.get("unhealthy") and child.state == "running" and not child.user_stopped:
+            elif isinstance(message, StartFailed):
+                child.error = message.error or child.error
+            elif isinstance(message, Unhealthy) and child.state == "running" and not child.user_stopped:
                 # running -> unhealthy: treated as a crash (its restart policy decides), after a graceful stop
                 child.state = "unhealthy"
                 child.unhealthy = True
-                child.error = f"unhealthy: {message.get('unhealthy')} loop errors in a row ({message.get('error')})"
+                child.error = f"unhealthy: {message.errors} loop errors in a row ({message.error})"
                 self._event(child, f"{child.error}; stopping it", warn=True)
                 child.stop_deadline = time.monotonic() + child.spec.stop_timeout
                 self._signal(child, signal.SIGTERM)
                 self._publish(child)
-            elif message.get("stopping") == "shutdown action":
+            elif isinstance(message, Stopping) and message.reason is not None and message.reason.by_user:
                 child.user_stopped = True  # asked to stop through its API: as final as `servicefactory stop`
         if not data:
             self._unregister(child.ready_fd)
@@ -485,13 +482,13 @@ class Supervisor(ServiceBase):
         if self.ready_fd is None:
             return
         if self.failure is not None:
-            message = {"ready": False, **self.failure}
+            report = StartupReport(ready=False, **self.failure)
         else:
-            message = {"ready": True, "supervisor": self.name, "pid": os.getpid(),
-                       "services": [{"name": c.spec.name, "pid": c.popen.pid if c.popen else None, "url": url_of(c),
-                                     "state": c.state, "ever_ready": c.ever_ready} for c in self.children.values()]}
+            report = StartupReport(ready=True, supervisor=self.name, pid=os.getpid(), services=[
+                {"name": c.spec.name, "pid": c.popen.pid if c.popen else None, "url": url_of(c),
+                 "state": c.state, "ever_ready": c.ever_ready} for c in self.children.values()])
         try:
-            os.write(self.ready_fd, json.dumps(message).encode() + b"\n")
+            os.write(self.ready_fd, to_line(report))
             os.close(self.ready_fd)
         except OSError:
             pass
@@ -655,7 +652,7 @@ def run_supervisor(specs: list[Spec], settings: Settings, *, printer: Callable[.
 
 def daemon_main() -> int:
     """Entry of a detached supervisor: `python -m servicefactory.supervisor SPEC_JSON`."""
-    ready = os.environ.pop(_notify.READY_FD_ENV, None)
+    ready = os.environ.pop(READY_FD_ENV, None)
     ready_fd = int(ready) if ready and ready.isdigit() else None
     config = json.loads(sys.argv[1])
     specs = [Spec(**spec) for spec in config["specs"]]
@@ -666,8 +663,8 @@ def daemon_main() -> int:
         return run_supervisor(specs, settings, ready_fd=ready_fd)
     except ServiceFactoryError as exc:
         if ready_fd is not None:
-            os.write(ready_fd, json.dumps({"ready": False, "error": str(exc), "type": type(exc).__name__,
-                                           "exit_code": exc.exit_code}).encode() + b"\n")
+            os.write(ready_fd, to_line(StartupReport(ready=False, error=str(exc), type=type(exc).__name__,
+                                                     exit_code=exc.exit_code)))
         logger.error("%s", exc)
         return exc.exit_code
 
