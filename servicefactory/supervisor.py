@@ -28,14 +28,13 @@ from ._protocol import (LIFELINE_FD_ENV, LOG_PATH_ENV, READY_FD_ENV, STOP_TIMEOU
 from .api import handle
 from .errors import AlreadyRunning, ServiceFactoryError, ServiceTimeout, StateError
 from .logfiles import RotatingLog, printable
+from ._states import ACTIVE, ServiceState
 from ._supervised import Child, Settings, Spec, drain, python_command, readable, signal_name, stamp, url_of
 from .registry import SUPERVISOR_PREFIX, ServiceRecord
 from .service import Endpoint, ServiceBase
 from .state import LocalRegistry, process_start_time
 
 logger = logging.getLogger("servicefactory.supervisor")  # also when run as __main__
-
-ACTIVE = ("starting", "running", "unhealthy", "backoff", "stopping")
 
 
 def _api_token() -> str:
@@ -94,7 +93,7 @@ class Supervisor(ServiceBase):
                 claim = self.registry.claim(spec.name)
                 log_path = Path(spec.log_file) if spec.log_file else self.registry.log_file(spec.name)
                 log = RotatingLog(log_path, self.settings.log_max_bytes, self.settings.log_backups)
-                self.children[spec.name] = Child(spec, claim, log)
+                self.children[spec.name] = Child(spec, claim, log, on_change=self._publish)
         except (AlreadyRunning, StateError, OSError):
             self.release_all()
             raise
@@ -115,8 +114,9 @@ class Supervisor(ServiceBase):
             for child in self.children.values():
                 self._spawn(child)
         now = time.monotonic()
-        due = [c.next_start for c in self.children.values() if c.state == "backoff"]
-        due += [c.retry_at for c in self.children.values() if c.state == "failed" and c.retry_at is not None]
+        due = [c.next_start for c in self.children.values() if c.state == ServiceState.BACKOFF]
+        due += [c.retry_at for c in self.children.values()
+                if c.state == ServiceState.FAILED and c.retry_at is not None]
         timeout = max(0.0, min([0.25] + [t - now for t in due]))
         for key, _ in self.selector.select(timeout):
             kind, child = key.data
@@ -134,19 +134,19 @@ class Supervisor(ServiceBase):
                 self._reap(child)  # no pidfd on this system: polled instead
         now = time.monotonic()
         for child in self.children.values():
-            if child.state == "backoff" and now >= child.next_start:
-                self._spawn(child)
-            elif child.state == "failed" and child.retry_at is not None and now >= child.retry_at:
+            if child.state == ServiceState.BACKOFF and now >= child.next_start:
+                self._spawn(child)  # BACKOFF -> STARTING
+            elif child.state == ServiceState.FAILED and child.retry_at is not None and now >= child.retry_at:
                 # failed -> starting: the cooldown is over (a dependency's outage may have ended)
                 self._event(child, f"trying again after {self.settings.retry_failed_after:g} s")
                 child.fast_failures = 0
                 self._spawn(child)
-            elif child.state == "starting" and now - child.started_at > self.settings.ready_timeout:
+            elif child.state == ServiceState.STARTING and now - child.started_at > self.settings.ready_timeout:
                 self._event(child, f"not ready after {self.settings.ready_timeout:g} s; stopping it")
                 child.error = f"not ready within {self.settings.ready_timeout:g} s"
                 self._signal(child, signal.SIGTERM)
-                child.state = "stopping"
                 child.stop_deadline = now + child.spec.stop_timeout
+                child.change_state(ServiceState.STOPPING)
             if child.stop_deadline is not None and now > child.stop_deadline and not child.killed:
                 self._event(child, f"did not stop within {child.spec.stop_timeout:g} s; killing it", warn=True)
                 self._signal(child, signal.SIGKILL)
@@ -181,7 +181,6 @@ class Supervisor(ServiceBase):
         finally:
             if child.popen is not None:
                 os.close(ready_write)
-        child.state = "starting"
         child.started_at = time.monotonic()
         child.ready_at = None
         child.killed = False
@@ -201,9 +200,11 @@ class Supervisor(ServiceBase):
             self.selector.register(child.pidfd, selectors.EVENT_READ, ("exit", child))
         except (AttributeError, OSError):
             child.pidfd = None  # no pidfd: polled in _poll_exits
+        # published before its pid goes into the pidfile: a reader never sees the new pid there while
+        # the record still names no process (it would take the name's owner for an unsupervised one)
+        child.change_state(ServiceState.STARTING)
         os.ftruncate(child.claim.handle, 0)
         os.pwrite(child.claim.handle, f"{child.popen.pid}\n".encode(), 0)
-        self._publish(child)
 
     def _pump(self, child: Child) -> None:
         try:
@@ -252,27 +253,25 @@ class Supervisor(ServiceBase):
         *lines, child.ready_buffer = child.ready_buffer.split(b"\n")
         for line in lines:
             message = decode_child(line)
-            if isinstance(message, Ready) and child.state == "starting":
-                child.state = "running"
+            if isinstance(message, Ready) and child.state == ServiceState.STARTING:
                 child.ready_at = time.monotonic()
                 child.ever_ready = True
                 child.ready_wall = time.time()
-                child.settled.set()
                 child.host, child.port = message.host, message.port
-                self._publish(child)
+                child.change_state(ServiceState.RUNNING)
+                child.settled.set()
                 self._remember(child)
                 self._event(child, f"ready (pid {child.popen.pid}{', ' + url_of(child) if child.port else ''})")
             elif isinstance(message, StartFailed):
                 child.error = message.error or child.error
-            elif isinstance(message, Unhealthy) and child.state == "running" and not child.user_stopped:
+            elif isinstance(message, Unhealthy) and child.state == ServiceState.RUNNING and not child.user_stopped:
                 # running -> unhealthy: treated as a crash (its restart policy decides), after a graceful stop
-                child.state = "unhealthy"
                 child.unhealthy = True
                 child.error = f"unhealthy: {message.errors} loop errors in a row ({message.error})"
                 self._event(child, f"{child.error}; stopping it", warn=True)
                 child.stop_deadline = time.monotonic() + child.spec.stop_timeout
                 self._signal(child, signal.SIGTERM)
-                self._publish(child)
+                child.change_state(ServiceState.UNHEALTHY)
             elif isinstance(message, Stopping) and message.reason is not None and message.reason.by_user:
                 child.user_stopped = True  # asked to stop through its API: as final as `servicefactory stop`
         if not data:
@@ -356,50 +355,49 @@ class Supervisor(ServiceBase):
         described = f"exited with code {code}" if code >= 0 else f"killed by {signal_name(-code)}"
         if child.user_stopped:
             # stopping -> stopped, as asked; said so when it never got to be ready
-            child.state = "stopped"
             self._event(child, f"stopped{' while starting' if child.ready_at is None else ''} ({described})")
+            child.change_state(ServiceState.STOPPED)
         elif self.stopping:
-            child.state = "stopped"  # we are stopping everything: whatever the exit, it was asked for
             self._event(child, described)
+            child.change_state(ServiceState.STOPPED)  # we are stopping everything: whatever the exit, it was asked for
         elif self.starting_up and not child.ever_ready:
-            child.state = "failed"
             self._event(child, described)
+            child.change_state(ServiceState.FAILED)  # never ready at start-up: `run` reports it and gives up
         else:
             crashed = code != 0 or child.unhealthy
             if child.unhealthy:
                 described = f"stopped as unhealthy ({described})"
             restart = child.spec.restart == "always" or (crashed and child.spec.restart == "on-failure")
             if not restart:
-                child.state = "failed" if crashed else "stopped"
                 self._event(child, f"{described}; not restarting (restart={child.spec.restart})")
+                child.change_state(ServiceState.FAILED if crashed else ServiceState.STOPPED)
             else:
                 if ran >= self.settings.reset_after and child.ready_at is not None:
                     child.fast_failures = 0
                 child.fast_failures += 1
                 if child.fast_failures >= self.settings.max_failures:
-                    child.state = "failed"
                     retry = self.settings.retry_failed_after
                     child.retry_at = time.monotonic() + retry if retry > 0 else None
                     then = f"trying again in {retry:g} s" if retry > 0 else "leaving it down"
                     self._event(child, f"{described}; {child.fast_failures} fast failures in a row, {then}",
                                 warn=True)
+                    child.change_state(ServiceState.FAILED)
                 else:
                     cap = child.spec.backoff_max if child.spec.backoff_max is not None else self.settings.backoff_max
                     # the exponent is bounded: with a large --max-failures, 2**n overflows a float
                     delay = min(cap, self.settings.backoff * 2 ** min(child.fast_failures - 1, 64))
-                    child.state = "backoff"
                     child.next_start = time.monotonic() + delay
                     child.restarts += 1
                     self._event(child, f"{described}; restarting in {delay:g} s")
+                    child.change_state(ServiceState.BACKOFF)
         child.exited.set()  # this process is gone; a respawn below starts waiting afresh
         if child.restart_after_stop:
             child.restart_after_stop = False
             child.user_stopped = False
             child.fast_failures = 0
             child.restarts += 1
-            self._spawn(child)
-        self._publish(child)
-        if child.state in ("failed", "stopped"):
+            self._spawn(child)  # STOPPED -> STARTING
+        if child.state in (ServiceState.FAILED, ServiceState.STOPPED):
             child.settled.set()
 
     # -- stopping --
@@ -419,20 +417,18 @@ class Supervisor(ServiceBase):
         child.restart_after_stop = restart
         if child.popen is not None:
             if child.stop_deadline is None:
-                child.state = "stopping"
                 child.stop_deadline = time.monotonic() + (timeout or child.spec.stop_timeout)
                 self._signal(child, signal.SIGTERM)
-                self._publish(child)
+                child.change_state(ServiceState.STOPPING)
         else:
-            child.state = "stopped"  # failed/backoff -> stopped: no retry is due any more
             child.retry_at = None
+            child.change_state(ServiceState.STOPPED)  # failed/backoff -> stopped: no retry is due any more
             child.exited.set()
             if restart:
                 child.user_stopped = False
                 child.restart_after_stop = False
                 child.fast_failures = 0
-                self._spawn(child)
-            self._publish(child)
+                self._spawn(child)  # STOPPED -> STARTING
 
     def _servicefactory_drain(self) -> None:
         """Stop every child in parallel, each within its stop timeout, while our API still answers:
@@ -464,7 +460,7 @@ class Supervisor(ServiceBase):
         children = list(self.children.values())
         # a service stopped on request while it started is no failure of the start (nor of the others)
         wanted = [c for c in children if not (c.user_stopped and not c.ever_ready)]
-        never = [c for c in wanted if not c.ever_ready and c.state not in ("starting", "running")]
+        never = [c for c in wanted if not c.ever_ready and c.state not in (ServiceState.STARTING, ServiceState.RUNNING)]
         if never:
             bad = never[0]
             self.failure = {"service": bad.spec.name, "error": bad.error or f"exited with code {bad.last_exit}",
@@ -486,7 +482,7 @@ class Supervisor(ServiceBase):
         else:
             report = StartupReport(ready=True, supervisor=self.name, pid=os.getpid(), services=[
                 {"name": c.spec.name, "pid": c.popen.pid if c.popen else None, "url": url_of(c),
-                 "state": c.state, "ever_ready": c.ever_ready} for c in self.children.values()])
+                 "state": c.state.value, "ever_ready": c.ever_ready} for c in self.children.values()])
         try:
             os.write(self.ready_fd, to_line(report))
             os.close(self.ready_fd)
@@ -500,7 +496,7 @@ class Supervisor(ServiceBase):
         states = [child.state for child in self.children.values()]
         if any(state in ACTIVE for state in states):
             return
-        failed = any(state == "failed" for state in states)
+        failed = any(state == ServiceState.FAILED for state in states)
         if failed and not self.settings.foreground:
             return  # stay, so that `status` shows the failure and its exit code until someone acts
         if any(child.retry_at is not None for child in self.children.values()):
@@ -514,11 +510,11 @@ class Supervisor(ServiceBase):
         popen = child.popen
         record = ServiceRecord(
             name=child.spec.name, pid=popen.pid if popen else 0,
-            host=child.host if child.state == "running" else None,
-            port=child.port if child.state == "running" else None,
+            host=child.host if child.state == ServiceState.RUNNING else None,
+            port=child.port if child.state == ServiceState.RUNNING else None,
             create_time=(process_start_time(popen.pid) or 0.0) if popen else 0.0,
             started=child.ready_wall or time.time(), target=child.spec.target, log_path=str(child.log.path),
-            hostname=os.uname().nodename, state=child.state, supervisor=self.name, restarts=child.restarts,
+            hostname=os.uname().nodename, state=child.state.value, supervisor=self.name, restarts=child.restarts,
             last_exit=child.last_exit, next_try=self._next_try(child),
             stop_timeout=child.spec.stop_timeout)
         try:
@@ -529,7 +525,8 @@ class Supervisor(ServiceBase):
     @staticmethod
     def _next_try(child: Child) -> float | None:
         """Wall-clock time of the next start of a service waiting in `backoff` or `failed`, if one is due."""
-        due = child.next_start if child.state == "backoff" else child.retry_at if child.state == "failed" else None
+        due = (child.next_start if child.state == ServiceState.BACKOFF
+               else child.retry_at if child.state == ServiceState.FAILED else None)
         return None if due is None else round(time.time() + max(0.0, due - time.monotonic()), 3)
 
     def _event(self, child: Child, text: str, warn: bool = False) -> None:
@@ -622,9 +619,9 @@ class Supervisor(ServiceBase):
         rows = []
         for child in self._children_named(names):
             popen = child.popen
-            rows.append({"name": child.spec.name, "state": child.state, "pid": popen.pid if popen else None,
+            rows.append({"name": child.spec.name, "state": child.state.value, "pid": popen.pid if popen else None,
                          "restarts": child.restarts, "last_exit": child.last_exit,
-                         "url": url_of(child) if child.state == "running" else None, "error": child.error,
+                         "url": url_of(child) if child.state == ServiceState.RUNNING else None, "error": child.error,
                          "next_try": self._next_try(child)})
         return rows
 
