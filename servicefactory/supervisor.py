@@ -28,8 +28,9 @@ from ._protocol import (LIFELINE_FD_ENV, LOG_PATH_ENV, READY_FD_ENV, STOP_TIMEOU
 from .api import handle
 from .errors import AlreadyRunning, ServiceFactoryError, ServiceTimeout, StateError
 from .logfiles import RotatingLog, printable
+from ._policy import Exit, RestartPolicy
 from ._states import ACTIVE, ServiceState
-from ._supervised import Child, Settings, Spec, drain, python_command, readable, signal_name, stamp, url_of
+from ._supervised import Child, Settings, Spec, drain, python_command, readable, stamp, url_of
 from .registry import SUPERVISOR_PREFIX, ServiceRecord
 from .service import Endpoint, ServiceBase
 from .state import LocalRegistry, process_start_time
@@ -114,9 +115,8 @@ class Supervisor(ServiceBase):
             for child in self.children.values():
                 self._spawn(child)
         now = time.monotonic()
-        due = [c.next_start for c in self.children.values() if c.state == ServiceState.BACKOFF]
-        due += [c.retry_at for c in self.children.values()
-                if c.state == ServiceState.FAILED and c.retry_at is not None]
+        due = [t for t in (RestartPolicy.due(c.state, c.next_start, c.retry_at) for c in self.children.values())
+               if t is not None]
         timeout = max(0.0, min([0.25] + [t - now for t in due]))
         for key, _ in self.selector.select(timeout):
             kind, child = key.data
@@ -351,45 +351,19 @@ class Supervisor(ServiceBase):
     def _after_exit(self, child: Child, code: int) -> None:
         child.last_exit = code
         child.stop_deadline = None
-        ran = time.monotonic() - child.started_at
-        described = f"exited with code {code}" if code >= 0 else f"killed by {signal_name(-code)}"
-        if child.user_stopped:
-            # stopping -> stopped, as asked; said so when it never got to be ready
-            self._event(child, f"stopped{' while starting' if child.ready_at is None else ''} ({described})")
-            child.change_state(ServiceState.STOPPED)
-        elif self.stopping:
-            self._event(child, described)
-            child.change_state(ServiceState.STOPPED)  # we are stopping everything: whatever the exit, it was asked for
-        elif self.starting_up and not child.ever_ready:
-            self._event(child, described)
-            child.change_state(ServiceState.FAILED)  # never ready at start-up: `run` reports it and gives up
-        else:
-            crashed = code != 0 or child.unhealthy
-            if child.unhealthy:
-                described = f"stopped as unhealthy ({described})"
-            restart = child.spec.restart == "always" or (crashed and child.spec.restart == "on-failure")
-            if not restart:
-                self._event(child, f"{described}; not restarting (restart={child.spec.restart})")
-                child.change_state(ServiceState.FAILED if crashed else ServiceState.STOPPED)
-            else:
-                if ran >= self.settings.reset_after and child.ready_at is not None:
-                    child.fast_failures = 0
-                child.fast_failures += 1
-                if child.fast_failures >= self.settings.max_failures:
-                    retry = self.settings.retry_failed_after
-                    child.retry_at = time.monotonic() + retry if retry > 0 else None
-                    then = f"trying again in {retry:g} s" if retry > 0 else "leaving it down"
-                    self._event(child, f"{described}; {child.fast_failures} fast failures in a row, {then}",
-                                warn=True)
-                    child.change_state(ServiceState.FAILED)
-                else:
-                    cap = child.spec.backoff_max if child.spec.backoff_max is not None else self.settings.backoff_max
-                    # the exponent is bounded: with a large --max-failures, 2**n overflows a float
-                    delay = min(cap, self.settings.backoff * 2 ** min(child.fast_failures - 1, 64))
-                    child.next_start = time.monotonic() + delay
-                    child.restarts += 1
-                    self._event(child, f"{described}; restarting in {delay:g} s")
-                    child.change_state(ServiceState.BACKOFF)
+        now = time.monotonic()
+        decision = RestartPolicy(child.spec, self.settings).on_exit(Exit(
+            code=code, ran=now - child.started_at, was_ready=child.ready_at is not None, ever_ready=child.ever_ready,
+            unhealthy=child.unhealthy, asked=child.user_stopped, stopping_all=self.stopping,
+            starting_up=self.starting_up), child.fast_failures, now)
+        child.fast_failures = decision.fast_failures
+        child.restarts += decision.restarts
+        if decision.next_start is not None:
+            child.next_start = decision.next_start
+        if decision.state == ServiceState.FAILED:
+            child.retry_at = decision.retry_at
+        self._event(child, decision.message, warn=decision.warn)
+        child.change_state(decision.state)
         child.exited.set()  # this process is gone; a respawn below starts waiting afresh
         if child.restart_after_stop:
             child.restart_after_stop = False
@@ -525,8 +499,7 @@ class Supervisor(ServiceBase):
     @staticmethod
     def _next_try(child: Child) -> float | None:
         """Wall-clock time of the next start of a service waiting in `backoff` or `failed`, if one is due."""
-        due = (child.next_start if child.state == ServiceState.BACKOFF
-               else child.retry_at if child.state == ServiceState.FAILED else None)
+        due = RestartPolicy.due(child.state, child.next_start, child.retry_at)
         return None if due is None else round(time.time() + max(0.0, due - time.monotonic()), 3)
 
     def _event(self, child: Child, text: str, warn: bool = False) -> None:
