@@ -102,7 +102,8 @@ def figure_9(workdir: Path, sizes: Sizes) -> FigureResult:
             "", "", "report"),
         Row("calls refused, not run (safe to retry)",
             f"{total['refused'] + total['unavailable']:,}",
-            f"of which 503 ServiceUnavailable {total['unavailable']:,}", "",
+            f"{total['unavailable']:,} ended on a 503 (perform retries a 503 or a refusal once, after a "
+            f"fresh lookup; these are what the retry met too)", "",
             f"report (callers pause {RETRY_PAUSE * 1000:.0f} ms after one)"),
         Row("calls failed with unknown outcome (ProtocolError)", f"{total['unknown']:,}",
             samples[0] if samples and total["unknown"] else "", "", "0", total["unknown"] == 0),

@@ -31,16 +31,6 @@ def registry() -> Any:
     return found
 
 
-def checked_registry() -> Any:
-    """The registry, after refusing (one line, exit 10) a state directory that cannot be trusted."""
-    found = registry()
-    try:
-        found.check_safe()
-    except ServiceFactoryError as exc:
-        fail(exc)
-    return found
-
-
 def host_option(ctx: Any, param: Any, value: str | None) -> str | None:
     """click callback for `--host`: an address that cannot be one is refused by what is wrong with it."""
     import ipaddress
@@ -55,6 +45,6 @@ def host_option(ctx: Any, param: Any, value: str | None) -> str | None:
             ipaddress.ip_address(literal)
         except ValueError:
             raise click.BadParameter(f"{value} is not a valid IP address") from None
-    elif not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", literal):
+    elif not re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?", literal):
         raise click.BadParameter(f"{value!r} is not a valid host name or IP address")
     return value

@@ -69,11 +69,21 @@ def parse_size(text: str) -> int:
     return int(text)
 
 
+def parse_file(text: str) -> str:
+    """`text` as the path of an existing file (what click's Path(exists=True, dir_okay=False) takes)."""
+    import os
+
+    if not text or not os.path.isfile(text):
+        raise ValueError(f"{text!r} is not an existing file.")
+    return text
+
+
 # perform's options: name -> (keyword, parser of the value, value when the option is given without one)
 _OPTIONS = {
     "--timeout": ("timeout", lambda text: parse_seconds(text, MAX_TIMEOUT), None),
     "--wait": ("wait", lambda text: parse_seconds(text, MAX_WAIT), DEFAULT_WAIT),
     "--max-body": ("max_body", parse_size, None),
+    "--ca-file": ("ca_file", parse_file, None),
 }
 
 
@@ -85,7 +95,7 @@ def parse_perform(arguments: list[str]) -> dict | None:
     `--wait` takes the next argument as its value unless there is none or it looks like an option.
     """
     positional: list[str] = []
-    options: dict = {"timeout": DEFAULT_TIMEOUT, "wait": None, "max_body": DEFAULT_MAX_BODY}
+    options: dict = {"timeout": DEFAULT_TIMEOUT, "wait": None, "max_body": DEFAULT_MAX_BODY, "ca_file": None}
     remaining = list(arguments)
     while remaining:
         argument = remaining.pop(0)
@@ -121,7 +131,7 @@ def parse_perform(arguments: list[str]) -> dict | None:
 # -- the command -----------------------------------------------------------------------------
 
 def perform(name: str, action: str, data: str | None, timeout: float = DEFAULT_TIMEOUT,
-            wait: float | None = None, max_body: int = DEFAULT_MAX_BODY) -> None:
+            wait: float | None = None, max_body: int = DEFAULT_MAX_BODY, ca_file: str | None = None) -> None:
     """Call ACTION on NAME with the JSON text DATA ('-': stdin) and print the JSON result, or exit with an error."""
     import json
 
@@ -129,7 +139,7 @@ def perform(name: str, action: str, data: str | None, timeout: float = DEFAULT_T
 
     value = None if data is None else _decode_data(data, max_body)
     try:
-        result = _call(name, action, value, timeout, wait)
+        result = _call(name, action, value, timeout, wait, ca_file)
     except ServiceFactoryError as exc:
         _fail(str(exc), exc.exit_code)
     try:
@@ -197,7 +207,8 @@ def _no_constants(name: str) -> None:
 _NOT_READY = {"starting": "starting", "backoff": "waiting to be restarted", "stopping": "stopping"}
 
 
-def _call(name: str, action: str, value: object, timeout: float, wait: float | None) -> object:
+def _call(name: str, action: str, value: object, timeout: float, wait: float | None,
+          ca_file: str | None = None) -> object:
     """The call; while the service is not ready, wait up to `wait` seconds, else say why it is not."""
     import time
 
@@ -206,7 +217,7 @@ def _call(name: str, action: str, value: object, timeout: float, wait: float | N
     deadline = None if wait is None else time.monotonic() + wait
     while True:
         try:
-            return client.perform(name, action, value, timeout=timeout)
+            return client.perform(name, action, value, timeout=timeout, ca_file=ca_file)
         except ServiceNotRunning as exc:  # nothing was sent, or nothing was run: trying again is safe
             state = _state(name)
             settled = state in ("failed", "running")  # left failed, or running but not callable: waiting is vain

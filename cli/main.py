@@ -94,15 +94,21 @@ Examples:
               help="Rotate a service's log file past this size.")
 @click.option("--log-backups", type=click.IntRange(min=0), default=5, show_default=True,
               help="Rotated log files kept per service.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Serve the API over TLS with this certificate (PEM, with its chain); needs --tls-key.")
+@click.option("--tls-key", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The TLS certificate's private key (PEM).")
 def run(targets: tuple[str, ...], daemon: bool, name: str | None, host: str | None, port: int | None,
         log_file: str | None, log_level: str | None, restart: str | None, stop_timeout: float | None,
         max_failures: int, backoff: float, backoff_max: float | None, retry_failed_after: float,
-        ready_timeout: float, log_max_bytes: int, log_backups: int) -> None:
+        ready_timeout: float, log_max_bytes: int, log_backups: int, tls_cert: str | None = None,
+        tls_key: str | None = None) -> None:
     """Run services (TARGET: module, module:Class, file.py or file.py:Class), each in its own process."""
     from servicefactory.cli import running
     from servicefactory.supervisor import Settings
 
     specs = running.specs(targets, name, host, port, log_file, restart, stop_timeout)
+    running.apply_tls(specs, tls_cert, tls_key)
     registry = _registry()
     running.check_free(specs, registry)
     if log_level:
@@ -158,9 +164,13 @@ Examples:
                    f"(default {_fast.DEFAULT_WAIT:g}), then call.")
 @click.option("--max-body", type=click.IntRange(min=1), default=_fast.DEFAULT_MAX_BODY, show_default=True,
               metavar="BYTES", help="Refuse DATA longer than this, reading no more of stdin.")
-def perform(name: str, action: str, data: str | None, timeout: float, wait: float | None, max_body: int) -> None:
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+              help="Verify a TLS service's certificate with this CA file (PEM) [default: "
+                   "$SERVICEFACTORY_CA_FILE, else the system's CAs].")
+def perform(name: str, action: str, data: str | None, timeout: float, wait: float | None, max_body: int,
+            ca_file: str | None = None) -> None:
     """Call ACTION on the running service NAME with JSON DATA ('-' reads stdin); print the JSON result."""
-    _fast.perform(name, action, data, timeout=timeout, wait=wait, max_body=max_body)
+    _fast.perform(name, action, data, timeout=timeout, wait=wait, max_body=max_body, ca_file=ca_file)
 
 
 # -- stop ----------------------------------------------------------------------------------
@@ -310,6 +320,7 @@ def _run_again(name: str, spec: dict, registry: Any) -> None:
             command += [param.opts[0], str(value)]
     # the directory it was run in, never one a relative SERVICEFACTORY_HOME would resolve to from there
     env = dict(os.environ, SERVICEFACTORY_HOME=str(registry.home))
+    click.echo(f"starting {name} again as it was last run (state directory {registry.home})", err=True)
     cwd = spec.get("cwd") if spec.get("cwd") and os.path.isdir(spec["cwd"]) else None
     code = subprocess.call(command, cwd=cwd, env=env)
     if code:

@@ -71,6 +71,22 @@ def specs(targets: tuple[str, ...], name: str | None, host: str | None, port: in
     return specs
 
 
+def apply_tls(specs: list, cert: str | None, key: str | None) -> None:
+    """Give every spec `--tls-cert`/`--tls-key` (absolute: the service starts elsewhere); exit 2 on
+    a missing half or files that cannot serve TLS, checked here as the service would load them."""
+    if not cert and not key:
+        return
+    if not (cert and key):
+        _fail("--tls-cert and --tls-key go together: give both", 2)
+    from servicefactory._tls import server_context
+    try:
+        server_context(cert, key)
+    except ServiceFactoryError as exc:
+        _fail(exc, 2)
+    for spec in specs:
+        spec.tls_cert, spec.tls_key = os.path.abspath(cert), os.path.abspath(key)
+
+
 def check_free(specs: list, registry: Any) -> None:
     """Exit with `already running` if any name is taken (the supervisor's flock is the real guard)."""
     from servicefactory.errors import AlreadyRunning

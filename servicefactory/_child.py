@@ -1,4 +1,5 @@
-"""Entry point of a supervised service process: `python -m servicefactory._child TARGET NAME [HOST] [PORT]`.
+"""Entry point of a supervised service process:
+`python -m servicefactory._child TARGET NAME [HOST] [PORT] [TLS_CERT TLS_KEY]`.
 
 Dies with its supervisor, and takes everything it started along: a watcher thread that sees the
 supervisor's lifeline pipe close (however the supervisor died) sends its output to the log file
@@ -139,6 +140,7 @@ def _run(argv: list[str]) -> int:
     target, name = argv[0], argv[1]
     host = argv[2] if len(argv) > 2 and argv[2] else None
     port = int(argv[3]) if len(argv) > 3 and argv[3] else None
+    tls = (argv[4], argv[5]) if len(argv) > 5 and argv[4] and argv[5] else None
     from .loader import TargetImportError, load
 
     try:
@@ -158,7 +160,7 @@ def _run(argv: list[str]) -> int:
         _notify.notify_failed(RuntimeError(f"{cls.__name__}() raised {type(exc).__name__}: {exc}"))
         return 1
     try:
-        service.run(name=name, host=host, port=port, target=target)
+        service.run(name=name, host=host, port=port, target=target, tls=tls)
     except ServiceFactoryError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code

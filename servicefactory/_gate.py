@@ -101,9 +101,9 @@ class Gate:
         # per peer address, and on loopback (one address for every local user) per uid too, so
         # that another local user cannot lock the owner out by failing on purpose
         remote = environ.get("REMOTE_ADDR", "")
-        if uid is None and is_loopback_address(remote):
-            uid = self.peer_uid(environ)
-        return remote, uid
+        if is_loopback_address(remote):
+            return remote, uid if uid is not None else self.peer_uid(environ)
+        return _network_of(remote), None
 
     def _check_token(self, environ: dict, uid: int | None = None) -> tuple[int, str, str] | None:
         peer = self._throttle_key(environ, uid) if self.throttle else None
@@ -121,6 +121,19 @@ class Gate:
         logger.warning("refused a request from %s: %s token (%d recent failure%s)", _peer_text(environ),
                        "wrong" if given else "no", failures, "" if failures == 1 else "s")
         return (401, "Unauthorized", "missing or wrong token: send 'Authorization: Bearer <token>'")
+
+
+def _network_of(address: str) -> str:
+    """The unit a peer is throttled by: its IPv4 address, or its IPv6 /64 (which one host gets)."""
+    import socket
+
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, address.split("%", 1)[0])
+    except (OSError, ValueError):
+        return address  # IPv4, or not an address at all
+    if packed[:12] == bytes(10) + b"\xff\xff":
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    return socket.inet_ntop(socket.AF_INET6, packed[:8] + bytes(8)) + "/64"
 
 
 def _peer_text(environ: dict) -> str:

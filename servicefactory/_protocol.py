@@ -57,17 +57,18 @@ class StopReason(str, enum.Enum):
 
 @dataclass
 class Ready:
-    """The service answers on its API (host/port None without one)."""
+    """The service answers on its API (host/port None without one; `tls`: over HTTPS)."""
 
     name: str | None = None
     pid: int | None = None
     url: str | None = None
     host: str | None = None
     port: int | None = None
+    tls: bool = False
 
     def encode(self) -> dict:
         return {"ready": True, "name": self.name, "pid": self.pid, "url": self.url, "host": self.host,
-                "port": self.port}
+                "port": self.port, "tls": self.tls}
 
 
 @dataclass
@@ -119,7 +120,8 @@ def decode_child(line: bytes) -> ChildMessage | None:
         host = data.get("host")
         return Ready(name=_text(data.get("name")), pid=data.get("pid") if isinstance(data.get("pid"), int) else None,
                      url=_text(data.get("url")), host=_text(host),
-                     port=port if isinstance(port, int) and not isinstance(port, bool) else None)
+                     port=port if isinstance(port, int) and not isinstance(port, bool) else None,
+                     tls=data.get("tls") is True)
     if data.get("ready") is False:
         return StartFailed(error=_text(data.get("error")) or "", type=_text(data.get("type")) or "")
     if data.get("unhealthy"):

@@ -30,9 +30,10 @@ _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _LINGER_CLOSE = 1.0  # after our FIN, how long a closing connection is drained before it is closed
 _LINGER_STOPPING = 0.25  # the same while stopping, so a client that holds its socket open cannot delay a stop
-# while stopping, idle connections stay open this long, and any request arriving on them is answered
-# 503: a busy keep-alive caller gets a clear "not run" rather than a FIN racing its next request
-DRAIN_GRACE = 0.1
+# while stopping, an idle connection is closed once it has been quiet this long; until then a
+# request arriving on it is answered 503, so a busy keep-alive caller gets a clear "not run"
+# rather than a FIN racing its next request
+QUIET = 0.25
 _DRAIN_LIMIT = 4 * 1024 * 1024
 
 
@@ -66,7 +67,6 @@ class Selector:
         self.listening = False
         self.paused_until = 0.0
         self.draining = False
-        self.drain_started = 0.0
 
     def run(self) -> None:
         """The thread's body: serve until the server's stop has drained (or its deadline)."""
@@ -128,13 +128,14 @@ class Selector:
         full = len(self.waiting) + server._busy + len(server._jobs) >= server.max_connections
         self._listen(not (full or now < self.paused_until))
 
-    def _accept(self) -> bool:
+    def _accept(self, drain: bool = False) -> bool:
+        """Accept up to 64 connections; False if accepting failed (or, with `drain`, once none is left)."""
         server = self.server
         for _ in range(64):
             try:
                 sock, peer = server.socket.accept()
             except (BlockingIOError, InterruptedError):
-                return True
+                return not drain
             except OSError as exc:  # EMFILE and friends: shed idle connections and pause accepting
                 logger.warning("accept failed: %s", exc)
                 self._shed_idle()
@@ -344,10 +345,15 @@ class Selector:
 
     def _begin_drain(self) -> None:
         self.draining = True
-        self.drain_started = time.monotonic()
+        # closing a listener resets the connections the kernel has completed but we have not
+        # accepted, though their clients may have sent a request: take them first (their requests
+        # get 503 like any other), then close, so new connections are refused from now on
+        while self._accept(drain=True):
+            pass
         self._listen(False)
-        self.server.socket.close()  # refuse new connections at once, not after a backlog wait
+        self.server.socket.close()
         server = self.server
+        server._draining.set()
         with server._lock:
             queued = [conn for conn in server._jobs if conn is not None]
             server._jobs.clear()
@@ -358,27 +364,27 @@ class Selector:
             self._place(conn)
 
     def _drained(self) -> bool:
-        """Whether the drain is over; once nothing runs, idle connections get their FIN."""
+        """Whether the drain is over. Meanwhile each idle connection gets its FIN once it has been
+        quiet for QUIET: one in use now most likely sends its next request soon, which is answered
+        503, rather than crossing our FIN (a request sent after a FIN can only be lost)."""
         server = self.server
         now = time.monotonic()
         if now >= server._stop_deadline:
             return True
-        with server._lock:
-            working = server._busy or server._jobs or server._returned
-        if working:
-            return False
-        idle = [conn for conn in self.waiting.values() if not conn.closing_until and not conn.out]
-        if idle and now < self.drain_started + DRAIN_GRACE:
-            return False
-        for conn in idle:
+        for conn in list(self.waiting.values()):
+            if conn.closing_until or conn.out or now - conn.since < QUIET:
+                continue
             if not conn.handshaking:
                 self._read(conn)  # a request that just arrived is answered 503, not lost behind our FIN
-            if conn.mask and not conn.closing_until and not conn.out:
-                # idle: our FIN, then close at once (nothing was asked, so there is no answer for
-                # a reset to destroy, and a client holding its socket cannot delay the stop)
+            if conn.mask and not conn.closing_until and not conn.out and not conn.reader.in_message:
+                # our FIN, then close at once: nothing was asked, so there is no answer for a reset
+                # to destroy, and a client holding its socket cannot delay the stop
                 if not conn.handshaking:
                     server._send_fin(conn)
                 self._drop(conn)
+        with server._lock:
+            if server._busy or server._jobs or server._returned:
+                return False
         return not self.waiting
 
 

@@ -32,6 +32,8 @@ class Spec:
     log_file: str | None = None
     cwd: str | None = None  # where `run` was typed: module targets are imported from there
     backoff_max: float | None = None  # the class's policy; None: the supervisor's setting
+    tls_cert: str | None = None  # run --tls-cert/--tls-key (absolute paths); else the class's endpoint(tls=)
+    tls_key: str | None = None
 
 
 @dataclass
@@ -76,6 +78,7 @@ class Child:
         self.last_exit: int | None = None
         self.host: str | None = None
         self.port: int | None = None
+        self.tls = False  # the running process serves TLS (it said so when ready)
         self.error: str | None = None
         self.user_stopped = False
         self.unhealthy = False  # stopped by us because its loop kept failing: its exit is a crash
@@ -113,7 +116,7 @@ def url_of(child: Child) -> str | None:
     """The service's API URL, or None without one."""
     if child.port is None or child.host is None:
         return None
-    return f"http://{host_port(connect_host(child.host), child.port)}"
+    return f"{'https' if child.tls else 'http'}://{host_port(connect_host(child.host), child.port)}"
 
 
 def stamp() -> str:

@@ -33,12 +33,22 @@ _INFINITY = float("inf")
 _PIECE = 256 * 1024
 
 _local = threading.local()
+
+
+def _after_fork_in_child() -> None:
+    # a forked child would otherwise share its parent's kept-open sockets, and read its answers
+    global _local
+    _local = threading.local()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 _addresses: dict[tuple[str, str], tuple[str, int]] = {}
 _tokens: dict[str, str | None] = {}
 _registries: dict[tuple, Any] = {}
 _registry_keys: dict[int, str] = {}
 _heads: dict[tuple, bytes] = {}  # request heads up to "Content-Length: ", per address, name, action, token
 _valid_actions: set[str] = set()
+_secure: set[tuple[str, int]] = set()  # addresses whose service serves TLS (its record, or tls=True)
 # json.dumps(allow_nan=False) builds a new encoder per call (a fifth of a small call's client time)
 _ENCODER = json.JSONEncoder(allow_nan=False)
 _DECODER = json.JSONDecoder()
@@ -143,6 +153,10 @@ def resolve(name: str, registry: Any = None, fallback: tuple[str, int] | None = 
     dead = record is not None and _owner_is_dead(record)
     if record is not None and not dead and record.address is not None:
         address = record.address
+        if getattr(record, "tls", False):
+            _secure.add(address)  # from now on only a verified TLS connection is made to it
+        else:
+            _secure.discard(address)
     elif record is not None and not dead and record.state == "running" and fallback is None:
         raise ServiceNotRunning(f"{name} runs without an API (its class declares no Service.API.endpoint): "
                                 f"there is nothing to perform")
@@ -187,11 +201,13 @@ def _token(registry: Any) -> str | None:
 
 def perform(name: str, action: str, data: Any = None, *, timeout: float = DEFAULT_TIMEOUT,
             registry: Any = None, fallback: tuple[str, int] | None = None, session: Any = None,
-            token: str | None = None) -> Any:
+            token: str | None = None, ca_file: str | None = None, tls: bool = False) -> Any:
     """Call `action` on the running service `name` with JSON `data`; return the decoded result.
 
     Retried once, on a fresh lookup, only when the action certainly did not run: the address was
     refused, answered as another service (421), or the service was stopping (503).
+    A service whose record says TLS (or a `fallback` with `tls=True`) is called over TLS, its
+    certificate verified against `ca_file` (else $SERVICEFACTORY_CA_FILE, else the system's CAs).
     """
     if registry is None:
         registry = _default_registry()
@@ -205,9 +221,11 @@ def perform(name: str, action: str, data: Any = None, *, timeout: float = DEFAUL
     registry_key = _registry_key(registry)
     if token is None:
         token = _tokens[registry_key] if registry_key in _tokens else _token(registry)
+    if tls and fallback is not None:
+        _secure.add((connect_host(fallback[0]), fallback[1]))
     address = _addresses.get((registry_key, name)) or resolve(name, registry, fallback)
     try:
-        return _send(address, name, action, body, timeout, session, token)
+        return _send(address, name, action, body, timeout, session, token, ca_file)
     except ServiceNotRunning as first:  # nothing ran: refused, another service, or stopping
         _addresses.pop((registry_key, name), None)
         fresh = resolve(name, registry, fallback, fresh=True)  # it may be back elsewhere
@@ -216,10 +234,13 @@ def perform(name: str, action: str, data: Any = None, *, timeout: float = DEFAUL
             raise ServiceNotRunning(f"{name} is not running: {host_port(*address)} now serves another "
                                     f"service") from None
         try:
-            return _send(fresh, name, action, body, timeout, session, token)
+            return _send(fresh, name, action, body, timeout, session, token, ca_file)
         except ServiceNotRunning:
             _addresses.pop((registry_key, name), None)
             raise
+    except ProtocolError:  # e.g. the port now speaks TLS, or no longer does: read the record again next time
+        _addresses.pop((registry_key, name), None)
+        raise
 
 
 def _head(address: tuple[str, int], name: str, action: str, token: str | None) -> bytes:
@@ -242,20 +263,27 @@ def _head(address: tuple[str, int], name: str, action: str, token: str | None) -
 
 
 def _send(address: tuple[str, int], name: str, action: str, body: bytes, timeout: float,
-          session: Any, token: str | None) -> Any:
+          session: Any, token: str | None, ca_file: str | None = None) -> Any:
     if session is not None:
-        return _send_requests(session, address, name, action, body, timeout, token)
+        return _send_requests(session, address, name, action, body, timeout, token, ca_file)
     request = b"%s%d\r\n\r\n%s" % (_head(address, name, action, token), len(body), body)
     deadline = time.monotonic() + timeout
     for attempt in (1, 2):
-        connection, reused = _connection(address, name, timeout)
+        connection, reused = _connection(address, name, timeout, ca_file)
         try:
             status, content_type, answer = connection.exchange(request, deadline, timeout)
         except _Stale:
             connection.close()
             if reused and attempt == 1:
                 continue  # the request could not be sent at all: nothing ran, sending again is safe
-            raise ProtocolError(f"{name} closed the connection before the request was sent") from None
+            raise ServiceUnavailable(f"{name} closed the connection before {action!r} was sent "
+                                     f"(not run; safe to retry)") from None
+        except _Unread:
+            # a reset with no answer: the server closed with our request still unread (a stopping
+            # service's accept queue or last moment), and it runs nothing it has not read whole
+            connection.close()
+            raise ServiceUnavailable(f"{name} reset the connection without reading {action!r} "
+                                     f"(not run; safe to retry)") from None
         except (socket.timeout, BlockingIOError):  # BlockingIOError: the kernel's SO_RCVTIMEO ran out
             connection.close()
             raise ServiceTimeout(f"{name} did not answer {action!r} within {timeout:g} s") from None
@@ -282,12 +310,15 @@ class _Pool(dict):
             connection.close()
 
 
-def _connection(address: tuple[str, int], name: str, timeout: float) -> tuple["_Connection", bool]:
+def _connection(address: tuple[str, int], name: str, timeout: float,
+                ca_file: str | None = None) -> tuple["_Connection", bool]:
     try:
         pool = _local.pool
     except AttributeError:
         pool = _local.pool = _Pool()
-    connection = pool.get(address)
+    # a TLS connection was verified against one CA file: a call trusting another one needs its own
+    key: Any = address if address not in _secure else (address, ca_file or os.environ.get("SERVICEFACTORY_CA_FILE"))
+    connection = pool.get(key)
     if connection is not None:
         if connection.usable():
             return connection, True
@@ -304,8 +335,18 @@ def _connection(address: tuple[str, int], name: str, timeout: float) -> tuple["_
     except OSError as exc:
         raise ServiceNotRunning(f"{name} cannot be reached at {_host_header(address)}: {exc.strerror or exc}") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if address in _secure:  # only here is ssl imported: a plain call never pays for it
+        from ._tls import TLSConnection, wrap
+        connection = pool[key] = TLSConnection(wrap(sock, host, name, _host_header(address), ca_file))
+        return connection, False
     connection = pool[address] = _Connection(sock)
     return connection, False
+
+
+class _Unread(Exception):
+    """The server reset the connection before answering: the kernel does that only when a socket is
+    closed with received bytes still unread, so the request was not read whole, hence not run.
+    (A server that read the request and then died closes with a FIN, which stays 'may have run'.)"""
 
 
 class _Stale(Exception):
@@ -313,6 +354,8 @@ class _Stale(Exception):
 
 
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+# the socket's own recv: on a TLS socket it peeks at the raw stream (ssl's recv refuses flags)
+_recv = socket.socket.recv
 
 
 class _Connection:
@@ -345,7 +388,7 @@ class _Connection:
         if not self.open:
             return False
         try:
-            self.sock.recv(1, _PEEK)
+            _recv(self.sock, 1, _PEEK)
         except BlockingIOError:
             return True  # nothing to read: open and quiet, as an idle keep-alive connection should be
         except OSError:
@@ -426,6 +469,8 @@ class _Connection:
             try:
                 data = sock.recv(65536)
             except ConnectionResetError:
+                if not buffer:
+                    raise _Unread() from None
                 data = b""
             if not data:
                 raise OSError("connection closed before the answer" if not buffer else
@@ -478,7 +523,7 @@ def _header(head: bytes, lower: bytes, key: bytes) -> bytes | None:
 
 
 def _send_requests(session: Any, address: tuple[str, int], name: str, action: str, body: bytes,
-                   timeout: float, token: str | None) -> Any:
+                   timeout: float, token: str | None, ca_file: str | None = None) -> Any:
     import requests
 
     headers = {"Accept": "application/json", "Content-Type": "application/json",
@@ -486,8 +531,16 @@ def _send_requests(session: Any, address: tuple[str, int], name: str, action: st
     if token:
         headers["Authorization"] = f"Bearer {token}"
     url = f"http://{_host_header(address)}/{action}"
+    options = {}
+    if address in _secure:
+        from ._tls import verify_option
+        url = "https" + url[4:]
+        options["verify"] = verify_option(ca_file)
     try:
-        response = session.post(url, data=body, headers=headers, timeout=timeout)
+        response = session.post(url, data=body, headers=headers, timeout=timeout, **options)
+    except requests.exceptions.SSLError as exc:
+        raise ProtocolError(f"{name} at {_host_header(address)}: the TLS connection failed ({exc}); "
+                            f"is its CA given (--ca-file, $SERVICEFACTORY_CA_FILE)?") from None
     except requests.exceptions.ConnectionError as exc:
         if isinstance(exc, requests.exceptions.ConnectTimeout):
             raise ServiceTimeout(f"connecting to {name} timed out") from None

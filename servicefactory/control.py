@@ -62,18 +62,9 @@ def stop(name: str, timeout: float | None = None, registry: LocalRegistry | None
         known = registry.remembered(name) is not None
         return StopOutcome(name, False, unknown=not known, message=f"{name} is not running" +
                            ("" if known else f" (no service of that name was ever run in {registry.home})"))
-    if state == "stale":
-        killed = False
-        if record is not None and record.supervisor and registry.owner_alive(record):
-            _kill(record, registry)  # an orphan of a dead supervisor that did not follow it out
-            killed = wait_gone(record, 5.0)
-            _await_release(registry, name)
-        registry.clean(name)
-        registry.mark_stopped(name)
-        if killed:
-            return StopOutcome(name, True, killed=True,
-                               message=f"{name} outlived its supervisor; killed it and removed its files")
-        return StopOutcome(name, False, message=f"{name} was not running (removed its stale pidfile)")
+    orphan = record is not None and bool(record.supervisor) and not registry.is_held(record.supervisor)
+    if state == "stale" or orphan:
+        return _stop_orphan(name, record, timeout, registry)
     if record is not None and record.supervisor:
         outcome = _stop_supervised(name, record, timeout, registry)
     elif record is None:
@@ -82,6 +73,29 @@ def stop(name: str, timeout: float | None = None, registry: LocalRegistry | None
         outcome = _stop_standalone(name, record, timeout, registry)
     registry.mark_stopped(name)
     return outcome
+
+
+def _stop_orphan(name: str, record: ServiceRecord | None, timeout: float | None,
+                 registry: LocalRegistry) -> StopOutcome:
+    """A stale name, or a service whose supervisor died: it ends itself within its stop timeout (its
+    lifeline); give it that long, then SIGKILL what is proven to be it, and remove its files."""
+    killed = False
+    alive = record is not None and record.supervisor and registry.owner_alive(record)
+    if alive:
+        if not wait_gone(record, timeout if timeout is not None else own_timeout(record) + 1.0):
+            killed = registry.signal(record, signal.SIGKILL, group=True)
+            wait_gone(record, 5.0)
+        _await_release(registry, name)
+    registry.clean(name)
+    if record is not None and record.supervisor:
+        registry.clean(record.supervisor)  # the dead supervisor's own leftovers (never a live one's)
+    registry.mark_stopped(name)
+    if killed:
+        return StopOutcome(name, True, killed=True,
+                           message=f"{name} outlived its supervisor; killed it and removed its files")
+    if alive:
+        return StopOutcome(name, True, message=f"{name} stopped (it was ending after its supervisor died)")
+    return StopOutcome(name, False, message=f"{name} was not running (removed its stale pidfile)")
 
 
 def call_supervisor(supervisor: str, action: str, data: Any, timeout: float, registry: LocalRegistry) -> Any:
@@ -128,14 +142,11 @@ def _stop_standalone(name: str, record: ServiceRecord, timeout: float | None,
             asked = True
         except ServiceFactoryError:
             pass  # not answering, or refusing (a token, an overridden shutdown): the signal decides
-    if not asked and registry.owner_alive(record):
-        try:
-            os.kill(record.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    if not asked:
+        registry.signal(record, signal.SIGTERM)
     killed = False
     if not wait_gone(record, max(0.0, deadline - time.monotonic())):
-        _kill(record, registry)
+        registry.signal(record, signal.SIGKILL)
         killed = True
         wait_gone(record, 5.0)
         _await_release(registry, name)
@@ -150,19 +161,6 @@ def _await_release(registry: LocalRegistry, name: str, timeout: float = 2.0) -> 
     deadline = time.monotonic() + timeout
     while registry.is_held(name) and time.monotonic() < deadline:
         time.sleep(0.01)
-
-
-def _kill(record: ServiceRecord, registry: LocalRegistry, group: bool = False) -> None:
-    """SIGKILL the recorded process (its process group too if `group`), only if it is proven to be it."""
-    if not registry.owner_alive(record):
-        return
-    try:
-        if group and os.getpgid(record.pid) == record.pid:
-            os.killpg(record.pid, signal.SIGKILL)
-        else:
-            os.kill(record.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def stop_all(timeout: float | None = None, registry: LocalRegistry | None = None) -> list[StopOutcome]:
@@ -190,7 +188,8 @@ def stop_all(timeout: float | None = None, registry: LocalRegistry | None = None
                 threads.append(threading.Thread(target=one, args=(_stop_supervisor, name, record, timeout, registry)))
             else:
                 registry.clean(name)
-        elif not (record is not None and record.supervisor and state != "stale"):
+        elif not (record is not None and record.supervisor and state != "stale"
+                  and registry.is_held(record.supervisor)):  # a live supervisor stops its own
             threads.append(threading.Thread(target=one, args=(stop, name, timeout, registry)))
     for thread in threads:
         thread.start()
@@ -225,21 +224,17 @@ def _stop_supervisor(name: str, record: ServiceRecord, timeout: float | None,
         except ServiceFactoryError:
             unreachable = not answered  # its record is unreadable, its API refuses us, ...
     grace = 5.0 if answered else 0.5
-    if unreachable and registry.owner_alive(record):
-        try:
-            os.kill(record.pid, signal.SIGTERM)  # then it stops every service itself, each within its timeout
-            grace = limit + 5.0
-        except ProcessLookupError:
-            pass
+    if unreachable and registry.signal(record, signal.SIGTERM):
+        grace = limit + 5.0  # it stops every service itself, each within its stop timeout
     escalated = False
     if not wait_gone(record, grace):
         # it does not answer (suspended, hung): kill it, so that nothing it queued runs later, and
         # every service it ran (each is the leader of its own process group)
         escalated = True
-        _kill(record, registry)
+        registry.signal(record, signal.SIGKILL)
         wait_gone(record, 5.0)
         for child in children.values():
-            _kill(child, registry, group=True)
+            registry.signal(child, signal.SIGKILL, group=True)
         for child in children.values():
             wait_gone(child, 5.0)
             _await_release(registry, child.name)

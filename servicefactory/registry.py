@@ -26,6 +26,7 @@ _FIELDS = {
     "token": None,  # a supervisor's control token: only its owner can read this file
     "next_try": None,  # wall-clock time a service in backoff or failed is started again, if due
     "stop_timeout": None,  # seconds the service may take to stop (its policy or --stop-timeout)
+    "tls": False,  # the API serves TLS only (its url is https://...): clients connect with TLS
 }
 
 
@@ -60,7 +61,7 @@ class ServiceRecord:
     def url(self) -> str | None:
         """The API's base URL, or None for a service without an API."""
         address = self.address
-        return None if address is None else f"http://{host_port(*address)}"
+        return None if address is None else f"{'https' if self.tls else 'http'}://{host_port(*address)}"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -116,6 +117,10 @@ class Registry(Protocol):
     def owner_alive(self, record: ServiceRecord) -> bool:
         """Whether `record.pid` is proven to be the service: it holds the name's claim (the locked
         pidfile) open. Only such a pid may be signalled; a record alone proves nothing."""
+
+    def signal(self, record: ServiceRecord, signum: int, *, group: bool = False) -> bool:
+        """Send `signum` to the service `record` describes, only if `owner_alive(record)`; True if sent.
+        The commands never signal a pid themselves."""
 
     def remembered(self, name: str) -> dict[str, Any] | None:
         """How `name` was last run (its Spec fields, `settings`: the run Settings, and

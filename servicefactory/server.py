@@ -87,7 +87,11 @@ class Server:
         self.io_timeout = io_timeout  # a client that takes none of its answer for this long is dropped
         self.linger = linger
         self.host, self.port = sock.getsockname()[:2]
-        self._stopping = threading.Event()
+        self._stopping = threading.Event()  # stop() was called
+        # set by the selector once the listener is closed: from then on workers close connections
+        # and refuse unstarted requests (earlier, a client told to close would reconnect into the
+        # listener's backlog just before it closes, and be reset)
+        self._draining = threading.Event()
         self._stop_deadline = 0.0
         self._lock = threading.Lock()
         self._jobs: collections.deque[Connection | None] = collections.deque()
@@ -131,6 +135,8 @@ class Server:
         self._wake()  # the selector leaves once it has written what it holds (or at the deadline)
         if self._selector_thread is not None:
             self._selector_thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
+        else:
+            self.socket.close()  # never started: the selector would have closed it
         with self._lock:
             self._jobs.extend([None] * len(self._workers))
             self._jobs_ready.notify_all()
@@ -247,12 +253,12 @@ class Server:
                 conn.close_after = True
                 self._hand_back(conn)
                 return
-            if self._stopping.is_set():  # received, not started: contract C3
+            if self._draining.is_set():  # received, not started: contract C3
                 self._refuse_unstarted(conn)
                 return
             environ, keep_alive = item
             status, headers, body = self._run_app(environ)
-            if keep_alive and (asks_to_close(headers) or (self._stopping.is_set() and not requests)):
+            if keep_alive and (asks_to_close(headers) or (self._draining.is_set() and not requests)):
                 keep_alive = False
             data = response(status, headers, body, keep_alive, head_only=environ["REQUEST_METHOD"] == "HEAD")
             try:
@@ -276,7 +282,7 @@ class Server:
                 return
             if requests or reader.pending is not None:
                 continue
-            if self.linger and not self._jobs and not self._stopping.is_set() and not reader.needs_continue():
+            if self.linger and not self._jobs and not self._draining.is_set() and not reader.needs_continue():
                 poller.register(conn.fd, select.POLLIN)
                 try:
                     ready = poller.poll(self.linger * 1000)

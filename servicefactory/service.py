@@ -29,8 +29,8 @@ RESERVED = frozenset({"run", "log", "sleep", "stop", "stopping", "perform", "add
 SERVERS = ("builtin", "werkzeug")
 
 
-class Endpoint(namedtuple("Endpoint", "port host name max_body workers require_token server allow_users",
-                          defaults=(0, "127.0.0.1", None, DEFAULT_MAX_BODY, 16, False, "builtin", ()))):
+class Endpoint(namedtuple("Endpoint", "port host name max_body workers require_token server allow_users tls",
+                          defaults=(0, "127.0.0.1", None, DEFAULT_MAX_BODY, 16, False, "builtin", (), None))):
     """Where and how a service class exposes its API."""
 
     __slots__ = ()
@@ -38,11 +38,14 @@ class Endpoint(namedtuple("Endpoint", "port host name max_body workers require_t
 
 def endpoint(port: int = 0, host: str = "127.0.0.1", *, name: str | None = None,
              max_body: int = DEFAULT_MAX_BODY, workers: int = 16, require_token: bool = False,
-             server: str = "builtin", allow_users: Any = ()) -> Callable[[type], type]:
+             server: str = "builtin", allow_users: Any = (),
+             tls: tuple[str, str] | None = None) -> Callable[[type], type]:
     """Class decorator: serve the class's actions over HTTP/JSON on host:port (0 picks a free port).
 
     On loopback only the service's own user and root may call it; `allow_users=["alice", 1001]`
-    (names or uids) lets those users in too, as a token does.
+    (names or uids) lets those users in too, as a token does. `tls=(certfile, keyfile)` serves
+    HTTPS only (PEM files, read at start; `run --tls-cert/--tls-key` override them): what an
+    off-host bind needs so that its token is not readable on the wire.
     """
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an integer from 0 to 65535, not {port!r}")
@@ -53,12 +56,17 @@ def endpoint(port: int = 0, host: str = "127.0.0.1", *, name: str | None = None,
     allow_users = tuple(allow_users)
     if not all(isinstance(user, (str, int)) and not isinstance(user, bool) for user in allow_users):
         raise ValueError(f"allow_users takes user names or uids, not {allow_users!r}")
+    if tls is not None:
+        if (not isinstance(tls, (tuple, list)) or len(tls) != 2
+                or not all(isinstance(path, (str, os.PathLike)) and str(path) for path in tls)):
+            raise ValueError(f"tls takes (certfile, keyfile), not {tls!r}")
+        tls = (os.fspath(tls[0]), os.fspath(tls[1]))
 
     def apply(cls: type) -> type:
         if not (isinstance(cls, type) and issubclass(cls, ServiceBase)):
             raise TypeError("Service.API.endpoint decorates subclasses of Service.base")
         cls._servicefactory_endpoint = Endpoint(port, host, name, max_body, workers, require_token, server,
-                                                allow_users)
+                                                allow_users, tls)
         return cls
 
     return apply
@@ -271,13 +279,16 @@ class ServiceBase:
 
     @classmethod
     def perform(cls, action: str, data: Any = None, *, timeout: float = 10.0, name: str | None = None,
-                session: Any = None, registry: Any = None) -> Any:
-        """Call `action` with JSON `data` on the running instance of this service; return its result."""
+                session: Any = None, registry: Any = None, ca_file: str | None = None) -> Any:
+        """Call `action` with JSON `data` on the running instance of this service; return its result.
+
+        Over TLS (the record's or the endpoint's) the certificate is verified against `ca_file`."""
         from .client import perform
         endpoint_ = cls._servicefactory_endpoint
         fallback = (endpoint_.host, endpoint_.port) if endpoint_ and endpoint_.port else None
         return perform(name or cls._servicefactory_name(), action, data, timeout=timeout,
-                       registry=registry, fallback=fallback, session=session)
+                       registry=registry, fallback=fallback, session=session,
+                       tls=bool(endpoint_ and endpoint_.tls), ca_file=ca_file)
 
     # -- built-in actions --
 
@@ -313,8 +324,10 @@ class ServiceBase:
         return (endpoint_.name if endpoint_ and endpoint_.name else None) or cls.__name__
 
     def run(self, *, name: str | None = None, host: str | None = None, port: int | None = None,
-            registry: Any = None, target: str = "") -> None:
-        """Serve the API and call loop() until stopped (Ctrl+C, SIGTERM, `shutdown`, stop()); then finalize."""
+            registry: Any = None, target: str = "", tls: tuple[str, str] | None = None) -> None:
+        """Serve the API and call loop() until stopped (Ctrl+C, SIGTERM, `shutdown`, stop()); then finalize.
+
+        `tls=(certfile, keyfile)` serves HTTPS, overriding the endpoint's own `tls`."""
         if self._servicefactory_runtime is not None:
             raise RuntimeError("this service instance is already running")
         runtime = _Runtime(name or self._servicefactory_name())
@@ -328,11 +341,12 @@ class ServiceBase:
         previous = _install_signals(runtime) if main else None
         try:
             with _Registration(runtime, registry, target) as registration:
-                self._start_api(runtime, registration, host, port)
+                self._start_api(runtime, registration, host, port, tls)
                 registration.publish(self, runtime)
                 server = runtime.server
                 _notify.notify_ready(name=runtime.name, pid=os.getpid(), url=registration.url,
-                                     host=server.host if server else None, port=server.port if server else None)
+                                     host=server.host if server else None, port=server.port if server else None,
+                                     tls=bool(server and getattr(server, "ssl_context", None)))
                 runtime.ready.set()
                 self._servicefactory_serve(runtime, main)
         except (StartupError, AlreadyRunning) as exc:
@@ -345,7 +359,7 @@ class ServiceBase:
             self._servicefactory_runtime = None
 
     def _start_api(self, runtime: _Runtime, registration: "_Registration", host: str | None,
-                   port: int | None) -> None:
+                   port: int | None, tls: tuple[str, str] | None = None) -> None:
         endpoint_ = type(self)._servicefactory_endpoint
         if endpoint_ is None and host is None and port is None:
             return
@@ -370,6 +384,19 @@ class ServiceBase:
         if token and token_bits(token) < MIN_TOKEN_BITS:
             raise TokenRequired(weak_token_message(_token_source(registration)))
         allowed_uids = _allowed_uids(endpoint_.allow_users)
+        tls = tls or endpoint_.tls
+        context = None
+        if tls:
+            if endpoint_.server != "builtin":
+                raise StartupError(f"{runtime.name}: TLS needs the builtin server, not {endpoint_.server!r}")
+            from ._tls import exposed_key, server_context
+            context = server_context(*tls)  # before binding: a bad file is one line, nothing was bound
+            exposure = exposed_key(tls[1])
+            if exposure:
+                runtime.log.warning("%s", exposure)
+        elif not loopback:
+            runtime.log.warning("serving %s:%s off-host over plain HTTP: the token is readable on the wire; "
+                                "serve TLS (--tls-cert/--tls-key or endpoint(tls=...))", host, port)
         sock = bind(host, port)
         local = sock.getsockname()[:2]
         if loopback and not is_loopback_address(local[0]):
@@ -385,7 +412,8 @@ class ServiceBase:
             from ._werkzeug import WerkzeugServer
             runtime.server = WerkzeugServer(app, sock)
         else:
-            runtime.server = Server(app, sock, max_workers=endpoint_.workers, max_body=endpoint_.max_body)
+            runtime.server = Server(app, sock, max_workers=endpoint_.workers, max_body=endpoint_.max_body,
+                                    ssl_context=context)
         runtime.server.start()
 
     def _servicefactory_token(self, registration: "_Registration") -> str | None:
@@ -505,6 +533,7 @@ class _Registration:
             port=server.port if server else None, create_time=process_start_time(os.getpid()) or 0.0,
             started=time.time(), target=self.target or f"{type(service).__module__}:{type(service).__qualname__}",
             hostname=socket.gethostname(), stop_timeout=type(service)._servicefactory_policy.stop_timeout,
+            tls=bool(server and getattr(server, "ssl_context", None)),
             **service._servicefactory_record_extras())
         self.url = record.url
         if self.claim is not None:

@@ -458,6 +458,20 @@ class LocalRegistry:
             return False
         return holds_open(record.pid, self.pidfile(record.name)) or _supervised_as(record.pid, record.name)
 
+    def signal(self, record: ServiceRecord, signum: int, *, group: bool = False) -> bool:
+        """Send `signum` to the recorded process (its process group too if `group` and it leads one),
+        only if it is proven to be the service (`owner_alive`); True if it was sent."""
+        if not self.owner_alive(record):
+            return False
+        try:
+            if group and os.getpgid(record.pid) == record.pid:
+                os.killpg(record.pid, signum)
+            else:
+                os.kill(record.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
     def owner(self, name: str) -> ServiceRecord | None:
         """What the live process holding `name` proves about itself when its record is missing,
         unreadable or an older owner's: its pid (and its supervisor's name); None if nobody holds it."""

@@ -166,7 +166,8 @@ class Supervisor(ServiceBase):
         # isolated from its working directory (the project's): a module target is put on sys.path
         # after the standard library by the loader, not first by Python
         args = python_command("servicefactory._child", "-u") + [
-            spec.target, spec.name, spec.host or "", "" if spec.port is None else str(spec.port)]
+            spec.target, spec.name, spec.host or "", "" if spec.port is None else str(spec.port),
+            spec.tls_cert or "", spec.tls_key or ""]
         try:
             child.popen = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
@@ -258,6 +259,7 @@ class Supervisor(ServiceBase):
                 child.ever_ready = True
                 child.ready_wall = time.time()
                 child.host, child.port = message.host, message.port
+                child.tls = message.tls
                 child.change_state(ServiceState.RUNNING)
                 child.settled.set()
                 self._remember(child)
@@ -490,7 +492,7 @@ class Supervisor(ServiceBase):
             started=child.ready_wall or time.time(), target=child.spec.target, log_path=str(child.log.path),
             hostname=os.uname().nodename, state=child.state.value, supervisor=self.name, restarts=child.restarts,
             last_exit=child.last_exit, next_try=self._next_try(child),
-            stop_timeout=child.spec.stop_timeout)
+            stop_timeout=child.spec.stop_timeout, tls=child.tls and child.state == ServiceState.RUNNING)
         try:
             self.registry.publish(child.claim, record)
         except OSError as exc:

@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.bench
+@pytest.mark.timeout(300)  # the smoke run takes ~30 s alone; its own subprocess deadline is 240 s
 def test_the_benchmark_smoke_run_measures_every_figure(tmp_path):
     peers = Path(sys.executable).parent
     missing = [name for name in ("supervisord", "supervisorctl") if not (peers / name).exists()]

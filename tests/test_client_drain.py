@@ -54,7 +54,10 @@ def cli(tmp_path: Path, sf_home: Path, *args: str, timeout: float = 60) -> subpr
     return subprocess.run([*CLI, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.xfail(strict=False, reason="needs server drain (the http helper's 503 + Connection: close on stop)")
+# The server's drain answers 503 on kept connections; what still fails, a few calls per 20 restarts,
+# are new connections the kernel completed in the listener's backlog, reset when the drain closes
+# the listening socket: the server should accept them first (then they get 503 like the others).
+@pytest.mark.timeout(300)  # 20 restarts take ~20 s; a loaded machine may take several times that
 def test_calls_through_twenty_restarts_either_ran_once_or_were_refused_and_did_not_run(tmp_path, sf_home):
     runs_file = tmp_path / "runs.txt"
     (tmp_path / "counter.py").write_text(SERVICE.format(runs=str(runs_file)))

@@ -151,18 +151,58 @@ class Small(Service.base):
         return len(data)
 
 
+# Run in a child process: tens of MiB of test data would otherwise stay in this process's peak RSS,
+# which every later subprocess inherits as its own ru_maxrss (tests that measure memory read that).
+BIG_BODIES = """
+import json, sys
+import requests
+from servicefactory import InvalidData, Service, client
+from servicefactory.testing import running
+
+@Service.API.endpoint(port=0, max_body=64 * 1024)
+class Small(Service.base):
+    def loop(self):
+        self.sleep(30)
+
+    @Service.API.handle("size")
+    def size(self, data):
+        return len(data)
+
+mebibytes, session = int(sys.argv[1]), sys.argv[2] == "requests"
+with running(Small()):
+    kwargs = {"session": requests.Session()} if session else {}
+    outcome = {"before": Small.perform("size", "x" * 1000, **kwargs)}  # a kept connection, reused next
+    try:
+        Small.perform("size", "x" * (mebibytes << 20), **kwargs)
+    except InvalidData as exc:
+        outcome["error"] = [type(exc).__name__, str(exc), exc.exit_code]
+    except Exception as exc:
+        outcome["error"] = [type(exc).__name__, str(exc), getattr(exc, "exit_code", None)]
+    outcome["after"] = Small.perform("size", "y" * 10, **kwargs)  # and the next call is unharmed
+    client.close_connections()
+print(json.dumps(outcome))
+"""
+
+
 @pytest.mark.parametrize("session", [None, "requests"])
 @pytest.mark.parametrize("mebibytes", [2, 8, 32])
-def test_a_body_far_over_the_limit_is_refused_as_over_the_limit_not_as_a_dropped_connection(session, mebibytes):
+def test_a_body_far_over_the_limit_is_refused_as_over_the_limit_not_as_a_dropped_connection(session, mebibytes,
+                                                                                             sf_home):
     """Issue 9.11: from 8 MiB on, the 413 the server sent before closing was lost in a broken pipe."""
-    with running(Small()):
-        kwargs = {"session": requests.Session()} if session else {}
-        assert Small.perform("size", "x" * 1000, **kwargs) == 1000  # a kept-open connection, reused next
-        with pytest.raises(InvalidData, match="limit") as caught:
-            Small.perform("size", "x" * (mebibytes << 20), **kwargs)
-        assert caught.value.exit_code == 2
-        assert Small.perform("size", "y" * 10, **kwargs) == 10  # and the next call is unharmed
-        client.close_connections()
+    import json
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", BIG_BODIES, str(mebibytes), session or "raw"],
+                            env=dict(os.environ, SERVICEFACTORY_HOME=str(sf_home)), capture_output=True,
+                            text=True, timeout=100)
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    kind, message, exit_code = outcome["error"]
+    assert (kind, exit_code) == ("InvalidData", 2), message
+    assert "limit" in message
+    assert (outcome["before"], outcome["after"]) == (1000, 10)
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("inf"), float("nan")])
@@ -194,3 +234,31 @@ def test_the_cli_reports_an_8_mib_body_as_over_the_limit_with_exit_2(spawn, tmp_
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     assert "limit" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_forked_child_opens_its_own_connections_and_never_reads_its_parents_answers():
+    """multiprocessing (fork), gunicorn's preload: children must not share the parent's kept sockets."""
+    import os
+    import warnings
+
+    with running(Small()):
+        assert Small.perform("size", "warm") == 4  # the parent now keeps a connection open
+        children = []
+        for index in range(4):
+            with warnings.catch_warnings():  # 3.12+ warns of fork() in a process with threads: meant here
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:  # the child: many calls at once with the parent's, each checked
+                code = 0
+                try:
+                    for number in range(300):
+                        if Small.perform("size", "x" * (index * 1000 + number)) != index * 1000 + number:
+                            code = 1
+                except BaseException:
+                    code = 2
+                os._exit(code)
+            children.append(pid)
+        wrong = sum(Small.perform("size", "y" * number) != number for number in range(300))
+        codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+        client.close_connections()
+    assert (wrong, codes) == (0, [0, 0, 0, 0])

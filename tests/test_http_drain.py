@@ -10,7 +10,7 @@ import time
 
 from http_support import read_until_closed, responses, serving
 
-from servicefactory._selector import DRAIN_GRACE
+from servicefactory._selector import QUIET
 
 from conftest import wait_until
 
@@ -153,13 +153,14 @@ def test_callers_on_many_connections_through_a_stop_get_a_result_or_a_retry_safe
         return [b""]
 
     outcomes: dict[str, int] = {}
-    sent_at: dict[str, float] = {}
+    sent_at: dict[str, float] = {}  # per request: how long its connection had been quiet
     with serving(app, max_workers=2) as server:
         address = ("127.0.0.1", server.port)
         stop = threading.Event()
 
         def caller(index):
             sock = socket.create_connection(address, timeout=5)
+            quiet_since = time.monotonic()
             try:
                 for number in range(100000):
                     if stop.is_set():
@@ -173,7 +174,7 @@ def test_callers_on_many_connections_through_a_stop_get_a_result_or_a_retry_safe
                     if early is not None:  # the server's FIN: this connection is finished
                         return
                     key = f"{index}-{number}"
-                    sent_at[key] = time.monotonic()
+                    sent_at[key] = time.monotonic() - quiet_since  # how long the connection was quiet
                     sock.sendall(f"GET /?{key} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
                     data = b""
                     while True:
@@ -186,6 +187,7 @@ def test_callers_on_many_connections_through_a_stop_get_a_result_or_a_retry_safe
                                 outcomes[key] = 0  # closed without an answer
                             return
                         data += chunk
+                    quiet_since = time.monotonic()
                     with lock:
                         outcomes[key] = parsed.statuses[0]
                     if parsed.statuses[0] != 200 or parsed.headers[0].get("connection") == "close":
@@ -197,17 +199,16 @@ def test_callers_on_many_connections_through_a_stop_get_a_result_or_a_retry_safe
         for thread in threads:
             thread.start()
         time.sleep(0.3)
-        stop_called = time.monotonic()
         server.stop(5)
         stop.set()
         for thread in threads:
             thread.join(5)
     assert outcomes and set(outcomes.values()) <= {0, 200, 503}
-    # an idle connection gets its FIN only after the drain grace; a request sent after that point
-    # can cross our FIN (HTTP/1.1 has no way around that race: the caller sees a closed socket
-    # before it sends, or must treat the silence as "not run"); none sent before it may vanish
+    # an idle connection gets its FIN only once it has been quiet for QUIET; a request sent after
+    # such a pause can cross our FIN (HTTP/1.1 has no way around that race), none sent sooner may
+    # vanish: a caller busy on its connection gets 503
     vanished = [key for key, status in outcomes.items() if status == 0]
-    assert all(sent_at[key] > stop_called + DRAIN_GRACE for key in vanished), vanished
+    assert all(sent_at[key] > QUIET - 0.05 for key in vanished), [(key, sent_at[key]) for key in vanished]
     assert not set(vanished) & set(ran)
     assert {key for key, status in outcomes.items() if status == 200} == set(ran) & set(outcomes)
     assert not {key for key, status in outcomes.items() if status == 503} & set(ran)

@@ -13,6 +13,7 @@ from servicefactory._protocol import (Ready, StartFailed, StartupReport, Stoppin
 
 @pytest.mark.parametrize("message", [
     Ready(name="echo", pid=12, url="http://127.0.0.1:5", host="127.0.0.1", port=5),
+    Ready(name="echo", pid=12, url="https://127.0.0.1:5", host="127.0.0.1", port=5, tls=True),
     Ready(),
     StartFailed(error="port in use", type="StartupError"),
     Unhealthy(errors=3, error="ValueError: x"),
@@ -45,7 +46,7 @@ def test_only_the_shutdown_action_is_a_users_stop():
 def test_a_ready_message_with_a_malformed_port_carries_no_port():
     message = decode_child(b'{"ready": true, "host": "127.0.0.1", "port": "80; rm"}')
     assert message == Ready(host="127.0.0.1")
-    assert decode_child(b'{"ready": true, "port": true}') == Ready()
+    assert decode_child(b'{"ready": true, "port": true, "tls": "yes"}') == Ready()
 
 
 @pytest.mark.parametrize("report", [

@@ -149,6 +149,33 @@ def _uid(user: str) -> int:
     return pwd.getpwnam(user).pw_uid
 
 
+@pytest.mark.parametrize("family, host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1"),
+                                          (socket.AF_INET6, "::")])
+def test_netlink_and_proc_net_tcp_name_the_same_owner(family, host, other_user):
+    from servicefactory._peercred import peer_uid, proc_uid
+
+    with socket.socket(family) as server:
+        server.bind((host, 0))
+        server.listen()
+        port = server.getsockname()[1]
+        target = "127.0.0.1" if host == "::" else host  # an IPv4 client of a dual-stack socket: mapped
+        script = f"import socket, time; s = socket.create_connection(({target!r}, {port})); time.sleep(3)"
+        theirs = subprocess.Popen(["runuser", "-u", other_user, "--", SYSTEM_PYTHON, "-I", "-c", script], cwd="/")
+        try:
+            with socket.create_connection((target, port)) as mine:
+                accepted = [server.accept() for _ in range(2)]
+                owners = {}
+                for sock, peer in accepted:
+                    local = sock.getsockname()[:2]
+                    owners[peer[1] == mine.getsockname()[1]] = (peer_uid(local, peer[:2]), proc_uid(local, peer[:2]))
+                    sock.close()
+        finally:
+            theirs.kill()
+            theirs.wait(5)
+    assert owners[True] == (os.geteuid(), os.geteuid())
+    assert owners[False] == (_uid(other_user), _uid(other_user))
+
+
 def test_another_local_user_is_refused_over_ipv6_loopback_too(other_user):
     @Service.API.endpoint(port=0, host="::1")
     class Six(Guarded):
@@ -415,6 +442,25 @@ def test_the_throttle_lets_a_peer_try_again_after_the_wait(monkeypatch):
     assert throttle.wait(peer) <= _guard.MAX_DELAY
     throttle.succeeded(peer)
     assert throttle.wait(peer) == 0
+
+
+def test_off_host_guessers_are_throttled_per_ipv6_network_not_per_address():
+    """One host owns a whole IPv6 /64: rotating through it must not reset the count."""
+    from servicefactory._gate import Gate
+
+    gate = Gate(token=STRONG_TOKEN, require_token=True, bound_host="::")
+
+    def attempt(address: str, token: str = "wrong") -> int:
+        environ = {"REMOTE_ADDR": address, "REMOTE_PORT": "40000", "HTTP_AUTHORIZATION": f"Bearer {token}"}
+        refusal = gate.refuse(environ)
+        return refusal[0] if refusal else 200
+
+    assert [attempt(f"2001:db8:1:2::{n:x}") for n in range(1, 6)] == [401] * 5
+    assert attempt("2001:db8:1:2:ffff::1", STRONG_TOKEN) == 429  # same /64, another address
+    assert attempt("2001:db8:1:3::1", STRONG_TOKEN) == 200  # the next /64 is another peer
+    assert [attempt(f"192.0.2.{n}") for n in range(1, 7)] == [401] * 6  # IPv4: per address
+    assert [attempt("::ffff:192.0.2.99") for _ in range(5)] == [401] * 5
+    assert attempt("192.0.2.99", STRONG_TOKEN) == 429  # an IPv4-mapped address is the same peer
 
 
 # -- actions: POST + JSON only ---------------------------------------------------------------

@@ -61,3 +61,13 @@ def test_a_taken_port_raises_address_in_use_on_werkzeugs_server_too():
         port = taken.getsockname()[1]
         with pytest.raises(AddressInUse, match=str(port)):
             OnWerkzeug().run(port=port)
+
+
+def test_the_builtin_server_releases_its_port_when_stopped_even_if_never_started():
+    from servicefactory.server import Server, bind
+
+    server = Server(lambda environ, start_response: [], bind("127.0.0.1", 0))
+    port = server.port
+    server.stop(1)
+    with socket.socket() as again:  # the port is free again: the listening socket was closed
+        again.bind(("127.0.0.1", port))
