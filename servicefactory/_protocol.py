@@ -67,6 +67,7 @@ class Ready:
     tls: bool = False
 
     def encode(self) -> dict:
+        """The JSON object sent on the pipe (one line, see to_line)."""
         return {"ready": True, "name": self.name, "pid": self.pid, "url": self.url, "host": self.host,
                 "port": self.port, "tls": self.tls}
 
@@ -79,6 +80,7 @@ class StartFailed:
     type: str = ""
 
     def encode(self) -> dict:
+        """The JSON object sent on the pipe (one line, see to_line)."""
         return {"ready": False, "type": self.type, "error": self.error}
 
 
@@ -90,6 +92,7 @@ class Unhealthy:
     error: str | None = None
 
     def encode(self) -> dict:
+        """The JSON object sent on the pipe (one line, see to_line)."""
         return {"unhealthy": self.errors, "error": self.error}
 
 
@@ -101,6 +104,7 @@ class Stopping:
     detail: str = ""  # the signal's or exception's name: for people, never decided on
 
     def encode(self) -> dict:
+        """The JSON object sent on the pipe (one line, see to_line)."""
         return {"stopping": self.reason.value if self.reason else "", "detail": self.detail}
 
 
@@ -158,6 +162,7 @@ class StartupReport:
     type: str | None = None
 
     def encode(self) -> dict:
+        """The JSON object sent on the pipe (one line, see to_line)."""
         if self.ready:
             return {"ready": True, "supervisor": self.supervisor, "pid": self.pid, "services": self.services}
         message: dict[str, Any] = {"ready": False, "service": self.service, "error": self.error,

@@ -28,7 +28,7 @@ class ServiceState(str, enum.Enum):
         return self.value
 
 
-S = ServiceState
+S = ServiceState  # short, for the tables below
 
 #: states in which a supervisor still has work to do for a service (it must not exit)
 ACTIVE = frozenset({S.STARTING, S.RUNNING, S.UNHEALTHY, S.BACKOFF, S.STOPPING})
