@@ -8,14 +8,14 @@ from __future__ import annotations
 import os as _os
 
 from .errors import (ActionFailed, AddressInUse, AlreadyRunning, InvalidData, InvalidName, LoadError, ProtocolError,
-                     ServiceFactoryError, ServiceNotRunning, ServiceTimeout, StartupError, StateError,
+                     ServiceFactoryError, ServiceNotRunning, ServiceTimeout, ServiceUnavailable, StartupError, StateError,
                      TokenRequired, Unauthorized, UnknownAction)
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "Service", "__version__",
-    "ServiceFactoryError", "ServiceNotRunning", "UnknownAction", "ActionFailed", "ServiceTimeout",
+    "ServiceFactoryError", "ServiceNotRunning", "ServiceUnavailable", "UnknownAction", "ActionFailed", "ServiceTimeout",
     "InvalidData", "Unauthorized", "ProtocolError", "StartupError", "AddressInUse", "TokenRequired",
     "AlreadyRunning", "LoadError", "StateError", "InvalidName",
 ]

@@ -93,7 +93,11 @@ class Supervisor(ServiceBase):
             for spec in self.specs:
                 claim = self.registry.claim(spec.name)
                 log_path = Path(spec.log_file) if spec.log_file else self.registry.log_file(spec.name)
-                log = RotatingLog(log_path, self.settings.log_max_bytes, self.settings.log_backups)
+                try:
+                    log = RotatingLog(log_path, self.settings.log_max_bytes, self.settings.log_backups)
+                except BaseException:
+                    self.registry.release(claim)  # not a child yet: release_all would not see it
+                    raise
                 self.children[spec.name] = Child(spec, claim, log, on_change=self._publish)
         except (AlreadyRunning, StateError, OSError):
             self.release_all()

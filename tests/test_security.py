@@ -334,7 +334,7 @@ def test_a_host_that_does_not_resolve_is_a_startup_error_not_a_request_for_a_tok
 # -- tokens: strength, 401 closes, throttling ----------------------------------------------
 
 @pytest.mark.parametrize("weak", ["1234", "s3cret-token", "a" * 64, "ab" * 40, "0123456789abcdef0123",
-                                  "password-password-password-password"])
+                                  "password-password-password-password", "0123456789abcdef" * 2])
 def test_a_weak_token_is_refused_at_start_naming_the_command_that_makes_one(weak, monkeypatch):
     monkeypatch.setenv("SERVICEFACTORY_TOKEN", weak)
 
