@@ -28,18 +28,25 @@ _UID_OFFSET = 16 + 4 + 48 + 12  # nlmsghdr, then inet_diag_msg: 4 bytes, sockid,
 _ALL_STATES = 0xFFFFFFFF
 
 
-def peer_uid(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
-    """The uid owning the socket at `remote` connected to our `local`; None if it cannot be told.
-
-    Both ends must be on this host (a loopback connection); the caller refuses on None.
-    """
+def _ends(local: tuple[str, int], remote: tuple[str, int]) -> tuple[int, bytes, bytes] | None:
+    """(family, local address, remote address) packed, or None if they are not of one family."""
     try:
         family, local_ip = _packed(local[0])
         remote_family, remote_ip = _packed(remote[0])
     except (OSError, ValueError):
         return None
-    if family != remote_family:
+    return (family, local_ip, remote_ip) if family == remote_family else None
+
+
+def peer_uid(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
+    """The uid owning the socket at `remote` connected to our `local`; None if it cannot be told.
+
+    Both ends must be on this host (a loopback connection); the caller refuses on None.
+    """
+    ends = _ends(local, remote)
+    if ends is None:
         return None
+    family, local_ip, remote_ip = ends
     try:
         return _netlink_uid(family, local_ip, int(local[1]), remote_ip, int(remote[1]))
     except OSError:
@@ -116,13 +123,10 @@ def _trusted(uid: int, inode: int) -> int | None:
 
 def proc_uid(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
     """The same answer read from /proc/net/tcp and tcp6 (slower: the whole table is read)."""
-    try:
-        family, local_ip = _packed(local[0])
-        remote_family, remote_ip = _packed(remote[0])
-    except (OSError, ValueError):
+    ends = _ends(local, remote)
+    if ends is None:
         return None
-    if family != remote_family:
-        return None
+    family, local_ip, remote_ip = ends
     tables = [("/proc/net/tcp6", b"" if family == socket.AF_INET6 else _MAPPED)]
     if family == socket.AF_INET:
         tables.insert(0, ("/proc/net/tcp", b""))
