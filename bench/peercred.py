@@ -9,6 +9,7 @@ same run: through perform() (a kept connection: one check) and with a new connec
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -126,7 +127,12 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--json", action="store_true", help="print one JSON object (for bench/run.py)")
     args = parser.parse_args()
+    if args.json:
+        print(json.dumps({"lookups": {str(count): lookups(count) for count in (0, args.sockets)},
+                          "throughput": throughput(args.seconds, args.rounds)}))
+        return
     for count in (0, args.sockets):
         figures = lookups(count)
         print(f"{count:5d} sockets open: netlink {figures['netlink']:7.1f} µs/lookup, "

@@ -28,7 +28,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import figures_api, figures_cli, figures_restart  # noqa: E402
+from bench import figures_api, figures_cli, figures_restart, figures_security  # noqa: E402
 from bench.harness import ROOT, FigureResult, Row, Sizes, Skipped  # noqa: E402
 from bench.processes import become_subreaper, reap_leftovers, temporary_directory  # noqa: E402
 
@@ -42,6 +42,7 @@ FIGURES = {
     7: ("N services from one module, one supervisor", figures_cli.figure_7),
     8: ("load: 8 clients x N performs", figures_api.figure_8),
     9: ("rolling restart: one service restarted under 8 clients", figures_restart.figure_9),
+    10: ("the peer check of a loopback service (who is calling)", figures_security.figure_10),
 }
 COLUMNS = ("figure", "metric", "servicefactory", "peer(s)", "ratio", "target", "met?")
 

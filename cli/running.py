@@ -130,7 +130,7 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
     import subprocess
     import time
 
-    from servicefactory._notify import READY_FD_ENV
+    from servicefactory._protocol import READY_FD_ENV, StartupReport
     from servicefactory._supervised import python_command
 
     try:
@@ -167,26 +167,23 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
             process.kill()
         click.echo("interrupted: stopped the services that were starting", err=True)
         sys.exit(130)
-    try:
-        message = json.loads(line) if line else None
-    except ValueError:
-        message = None
-    if not message:
+    report = StartupReport.decode(line)
+    if report is None:
         process.wait(5)
         from servicefactory.logfiles import tail
         click.echo("\n".join(tail(log_path, 15)), err=True)
         _fail(f"the supervisor exited before its services were ready (see {log_path})", 1)
-    if not message.get("ready"):
-        for line_text in message.get("output") or []:
-            click.echo(f"  {message.get('service', '')} | {line_text}", err=True)
-        service = message.get("service")
+    if not report.ready:
+        service = report.service
+        for line_text in report.output:
+            click.echo(f"  {service or ''} | {line_text}", err=True)
         prefix = f"{service} failed to start: " if service else ""
         deadline = time.monotonic() + 15
         while process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)  # it is releasing the names: let it finish before we report
         from servicefactory.logfiles import printable
-        _fail(f"{prefix}{printable(str(message.get('error')))}", message.get("exit_code") if not service else 1)
-    for service in message["services"]:
+        _fail(f"{prefix}{printable(str(report.error))}", report.exit_code if not service else 1)
+    for service in report.services:
         state = service.get("state", "running")
         if state == "running":
             click.echo(f"{service['name']} running (pid {service['pid']}, {service['url'] or 'no API'})")

@@ -11,7 +11,7 @@ from .errors import (ActionFailed, AddressInUse, AlreadyRunning, InvalidData, In
                      ServiceFactoryError, ServiceNotRunning, ServiceTimeout, ServiceUnavailable, StartupError, StateError,
                      TokenRequired, Unauthorized, UnknownAction)
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "Service", "__version__",

@@ -18,15 +18,9 @@ import threading
 import traceback
 
 from . import _notify, _reaper
+from ._protocol import LIFELINE_FD_ENV, LOG_PATH_ENV, STOP_TIMEOUT_ENV, SUPERVISOR_PID_ENV
 from .errors import ServiceFactoryError
 
-SUPERVISOR_PID_ENV = "SERVICEFACTORY_SUPERVISOR_PID"
-#: the read end of a pipe only the supervisor writes to: end of file means the supervisor is gone
-LIFELINE_FD_ENV = "SERVICEFACTORY_LIFELINE_FD"
-#: seconds a stop may take after the supervisor died, before everything is SIGKILLed
-STOP_TIMEOUT_ENV = "SERVICEFACTORY_STOP_TIMEOUT"
-#: the service's log file, written by the service itself once its supervisor is gone
-LOG_PATH_ENV = "SERVICEFACTORY_LOG_PATH"
 #: how often the watcher reaps exited orphans that were re-parented to this process
 REAP_EVERY = 5.0
 

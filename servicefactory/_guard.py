@@ -38,6 +38,10 @@ def token_bits(token: str) -> float:
     """
     if not token:
         return 0.0
+    # a token that repeats a shorter block ("0123456789abcdef" twice) holds no more than that block
+    for period in range(1, len(token) // 2 + 1):
+        if token[period:] == token[:-period]:
+            return token_bits(token[:period])
     chars = set(token)
     size = next((size for alphabet, size in _ALPHABETS if chars <= alphabet), 95)
     bits = len(token) * math.log2(size)

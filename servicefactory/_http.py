@@ -220,7 +220,15 @@ class RequestReader:
         url = self.url
         if url[:1] != b"/":
             if b"://" in url:  # absolute-form: the path is what follows the authority
-                url = b"/" + url.split(b"://", 1)[1].partition(b"/")[2]
+                rest = url.split(b"://", 1)[1]
+                end = min((i for i in (rest.find(b"/"), rest.find(b"?"), len(rest)) if i >= 0))
+                authority, url = rest[:end], rest[end:]
+                if not url.startswith(b"/"):
+                    url = b"/" + url
+                if not authority or b"@" in authority:
+                    raise Reject("400 Bad Request", "absolute-form target without a plain host")
+                # RFC 9112 3.2.2: the target's authority replaces Host, so the Host check judges it
+                environ["HTTP_HOST"] = authority.decode(_ENCODING)
         path, _, query = url.partition(b"?")
         environ["PATH_INFO"] = (unquote_to_bytes(path) if b"%" in path else path).decode(_ENCODING)
         environ["QUERY_STRING"] = query.decode(_ENCODING)

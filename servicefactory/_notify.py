@@ -5,12 +5,13 @@ line), and systemd's $NOTIFY_SOCKET (sd_notify READY=1 / STOPPING=1).
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 from typing import Any
 
-READY_FD_ENV = "SERVICEFACTORY_READY_FD"
+from ._protocol import READY_FD_ENV, Ready, StartFailed, StopReason, Stopping, Unhealthy, to_line
+
+__all__ = ["READY_FD_ENV", "notify_ready", "notify_failed", "notify_unhealthy", "notify_stopping", "sd_notify"]
 
 
 _pipe: list[int] = []
@@ -18,27 +19,27 @@ _pipe: list[int] = []
 
 def notify_ready(**details: Any) -> None:
     """Report readiness on every channel the parent set up (the pipe stays open for `stopping`)."""
-    _write_pipe({"ready": True, **details}, close=False)
+    _write_pipe(Ready(**details), close=False)
     sd_notify(f"READY=1\nMAINPID={os.getpid()}")
 
 
 def notify_failed(error: BaseException) -> None:
     """Report a failed start, with the error's type and message."""
-    _write_pipe({"ready": False, "type": type(error).__name__, "error": str(error)}, close=True)
+    _write_pipe(StartFailed(error=str(error), type=type(error).__name__), close=True)
 
 
 def notify_unhealthy(errors: int, last_error: str | None) -> None:
     """Tell the supervisor that loop() keeps failing (it restarts the service as if it crashed)."""
-    _write_pipe({"unhealthy": errors, "error": last_error}, close=False)
+    _write_pipe(Unhealthy(errors=errors, error=last_error), close=False)
 
 
-def notify_stopping(reason: str = "") -> None:
+def notify_stopping(reason: StopReason | None = None, detail: str = "") -> None:
     """Tell the parent why we stop (a supervisor must not undo a requested shutdown), and systemd that we do."""
-    _write_pipe({"stopping": reason}, close=True)
+    _write_pipe(Stopping(reason=reason, detail=detail), close=True)
     sd_notify("STOPPING=1")
 
 
-def _write_pipe(message: dict, close: bool) -> None:
+def _write_pipe(message: Ready | StartFailed | Unhealthy | Stopping, close: bool) -> None:
     value = os.environ.pop(READY_FD_ENV, None)
     if value and value.isdigit():
         _pipe.append(int(value))
@@ -46,7 +47,7 @@ def _write_pipe(message: dict, close: bool) -> None:
         return
     fd = _pipe[0]
     try:
-        os.write(fd, json.dumps(message).encode() + b"\n")
+        os.write(fd, to_line(message))
     except OSError:
         pass  # the parent went away; nobody is waiting for the answer
     if close:

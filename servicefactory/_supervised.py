@@ -1,6 +1,7 @@
 """What the supervisor knows about each service: its spec, the shared settings, its current process."""
 from __future__ import annotations
 
+import logging
 import os
 import select
 import signal
@@ -9,10 +10,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
+from ._states import ServiceState, check_transition
 from .logfiles import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, RotatingLog
 from ._names import connect_host, host_port
+
+logger = logging.getLogger("servicefactory.supervisor")
 
 
 @dataclass
@@ -50,11 +54,13 @@ class Settings:
 class Child:
     """One supervised service and its current process."""
 
-    def __init__(self, spec: Spec, claim: Any, log: RotatingLog) -> None:
+    def __init__(self, spec: Spec, claim: Any, log: RotatingLog,
+                 on_change: Callable[[Child], None] | None = None) -> None:
         self.spec = spec
         self.claim = claim
         self.log = log
-        self.state = "stopped"
+        self.state = ServiceState.STOPPED  # change it only by change_state()
+        self.on_change = on_change  # the supervisor's publish: every change is seen by status at once
         self.popen: subprocess.Popen | None = None
         self.pidfd: int | None = None
         self.ready_fd: int | None = None
@@ -82,6 +88,17 @@ class Child:
         self.exited = threading.Event()
         self.settled = threading.Event()  # ready, failed or stopped: what a restart waits for
         self.tail: list[str] = []
+
+    def change_state(self, new: ServiceState) -> ServiceState:
+        """Move to `new` if TRANSITIONS allows it (else TransitionError), log it and publish it;
+        return the old state. Set every field the record shows before calling: it is published here."""
+        old = self.state
+        check_transition(self.spec.name, old, new)
+        self.state = new
+        logger.debug("%s: %s -> %s", self.spec.name, old.value, new.value)
+        if self.on_change is not None:
+            self.on_change(self)
+        return old
 
 
 def python_command(module: str, *options: str) -> list[str]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import client
+from ._states import LIVE, ServiceState
 from .errors import ServiceFactoryError, ServiceNotRunning, ServiceTimeout
 from .registry import SUPERVISOR_PREFIX, ServiceRecord
 from .state import LocalRegistry, is_dead
@@ -280,12 +281,12 @@ def status(names: list[str] | None = None, registry: LocalRegistry | None = None
     for name in names:
         state, record = registry.state_of(name)
         if state == "stopped" and record is None and registry.remembered(name) is None:
-            state = "unknown"  # a typo must not look like a service that stopped
+            state = ServiceState.UNKNOWN.value  # a typo must not look like a service that stopped
         row: dict[str, Any] = {"name": name, "state": state, "pid": None, "host": None, "port": None, "url": None,
                                "started": None, "uptime": None, "restarts": 0, "last_exit": None,
                                "cpu": None, "memory": None, "supervisor": None, "target": None}
         if record is not None:
-            live = state in ("running", "starting", "stopping", "unhealthy")
+            live = state in LIVE
             row.update(pid=record.pid if live and record.pid else None, host=record.host, port=record.port,
                        url=record.url if state == "running" else None, started=record.started,
                        restarts=record.restarts, last_exit=record.last_exit, supervisor=record.supervisor,

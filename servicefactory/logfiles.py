@@ -27,7 +27,20 @@ def printable(text: str) -> str:
     return text.translate(_CONTROLS)
 
 
-_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+# O_NONBLOCK: opening a FIFO for writing would otherwise wait for a reader, for ever
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
+def _open_append(path: Path | str) -> int:
+    """An fd appending to `path` (created 0600), blocking again once open; OSError as os.open raises."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a FIFO nobody reads
+            raise OSError(errno.ENXIO, "it is a FIFO (named pipe), not a file") from None
+        raise
+    os.set_blocking(fd, True)  # a terminal or a device must not drop output on EAGAIN
+    return fd
 
 
 def refusal(info: os.stat_result) -> str | None:
@@ -36,6 +49,8 @@ def refusal(info: os.stat_result) -> str | None:
     Devices (/dev/null, /dev/full, a terminal) are fine."""
     if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
         return None
+    if not stat.S_ISREG(info.st_mode):
+        return "it is not a regular file (a FIFO or a socket would stall or drop the output)"
     if info.st_uid != os.geteuid():
         return f"it is owned by uid {info.st_uid}, not by this service's user"
     if stat.S_ISREG(info.st_mode) and info.st_mode & 0o066:
@@ -59,7 +74,7 @@ def untrusted(path: Path | str, home: Path | str) -> str | None:
 def open_private(path: Path | str) -> int:
     """An fd appending to `path`, created 0600, never through a symlink (StateError, one line, if it is one)."""
     try:
-        fd = os.open(path, _OPEN_FLAGS, 0o600)
+        fd = _open_append(path)
     except OSError as exc:
         raise StateError(f"cannot open {path}: " + ("it is a symbolic link" if exc.errno == errno.ELOOP
                                                      else str(exc.strerror))) from None
@@ -88,10 +103,12 @@ class RotatingLog:
         self._size = 0
         self._regular = True
         try:
-            fd = os.open(self.path, _OPEN_FLAGS, 0o600)
+            fd = _open_append(self.path)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise LogFileRefused(f"refusing the log file {self.path}: it is a symbolic link") from None
+            if exc.errno == errno.ENXIO:
+                raise LogFileRefused(f"refusing the log file {self.path}: {exc.strerror}") from None
             fd = None  # a full disk, a read-only directory: warned about below, retried on each write
         if fd is not None:
             why = refusal(os.fstat(fd))
@@ -104,7 +121,7 @@ class RotatingLog:
     def _open(self) -> None:
         try:
             # created 0600; an existing file keeps its mode (it may be a device such as /dev/null)
-            fd = os.open(self.path, _OPEN_FLAGS, 0o600)
+            fd = _open_append(self.path)
             info = os.fstat(fd)
             why = refusal(info)
             if why:  # planted by another user after a rotation, between our rename and this open

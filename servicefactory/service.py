@@ -15,6 +15,7 @@ from . import _notify
 from ._logging import ensure_default_output, service_logger
 from ._guard import MIN_TOKEN_BITS, token_bits, weak_token_message
 from ._names import is_loopback, is_loopback_address
+from ._protocol import SUPERVISED_ENV, StopReason  # SUPERVISED_ENV: the supervisor sets it to the child's name
 from .api import DEFAULT_MAX_BODY, Action, collect_actions, handle
 from .errors import AlreadyRunning, ServiceFactoryError, StartupError, StateError, TokenRequired
 
@@ -24,9 +25,6 @@ logger = logging.getLogger(__name__)
 STOP_GRACE = 0.05
 #: the framework's own names on a service class; a user's method of the same name would break them
 RESERVED = frozenset({"run", "log", "sleep", "stop", "stopping", "perform", "address"})
-#: set by a supervisor to the name it claimed for the child it starts
-SUPERVISED_ENV = "SERVICEFACTORY_SUPERVISED"
-
 
 SERVERS = ("builtin", "werkzeug")
 
@@ -118,7 +116,8 @@ class _Runtime:
         self.name = name
         self.log = service_logger(name)
         self.stop_event = threading.Event()
-        self.stop_reason = ""
+        self.stop_reason: StopReason | None = None
+        self.stop_detail = ""  # the signal's or exception's name, for people
         self.lock = threading.Lock()
         self.loop_holds_lock = False
         self.loop_thread = 0
@@ -140,11 +139,11 @@ class _Runtime:
         self.interruptible = True
         self.exit_request: SystemExit | None = None
 
-    def request_stop(self, reason: str, *, from_signal: bool = False) -> bool:
+    def request_stop(self, reason: StopReason, detail: str = "", *, from_signal: bool = False) -> bool:
         """Ask the service to stop; True the first time. Safe from any thread or a signal handler."""
         if self.stop_event.is_set():
             return False
-        self.stop_reason = reason
+        self.stop_reason, self.stop_detail = reason, detail
         if not from_signal:  # a signal handler must not log: it may interrupt a write to the same stream
             self.log.info("shutdown requested")
             self.announced.set()
@@ -187,7 +186,8 @@ class _Runtime:
     def on_signal(self, signum: int, frame: Any) -> None:
         """Signal handler: record the stop request; raise into loop() only when told to, or on a second signal."""
         nudge, self.nudging = self.nudging and signum == signal.SIGINT, False
-        first = False if nudge else self.request_stop(signal.Signals(signum).name, from_signal=True)
+        first = False if nudge else self.request_stop(
+            StopReason.SIGNAL, signal.Signals(signum).name, from_signal=True)
         if not (self.interruptible and self.in_loop) or self.in_self_sleep:
             return
         if self.interrupt_due or (not first and not nudge):
@@ -262,7 +262,7 @@ class ServiceBase:
         """Ask the running service to stop (from any thread); run() then finalizes and returns."""
         runtime = self._servicefactory_runtime
         if runtime is not None:
-            runtime.request_stop("stop()")
+            runtime.request_stop(StopReason.CALL)
 
     @property
     def stopping(self) -> bool:
@@ -407,7 +407,7 @@ class ServiceBase:
         app = App(self, type(self)._servicefactory_actions, max_body=endpoint_.max_body, token=token,
                   require_token=endpoint_.require_token or not loopback, bound_host=host,
                   local_address=local, allowed_uids=allowed_uids, exclusive_lock=runtime.lock,
-                  on_shutdown=lambda: runtime.request_stop("shutdown action"), name=runtime.name)
+                  on_shutdown=lambda: runtime.request_stop(StopReason.ACTION), name=runtime.name)
         if endpoint_.server == "werkzeug":
             from ._werkzeug import WerkzeugServer
             runtime.server = WerkzeugServer(app, sock)
@@ -434,7 +434,7 @@ class ServiceBase:
         finally:
             runtime.loop_done.set()
             runtime.stop_event.set()
-            _notify.notify_stopping(runtime.stop_reason)
+            _notify.notify_stopping(runtime.stop_reason or StopReason.ENDED, runtime.stop_detail)
             if runtime.timer is not None:
                 runtime.timer.join(1.0)  # it announces a signalled stop: before finalize's own lines
             self._servicefactory_drain()
@@ -471,7 +471,7 @@ class ServiceBase:
             except _Interrupted:
                 break
             except (KeyboardInterrupt, SystemExit) as exc:
-                runtime.request_stop(type(exc).__name__)
+                runtime.request_stop(StopReason.EXIT, type(exc).__name__)
                 if isinstance(exc, SystemExit):
                     runtime.exit_request = exc  # the user's exit code survives the graceful stop
                 break

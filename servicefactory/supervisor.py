@@ -22,18 +22,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import _notify, _reaper
-from ._child import LIFELINE_FD_ENV, LOG_PATH_ENV, STOP_TIMEOUT_ENV, SUPERVISOR_PID_ENV
+from ._protocol import (LIFELINE_FD_ENV, LOG_PATH_ENV, READY_FD_ENV, STOP_TIMEOUT_ENV, SUPERVISED_ENV,
+                        SUPERVISOR_PID_ENV, Ready, StartFailed, StartupReport, Stopping, Unhealthy, decode_child,
+                        to_line)
 from .api import handle
 from .errors import AlreadyRunning, ServiceFactoryError, ServiceTimeout, StateError
 from .logfiles import RotatingLog, printable
-from ._supervised import Child, Settings, Spec, drain, python_command, readable, signal_name, stamp, url_of
+from ._policy import Exit, RestartPolicy
+from ._states import ACTIVE, ServiceState
+from ._supervised import Child, Settings, Spec, drain, python_command, readable, stamp, url_of
 from .registry import SUPERVISOR_PREFIX, ServiceRecord
-from .service import SUPERVISED_ENV, Endpoint, ServiceBase
+from .service import Endpoint, ServiceBase
 from .state import LocalRegistry, process_start_time
 
 logger = logging.getLogger("servicefactory.supervisor")  # also when run as __main__
-
-ACTIVE = ("starting", "running", "unhealthy", "backoff", "stopping")
 
 
 def _api_token() -> str:
@@ -91,8 +93,12 @@ class Supervisor(ServiceBase):
             for spec in self.specs:
                 claim = self.registry.claim(spec.name)
                 log_path = Path(spec.log_file) if spec.log_file else self.registry.log_file(spec.name)
-                log = RotatingLog(log_path, self.settings.log_max_bytes, self.settings.log_backups)
-                self.children[spec.name] = Child(spec, claim, log)
+                try:
+                    log = RotatingLog(log_path, self.settings.log_max_bytes, self.settings.log_backups)
+                except BaseException:
+                    self.registry.release(claim)  # not a child yet: release_all would not see it
+                    raise
+                self.children[spec.name] = Child(spec, claim, log, on_change=self._publish)
         except (AlreadyRunning, StateError, OSError):
             self.release_all()
             raise
@@ -113,8 +119,8 @@ class Supervisor(ServiceBase):
             for child in self.children.values():
                 self._spawn(child)
         now = time.monotonic()
-        due = [c.next_start for c in self.children.values() if c.state == "backoff"]
-        due += [c.retry_at for c in self.children.values() if c.state == "failed" and c.retry_at is not None]
+        due = [t for t in (RestartPolicy.due(c.state, c.next_start, c.retry_at) for c in self.children.values())
+               if t is not None]
         timeout = max(0.0, min([0.25] + [t - now for t in due]))
         for key, _ in self.selector.select(timeout):
             kind, child = key.data
@@ -132,19 +138,19 @@ class Supervisor(ServiceBase):
                 self._reap(child)  # no pidfd on this system: polled instead
         now = time.monotonic()
         for child in self.children.values():
-            if child.state == "backoff" and now >= child.next_start:
-                self._spawn(child)
-            elif child.state == "failed" and child.retry_at is not None and now >= child.retry_at:
+            if child.state == ServiceState.BACKOFF and now >= child.next_start:
+                self._spawn(child)  # BACKOFF -> STARTING
+            elif child.state == ServiceState.FAILED and child.retry_at is not None and now >= child.retry_at:
                 # failed -> starting: the cooldown is over (a dependency's outage may have ended)
                 self._event(child, f"trying again after {self.settings.retry_failed_after:g} s")
                 child.fast_failures = 0
                 self._spawn(child)
-            elif child.state == "starting" and now - child.started_at > self.settings.ready_timeout:
+            elif child.state == ServiceState.STARTING and now - child.started_at > self.settings.ready_timeout:
                 self._event(child, f"not ready after {self.settings.ready_timeout:g} s; stopping it")
                 child.error = f"not ready within {self.settings.ready_timeout:g} s"
                 self._signal(child, signal.SIGTERM)
-                child.state = "stopping"
                 child.stop_deadline = now + child.spec.stop_timeout
+                child.change_state(ServiceState.STOPPING)
             if child.stop_deadline is not None and now > child.stop_deadline and not child.killed:
                 self._event(child, f"did not stop within {child.spec.stop_timeout:g} s; killing it", warn=True)
                 self._signal(child, signal.SIGKILL)
@@ -159,7 +165,7 @@ class Supervisor(ServiceBase):
         ready_read, ready_write = os.pipe()
         env = dict(os.environ, PYTHONUNBUFFERED="1", **{
             SUPERVISED_ENV: spec.name, SUPERVISOR_PID_ENV: str(os.getpid()),
-            _notify.READY_FD_ENV: str(ready_write), LIFELINE_FD_ENV: str(self.lifeline_read),
+            READY_FD_ENV: str(ready_write), LIFELINE_FD_ENV: str(self.lifeline_read),
             STOP_TIMEOUT_ENV: repr(spec.stop_timeout), LOG_PATH_ENV: str(child.log.path)})
         # isolated from its working directory (the project's): a module target is put on sys.path
         # after the standard library by the loader, not first by Python
@@ -180,7 +186,6 @@ class Supervisor(ServiceBase):
         finally:
             if child.popen is not None:
                 os.close(ready_write)
-        child.state = "starting"
         child.started_at = time.monotonic()
         child.ready_at = None
         child.killed = False
@@ -200,9 +205,11 @@ class Supervisor(ServiceBase):
             self.selector.register(child.pidfd, selectors.EVENT_READ, ("exit", child))
         except (AttributeError, OSError):
             child.pidfd = None  # no pidfd: polled in _poll_exits
+        # published before its pid goes into the pidfile: a reader never sees the new pid there while
+        # the record still names no process (it would take the name's owner for an unsupervised one)
+        child.change_state(ServiceState.STARTING)
         os.ftruncate(child.claim.handle, 0)
         os.pwrite(child.claim.handle, f"{child.popen.pid}\n".encode(), 0)
-        self._publish(child)
 
     def _pump(self, child: Child) -> None:
         try:
@@ -250,35 +257,28 @@ class Supervisor(ServiceBase):
         child.ready_buffer += data
         *lines, child.ready_buffer = child.ready_buffer.split(b"\n")
         for line in lines:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(message, dict):
-                continue
-            if message.get("ready") and child.state == "starting":
-                child.state = "running"
+            message = decode_child(line)
+            if isinstance(message, Ready) and child.state == ServiceState.STARTING:
                 child.ready_at = time.monotonic()
                 child.ever_ready = True
                 child.ready_wall = time.time()
+                child.host, child.port = message.host, message.port
+                child.tls = message.tls
+                child.change_state(ServiceState.RUNNING)
                 child.settled.set()
-                child.host, child.port = message.get("host"), message.get("port")
-                child.tls = message.get("tls") is True
-                self._publish(child)
                 self._remember(child)
                 self._event(child, f"ready (pid {child.popen.pid}{', ' + url_of(child) if child.port else ''})")
-            elif message.get("ready") is False:
-                child.error = message.get("error") or child.error
-            elif message.get("unhealthy") and child.state == "running" and not child.user_stopped:
+            elif isinstance(message, StartFailed):
+                child.error = message.error or child.error
+            elif isinstance(message, Unhealthy) and child.state == ServiceState.RUNNING and not child.user_stopped:
                 # running -> unhealthy: treated as a crash (its restart policy decides), after a graceful stop
-                child.state = "unhealthy"
                 child.unhealthy = True
-                child.error = f"unhealthy: {message.get('unhealthy')} loop errors in a row ({message.get('error')})"
+                child.error = f"unhealthy: {message.errors} loop errors in a row ({message.error})"
                 self._event(child, f"{child.error}; stopping it", warn=True)
                 child.stop_deadline = time.monotonic() + child.spec.stop_timeout
                 self._signal(child, signal.SIGTERM)
-                self._publish(child)
-            elif message.get("stopping") == "shutdown action":
+                child.change_state(ServiceState.UNHEALTHY)
+            elif isinstance(message, Stopping) and message.reason is not None and message.reason.by_user:
                 child.user_stopped = True  # asked to stop through its API: as final as `servicefactory stop`
         if not data:
             self._unregister(child.ready_fd)
@@ -357,54 +357,27 @@ class Supervisor(ServiceBase):
     def _after_exit(self, child: Child, code: int) -> None:
         child.last_exit = code
         child.stop_deadline = None
-        ran = time.monotonic() - child.started_at
-        described = f"exited with code {code}" if code >= 0 else f"killed by {signal_name(-code)}"
-        if child.user_stopped:
-            # stopping -> stopped, as asked; said so when it never got to be ready
-            child.state = "stopped"
-            self._event(child, f"stopped{' while starting' if child.ready_at is None else ''} ({described})")
-        elif self.stopping:
-            child.state = "stopped"  # we are stopping everything: whatever the exit, it was asked for
-            self._event(child, described)
-        elif self.starting_up and not child.ever_ready:
-            child.state = "failed"
-            self._event(child, described)
-        else:
-            crashed = code != 0 or child.unhealthy
-            if child.unhealthy:
-                described = f"stopped as unhealthy ({described})"
-            restart = child.spec.restart == "always" or (crashed and child.spec.restart == "on-failure")
-            if not restart:
-                child.state = "failed" if crashed else "stopped"
-                self._event(child, f"{described}; not restarting (restart={child.spec.restart})")
-            else:
-                if ran >= self.settings.reset_after and child.ready_at is not None:
-                    child.fast_failures = 0
-                child.fast_failures += 1
-                if child.fast_failures >= self.settings.max_failures:
-                    child.state = "failed"
-                    retry = self.settings.retry_failed_after
-                    child.retry_at = time.monotonic() + retry if retry > 0 else None
-                    then = f"trying again in {retry:g} s" if retry > 0 else "leaving it down"
-                    self._event(child, f"{described}; {child.fast_failures} fast failures in a row, {then}",
-                                warn=True)
-                else:
-                    cap = child.spec.backoff_max if child.spec.backoff_max is not None else self.settings.backoff_max
-                    # the exponent is bounded: with a large --max-failures, 2**n overflows a float
-                    delay = min(cap, self.settings.backoff * 2 ** min(child.fast_failures - 1, 64))
-                    child.state = "backoff"
-                    child.next_start = time.monotonic() + delay
-                    child.restarts += 1
-                    self._event(child, f"{described}; restarting in {delay:g} s")
+        now = time.monotonic()
+        decision = RestartPolicy(child.spec, self.settings).on_exit(Exit(
+            code=code, ran=now - child.started_at, was_ready=child.ready_at is not None, ever_ready=child.ever_ready,
+            unhealthy=child.unhealthy, asked=child.user_stopped, stopping_all=self.stopping,
+            starting_up=self.starting_up), child.fast_failures, now)
+        child.fast_failures = decision.fast_failures
+        child.restarts += decision.restarts
+        if decision.next_start is not None:
+            child.next_start = decision.next_start
+        if decision.state == ServiceState.FAILED:
+            child.retry_at = decision.retry_at
+        self._event(child, decision.message, warn=decision.warn)
+        child.change_state(decision.state)
         child.exited.set()  # this process is gone; a respawn below starts waiting afresh
         if child.restart_after_stop:
             child.restart_after_stop = False
             child.user_stopped = False
             child.fast_failures = 0
             child.restarts += 1
-            self._spawn(child)
-        self._publish(child)
-        if child.state in ("failed", "stopped"):
+            self._spawn(child)  # STOPPED -> STARTING
+        if child.state in (ServiceState.FAILED, ServiceState.STOPPED):
             child.settled.set()
 
     # -- stopping --
@@ -424,20 +397,18 @@ class Supervisor(ServiceBase):
         child.restart_after_stop = restart
         if child.popen is not None:
             if child.stop_deadline is None:
-                child.state = "stopping"
                 child.stop_deadline = time.monotonic() + (timeout or child.spec.stop_timeout)
                 self._signal(child, signal.SIGTERM)
-                self._publish(child)
+                child.change_state(ServiceState.STOPPING)
         else:
-            child.state = "stopped"  # failed/backoff -> stopped: no retry is due any more
             child.retry_at = None
+            child.change_state(ServiceState.STOPPED)  # failed/backoff -> stopped: no retry is due any more
             child.exited.set()
             if restart:
                 child.user_stopped = False
                 child.restart_after_stop = False
                 child.fast_failures = 0
-                self._spawn(child)
-            self._publish(child)
+                self._spawn(child)  # STOPPED -> STARTING
 
     def _servicefactory_drain(self) -> None:
         """Stop every child in parallel, each within its stop timeout, while our API still answers:
@@ -469,7 +440,7 @@ class Supervisor(ServiceBase):
         children = list(self.children.values())
         # a service stopped on request while it started is no failure of the start (nor of the others)
         wanted = [c for c in children if not (c.user_stopped and not c.ever_ready)]
-        never = [c for c in wanted if not c.ever_ready and c.state not in ("starting", "running")]
+        never = [c for c in wanted if not c.ever_ready and c.state not in (ServiceState.STARTING, ServiceState.RUNNING)]
         if never:
             bad = never[0]
             self.failure = {"service": bad.spec.name, "error": bad.error or f"exited with code {bad.last_exit}",
@@ -487,13 +458,13 @@ class Supervisor(ServiceBase):
         if self.ready_fd is None:
             return
         if self.failure is not None:
-            message = {"ready": False, **self.failure}
+            report = StartupReport(ready=False, **self.failure)
         else:
-            message = {"ready": True, "supervisor": self.name, "pid": os.getpid(),
-                       "services": [{"name": c.spec.name, "pid": c.popen.pid if c.popen else None, "url": url_of(c),
-                                     "state": c.state, "ever_ready": c.ever_ready} for c in self.children.values()]}
+            report = StartupReport(ready=True, supervisor=self.name, pid=os.getpid(), services=[
+                {"name": c.spec.name, "pid": c.popen.pid if c.popen else None, "url": url_of(c),
+                 "state": c.state.value, "ever_ready": c.ever_ready} for c in self.children.values()])
         try:
-            os.write(self.ready_fd, json.dumps(message).encode() + b"\n")
+            os.write(self.ready_fd, to_line(report))
             os.close(self.ready_fd)
         except OSError:
             pass
@@ -505,7 +476,7 @@ class Supervisor(ServiceBase):
         states = [child.state for child in self.children.values()]
         if any(state in ACTIVE for state in states):
             return
-        failed = any(state == "failed" for state in states)
+        failed = any(state == ServiceState.FAILED for state in states)
         if failed and not self.settings.foreground:
             return  # stay, so that `status` shows the failure and its exit code until someone acts
         if any(child.retry_at is not None for child in self.children.values()):
@@ -519,13 +490,13 @@ class Supervisor(ServiceBase):
         popen = child.popen
         record = ServiceRecord(
             name=child.spec.name, pid=popen.pid if popen else 0,
-            host=child.host if child.state == "running" else None,
-            port=child.port if child.state == "running" else None,
+            host=child.host if child.state == ServiceState.RUNNING else None,
+            port=child.port if child.state == ServiceState.RUNNING else None,
             create_time=(process_start_time(popen.pid) or 0.0) if popen else 0.0,
             started=child.ready_wall or time.time(), target=child.spec.target, log_path=str(child.log.path),
-            hostname=os.uname().nodename, state=child.state, supervisor=self.name, restarts=child.restarts,
+            hostname=os.uname().nodename, state=child.state.value, supervisor=self.name, restarts=child.restarts,
             last_exit=child.last_exit, next_try=self._next_try(child),
-            stop_timeout=child.spec.stop_timeout, tls=child.tls and child.state == "running")
+            stop_timeout=child.spec.stop_timeout, tls=child.tls and child.state == ServiceState.RUNNING)
         try:
             self.registry.publish(child.claim, record)
         except OSError as exc:
@@ -534,7 +505,7 @@ class Supervisor(ServiceBase):
     @staticmethod
     def _next_try(child: Child) -> float | None:
         """Wall-clock time of the next start of a service waiting in `backoff` or `failed`, if one is due."""
-        due = child.next_start if child.state == "backoff" else child.retry_at if child.state == "failed" else None
+        due = RestartPolicy.due(child.state, child.next_start, child.retry_at)
         return None if due is None else round(time.time() + max(0.0, due - time.monotonic()), 3)
 
     def _event(self, child: Child, text: str, warn: bool = False) -> None:
@@ -627,9 +598,9 @@ class Supervisor(ServiceBase):
         rows = []
         for child in self._children_named(names):
             popen = child.popen
-            rows.append({"name": child.spec.name, "state": child.state, "pid": popen.pid if popen else None,
+            rows.append({"name": child.spec.name, "state": child.state.value, "pid": popen.pid if popen else None,
                          "restarts": child.restarts, "last_exit": child.last_exit,
-                         "url": url_of(child) if child.state == "running" else None, "error": child.error,
+                         "url": url_of(child) if child.state == ServiceState.RUNNING else None, "error": child.error,
                          "next_try": self._next_try(child)})
         return rows
 
@@ -657,7 +628,7 @@ def run_supervisor(specs: list[Spec], settings: Settings, *, printer: Callable[.
 
 def daemon_main() -> int:
     """Entry of a detached supervisor: `python -m servicefactory.supervisor SPEC_JSON`."""
-    ready = os.environ.pop(_notify.READY_FD_ENV, None)
+    ready = os.environ.pop(READY_FD_ENV, None)
     ready_fd = int(ready) if ready and ready.isdigit() else None
     config = json.loads(sys.argv[1])
     specs = [Spec(**spec) for spec in config["specs"]]
@@ -668,8 +639,8 @@ def daemon_main() -> int:
         return run_supervisor(specs, settings, ready_fd=ready_fd)
     except ServiceFactoryError as exc:
         if ready_fd is not None:
-            os.write(ready_fd, json.dumps({"ready": False, "error": str(exc), "type": type(exc).__name__,
-                                           "exit_code": exc.exit_code}).encode() + b"\n")
+            os.write(ready_fd, to_line(StartupReport(ready=False, error=str(exc), type=type(exc).__name__,
+                                                     exit_code=exc.exit_code)))
         logger.error("%s", exc)
         return exc.exit_code
 

@@ -277,6 +277,19 @@ def test_the_host_allow_list_holds_only_literal_loopback_addresses_and_localhost
             assert exchange(port, request)[0] == 200, good
 
 
+def test_an_absolute_form_target_is_judged_by_its_own_host_not_the_host_header():
+    """RFC 9112 3.2.2: the authority of `POST http://evil/action` replaces Host, so it gets the 403."""
+    with running(Guarded()) as service:
+        port = port_of(service)
+        for target in ("http://evil.example/action", f"http://evil.example:{port}/action?x=1",
+                       "http://user@127.0.0.1/action"):
+            status = exchange(port, raw_post(target, b"1"))[0]
+            assert status in (400, 403), (target, status)
+        assert service.calls == []
+        assert exchange(port, raw_post(f"http://127.0.0.1:{port}/action", b"2"))[0] == 200
+        assert service.calls == [2]
+
+
 @pytest.fixture
 def private_namespace(tmp_path: Path) -> Iterator[str]:
     """A network namespace with a private address 10.77.0.1, and an /etc/hosts pointing
@@ -334,7 +347,7 @@ def test_a_host_that_does_not_resolve_is_a_startup_error_not_a_request_for_a_tok
 # -- tokens: strength, 401 closes, throttling ----------------------------------------------
 
 @pytest.mark.parametrize("weak", ["1234", "s3cret-token", "a" * 64, "ab" * 40, "0123456789abcdef0123",
-                                  "password-password-password-password"])
+                                  "password-password-password-password", "0123456789abcdef" * 2])
 def test_a_weak_token_is_refused_at_start_naming_the_command_that_makes_one(weak, monkeypatch):
     monkeypatch.setenv("SERVICEFACTORY_TOKEN", weak)
 

@@ -293,11 +293,14 @@ class Pinger(Service.base):
 """ + PING
 
 
-def _stopped_stays_down(sf: SF, name: str, pid: int) -> None:
+def _stopped_stays_down(sf: SF, name: str, pid: int, watch: float = 0.0) -> None:
+    """Stop `name`; it is down at once and stays down. `watch`: seconds to watch for a restart
+    that must not come (one real test does; tests/test_policy.py proves the rule without waiting:
+    an exit asked for is STOPPED, and nothing moves a STOPPED service but a start request)."""
     result = sf("stop", name, "--timeout", "3")
     assert result.returncode == 0, result.stderr
     assert gone(pid)
-    time.sleep(2)
+    time.sleep(watch)
     row = sf.row(name)
     assert row is None or (row["state"] in ("stopped", "stale") and row["pid"] is None), row
     assert sf.service_processes(name) == []
@@ -309,7 +312,7 @@ def test_stopping_a_supervised_service_is_not_undone_and_restart_brings_it_back(
     sf.daemon("pinger", "--restart", "always", "--backoff", "0.1")
     pid = json.loads(sf("perform", "Pinger", "ping").stdout)
 
-    _stopped_stays_down(sf, "Pinger", pid)
+    _stopped_stays_down(sf, "Pinger", pid, watch=2.0)
 
     restarted = sf("restart", "Pinger", "--timeout", "3")
     assert restarted.returncode == 0, f"restart Pinger exited {restarted.returncode}: {restarted.stderr}"
@@ -436,9 +439,10 @@ class {name}(Service.base):
 """
 
 
-def _left_down_without_restart(sf: SF, name: str, policy: str) -> None:
+def _left_down_without_restart(sf: SF, name: str, policy: str, watch: float = 0.0) -> None:
+    """`watch`: seconds to watch for a restart that must not come (test_policy.py proves the rule)."""
     wait_until(lambda: (sf.row(name) or {}).get("state") == "failed", timeout=10, message=f"{name} failed")
-    time.sleep(1.0)  # a restart (0.1 s backoff) would have happened by now
+    time.sleep(watch)  # a restart (0.1 s backoff) would have happened within it
     row = sf.row(name)
     assert (row["state"], row["restarts"], row["last_exit"]) == ("failed", 0, 3), row
     log = sf.log(name)
@@ -450,7 +454,7 @@ def _left_down_without_restart(sf: SF, name: str, policy: str) -> None:
 def test_restart_no_leaves_a_crashed_service_failed(sf):
     sf.write("once.py", CRASH_AFTER_READY.format(decorator="", name="Once"))
     sf.daemon("once", "--restart", "no", "--backoff", "0.1")
-    _left_down_without_restart(sf, "Once", "no")
+    _left_down_without_restart(sf, "Once", "no", watch=1.0)
 
 
 def test_a_class_policy_of_restart_no_is_honoured_without_a_restart_flag(sf):
