@@ -7,7 +7,8 @@ and in memory, is queued on it. The worker runs the app and writes the answer wi
 the client does not take at once goes back to the selector to write. After answering, a worker
 keeps the connection for a moment in case the next request follows at once (the common case for a
 keep-alive client), which saves two thread hand-offs per call, but only while no other connection
-waits for a worker: pipelined requests are served one per connection per turn.
+waits for a worker: a request queued with every worker busy, or a stop, ends a linger at once, and
+pipelined requests are served one per connection per turn.
 
 `stop()` drains: it stops accepting, lets running requests finish, answers every request already
 received but not started with `503` + `Connection: close` (contract C3), and closes idle
@@ -105,6 +106,12 @@ class Server:
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
+        # readable while a job waits with every worker busy, or on stop: a lingering worker polls
+        # it next to its connection, so a linger never delays another client's request nor a stop
+        self._break_read, self._break_write = os.pipe()
+        os.set_blocking(self._break_read, False)
+        os.set_blocking(self._break_write, False)
+        self._break_pending = False
         self._selector_thread: threading.Thread | None = None
         self._closed = False
 
@@ -128,6 +135,8 @@ class Server:
         self._stop_deadline = deadline
         self._stopping.set()
         self._wake()
+        with self._lock:
+            self._break_lingers()
         own = 1 if threading.current_thread() in self._workers else 0  # stop() called by a handler
         with self._lock:
             while (self._busy > own or self._jobs) and time.monotonic() < deadline:
@@ -155,7 +164,7 @@ class Server:
     def _close_pipes(self) -> None:
         if not self._closed:
             self._closed = True
-            for fd in (self._wake_read, self._wake_write):
+            for fd in (self._wake_read, self._wake_write, self._break_read, self._break_write):
                 try:
                     os.close(fd)
                 except OSError:
@@ -188,12 +197,24 @@ class Server:
         with self._lock:
             self._jobs.append(conn)
             # more jobs waiting than idle workers to take them: grow the pool (up to its bound)
-            if len(self._jobs) > self._idle_workers and len(self._workers) < self.max_workers:
-                worker = threading.Thread(target=self._work, name=f"servicefactory-worker-{len(self._workers)}",
-                                          daemon=True)
-                self._workers.append(worker)
-                worker.start()
+            if len(self._jobs) > self._idle_workers:
+                if len(self._workers) < self.max_workers:
+                    worker = threading.Thread(target=self._work, name=f"servicefactory-worker-{len(self._workers)}",
+                                              daemon=True)
+                    self._workers.append(worker)
+                    worker.start()
+                else:
+                    self._break_lingers()  # every worker is busy: those lingering let go at once
             self._jobs_ready.notify()
+
+    def _break_lingers(self) -> None:
+        # called with the lock held; the byte stays until the job queue is empty again
+        if not self._break_pending and not self._closed:
+            self._break_pending = True
+            try:
+                os.write(self._break_write, b"x")
+            except OSError:
+                pass
 
     def _hand_back(self, conn: Connection) -> None:
         """Give a connection back to the selector (to wait, to be written to, or to be closed)."""
@@ -211,6 +232,7 @@ class Server:
 
     def _work(self) -> None:
         poller = select.poll()
+        poller.register(self._break_read, select.POLLIN)
         while True:
             with self._lock:
                 while not self._jobs:
@@ -221,6 +243,12 @@ class Server:
                 if conn is None:
                     return
                 self._busy += 1
+                if self._break_pending and not self._jobs and not self._stopping.is_set():
+                    self._break_pending = False  # the queue is served: lingering may resume
+                    try:
+                        os.read(self._break_read, 64)
+                    except OSError:
+                        pass
             try:
                 self._serve(conn, poller)
             except BaseException:  # a request, even one whose handler called sys.exit, never kills a worker
@@ -282,13 +310,14 @@ class Server:
                 return
             if requests or reader.pending is not None:
                 continue
-            if self.linger and not self._jobs and not self._draining.is_set() and not reader.needs_continue():
+            if (self.linger and not self._jobs and not self._break_pending and not self._stopping.is_set()
+                    and not reader.needs_continue()):
                 poller.register(conn.fd, select.POLLIN)
                 try:
                     ready = poller.poll(self.linger * 1000)
                 finally:
                     poller.unregister(conn.fd)
-                if ready:
+                if len(ready) == 1 and ready[0][0] == conn.fd:  # not a break: this client, at once
                     try:
                         data = sock.recv(65536)
                     except self._would_block:  # TLS: only part of a record is here
