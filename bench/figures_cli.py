@@ -114,7 +114,7 @@ def figure_3(workdir: Path, sizes: Sizes) -> FigureResult:
     row = Row("cold `servicefactory perform`", fmt_seconds(medians["servicefactory_perform"]),
               f"python -c pass {fmt_seconds(base)}; supervisorctl status {fmt_seconds(medians['supervisorctl_status'])} "
               f"({fmt_ratio(ratio(medians['supervisorctl_status'], base))})",
-              f"{fmt_ratio(ours)} python -c pass", "<= 5x python -c pass", ours <= 5.0)
+              f"{fmt_ratio(ours)} python -c pass", "<= 3x python -c pass", ours <= 3.0)
     return FigureResult([row], {"runs": sizes.cold_runs, "median_s": medians, "times_s": times,
                                 "ratio_to_python": ours})
 
