@@ -116,9 +116,16 @@ def _reap_adopted() -> None:
         return
     import gc
 
-    # a child that a subprocess.Popen (or multiprocessing) object waits for is not ours to reap
+    # a child that a subprocess.Popen (or multiprocessing) object waits for is not ours to reap.
+    # Only the zombies listed above are candidates: each was forked before this scan, so its Popen
+    # (made before the fork) is seen by it; a child forked since (and exited at once) is not ours
     owned = {getattr(obj, "pid", None) for obj in gc.get_objects() if type(obj).__name__ == "Popen"}
-    _reaper.reap_children(exclude=owned)
+    for pid in zombies:
+        if pid not in owned:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
 
 
 def end_tree() -> None:
