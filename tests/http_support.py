@@ -114,3 +114,16 @@ def framed_by_httptools(data: bytes) -> int:
     except (httptools.HttpParserError, httptools.HttpParserUpgrade):
         pass
     return Count.complete
+
+
+def timed_health_call(sock: socket.socket) -> float:
+    """Send GET /health on a kept-open connection, read its (empty-bodied) 200; seconds it took."""
+    started = time.perf_counter()
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while not data.endswith(b"\r\n\r\n"):  # the app answers an empty body
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 200 "), data
+    return time.perf_counter() - started

@@ -7,21 +7,9 @@ from __future__ import annotations
 import socket
 import time
 
-from http_support import CountingApp, serving
+from http_support import CountingApp, serving, timed_health_call
 
 LINGER = 3.0  # far above every bound below
-
-
-def _call(sock: socket.socket) -> float:
-    started = time.perf_counter()
-    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-    data = b""
-    while not data.endswith(b"\r\n\r\n"):  # the app answers an empty body
-        chunk = sock.recv(65536)
-        assert chunk, "the server closed the connection"
-        data += chunk
-    assert data.startswith(b"HTTP/1.1 200 "), data
-    return time.perf_counter() - started
 
 
 def test_the_linger_serves_the_next_request_on_its_connection() -> None:
@@ -29,7 +17,7 @@ def test_the_linger_serves_the_next_request_on_its_connection() -> None:
     with serving(app, max_workers=1, linger=LINGER) as server:
         with socket.create_connection((server.host, server.port), timeout=10) as sock:
             for _ in range(20):
-                _call(sock)
+                timed_health_call(sock)
     assert len(app.seen) == 20
 
 
@@ -38,10 +26,10 @@ def test_a_request_queued_with_every_worker_busy_ends_the_linger_at_once() -> No
     with serving(app, max_workers=1, linger=LINGER) as server:
         with socket.create_connection((server.host, server.port), timeout=10) as first, \
                 socket.create_connection((server.host, server.port), timeout=10) as second:
-            _call(first)  # the only worker now lingers on `first`
-            waited = _call(second)
+            timed_health_call(first)  # the only worker now lingers on `first`
+            waited = timed_health_call(second)
             assert waited < 1.0, f"the second client waited {waited:.2f} s behind a linger"
-            _call(first)  # and the first client is still served, through the selector
+            timed_health_call(first)  # and the first client is still served, through the selector
     assert len(app.seen) == 3
 
 
@@ -49,7 +37,7 @@ def test_stop_ends_the_linger_at_once() -> None:
     app = CountingApp()
     with serving(app, max_workers=1, linger=LINGER) as server:
         with socket.create_connection((server.host, server.port), timeout=10) as sock:
-            _call(sock)  # the worker now lingers on this connection
+            timed_health_call(sock)  # the worker now lingers on this connection
             started = time.monotonic()
             server.stop(timeout=5.0)
             took = time.monotonic() - started

@@ -7,23 +7,11 @@ import subprocess
 import sys
 import time
 
-from http_support import CountingApp, serving
+from http_support import CountingApp, serving, timed_health_call
 
 from conftest import wait_until
 
 WORKERS = 16  # the default pool: the issue starved exactly this many
-
-
-def _call(sock: socket.socket) -> float:
-    started = time.perf_counter()
-    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-    data = b""
-    while not data.endswith(b"\r\n\r\n"):  # the app answers an empty body
-        chunk = sock.recv(65536)
-        assert chunk, "the server closed the well-behaved client's connection"
-        data += chunk
-    assert data.startswith(b"HTTP/1.1 200 "), data
-    return time.perf_counter() - started
 
 
 def _p99(latencies: list[float]) -> float:
@@ -47,8 +35,8 @@ def test_heads_waiting_for_their_bodies_hold_no_worker_and_calls_stay_fast():
                     hogs.append(sock)
             time.sleep(0.2)  # every hog is read and parsed
             with socket.create_connection(address, timeout=5) as client:
-                _call(client)
-                latencies = [_call(client) for _ in range(300)]
+                timed_health_call(client)
+                latencies = [timed_health_call(client) for _ in range(300)]
             assert _p99(latencies) < 0.050, f"p99 {_p99(latencies) * 1000:.1f} ms"
             assert [path for _, path, _ in app.seen] == ["/health"] * 301
             # the Expect heads got their 100 Continue from the selector, and no answer beyond it
@@ -85,7 +73,7 @@ def test_a_client_that_never_reads_its_answers_holds_no_worker():
                 stuck.append(sock)
             time.sleep(0.3)
             with socket.create_connection(address, timeout=5) as client:
-                latencies = [_call(client) for _ in range(20)]
+                latencies = [timed_health_call(client) for _ in range(20)]
             assert max(latencies) < 0.5, latencies
             # and the non-reader still gets its whole answer when it reads at last
             stuck[0].settimeout(10)
@@ -129,7 +117,7 @@ def test_a_pipelined_flood_from_16_clients_does_not_delay_another_clients_calls(
         try:
             wait_until(lambda: len(app.seen) > 1000, timeout=20, message="the flood to be under way")
             with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
-                latencies = [_call(client) for _ in range(50)]
+                latencies = [timed_health_call(client) for _ in range(50)]
             # 0.2.0 made such a call wait 6.4 s; one request per connection per turn keeps it short
             assert max(latencies) < 1.0, f"max {max(latencies) * 1000:.0f} ms"
         finally:
