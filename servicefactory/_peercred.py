@@ -10,7 +10,6 @@ netlink is unavailable.
 from __future__ import annotations
 
 import atexit
-import os
 import socket
 import struct
 import threading
@@ -149,8 +148,3 @@ def _proc_address(packed: bytes, port: int) -> bytes:
     # the kernel prints each 32-bit word of the address in host byte order
     words = struct.unpack(f"={len(packed) // 4}I", packed)
     return ("".join(f"{word:08X}" for word in words) + f":{port:04X}").encode()
-
-
-def own_uids() -> frozenset[int]:
-    """The uids a service lets call it without a token: its own, and root."""
-    return frozenset({os.geteuid(), 0})

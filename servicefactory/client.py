@@ -187,11 +187,6 @@ def _owner_is_dead(record: Any) -> bool:
     return is_dead(record)
 
 
-def forget(name: str, registry: Any = None) -> None:
-    """Drop the cached address of `name`: the next call reads the registry again."""
-    _addresses.pop((_registry_key(registry if registry is not None else _default_registry()), name), None)
-
-
 def _token(registry: Any) -> str | None:
     key = _registry_key(registry)
     if key not in _tokens:

@@ -1,7 +1,6 @@
 """What the CLI does to running services, as library calls: stop, restart, status."""
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
