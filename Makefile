@@ -30,7 +30,7 @@ run: $(BASE_STAMP)
 
 ## make test: set up and run the whole test suite
 test: $(STAMP)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 4
 
 ## make bench: measure against the peers (installs the bench extra)
 bench: $(STAMP)
