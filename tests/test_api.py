@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import exchange
+from support import exchange
 from servicefactory import Service, client
 from servicefactory.testing import running
 

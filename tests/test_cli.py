@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -22,9 +21,9 @@ from typing import Iterator
 import pytest
 from click.testing import CliRunner
 
-from conftest import PYTHON, wait_until
+from support import PYTHON, RUNNING_LINE, Cli, alive, processes_using, wait_until
 from servicefactory import __version__
-from servicefactory.state import LocalRegistry, process_start_time
+from servicefactory.state import LocalRegistry
 
 try:
     from servicefactory.cli.main import cli as click_cli
@@ -32,10 +31,7 @@ except ModuleNotFoundError:  # `servicefactory` imported from the source tree, w
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from cli.main import cli as click_cli
 
-SCRIPT = Path(sys.executable).with_name("servicefactory")
-COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [PYTHON, "-m", "servicefactory"]
 COMMANDS = ["run", "perform", "stop", "status", "logs", "restart", "list"]
-RUNNING_LINE = re.compile(r"^(?P<name>\S+) running \(pid (?P<pid>\d+), (?P<url>http://127\.0\.0\.1:\d+)\)$")
 
 # A service with an API on a free port: echo, a failing action, a slow one, and self-inspection.
 SERVICES = '''
@@ -135,111 +131,11 @@ if __name__ == "__main__":
 
 # -- helpers -----------------------------------------------------------------------------------
 
-def alive(pid: int) -> bool:
-    """Whether `pid` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            state = handle.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
-
-
-def processes_using(home: Path, marker: bytes = b"") -> list[int]:
-    """Live processes (other than this one) whose environment points at `home`, optionally whose command line has `marker`."""
-    needle = b"\0SERVICEFACTORY_HOME=" + str(home).encode() + b"\0"
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if needle in b"\0" + environ and marker in cmdline and alive(int(entry)):
-            found.append(int(entry))
-    return found
-
-
-def service_processes(home: Path) -> list[int]:
-    """The supervised service processes (servicefactory._child) using `home`."""
-    return processes_using(home, b"servicefactory._child")
-
-
-class Cli:
-    """Runs the real `servicefactory` command in `cwd` with its own state directory `home`."""
-
-    def __init__(self, cwd: Path, home: Path) -> None:
-        self.cwd = cwd
-        self.home = home
-
-    @property
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ, SERVICEFACTORY_HOME=str(self.home))
-        env.pop("PYTHONPATH", None)  # the current directory must be importable on its own
-        env.pop("SERVICEFACTORY_TOKEN", None)
-        return env
-
-    def write(self, name: str, text: str) -> Path:
-        path = self.cwd / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text))
-        return path
-
-    def __call__(self, *args: str, input: str | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess:
-        return subprocess.run([*COMMAND, *args], cwd=self.cwd, env=self.env, input=input, capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL if input is None else None)
-
-    def popen(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([*COMMAND, *args], cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def start(self, *args: str) -> dict[str, int | str]:
-        """`run ARGS --daemon`, which must succeed; the one service's name, pid and url."""
-        result = self("run", *args, "--daemon")
-        assert result.returncode == 0, result.stdout + result.stderr
-        match = RUNNING_LINE.match(result.stdout.strip())
-        assert match, result.stdout
-        return {"name": match["name"], "pid": int(match["pid"]), "url": match["url"]}
-
-    def status_rows(self, *args: str) -> list[dict]:
-        result = self("status", "--json", *args)
-        return json.loads(result.stdout)
-
-    def shutdown(self) -> None:
-        """Stop everything started with this state directory; SIGKILL whatever outlives the deadline."""
-        try:
-            self("stop", "--all", "--timeout", "3", timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        registry = LocalRegistry(self.home)
-        suspects = set(processes_using(self.home))
-        for record in registry.records():
-            started = process_start_time(record.pid) if record.pid else None
-            if started is not None and abs(started - record.create_time) <= 1.0:
-                suspects.add(record.pid)  # verified against its start time: not a reused pid
-        deadline = time.monotonic() + 3
-        while any(alive(pid) for pid in suspects) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for pid in suspects:
-            if alive(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        deadline = time.monotonic() + 5
-        while any(alive(pid) for pid in suspects) and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-
 @pytest.fixture
-def sf(tmp_path: Path, sf_home: Path, spawn) -> Iterator[Cli]:
-    """The CLI in this test's directory and state directory; everything it started is stopped at teardown."""
-    cli = Cli(tmp_path, sf_home)
-    cli.write("svc.py", SERVICES)
-    yield cli
-    cli.shutdown()
+def sf(sf: Cli) -> Cli:
+    """The shared CLI fixture, with this file's services written into the test's directory."""
+    sf.write("svc.py", SERVICES)
+    return sf
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +195,7 @@ def test_running_a_module_runs_only_the_services_it_defines_not_the_ones_it_impo
     result = sf("run", "importer", "--daemon")
     assert result.returncode == 0, result.stderr
     assert [RUNNING_LINE.match(line)["name"] for line in result.stdout.splitlines()] == ["Gamma"]
-    assert [row["name"] for row in sf.status_rows()] == ["Gamma"]
+    assert [row["name"] for row in sf.status()] == ["Gamma"]
     assert json.loads(sf("perform", "Gamma", "hello").stdout) == "gamma"
 
 
@@ -316,7 +212,7 @@ def test_two_services_from_one_module_both_run_and_answer(sf: Cli):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert sorted(RUNNING_LINE.match(line)["name"] for line in lines) == ["Alpha", "Beta"]
-    rows = {row["name"]: row for row in sf.status_rows()}
+    rows = {row["name"]: row for row in sf.status()}
     assert rows["Alpha"]["state"] == rows["Beta"]["state"] == "running"
     assert json.loads(sf("perform", "Alpha", "hello").stdout) == "alpha"
     assert json.loads(sf("perform", "Beta", "hello").stdout) == "beta"
@@ -431,7 +327,7 @@ def test_run_daemon_on_a_port_already_taken_fails_with_the_services_error_and_no
     assert result.returncode != 0
     assert "already in use" in result.stderr and str(port) in result.stderr, result.stderr
     assert not (sf.home / "Echo.pid").exists()
-    assert service_processes(sf.home) == []
+    assert processes_using(sf.home, b"servicefactory._child") == []
 
 
 def test_run_daemon_of_a_service_whose_init_raises_fails_with_its_error_and_no_pidfile(sf: Cli):
@@ -447,7 +343,7 @@ def test_run_daemon_of_a_service_whose_init_raises_fails_with_its_error_and_no_p
     assert result.returncode != 0
     assert "no database here" in result.stderr, result.stderr
     assert not (sf.home / "BadInit.pid").exists()
-    assert service_processes(sf.home) == []
+    assert processes_using(sf.home, b"servicefactory._child") == []
 
 
 def test_a_second_run_of_a_running_name_is_refused_and_the_first_keeps_running(sf: Cli):
@@ -457,8 +353,8 @@ def test_a_second_run_of_a_running_name_is_refused_and_the_first_keeps_running(s
     assert "already running" in result.stderr
     assert result.stderr.startswith("error:")
     assert json.loads(sf("perform", "Echo", "echo", '"still here"').stdout) == "still here"
-    assert sf.status_rows("Echo")[0]["pid"] == service["pid"]
-    assert service_processes(sf.home) == [service["pid"]]
+    assert sf.status("Echo")[0]["pid"] == service["pid"]
+    assert processes_using(sf.home, b"servicefactory._child") == [service["pid"]]
 
 
 def test_two_concurrent_runs_of_one_name_start_exactly_one_service(sf: Cli):
@@ -472,7 +368,7 @@ def test_two_concurrent_runs_of_one_name_start_exactly_one_service(sf: Cli):
     assert len(winners) == 1 and len(losers) == 1, outcomes
     code, _, stderr = losers[0]
     assert code == 9 or "already" in stderr, outcomes
-    assert len(service_processes(sf.home)) == 1
+    assert len(processes_using(sf.home, b"servicefactory._child")) == 1
     assert json.loads(sf("perform", "Echo", "echo", '"one"').stdout) == "one"
 
 
@@ -567,7 +463,7 @@ def test_stop_all_stops_every_service_of_every_supervisor(sf: Cli):
     sf.write("two.py", TWO)
     assert sf("run", "two", "--daemon").returncode == 0
     echo = sf.start("svc:Echo")
-    assert len(service_processes(sf.home)) == 3
+    assert len(processes_using(sf.home, b"servicefactory._child")) == 3
     result = sf("stop", "--all")
     assert result.returncode == 0, result.stderr
     for name in ("Alpha", "Beta", "Echo"):
@@ -651,7 +547,7 @@ def test_a_standalone_service_killed_with_sigkill_shows_stale_and_can_run_again(
 
 def test_killing_a_supervisors_process_group_leaves_the_service_stale_or_gone_and_it_can_run_again(sf: Cli):
     service = sf.start("svc:Echo")
-    rows = {row["name"]: row for row in sf.status_rows("--all")}
+    rows = {row["name"]: row for row in sf.status("--all")}
     supervisor = rows["Echo"]["supervisor"]
     assert supervisor and supervisor.startswith("_supervisor-")
     supervisor_pid = rows[supervisor]["pid"]
@@ -659,7 +555,7 @@ def test_killing_a_supervisors_process_group_leaves_the_service_stale_or_gone_an
     os.killpg(supervisor_pid, signal.SIGKILL)
     wait_until(lambda: not alive(supervisor_pid) and not alive(service["pid"]), timeout=10,
                message="the supervisor and its service to be gone")
-    (row,) = sf.status_rows("Echo")
+    (row,) = sf.status("Echo")
     assert row["state"] in ("stale", "stopped")
     again = sf.start("svc:Echo")
     assert again["pid"] != service["pid"]
@@ -690,7 +586,7 @@ def test_restart_brings_the_service_back_with_a_new_pid_and_it_answers(sf: Cli):
     new_pid = int(match["pid"])
     assert new_pid != service["pid"]
     assert not alive(service["pid"])
-    assert sf.status_rows("Echo")[0]["pid"] == new_pid
+    assert sf.status("Echo")[0]["pid"] == new_pid
     assert json.loads(sf("perform", "Echo", "echo", '"restarted"').stdout) == "restarted"
 
 

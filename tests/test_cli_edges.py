@@ -8,9 +8,10 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
+
+from support import MODULE_COMMAND, Cli
 
 from servicefactory import InvalidData, client
 
@@ -43,8 +44,7 @@ class Worker(Service.base):
 """
 
 
-def sf(*args: str, cwd: Path, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(CLI + list(args), cwd=cwd, capture_output=True, text=True, input=input, timeout=timeout)
+sf = Cli(command=MODULE_COMMAND, timeout=60)  # the CLI as a user runs it; a hang fails the test, not the suite
 
 
 @pytest.fixture

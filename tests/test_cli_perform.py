@@ -10,22 +10,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import PYTHON, wait_until
+from support import COMMAND, PYTHON, SCRIPT, Cli, wait_until
 from servicefactory.cli import fast
 from servicefactory.cli.main import cli as click_cli
 
-SCRIPT = Path(sys.executable).with_name("servicefactory")
-COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [PYTHON, "-m", "servicefactory"]
 
 ECHO = '''
 from servicefactory import Service
@@ -67,10 +63,7 @@ class Gated(Service.base):
 '''
 
 
-def sf(*args: str, cwd: Path, input: str | bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    """The installed console script, as a user runs it."""
-    return subprocess.run(COMMAND + list(args), cwd=cwd, capture_output=True, input=input, timeout=timeout,
-                          text=not isinstance(input, bytes))
+sf = Cli(command=COMMAND, timeout=60)  # the CLI as a user runs it; a hang fails the test, not the suite
 
 
 def click_result(args: list[str]):

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 import servicefactory
-from conftest import PYTHON, free_port, wait_until
+from support import PYTHON, free_port, wait_until
 from servicefactory import (ActionFailed, InvalidData, Service, ServiceFactoryError, ServiceNotRunning,
                             ProtocolError, ServiceTimeout, UnknownAction, client)
 from servicefactory.registry import ServiceRecord

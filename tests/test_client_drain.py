@@ -7,21 +7,16 @@ run, and no call ends in `ProtocolError` ("may or may not have run").
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from conftest import wait_until
+from support import wait_until
 from servicefactory import ProtocolError, ServiceNotRunning, client
 from servicefactory.state import LocalRegistry
 
-CLI = [sys.executable, "-m", "servicefactory"]
 THREADS = 4
 RESTARTS = 20
 
@@ -49,19 +44,14 @@ class Counter(Service.base):
 '''
 
 
-def cli(tmp_path: Path, sf_home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SERVICEFACTORY_HOME=str(sf_home))
-    return subprocess.run([*CLI, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
-
-
 # The server's drain answers 503 on kept connections; what still fails, a few calls per 20 restarts,
 # are new connections the kernel completed in the listener's backlog, reset when the drain closes
 # the listening socket: the server should accept them first (then they get 503 like the others).
 @pytest.mark.timeout(300)  # 20 restarts take ~20 s; a loaded machine may take several times that
-def test_calls_through_twenty_restarts_either_ran_once_or_were_refused_and_did_not_run(tmp_path, sf_home):
+def test_calls_through_twenty_restarts_either_ran_once_or_were_refused_and_did_not_run(sf, tmp_path, sf_home):
     runs_file = tmp_path / "runs.txt"
     (tmp_path / "counter.py").write_text(SERVICE.format(runs=str(runs_file)))
-    started = cli(tmp_path, sf_home, "run", "counter:Counter", "--daemon")
+    started = sf("run", "counter:Counter", "--daemon")
     assert started.returncode == 0, started.stdout + started.stderr
     registry = LocalRegistry(sf_home)
     outcomes: dict[str, str] = {}
@@ -93,7 +83,7 @@ def test_calls_through_twenty_restarts_either_ran_once_or_were_refused_and_did_n
             thread.start()
         for _ in range(RESTARTS):
             time.sleep(0.15)
-            restarted = cli(tmp_path, sf_home, "restart", "Counter")
+            restarted = sf("restart", "Counter")
             assert restarted.returncode == 0, restarted.stdout + restarted.stderr
             record = wait_until(lambda: (lambda r: r if r and r.pid not in pids and r.port else None)(
                 registry.lookup("Counter")), timeout=15, message="Counter back with a new pid")
@@ -103,7 +93,7 @@ def test_calls_through_twenty_restarts_either_ran_once_or_were_refused_and_did_n
         stop.set()
         for thread in threads:
             thread.join(15)
-        cli(tmp_path, sf_home, "stop", "Counter")
+        sf("stop", "Counter")
     assert len(pids) == RESTARTS + 1
     ran = Counter(runs_file.read_text().split())
     tally = Counter(outcomes.values())

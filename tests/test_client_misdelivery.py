@@ -8,18 +8,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import PYTHON, exchange, free_port, wait_until
+from support import PYTHON, exchange, free_port, wait_until
 from servicefactory import ServiceNotRunning, client
 from servicefactory.state import LocalRegistry
 
-CLI = [sys.executable, "-m", "servicefactory"]
 
 # Each service appends one line per run of `action` to runs-<its name>.txt in the current directory.
 SERVICES = '''
@@ -60,11 +57,6 @@ def runs(directory: Path, name: str) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def cli(tmp_path: Path, sf_home: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SERVICEFACTORY_HOME=str(sf_home))
-    return subprocess.run([*CLI, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
-
-
 def start(spawn, name: str, port: int | None = None):
     args = [PYTHON, "services.py", name] + ([str(port)] if port is not None else [])
     return spawn(args=args, files={"services.py": SERVICES})
@@ -80,26 +72,26 @@ def kill_9(proc) -> None:
     proc.wait(10)
 
 
-def test_perform_of_a_killed_service_whose_port_another_took_exits_3_and_runs_nothing(spawn, tmp_path, sf_home):
+def test_perform_of_a_killed_service_whose_port_another_took_exits_3_and_runs_nothing(sf, spawn, tmp_path, sf_home):
     """The operator's report: Test killed -9, Other run on Test's port; perform Test must not reach Other."""
     test = start(spawn, "Test")
     port = record_of(sf_home, "Test", test.pid).port
-    assert cli(tmp_path, sf_home, "perform", "Test", "action", '"before"').returncode == 0
+    assert sf("perform", "Test", "action", '"before"').returncode == 0
     kill_9(test)
-    other = cli(tmp_path, sf_home, "run", "services.py:Other", "--port", str(port), "--daemon")
+    other = sf("run", "services.py:Other", "--port", str(port), "--daemon")
     assert other.returncode == 0, other.stdout + other.stderr
     assert f"127.0.0.1:{port}" in other.stdout
     try:
         for action, data in (("action", '"x"'), ("shutdown", None)):
-            result = cli(tmp_path, sf_home, "perform", "Test", action, *([data] if data else []))
+            result = sf("perform", "Test", action, *([data] if data else []))
             assert result.returncode == 3, (action, result.stdout, result.stderr)
             assert "Test" in result.stderr and "Traceback" not in result.stderr
         assert runs(tmp_path, "Other") == []
         # Other was neither run nor shut down: it still answers its own name
-        assert json.loads(cli(tmp_path, sf_home, "perform", "Other", "action", '"mine"').stdout) > 0
+        assert json.loads(sf("perform", "Other", "action", '"mine"').stdout) > 0
         assert len(runs(tmp_path, "Other")) == 1
     finally:
-        cli(tmp_path, sf_home, "stop", "Other")
+        sf("stop", "Other")
     assert runs(tmp_path, "Test") == [f"{test.pid} before"]
 
 

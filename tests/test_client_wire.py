@@ -216,7 +216,7 @@ def test_the_cli_reports_an_8_mib_body_as_over_the_limit_with_exit_2(spawn, tmp_
     import subprocess
     import sys
 
-    from conftest import PYTHON, wait_until
+    from support import PYTHON, wait_until
     from servicefactory.state import LocalRegistry
 
     script = ("from servicefactory import Service\n"

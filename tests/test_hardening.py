@@ -20,7 +20,7 @@ from servicefactory import Service, TokenRequired, Unauthorized
 from servicefactory.state import LocalRegistry, write_atomically
 from servicefactory.testing import running
 
-from conftest import wait_until
+from support import wait_until
 
 CLI = [sys.executable, "-m", "servicefactory"]
 

@@ -12,7 +12,7 @@ from http_support import read_until_closed, responses, serving
 
 from servicefactory._selector import QUIET
 
-from conftest import wait_until
+from support import wait_until
 
 
 class GatedApp:

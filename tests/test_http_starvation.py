@@ -9,7 +9,7 @@ import time
 
 from http_support import CountingApp, serving, timed_health_call
 
-from conftest import wait_until
+from support import wait_until
 
 WORKERS = 16  # the default pool: the issue starved exactly this many
 

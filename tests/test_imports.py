@@ -14,7 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import wait_until
+from support import wait_until
 
 # every module `servicefactory perform` may import, beyond a bare interpreter's own
 PERFORM_MAY_IMPORT = {

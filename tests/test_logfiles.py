@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import wait_until
+from support import wait_until
 from servicefactory.logfiles import RotatingLog, follow, tail
 
 

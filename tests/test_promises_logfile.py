@@ -4,11 +4,12 @@ refused log file left the name's pidfile behind, so `status` said `stale`)."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from support import MODULE_COMMAND, Cli
 
 CLI = [sys.executable, "-m", "servicefactory"]
 
@@ -22,9 +23,7 @@ class Alpha(Service.base):
 """
 
 
-def sf(*args: str, cwd: Path, timeout: float = 30) -> subprocess.CompletedProcess:
-    """The CLI as a user runs it; a hang fails the test instead of the suite."""
-    return subprocess.run(CLI + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+sf = Cli(command=MODULE_COMMAND, timeout=30)  # the CLI as a user runs it; a hang fails the test, not the suite
 
 
 @pytest.mark.parametrize("kind", ["fifo", "symlink"])

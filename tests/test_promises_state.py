@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, wait_until
+from support import MODULE_COMMAND, Cli, free_port, wait_until
 from servicefactory.state import LocalRegistry, process_start_time
 
 CLI = [sys.executable, "-m", "servicefactory"]
@@ -47,10 +47,7 @@ if __name__ == "__main__":
 """
 
 
-def sf(*args: str, cwd: Path, env: dict | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
-    """Run the CLI as a user would; never hangs the suite."""
-    return subprocess.run(CLI + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, **(env or {})))
+sf = Cli(command=MODULE_COMMAND, timeout=90)  # the CLI as a user runs it; a hang fails the test, not the suite
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> None:

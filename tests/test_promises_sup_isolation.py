@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import wait_until
+from support import wait_until
 
 CLI = str(Path(sys.executable).parent / "servicefactory")  # as typed: not `python -m`, which adds the cwd itself
 

@@ -6,14 +6,12 @@
 """
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import subprocess
 import time
 
-from conftest import PYTHON, free_port, wait_until
-from test_supervisor import SF, gone, sf  # noqa: F401  (sf is a fixture)
+from support import PYTHON, free_port, wait_until
 
 GRACEFUL = """
 import sys

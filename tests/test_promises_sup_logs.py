@@ -6,8 +6,7 @@ from __future__ import annotations
 import re
 import time
 
-from conftest import PYTHON, wait_until
-from test_supervisor import SF, sf  # noqa: F401  (sf is a fixture)
+from support import PYTHON, wait_until
 
 TOTAL = 12000
 

@@ -12,8 +12,7 @@ import time
 
 import psutil
 
-from conftest import wait_until
-from test_supervisor import SF, gone, sf, supervisor_pid  # noqa: F401  (sf is a fixture)
+from support import Cli, gone, supervisor_pid, wait_until
 
 STOP_TIMEOUT = 2.0
 
@@ -51,7 +50,7 @@ class Forker(Service.base):
 """
 
 
-def _tree(sf: SF) -> dict[int, str]:
+def _tree(sf: Cli) -> dict[int, str]:
     found = {}
     for process in sf.ours():
         try:
@@ -116,7 +115,7 @@ def test_a_service_killed_under_a_live_supervisor_takes_its_setsid_descendants_a
 
 
 def test_kill_9_of_a_foreground_run_ends_every_service_and_descendant_too(sf, spawn):
-    from conftest import PYTHON
+    from support import PYTHON
 
     proc = spawn(args=[PYTHON, "-m", "servicefactory", "run", "unruly"],
                  files={"unruly.py": UNRULY.format(timeout=STOP_TIMEOUT)})

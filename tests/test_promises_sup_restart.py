@@ -7,8 +7,7 @@ from __future__ import annotations
 import re
 import time
 
-from conftest import wait_until
-from test_supervisor import SF, sf, stamped  # noqa: F401  (sf is a fixture)
+from support import wait_until
 
 NEEDS_DB = """
 import os

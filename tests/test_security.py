@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import PYTHON, exchange
+from support import PYTHON, exchange
 from servicefactory import Service, client
 from servicefactory._guard import MIN_TOKEN_BITS, token_bits
 from servicefactory.errors import StartupError, TokenRequired

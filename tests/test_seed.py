@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, exchange, wait_until
+from support import PYTHON, exchange, wait_until
 from servicefactory.state import LocalRegistry
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ import pytest
 from servicefactory import AddressInUse, Service, ServiceNotRunning, UnknownAction
 from servicefactory.testing import running
 
-from conftest import wait_until
+from support import wait_until
 
 
 @Service.API.endpoint(port=0, server="werkzeug", max_body=1024)

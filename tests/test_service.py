@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import PYTHON, free_port, wait_until
+from support import PYTHON, free_port, wait_until
 from servicefactory import AddressInUse, Service, UnknownAction, client
 from servicefactory.state import LocalRegistry
 from servicefactory.testing import running

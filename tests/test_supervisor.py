@@ -10,146 +10,14 @@ import json
 import os
 import re
 import signal
-import subprocess
-import textwrap
 import time
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psutil
-import pytest
 
-from conftest import PYTHON, wait_until
+from support import PYTHON, Cli, gone, stamped, supervisor_pid, wait_until
 
-STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}) ")
-
-
-class SF:
-    """The servicefactory CLI bound to one test's directory and state home."""
-
-    def __init__(self, cwd: Path, home: Path) -> None:
-        self.cwd = cwd
-        self.home = home
-        self.env = dict(os.environ, SERVICEFACTORY_HOME=str(home), PYTHONUNBUFFERED="1")
-
-    def write(self, name: str, source: str) -> None:
-        (self.cwd / name).write_text(textwrap.dedent(source))
-
-    def __call__(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
-        return subprocess.run([PYTHON, "-m", "servicefactory", *args], cwd=self.cwd, env=self.env,
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
-
-    def daemon(self, *args: str) -> subprocess.CompletedProcess:
-        """`run ARGS --daemon`, which must succeed."""
-        result = self("run", *args, "--daemon")
-        assert result.returncode == 0, f"run {' '.join(args)} --daemon exited {result.returncode}:\n" \
-                                       f"{result.stdout}{result.stderr}"
-        return result
-
-    def status(self, *names: str, all_: bool = False) -> list[dict[str, Any]]:
-        result = self("status", *names, "--json", *(["--all"] if all_ else []))
-        assert result.returncode in (0, 3), result.stderr
-        return json.loads(result.stdout)
-
-    def row(self, name: str) -> dict[str, Any] | None:
-        return next((row for row in self.status() if row["name"] == name), None)
-
-    def log(self, name: str) -> str:
-        path = self.home / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def ours(self) -> list[psutil.Process]:
-        """Every live process started with this test's state home (supervisors, services, followers)."""
-        found = []
-        for process in psutil.process_iter(["pid"]):
-            if process.pid == os.getpid():
-                continue
-            try:
-                if process.environ().get("SERVICEFACTORY_HOME") == str(self.home) and not _zombie(process):
-                    found.append(process)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                pass
-        return found
-
-    def supervisor_processes(self) -> list[psutil.Process]:
-        """The live supervisors (`python -m servicefactory.supervisor SPEC`) of this test."""
-        return [process for process in self.ours() if "servicefactory.supervisor" in _argv(process)]
-
-    def service_processes(self, name: str) -> list[psutil.Process]:
-        """The live service processes of `name` (`python -m servicefactory._child TARGET NAME ...`)."""
-        found = []
-        for process in self.ours():
-            argv = _argv(process)
-            if "servicefactory._child" in argv and argv[argv.index("servicefactory._child") + 2:][:1] == [name]:
-                found.append(process)
-        return found
-
-    def cleanup(self) -> None:
-        try:
-            self("stop", "--all", "--timeout", "3", timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        pids = set()
-        for path in self.home.glob("*.json") if self.home.exists() else []:
-            try:
-                pids.add(int(json.loads(path.read_text())["pid"]))
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
-        pids.update(process.pid for process in self.ours())
-        for pid in pids - {0, os.getpid()}:
-            try:
-                if str(self.home) == psutil.Process(pid).environ().get("SERVICEFACTORY_HOME"):
-                    os.kill(pid, signal.SIGKILL)
-            except (psutil.Error, ProcessLookupError, PermissionError):
-                pass
-
-
-@pytest.fixture
-def sf(tmp_path: Path, sf_home: Path) -> Iterator[SF]:
-    """The CLI for this test; everything it started is stopped (or killed) at teardown."""
-    cli = SF(tmp_path, sf_home)
-    yield cli
-    cli.cleanup()
-
-
-def _argv(process: psutil.Process) -> list[str]:
-    try:
-        return process.cmdline()
-    except psutil.Error:
-        return []
-
-
-def _zombie(process: psutil.Process) -> bool:
-    try:
-        return process.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def gone(pid: int) -> bool:
-    """Whether `pid` has exited (a zombie nobody reaped yet counts as exited)."""
-    if not psutil.pid_exists(pid):
-        return True
-    try:
-        return _zombie(psutil.Process(pid))
-    except psutil.NoSuchProcess:
-        return True
-
-
-def supervisor_pid(record: dict[str, Any]) -> int:
-    assert record["supervisor"] and record["supervisor"].startswith("_supervisor-"), record
-    return int(record["supervisor"].rsplit("-", 1)[1])
-
-
-def stamped(log: str, pattern: str) -> list[float]:
-    """Times (seconds since the epoch) of the log lines matching `pattern`."""
-    times = []
-    for line in log.splitlines():
-        match = STAMP.match(line)
-        if match and re.search(pattern, line):
-            times.append(datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S.%f").timestamp())
-    return times
 
 
 PING = """
@@ -233,7 +101,7 @@ class Flaky(Service.base):
 """ + PING
 
 
-def _crashed_and_back(sf: SF, first_pid: int) -> dict[str, Any]:
+def _crashed_and_back(sf: Cli, first_pid: int) -> dict[str, Any]:
     def back() -> dict[str, Any] | None:
         row = sf.row("Flaky")
         if row and row["state"] == "running" and row["restarts"] >= 1 and row["pid"] not in (None, first_pid):
@@ -293,7 +161,7 @@ class Pinger(Service.base):
 """ + PING
 
 
-def _stopped_stays_down(sf: SF, name: str, pid: int, watch: float = 0.0) -> None:
+def _stopped_stays_down(sf: Cli, name: str, pid: int, watch: float = 0.0) -> None:
     """Stop `name`; it is down at once and stays down. `watch`: seconds to watch for a restart
     that must not come (one real test does; tests/test_policy.py proves the rule without waiting:
     an exit asked for is STOPPED, and nothing moves a STOPPED service but a start request)."""
@@ -439,7 +307,7 @@ class {name}(Service.base):
 """
 
 
-def _left_down_without_restart(sf: SF, name: str, policy: str, watch: float = 0.0) -> None:
+def _left_down_without_restart(sf: Cli, name: str, policy: str, watch: float = 0.0) -> None:
     """`watch`: seconds to watch for a restart that must not come (test_policy.py proves the rule)."""
     wait_until(lambda: (sf.row(name) or {}).get("state") == "failed", timeout=10, message=f"{name} failed")
     time.sleep(watch)  # a restart (0.1 s backoff) would have happened within it

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import PYTHON
+from support import PYTHON
 from servicefactory import Service, client
 from servicefactory.errors import InvalidData, ProtocolError, ServiceNotRunning, ServiceTimeout, StartupError
 from servicefactory.state import LocalRegistry
