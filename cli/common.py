@@ -1,33 +1,57 @@
-"""What every command shares: turning errors into a message and an exit code, the registry."""
+"""What every command shares: the one place that turns errors into a message and an exit code
+(`Group.invoke`, as click's own `Command.main` does for its exceptions), and the registry."""
 from __future__ import annotations
 
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from servicefactory.errors import ServiceFactoryError
 
-
-def fail(error: ServiceFactoryError | str, code: int | None = None) -> NoReturn:
-    """Print `error: ...` on stderr and exit with `code`, else the error's own exit code."""
-    message = str(error)
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code if code is not None else getattr(error, "exit_code", 1))
+if TYPE_CHECKING:
+    from servicefactory.registry import Registry
 
 
-def registry() -> Any:
-    """The local registry (state directory) the commands work on.
+class CommandFailed(ServiceFactoryError):
+    """A command cannot go on: what to say and the exit code (helpers raise it; they never exit)."""
 
-    A relative SERVICEFACTORY_HOME is made absolute here, for this process and every process it
-    starts: a supervisor or a restart started elsewhere must use this very directory.
+    def __init__(self, message: object, exit_code: int = 1) -> None:
+        super().__init__(str(message))
+        self.exit_code = exit_code
+
+
+class Group(click.Group):
+    """The `servicefactory` group: a ServiceFactoryError a command raises is printed as one line
+    (`error: ...`) and ends the process with the error's exit code; nowhere else does either."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command, turning its ServiceFactoryError into its message and exit code."""
+        try:
+            return super().invoke(ctx)
+        except ServiceFactoryError as error:
+            report(error)
+
+
+def report(error: ServiceFactoryError) -> NoReturn:
+    """Print `error: ...` on stderr and exit with the error's exit code."""
+    click.echo(f"error: {error}", err=True)
+    sys.exit(error.exit_code)
+
+
+def registry() -> Registry:
+    """The registry the commands work on ($SERVICEFACTORY_REGISTRY's backend, by default the local
+    state directory).
+
+    What it needs in the environment (a relative SERVICEFACTORY_HOME made absolute) is set here, for
+    this process and every process it starts: a supervisor or a restart started elsewhere must use
+    this very registry.
     """
     import os
 
-    from servicefactory.state import LocalRegistry
-    found = LocalRegistry()
-    if os.environ.get("SERVICEFACTORY_HOME"):
-        os.environ["SERVICEFACTORY_HOME"] = str(found.home)
+    from servicefactory.backends import default_registry
+    found = default_registry()
+    os.environ.update(found.environment())
     return found
 
 

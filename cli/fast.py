@@ -236,10 +236,11 @@ def _call(name: str, action: str, value: object, timeout: float, wait: float | N
 def _state(name: str) -> str:
     """What the registry says of `name` (starting, backoff, failed, ...), for a call that could not be made."""
     from servicefactory import ServiceFactoryError
-    from servicefactory.registry import default_registry
+    from servicefactory.backends import default_registry
+    from servicefactory.registry import state_of
 
     try:
-        state, _ = default_registry().state_of(name)
+        state, _ = state_of(default_registry(), name)
     except (ServiceFactoryError, OSError):
         return "unknown"
     return state

@@ -13,25 +13,34 @@ from typing import Any
 import click
 
 from servicefactory import __version__
+from servicefactory._states import RESTART_POLICIES
 from servicefactory.cli import fast as _fast
-from servicefactory.cli.common import fail as _fail
+from servicefactory.cli.common import CommandFailed, Group
 from servicefactory.cli.common import host_option as _host_option
 from servicefactory.cli.common import registry as _registry
 from servicefactory.errors import ServiceFactoryError
 
-EXIT_CODES = """\b
-Exit codes:
-  0  success                     5  the action failed (remote error on stderr)
-  1  failure (service did not    6  timeout
-     start, loop crashed, ...)   7  unauthorized (token missing or wrong)
-  2  usage: bad arguments,       8  protocol error (not a servicefactory API)
-     bad JSON, bad target        9  already running
-  3  not running                10  state directory unusable
-  4  unknown action
-"""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
+def _exit_codes_help() -> str:
+    """errors.EXIT_CODES in two columns, for the group's help (no `\\b`-block line is rewrapped)."""
+    import textwrap
+
+    from servicefactory.errors import EXIT_CODES
+
+    codes = list(EXIT_CODES.items())
+    half = len(codes) // 2  # the left column: codes 0-4, wrapped; the right one: the rest, a line each
+    left = [line for code, meaning in codes[:half]
+            for line in textwrap.wrap(f"  {code}  {meaning}", 30, subsequent_indent="     ")]
+    right = [f"{code:>2}  {meaning}" for code, meaning in codes[half:]]
+    rows = [f"{a:<32}{b}".rstrip() for a, b in zip(left + [""] * len(right), right + [""] * len(left))]
+    return "\b\nExit codes:\n" + "\n".join(row for row in rows if row.strip()) + "\n"
+
+
+EXIT_CODES = _exit_codes_help()
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(__version__, "--version", "-V", prog_name="servicefactory")
 def cli() -> None:
     """Run, call, supervise and stop servicefactory services.
@@ -58,6 +67,17 @@ class _Seconds(click.FloatRange):
         return number
 
 
+class _Setting(click.Option):
+    """A `run` option whose default is the supervisor Settings field of its name: the Settings own
+    the defaults (read when needed, so that loading the CLI loads no supervisor module)."""
+
+    def get_default(self, ctx: click.Context, call: bool = True) -> Any:
+        """The Settings field's default."""
+        from servicefactory._supervised import Settings
+
+        return getattr(Settings, self.name)
+
+
 SECONDS = _Seconds(min=0)
 SECONDS_FROM_0_1 = _Seconds(min=0.1)
 SECONDS_FROM_0_01 = _Seconds(min=0.01)
@@ -77,22 +97,22 @@ Examples:
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Write the service's output here (one service only).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               help="Level of the services' log output (default INFO).")
-@click.option("--restart", type=click.Choice(["on-failure", "always", "no"]),
+@click.option("--restart", type=click.Choice(RESTART_POLICIES),
               help="Restart policy (default: the class's Service.policy, else on-failure).")
 @click.option("--stop-timeout", type=SECONDS_FROM_0_1, help="Seconds a stop may take before SIGKILL.")
-@click.option("--max-failures", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--max-failures", cls=_Setting, type=click.IntRange(min=1), show_default=True,
               help="Fast failures in a row before a service is left failed.")
-@click.option("--backoff", type=SECONDS_FROM_0_01, default=1.0, show_default=True,
+@click.option("--backoff", cls=_Setting, type=SECONDS_FROM_0_01, show_default=True,
               help="First restart delay in seconds; doubles per fast failure, up to --backoff-max.")
 @click.option("--backoff-max", type=SECONDS_FROM_0_01, default=None,
               help="Longest restart delay in seconds (default: the class's policy, else 60).")
-@click.option("--retry-failed-after", type=SECONDS, default=300.0, show_default=True,
+@click.option("--retry-failed-after", cls=_Setting, type=SECONDS, show_default=True,
               help="Seconds after which a failed service is tried again; 0 leaves it failed.")
-@click.option("--ready-timeout", type=SECONDS_FROM_0_1, default=60.0, show_default=True,
+@click.option("--ready-timeout", cls=_Setting, type=SECONDS_FROM_0_1, show_default=True,
               help="Seconds a service may take to become ready.")
-@click.option("--log-max-bytes", type=click.IntRange(min=1024), default=10 * 1024 * 1024, show_default=True,
+@click.option("--log-max-bytes", cls=_Setting, type=click.IntRange(min=1024), show_default=True,
               help="Rotate a service's log file past this size.")
-@click.option("--log-backups", type=click.IntRange(min=0), default=5, show_default=True,
+@click.option("--log-backups", cls=_Setting, type=click.IntRange(min=0), show_default=True,
               help="Rotated log files kept per service.")
 @click.option("--tls-cert", type=click.Path(dir_okay=False), metavar="FILE",
               help="Serve the API over TLS with this certificate (PEM, with its chain); needs --tls-key.")
@@ -190,26 +210,23 @@ def stop(names: tuple[str, ...], all_: bool, timeout: float | None) -> None:
     from servicefactory import control
 
     if names and all_:
-        _fail("give service names or --all, not both", 2)
+        raise CommandFailed("give service names or --all, not both", 2)
     if not names and not all_:
-        _fail("give the names of the services to stop, or --all", 2)
+        raise CommandFailed("give the names of the services to stop, or --all", 2)
     from servicefactory.state import check_name
 
     registry = _registry()
-    try:
-        for name in names:
-            check_name(name)
-        registry.check_safe()
-        if not registry.home.exists():
-            # nothing can be registered: say so, and what that means if services were started with it
-            for name in names or ["nothing"]:
-                click.echo(f"{name} is not running" if names else "nothing is running", nl=False)
-                click.echo(f" (the state directory {registry.home} does not exist; services started "
-                           f"with it, if it was deleted, keep running but cannot be found)")
-            return
-        outcomes = control.stop_all(timeout, registry) if all_ else _stop_each(names, timeout, registry)
-    except ServiceFactoryError as exc:
-        _fail(exc)
+    for name in names:
+        check_name(name)
+    registry.check_safe()
+    if not registry.exists():
+        # nothing can be registered: say so, and what that means if services were started with it
+        for name in names or ["nothing"]:
+            click.echo(f"{name} is not running" if names else "nothing is running", nl=False)
+            click.echo(f" (the state directory {registry.where} does not exist; services started "
+                       f"with it, if it was deleted, keep running but cannot be found)")
+        return
+    outcomes = control.stop_all(timeout, registry) if all_ else _stop_each(names, timeout, registry)
     if all_ and not outcomes:
         click.echo("nothing is running")
     for outcome in outcomes:
@@ -262,38 +279,37 @@ def restart(names: tuple[str, ...], timeout: float | None) -> None:
     """Restart services: under their supervisor, or stop and run again with every option they were run with."""
     from servicefactory import control
     from servicefactory.errors import ServiceNotRunning
+    from servicefactory.registry import state_of
     from servicefactory.state import check_name
 
     registry = _registry()
     for name in names:
-        try:
-            check_name(name)
-            registry.check_safe()
-            state, record = registry.state_of(name)
-            if record is not None and record.supervisor and state != "stale":
-                # the supervisor answers once the service is ready or failed, bounded by its own
-                # ready timeout: our deadline only guards against a supervisor that hangs
-                limit = timeout if timeout is not None else control.own_timeout(record)
-                request = {"names": [name]} if timeout is None else {"names": [name], "timeout": timeout}
-                rows = control.call_supervisor(record.supervisor, "restart", request, limit + 600, registry)
-                row = rows[0]
-                if row["state"] != "running":
-                    _fail(f"{name} did not come back: {row['state']} ({row.get('error') or 'see its log'})", 1)
-                click.echo(f"{name} running (pid {row['pid']}, {row['url'] or 'no API'})")
-                continue
-            spec = registry.remembered(name) or {}
-            if record is not None and state != "stale":
-                if not record.target or record.target.startswith("__main__:"):
-                    _fail(f"{name} was started as a script ({record.target or 'unknown target'}), not by "
-                          f"`servicefactory run`: restart it the way you started it", 1)
-                if spec.get("target") != record.target:
-                    spec = {"target": record.target, "cwd": None}
-                control.stop(name, timeout, registry)
-            elif not spec:
-                raise ServiceNotRunning(f"{name} is not running and was never run by `servicefactory run` "
-                                        f"in {registry.home}; start it with `servicefactory run`")
-        except ServiceFactoryError as exc:
-            _fail(exc)
+        check_name(name)
+        registry.check_safe()
+        state, record = state_of(registry, name)
+        if record is not None and record.supervisor and state != "stale":
+            # the supervisor answers once the service is ready or failed, bounded by its own
+            # ready timeout: our deadline only guards against a supervisor that hangs
+            limit = timeout if timeout is not None else control.own_timeout(record)
+            request = {"names": [name]} if timeout is None else {"names": [name], "timeout": timeout}
+            rows = control.call_supervisor(record.supervisor, "restart", request, limit + 600, registry)
+            row = rows[0]
+            if row["state"] != "running":
+                raise CommandFailed(f"{name} did not come back: {row['state']} "
+                                    f"({row.get('error') or 'see its log'})", 1)
+            click.echo(f"{name} running (pid {row['pid']}, {row['url'] or 'no API'})")
+            continue
+        spec = registry.remembered(name) or {}
+        if record is not None and state != "stale":
+            if not record.target or record.target.startswith("__main__:"):
+                raise CommandFailed(f"{name} was started as a script ({record.target or 'unknown target'}), "
+                                    f"not by `servicefactory run`: restart it the way you started it", 1)
+            if spec.get("target") != record.target:
+                spec = {"target": record.target, "cwd": None}
+            control.stop(name, timeout, registry)
+        elif not spec:
+            raise ServiceNotRunning(f"{name} is not running and was never run by `servicefactory run` "
+                                    f"in {registry.where}; start it with `servicefactory run`")
         _run_again(name, spec, registry)
 
 
@@ -319,8 +335,8 @@ def _run_again(name: str, spec: dict, registry: Any) -> None:
         if value is not None:
             command += [param.opts[0], str(value)]
     # the directory it was run in, never one a relative SERVICEFACTORY_HOME would resolve to from there
-    env = dict(os.environ, SERVICEFACTORY_HOME=str(registry.home))
-    click.echo(f"starting {name} again as it was last run (state directory {registry.home})", err=True)
+    env = dict(os.environ, **registry.environment())
+    click.echo(f"starting {name} again as it was last run (state directory {registry.where})", err=True)
     cwd = spec.get("cwd") if spec.get("cwd") and os.path.isdir(spec["cwd"]) else None
     code = subprocess.call(command, cwd=cwd, env=env)
     if code:
@@ -346,18 +362,14 @@ def status(names: tuple[str, ...], as_json: bool, all_: bool) -> None:
     from servicefactory.state import check_name
 
     registry = _registry()
-    try:
-        for name in names:
-            check_name(name)
-        if registry.home.exists():
-            registry.check()
-        rows = control.status(list(names), registry, include_supervisors=all_)
-    except ServiceFactoryError as exc:
-        _fail(exc)
+    for name in names:
+        check_name(name)
+    registry.check_safe()
+    rows = control.status(list(names), registry, include_supervisors=all_)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     elif not rows:
-        click.echo(f"no services (state directory {registry.home}" + (")" if registry.home.exists() else
+        click.echo(f"no services (state directory {registry.where}" + (")" if registry.exists() else
                    " does not exist: nothing was started with it yet, or it was deleted)"))
     else:
         _print_table(rows)
@@ -416,32 +428,27 @@ def logs(name: str | None, follow: bool, lines: int) -> None:
     from servicefactory.state import check_name
 
     registry = _registry()
-    try:
-        registry.check_safe()
-    except ServiceFactoryError as exc:
-        _fail(exc)
+    registry.check_safe()
     if name is not None:
         try:
             check_name(name)
         except ServiceFactoryError as exc:
-            _fail(exc, 2)
+            raise CommandFailed(exc, 2) from None
         path = registry.log_of(name)
         if not os.path.lexists(path):
-            _fail(f"no log for {name} at {path} (services run with `servicefactory run` have logs)", 3)
+            raise CommandFailed(f"no log for {name} at {path} (services run with `servicefactory run` have "
+                                f"logs)", 3)
         sources = {name: path}
     else:
-        if not registry.home.exists():
-            _fail(f"no logs: state directory {registry.home} does not exist", 3)
-        try:
-            sources = registry.logs()
-        except ServiceFactoryError as exc:
-            _fail(exc)
+        if not registry.exists():
+            raise CommandFailed(f"no logs: state directory {registry.where} does not exist", 3)
+        sources = registry.logs()
         if not sources:
-            _fail(f"no service logs in {registry.home}", 3)
+            raise CommandFailed(f"no service logs in {registry.where}", 3)
     for source, path in sources.items():
-        refusal = logfiles.untrusted(path, registry.home)
+        refusal = logfiles.untrusted(path, registry.private_dir())
         if refusal:
-            _fail(f"refusing the log of {source}: {refusal}", 10)
+            raise CommandFailed(f"refusing the log of {source}: {refusal}", 10)
     prefix = name is None
     history = []
     offsets = {}
@@ -453,7 +460,7 @@ def logs(name: str | None, follow: bool, lines: int) -> None:
             else:
                 tail = logfiles.tail(path, lines)
         except OSError as exc:
-            _fail(f"cannot read the log of {source} at {path}: {exc.strerror or exc}", 10)
+            raise CommandFailed(f"cannot read the log of {source} at {path}: {exc.strerror or exc}", 10)
         history.extend((line[:23], source, line) for line in tail)
     if prefix:
         history.sort(key=lambda item: item[0])  # lines start with their timestamp
@@ -499,14 +506,14 @@ def list_(target: str) -> None:
     """List the services TARGET defines, with their ports and actions, without running them."""
     from servicefactory.api import BUILTIN_ACTIONS
     from servicefactory.cli.running import load
+    from servicefactory.service import describe
 
-    for cls in load(target):
-        endpoint = cls._servicefactory_endpoint
+    for service in map(describe, load(target)):
+        endpoint = service.endpoint
         where = f"{endpoint.host}:{endpoint.port or 'auto'}" if endpoint else "no API"
-        actions = [name for name in sorted(cls._servicefactory_actions) if name not in BUILTIN_ACTIONS]
-        click.echo(f"{cls._servicefactory_name()}  {where}  actions: {', '.join(actions) or '-'}"
-                   f"  (+ {', '.join(BUILTIN_ACTIONS)})" if endpoint else
-                   f"{cls._servicefactory_name()}  {where}")
+        actions = [name for name in sorted(service.actions) if name not in BUILTIN_ACTIONS]
+        click.echo(f"{service.name}  {where}  actions: {', '.join(actions) or '-'}"
+                   f"  (+ {', '.join(BUILTIN_ACTIONS)})" if endpoint else f"{service.name}  {where}")
 
 
 # -- token ---------------------------------------------------------------------------------

@@ -9,12 +9,12 @@ from typing import Any
 
 import click
 
-from servicefactory.cli.common import fail as _fail
+from servicefactory.cli.common import CommandFailed
 from servicefactory.errors import ServiceFactoryError
 
 
 def load(target: str) -> list:
-    """The service classes of `target`, or exit: one line for our errors, the user's traceback for theirs."""
+    """The service classes of `target`; LoadError (one line) for ours, after the user's traceback for theirs."""
     from servicefactory.loader import TargetImportError
     from servicefactory.loader import load as load_target
 
@@ -22,14 +22,14 @@ def load(target: str) -> list:
         return load_target(target)
     except TargetImportError as exc:
         click.echo(exc.traceback, err=True, nl=False)
-        _fail(exc)
-    except ServiceFactoryError as exc:
-        _fail(exc)
+        raise
 
 
 def specs(targets: tuple[str, ...], name: str | None, host: str | None, port: int | None,
            log_file: str | None, restart: str | None, stop_timeout: float | None) -> list:
-    """One Spec per service the targets define, with the one-service options applied; exit on misuse."""
+    """One Spec per service the targets define, with the one-service options applied; CommandFailed
+    (exit 2) on misuse."""
+    from servicefactory.service import describe
     from servicefactory.supervisor import Spec
 
     specs: list[Spec] = []
@@ -39,14 +39,15 @@ def specs(targets: tuple[str, ...], name: str | None, host: str | None, port: in
         if module_part.endswith(".py") or os.sep in module_part:
             module_part = os.path.abspath(module_part)
         for cls in classes:
-            specs.append(Spec(name=cls._servicefactory_name(), target=f"{module_part}:{cls.__qualname__}",
-                              cwd=os.getcwd(),
-                              restart=restart or cls._servicefactory_policy.restart,
-                              stop_timeout=stop_timeout or cls._servicefactory_policy.stop_timeout,
-                              backoff_max=cls._servicefactory_policy.backoff_max))
+            service = describe(cls)
+            specs.append(Spec(name=service.name, target=f"{module_part}:{cls.__qualname__}", cwd=os.getcwd(),
+                              restart=restart or service.policy.restart,
+                              stop_timeout=stop_timeout or service.policy.stop_timeout,
+                              backoff_max=service.policy.backoff_max))
     if len(specs) > 1 and (name or host or port is not None or log_file):
         listed = ", ".join(spec.name for spec in specs)
-        _fail(f"--name, --host, --port and --log-file apply to one service; these targets define {listed}", 2)
+        raise CommandFailed(f"--name, --host, --port and --log-file apply to one service; these targets "
+                            f"define {listed}", 2)
     if specs and len(specs) == 1:
         spec = specs[0]
         spec.name = name or spec.name
@@ -58,48 +59,48 @@ def specs(targets: tuple[str, ...], name: str | None, host: str | None, port: in
         try:
             check_name(spec.name)
         except ServiceFactoryError as exc:
-            _fail(exc, 2)
+            raise CommandFailed(exc, 2) from None
         if spec.name.startswith("_") or spec.name == "supervisor":
-            _fail(f"the name {spec.name!r} is reserved for servicefactory's own records; pick another", 2)
+            raise CommandFailed(f"the name {spec.name!r} is reserved for servicefactory's own records; "
+                                f"pick another", 2)
         if spec.log_file:
             directory = os.path.dirname(spec.log_file)
             if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-                _fail(f"cannot write the log file {spec.log_file}: {directory} is not a writable directory", 2)
+                raise CommandFailed(f"cannot write the log file {spec.log_file}: {directory} is not a "
+                                    f"writable directory", 2)
         if spec.name in seen:
-            _fail(f"two services are named {spec.name!r}; run them separately with --name", 2)
+            raise CommandFailed(f"two services are named {spec.name!r}; run them separately with --name", 2)
         seen.add(spec.name)
     return specs
 
 
 def apply_tls(specs: list, cert: str | None, key: str | None) -> None:
-    """Give every spec `--tls-cert`/`--tls-key` (absolute: the service starts elsewhere); exit 2 on
-    a missing half or files that cannot serve TLS, checked here as the service would load them."""
+    """Give every spec `--tls-cert`/`--tls-key` (absolute: the service starts elsewhere); CommandFailed
+    (exit 2) on a missing half or files that cannot serve TLS, checked here as the service would load them."""
     if not cert and not key:
         return
     if not (cert and key):
-        _fail("--tls-cert and --tls-key go together: give both", 2)
+        raise CommandFailed("--tls-cert and --tls-key go together: give both", 2)
     from servicefactory._tls import server_context
     try:
         server_context(cert, key)
     except ServiceFactoryError as exc:
-        _fail(exc, 2)
+        raise CommandFailed(exc, 2) from None
     for spec in specs:
         spec.tls_cert, spec.tls_key = os.path.abspath(cert), os.path.abspath(key)
 
 
 def check_free(specs: list, registry: Any) -> None:
-    """Exit with `already running` if any name is taken (the supervisor's flock is the real guard)."""
+    """Raise AlreadyRunning if any name is taken (the supervisor's own claim is the real guard)."""
     from servicefactory.errors import AlreadyRunning
+    from servicefactory.registry import state_of
 
     for spec in specs:
-        try:
-            state, record = registry.state_of(spec.name)
-        except ServiceFactoryError as exc:
-            _fail(exc)
+        state, record = state_of(registry, spec.name)
         if state not in ("stopped", "stale"):
             where = f" (pid {record.pid}, {record.url or 'no API'})" if record and record.pid else ""
             hint = "; use `servicefactory restart`" if state in ("stopped", "failed") else ""
-            _fail(AlreadyRunning(f"{spec.name} is already {state}{where}{hint}"))
+            raise AlreadyRunning(f"{spec.name} is already {state}{where}{hint}")
 
 
 def run_foreground(specs: list, settings: Any, registry: Any) -> None:
@@ -117,11 +118,7 @@ def run_foreground(specs: list, settings: Any, registry: Any) -> None:
     logging.getLogger("servicefactory").propagate = False
     # SIGHUP (terminal closed) stops the services gracefully like Ctrl+C
     signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
-    try:
-        code = run_supervisor(specs, settings, printer=printer, registry=registry)
-    except ServiceFactoryError as exc:
-        _fail(exc)
-    sys.exit(code)
+    sys.exit(run_supervisor(specs, settings, printer=printer, registry=registry))
 
 
 def run_daemon(specs: list, settings: Any, registry: Any) -> None:
@@ -133,25 +130,20 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
     from servicefactory._protocol import READY_FD_ENV, StartupReport
     from servicefactory._supervised import python_command
 
-    try:
-        registry.ensure()
-    except ServiceFactoryError as exc:
-        _fail(exc)
+    registry.ensure()
     config = json.dumps({"specs": [dataclasses.asdict(spec) for spec in specs],
                          "settings": dataclasses.asdict(settings)})
     ready_read, ready_write = os.pipe()
-    log_path = registry.home / "supervisor.log"
+    log_path = registry.log_file("supervisor")  # `supervisor` is no service's name: see specs()
     env = dict(os.environ, **{READY_FD_ENV: str(ready_write)})
     from servicefactory.logfiles import open_private
-    try:
-        log_fd = open_private(log_path)  # never through a symlink (issue 9.7)
-    except ServiceFactoryError as exc:
-        _fail(exc)
+    log_fd = open_private(log_path)  # never through a symlink (issue 9.7)
     with os.fdopen(log_fd, "ab") as log:
         # isolated: its working directory is the state directory (only we can write there) and it
         # is not on sys.path; each service gets the project directory as its own working directory
         process = subprocess.Popen(python_command("servicefactory.supervisor") + [config],
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=registry.home,
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                   cwd=registry.private_dir(),
                                    pass_fds=(ready_write,), start_new_session=True)
     os.close(ready_write)
     try:
@@ -172,7 +164,7 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
         process.wait(5)
         from servicefactory.logfiles import tail
         click.echo("\n".join(tail(log_path, 15)), err=True)
-        _fail(f"the supervisor exited before its services were ready (see {log_path})", 1)
+        raise CommandFailed(f"the supervisor exited before its services were ready (see {log_path})", 1)
     if not report.ready:
         service = report.service
         for line_text in report.output:
@@ -182,7 +174,7 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
         while process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)  # it is releasing the names: let it finish before we report
         from servicefactory.logfiles import printable
-        _fail(f"{prefix}{printable(str(report.error))}", report.exit_code if not service else 1)
+        raise CommandFailed(f"{prefix}{printable(str(report.error))}", report.exit_code if not service else 1)
     for service in report.services:
         state = service.get("state", "running")
         if state == "running":

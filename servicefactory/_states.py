@@ -20,13 +20,16 @@ class ServiceState(str, enum.Enum):
     FAILED = "failed"  # exited too often (or could not start): left down, perhaps retried later
     STOPPING = "stopping"  # asked to stop (SIGTERM sent), not gone yet
     STOPPED = "stopped"  # not running, as asked (or never started)
-    # never a supervised child's state: the registry's view of a name (see state.LocalRegistry.state_of)
+    # never a supervised child's state: the registry's view of a name (see registry.state_of)
     STALE = "stale"  # files of a process that is gone
     UNKNOWN = "unknown"  # a name nobody ran (or whose run is forgotten): status must not say `stopped`
 
     def __str__(self) -> str:
         return self.value
 
+
+#: what a service's restart policy may say (`Service.policy(restart=...)`, `run --restart`)
+RESTART_POLICIES = ("on-failure", "always", "no")
 
 S = ServiceState  # short, for the tables below
 

@@ -31,8 +31,10 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-class Action(namedtuple("Action", "name attribute exclusive methods doc", defaults=(False, ("POST",), ""))):
-    """One exposed action: its name, the method implementing it, and how it runs."""
+class Action(namedtuple("Action", "name attribute exclusive methods doc builtin",
+                        defaults=(False, ("POST",), "", False))):
+    """One exposed action: its name, the method implementing it, how it runs, and whether it is
+    servicefactory's own (not a user's handler, nor a user's override of a built-in action)."""
 
     __slots__ = ()
 
@@ -65,8 +67,9 @@ def handle(action: str, *, exclusive: bool = False, methods: Iterable[str] = ("P
     return mark
 
 
-def collect_actions(cls: type) -> Mapping[str, Action]:
-    """Build `cls`'s action table from its own and inherited handlers (subclasses win)."""
+def collect_actions(cls: type, is_builtin: Callable[[type], bool] = lambda klass: False) -> Mapping[str, Action]:
+    """Build `cls`'s action table from its own and inherited handlers (subclasses win); the
+    handlers of classes `is_builtin` accepts are servicefactory's own."""
     table: dict[str, Action] = {}
     for klass in reversed(cls.__mro__):
         for attribute, value in vars(klass).items():
@@ -74,13 +77,13 @@ def collect_actions(cls: type) -> Mapping[str, Action]:
             if mark is None:
                 continue
             name, exclusive, methods, override = mark
-            builtin = getattr(klass, "_servicefactory_builtin", False)
+            builtin = is_builtin(klass)
             if name in BUILTIN_ACTIONS and not builtin and not override:
                 raise TypeError(
                     f"{cls.__qualname__}.{attribute} would replace the built-in action {name!r}; "
                     f"pick another name, or pass override=True if you mean to replace it")
             doc = (value.__doc__ or "").strip().splitlines()
-            table[name] = Action(name, attribute, exclusive, methods, doc[0] if doc else "")
+            table[name] = Action(name, attribute, exclusive, methods, doc[0] if doc else "", builtin)
     return MappingProxyType(table)
 
 
@@ -185,7 +188,7 @@ class App:
             except (TypeError, ValueError, RecursionError) as exc:
                 logger.error("action %r returned a result that is not JSON serialisable: %s", name, exc)
                 return (*_error(500, type(exc).__name__, cut(f"result is not JSON serialisable: {exc}")), None)
-        after = self.on_shutdown if name == "shutdown" and action.attribute == "_servicefactory_shutdown" else None
+        after = self.on_shutdown if name == "shutdown" and action.builtin else None
         return 200, body, after
 
     def _refuse(self, environ: dict) -> tuple[int, bytes] | None:

@@ -27,6 +27,8 @@ TYPE_CHECKING = False  # typing is for type checkers only: importing it would sl
 if TYPE_CHECKING:
     from typing import Any
 
+    from .registry import Registry
+
 DEFAULT_TIMEOUT = 10.0
 _INFINITY = float("inf")
 #: bodies above this are sent in pieces, watching for an early answer (a 413 sent before the body is read)
@@ -107,35 +109,30 @@ def decode_answer(status: int, content_type: str, body: bytes, action: str, name
     raise ProtocolError(f"{name} answered HTTP {status} to {action!r}: {message or body[:200]!r}")
 
 
-def _default_registry() -> Any:
+def _default_registry() -> Registry:
     # one registry per environment that decides where the state directory is: no Path per call
     if _ENVIRON is not None:
         get = _ENVIRON.get
-        key = (get(b"SERVICEFACTORY_HOME"), get(b"XDG_RUNTIME_DIR"), get(b"HOME"))
+        key = (get(b"SERVICEFACTORY_HOME"), get(b"XDG_RUNTIME_DIR"), get(b"HOME"), get(b"SERVICEFACTORY_REGISTRY"))
     else:
-        key = (os.environ.get("SERVICEFACTORY_HOME"), os.environ.get("XDG_RUNTIME_DIR"), os.environ.get("HOME"))
+        key = (os.environ.get("SERVICEFACTORY_HOME"), os.environ.get("XDG_RUNTIME_DIR"), os.environ.get("HOME"),
+               os.environ.get("SERVICEFACTORY_REGISTRY"))
     if key[0] and key[0][:1] not in (b"/", "/"):
         key += (os.getcwd(),)  # a relative SERVICEFACTORY_HOME is read against the current directory
     registry = _registries.get(key)
     if registry is None:
-        from .registry import default_registry
+        from .backends import default_registry
         registry = _registries[key] = default_registry()
-        _registry_keys[id(registry)] = _where(registry)  # kept alive by _registries: the id stays its own
+        _registry_keys[id(registry)] = registry.where  # kept alive by _registries: the id stays its own
     return registry
 
 
-def _registry_key(registry: Any) -> str:
+def _registry_key(registry: Registry) -> str:
     key = _registry_keys.get(id(registry))
-    return key if key is not None else _where(registry)
+    return key if key is not None else registry.where
 
 
-def _where(registry: Any) -> str:
-    # a local registry's directory as a string (`root`: its `home` is a Path, and pathlib would cost
-    # a cold `servicefactory perform` ~7 ms)
-    return str(getattr(registry, "root", None) or getattr(registry, "home", id(registry)))
-
-
-def resolve(name: str, registry: Any = None, fallback: tuple[str, int] | None = None,
+def resolve(name: str, registry: Registry | None = None, fallback: tuple[str, int] | None = None,
             fresh: bool = False) -> tuple[str, int]:
     """The (host, port) of service `name`: its live record's, else `fallback`, else ServiceNotRunning.
 
@@ -150,7 +147,7 @@ def resolve(name: str, registry: Any = None, fallback: tuple[str, int] | None = 
         if address is not None:
             return address
     record = registry.lookup(name)
-    dead = record is not None and _owner_is_dead(record)
+    dead = record is not None and _owner_is_dead(registry, record)
     if record is not None and not dead and record.address is not None:
         address = record.address
         if getattr(record, "tls", False):
@@ -167,35 +164,33 @@ def resolve(name: str, registry: Any = None, fallback: tuple[str, int] | None = 
     elif dead:
         raise ServiceNotRunning(f"{name} is not running (its record names pid {record.pid}, which has exited)")
     else:
-        home = getattr(registry, "root", None) or getattr(registry, "home", None)
-        if home is not None and not os.path.exists(home):
-            raise ServiceNotRunning(f"{name} is not running, or cannot be found: the state directory {home} "
-                                    f"does not exist (deleted? services started with it keep running)")
-        raise ServiceNotRunning(f"{name} is not running (nothing registered in {home or 'the registry'})")
+        if not registry.exists():
+            raise ServiceNotRunning(f"{name} is not running, or cannot be found: the state directory "
+                                    f"{registry.where} does not exist (deleted? services started with it "
+                                    f"keep running)")
+        raise ServiceNotRunning(f"{name} is not running (nothing registered in {registry.where})")
     _addresses[key] = address
     return address
 
 
-def _owner_is_dead(record: Any) -> bool:
-    """Whether the process that published `record` on this host has exited (pid + start time)."""
-    if not getattr(record, "pid", 0) or not getattr(record, "create_time", 0):
-        return False  # a backend that records no process: nothing to check here
-    hostname = getattr(record, "hostname", "")
-    if hostname and hostname != socket.gethostname():
-        return False
-    from .state import is_dead
-    return is_dead(record)
+def _owner_is_dead(registry: Registry, record: Any) -> bool:
+    """Whether the process that published `record` on this host has exited (the registry's proof)."""
+    if not record.pid or not record.create_time:
+        return False  # a record that names no process: nothing to check here
+    if record.hostname and record.hostname != socket.gethostname():
+        return False  # another host's process: this host cannot see it
+    return registry.is_gone(record)
 
 
-def _token(registry: Any) -> str | None:
+def _token(registry: Registry) -> str | None:
     key = _registry_key(registry)
     if key not in _tokens:
-        _tokens[key] = registry.token() if hasattr(registry, "token") else None
+        _tokens[key] = registry.token()
     return _tokens[key]
 
 
 def perform(name: str, action: str, data: Any = None, *, timeout: float = DEFAULT_TIMEOUT,
-            registry: Any = None, fallback: tuple[str, int] | None = None, session: Any = None,
+            registry: Registry | None = None, fallback: tuple[str, int] | None = None, session: Any = None,
             token: str | None = None, ca_file: str | None = None, tls: bool = False) -> Any:
     """Call `action` on the running service `name` with JSON `data`; return the decoded result.
 

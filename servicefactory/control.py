@@ -10,8 +10,7 @@ from typing import Any
 from . import client
 from ._states import LIVE, ServiceState
 from .errors import ServiceFactoryError, ServiceNotRunning, ServiceTimeout
-from .registry import SUPERVISOR_PREFIX, ServiceRecord
-from .state import LocalRegistry, is_dead
+from .registry import SUPERVISOR_PREFIX, Registry, ServiceRecord, state_of
 
 #: the stop timeout of a service whose record does not say (written by an older version)
 DEFAULT_STOP_TIMEOUT = 10.0
@@ -29,16 +28,21 @@ class StopOutcome:
     unknown: bool = False  # no service of that name was ever run here: the CLI exits 3
 
 
-def wait_gone(record: ServiceRecord, timeout: float) -> bool:
+def wait_gone(registry: Registry, record: ServiceRecord, timeout: float) -> bool:
     """Wait until the recorded process has exited; True if it did within `timeout`."""
     deadline = time.monotonic() + timeout
     delay = 0.005
-    while not is_dead(record):
+    while not registry.is_gone(record):
         if time.monotonic() >= deadline:
             return False
         time.sleep(delay)
         delay = min(delay * 1.5, 0.05)
     return True
+
+
+def _default() -> Registry:
+    from .backends import default_registry
+    return default_registry()
 
 
 def own_timeout(record: ServiceRecord | None) -> float:
@@ -47,12 +51,12 @@ def own_timeout(record: ServiceRecord | None) -> float:
     return float(value) if isinstance(value, (int, float)) and value > 0 else DEFAULT_STOP_TIMEOUT
 
 
-def stop(name: str, timeout: float | None = None, registry: LocalRegistry | None = None) -> StopOutcome:
+def stop(name: str, timeout: float | None = None, registry: Registry | None = None) -> StopOutcome:
     """Stop `name` gracefully (its supervisor's `stop`, its `shutdown` action, or SIGTERM); SIGKILL after
     `timeout`, by default the service's own stop timeout."""
-    registry = registry or LocalRegistry()
+    registry = registry or _default()
     registry.check_safe()
-    state, record = registry.state_of(name)
+    state, record = state_of(registry, name)
     if name.startswith(SUPERVISOR_PREFIX) and record is not None and state == "running":
         outcomes = _stop_supervisor(name, record, timeout, registry)
         return StopOutcome(name, True, message=f"{name} stopped" + "".join(f"; {o.message}" for o in outcomes),
@@ -60,7 +64,7 @@ def stop(name: str, timeout: float | None = None, registry: LocalRegistry | None
     if state == "stopped" and record is None:
         known = registry.remembered(name) is not None
         return StopOutcome(name, False, unknown=not known, message=f"{name} is not running" +
-                           ("" if known else f" (no service of that name was ever run in {registry.home})"))
+                           ("" if known else f" (no service of that name was ever run in {registry.where})"))
     orphan = record is not None and bool(record.supervisor) and not registry.is_held(record.supervisor)
     if state == "stale" or orphan:
         return _stop_orphan(name, record, timeout, registry)
@@ -75,15 +79,15 @@ def stop(name: str, timeout: float | None = None, registry: LocalRegistry | None
 
 
 def _stop_orphan(name: str, record: ServiceRecord | None, timeout: float | None,
-                 registry: LocalRegistry) -> StopOutcome:
+                 registry: Registry) -> StopOutcome:
     """A stale name, or a service whose supervisor died: it ends itself within its stop timeout (its
     lifeline); give it that long, then SIGKILL what is proven to be it, and remove its files."""
     killed = False
     alive = record is not None and record.supervisor and registry.owner_alive(record)
     if alive:
-        if not wait_gone(record, timeout if timeout is not None else own_timeout(record) + 1.0):
+        if not wait_gone(registry, record, timeout if timeout is not None else own_timeout(record) + 1.0):
             killed = registry.signal(record, signal.SIGKILL, group=True)
-            wait_gone(record, 5.0)
+            wait_gone(registry, record, 5.0)
         _await_release(registry, name)
     registry.clean(name)
     if record is not None and record.supervisor:
@@ -97,12 +101,13 @@ def _stop_orphan(name: str, record: ServiceRecord | None, timeout: float | None,
     return StopOutcome(name, False, message=f"{name} was not running (removed its stale pidfile)")
 
 
-def call_supervisor(supervisor: str, action: str, data: Any, timeout: float, registry: LocalRegistry) -> Any:
+def call_supervisor(supervisor: str, action: str, data: Any, timeout: float, registry: Registry) -> Any:
     """Perform `action` on a supervisor's control API, with the token from its (owner-only) record."""
     record = registry.lookup(supervisor)
     if record is None:
         raise ServiceNotRunning(f"supervisor {supervisor} is not running")
-    return client.perform(supervisor, action, data, timeout=timeout, registry=registry, token=record.token)
+    return client.perform(supervisor, action, data, timeout=timeout, registry=registry,
+                          token=registry.secret(supervisor))
 
 
 def _request(names: list[str], timeout: float | None) -> dict[str, Any]:
@@ -111,10 +116,10 @@ def _request(names: list[str], timeout: float | None) -> dict[str, Any]:
 
 
 def _stop_supervised(name: str, record: ServiceRecord, timeout: float | None,
-                     registry: LocalRegistry) -> StopOutcome:
+                     registry: Registry) -> StopOutcome:
     limit = timeout if timeout is not None else own_timeout(record)
     supervisor = registry.lookup(record.supervisor)
-    if supervisor is not None and _suspended(supervisor.pid):
+    if supervisor is not None and registry.is_suspended(supervisor):
         # it would take the request and carry it out whenever it is resumed, long after we gave up
         return StopOutcome(name, False, failed=True, message=f"{name}: its supervisor {record.supervisor} is "
                            f"suspended (SIGSTOP); resume it (kill -CONT {supervisor.pid}) or `stop --all`")
@@ -125,7 +130,7 @@ def _stop_supervised(name: str, record: ServiceRecord, timeout: float | None,
 
 
 def _stop_standalone(name: str, record: ServiceRecord, timeout: float | None,
-                     registry: LocalRegistry) -> StopOutcome:
+                     registry: Registry) -> StopOutcome:
     if not registry.owner_alive(record):
         # the pid in the record is not (or no longer) the process holding the name: never signal it
         registry.clean(name)
@@ -144,17 +149,17 @@ def _stop_standalone(name: str, record: ServiceRecord, timeout: float | None,
     if not asked:
         registry.signal(record, signal.SIGTERM)
     killed = False
-    if not wait_gone(record, max(0.0, deadline - time.monotonic())):
+    if not wait_gone(registry, record, max(0.0, deadline - time.monotonic())):
         registry.signal(record, signal.SIGKILL)
         killed = True
-        wait_gone(record, 5.0)
+        wait_gone(registry, record, 5.0)
         _await_release(registry, name)
     registry.clean(name)  # a graceful exit removed them already; a killed process could not
     message = f"{name} did not stop within {timeout:g} s; killed it" if killed else f"{name} stopped"
     return StopOutcome(name, True, killed=killed, message=message)
 
 
-def _await_release(registry: LocalRegistry, name: str, timeout: float = 2.0) -> None:
+def _await_release(registry: Registry, name: str, timeout: float = 2.0) -> None:
     """Wait until `name`'s lock is free: the kernel drops a killed process's flock a moment after it
     is seen dead (its other threads still hold its files while its main thread is a zombie)."""
     deadline = time.monotonic() + timeout
@@ -162,10 +167,10 @@ def _await_release(registry: LocalRegistry, name: str, timeout: float = 2.0) -> 
         time.sleep(0.01)
 
 
-def stop_all(timeout: float | None = None, registry: LocalRegistry | None = None) -> list[StopOutcome]:
+def stop_all(timeout: float | None = None, registry: Registry | None = None) -> list[StopOutcome]:
     """Stop every service and every supervisor, all in parallel (each within its own stop timeout
     unless `timeout` overrides it)."""
-    registry = registry or LocalRegistry()
+    registry = registry or _default()
     registry.check_safe()
     outcomes: list[StopOutcome] = []
     lock = threading.Lock()
@@ -181,7 +186,7 @@ def stop_all(timeout: float | None = None, registry: LocalRegistry | None = None
     threads = []
     names = registry.names()
     for name in names:
-        state, record = registry.state_of(name)
+        state, record = state_of(registry, name)
         if name.startswith(SUPERVISOR_PREFIX):
             if state == "running" and record is not None:
                 threads.append(threading.Thread(target=one, args=(_stop_supervisor, name, record, timeout, registry)))
@@ -197,23 +202,15 @@ def stop_all(timeout: float | None = None, registry: LocalRegistry | None = None
     return sorted(outcomes, key=lambda outcome: outcome.name)
 
 
-def _suspended(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
-    except (OSError, IndexError):
-        return False
-
-
 def _stop_supervisor(name: str, record: ServiceRecord, timeout: float | None,
-                     registry: LocalRegistry) -> list[StopOutcome]:
+                     registry: Registry) -> list[StopOutcome]:
     records = {n: registry.lookup(n) for n in registry.names() if not n.startswith(SUPERVISOR_PREFIX)}
     children = {n: r for n, r in records.items() if r is not None and r.supervisor == name}
     before = {n: r.state for n, r in children.items()}
     limit = timeout if timeout is not None else max([own_timeout(r) for r in children.values()] or [0.0])
     rows: list = []
     answered = unreachable = False
-    if not _suspended(record.pid):  # a stopped supervisor would take the request and act on it later
+    if not registry.is_suspended(record):  # a stopped supervisor would take the request and act on it later
         try:
             rows = call_supervisor(name, "stop", _request([], timeout), limit + 5, registry)
             answered = True
@@ -226,16 +223,16 @@ def _stop_supervisor(name: str, record: ServiceRecord, timeout: float | None,
     if unreachable and registry.signal(record, signal.SIGTERM):
         grace = limit + 5.0  # it stops every service itself, each within its stop timeout
     escalated = False
-    if not wait_gone(record, grace):
+    if not wait_gone(registry, record, grace):
         # it does not answer (suspended, hung): kill it, so that nothing it queued runs later, and
         # every service it ran (each is the leader of its own process group)
         escalated = True
         registry.signal(record, signal.SIGKILL)
-        wait_gone(record, 5.0)
+        wait_gone(registry, record, 5.0)
         for child in children.values():
             registry.signal(child, signal.SIGKILL, group=True)
         for child in children.values():
-            wait_gone(child, 5.0)
+            wait_gone(registry, child, 5.0)
             _await_release(registry, child.name)
         _await_release(registry, name)
     for child in before:
@@ -258,16 +255,16 @@ def _stop_supervisor(name: str, record: ServiceRecord, timeout: float | None,
     return outcomes
 
 
-def status(names: list[str] | None = None, registry: LocalRegistry | None = None,
+def status(names: list[str] | None = None, registry: Registry | None = None,
            include_supervisors: bool = False) -> list[dict[str, Any]]:
     """One row per service: name, state, pid, host, port, url, started, uptime, restarts, last exit, cpu, memory."""
-    registry = registry or LocalRegistry()
+    registry = registry or _default()
     registry.check_safe()
     if not names:
         names = []
         for name in registry.names():
             if name.startswith(SUPERVISOR_PREFIX):
-                if registry.state_of(name)[0] == "stale":
+                if state_of(registry, name)[0] == "stale":
                     registry.clean(name)  # a dead supervisor's leftover: nothing to report, nothing to keep
                     continue
                 if not include_supervisors:
@@ -278,7 +275,7 @@ def status(names: list[str] | None = None, registry: LocalRegistry | None = None
     rows = []
     now = time.time()
     for name in names:
-        state, record = registry.state_of(name)
+        state, record = state_of(registry, name)
         if state == "stopped" and record is None and registry.remembered(name) is None:
             state = ServiceState.UNKNOWN.value  # a typo must not look like a service that stopped
         row: dict[str, Any] = {"name": name, "state": state, "pid": None, "host": None, "port": None, "url": None,
@@ -293,18 +290,6 @@ def status(names: list[str] | None = None, registry: LocalRegistry | None = None
             row["next_try"] = record.next_try if state in ("backoff", "failed") else None
             if state == "running":
                 row["uptime"] = round(now - record.started, 1)
-                row.update(_usage(record.pid))
+                row.update(registry.usage(record))
         rows.append(row)
     return rows
-
-
-def _usage(pid: int) -> dict[str, Any]:
-    try:
-        import psutil
-
-        process = psutil.Process(pid)
-        with process.oneshot():
-            times = process.cpu_times()
-            return {"cpu": round(times.user + times.system, 2), "memory": process.memory_info().rss}
-    except Exception:
-        return {}

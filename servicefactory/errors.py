@@ -18,7 +18,24 @@ __all__ = [
     "LoadError",
     "StateError",
     "InvalidName",
+    "EXIT_CODES",
 ]
+
+#: what each exit code of the `servicefactory` command means: every error's `exit_code` is one of
+#: these (its help lists them from here)
+EXIT_CODES = {
+    0: "success",
+    1: "failure (service did not start, loop crashed, ...)",
+    2: "usage: bad arguments, bad JSON, bad target",
+    3: "not running",
+    4: "unknown action",
+    5: "the action failed (remote error on stderr)",
+    6: "timeout",
+    7: "unauthorized (token missing or wrong)",
+    8: "protocol error (not a servicefactory API)",
+    9: "already running",
+    10: "state directory unusable",
+}
 
 
 class ServiceFactoryError(Exception):

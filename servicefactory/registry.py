@@ -1,4 +1,5 @@
-"""Where is service X: one small interface, so that etcd can later stand where the state dir stands."""
+"""Where is service X, and who owns it: the registry's interface, its records, and the policy every
+backend shares, so that etcd can later stand where the state directory stands."""
 from __future__ import annotations
 
 from collections import namedtuple
@@ -7,6 +8,7 @@ from ._names import connect_host, host_port
 
 TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any, Iterator, Protocol
 else:
     Protocol = object  # at run time Registry is a plain class that documents the interface
@@ -23,7 +25,6 @@ _FIELDS = {
     "supervisor": None,  # the name of the supervisor that owns this service, if any
     "restarts": 0,
     "last_exit": None,  # exit code, or -N for death by signal N
-    "token": None,  # a supervisor's control token: only its owner can read this file
     "next_try": None,  # wall-clock time a service in backoff or failed is started again, if due
     "stop_timeout": None,  # seconds the service may take to stop (its policy or --stop-timeout)
     "tls": False,  # the API serves TLS only (its url is https://...): clients connect with TLS
@@ -78,25 +79,50 @@ class ServiceRecord:
 
 
 class Claim(namedtuple("Claim", "name handle")):
-    """Proof that this process owns a service name until it releases it."""
+    """Proof that this process owns a service name until it releases it; `handle` is the backend's
+    own (a locked file's descriptor, a lease): nothing outside the backend looks inside it."""
 
     __slots__ = ()
 
 
 class Registry(Protocol):
-    """Finds services by name; the local state directory is the first backend."""
+    """Finds services by name, and proves who owns one: what every caller relies on, and all it may
+    rely on (nothing outside a backend touches its files, pids or locks). The local state directory
+    (`state.LocalRegistry`) is the first backend; `tests/test_registry_contract.py` is what every
+    backend must pass. The policy built on these answers (`state_of`) is shared, below.
+    """
+
+    #: where the records are kept (a directory, a URL): for messages, and as a cache key
+    where: str
+
+    # -- owning a name --
 
     def claim(self, name: str) -> Claim:
-        """Own `name` while this process lives, or raise AlreadyRunning."""
+        """Own `name` while this process lives, or raise AlreadyRunning (StateError if unusable)."""
+
+    def inheritable(self, claim: Claim) -> tuple[int, ...]:
+        """The descriptors a child process started under `claim` must inherit (`pass_fds`): holding
+        them is what proves the child owns the name while it runs (see `hand_over`)."""
+
+    def hand_over(self, claim: Claim, pid: int) -> None:
+        """Note that process `pid` (a supervised child) now runs under `claim`, which its starter keeps."""
 
     def publish(self, claim: Claim, record: ServiceRecord) -> None:
-        """Make `record` visible to lookups."""
+        """Make `record` visible to lookups, and keep it so (rewritten if lost) until `release`; never
+        over a record of the name's next owner."""
+
+    def publish_secret(self, claim: Claim, secret: str) -> None:
+        """Keep `secret` (a supervisor's control token) for the claim's name apart from its public
+        record: only this user can read it back (`secret`), and `release` withdraws it."""
 
     def release(self, claim: Claim) -> None:
-        """Give the name up and withdraw its record."""
+        """Give the name up and withdraw its record and secret, if the claim still owns them."""
+
+    # -- reading --
 
     def lookup(self, name: str) -> ServiceRecord | None:
-        """The record published under `name`, if any."""
+        """The record published under `name` (None if missing or unreadable); StateError if the
+        registry cannot be trusted."""
 
     def records(self) -> Iterator[ServiceRecord]:
         """Every published record."""
@@ -104,9 +130,73 @@ class Registry(Protocol):
     def names(self) -> list[str]:
         """Every name registered now (services and supervisors), sorted."""
 
-    def state_of(self, name: str) -> tuple[str, ServiceRecord | None]:
-        """`running`, `stale`, `stopped` or a supervisor's state, with the record it is based on: the live
-        owner's truth when the published record is missing, unreadable or an older owner's."""
+    def secret(self, name: str) -> str | None:
+        """The secret published for `name` (see `publish_secret`), or None."""
+
+    def token(self) -> str | None:
+        """The API token callers send and services require ($SERVICEFACTORY_TOKEN, else the registry's own)."""
+
+    def token_hint(self) -> str:
+        """Where a token can be put for `token()` to find it, for messages."""
+
+    # -- liveness: the backend's proof, never a pid a caller checks itself --
+
+    def is_held(self, name: str) -> bool:
+        """Whether a live process holds `name`'s claim."""
+
+    def owner(self, name: str) -> ServiceRecord | None:
+        """What the live holder of `name` proves about itself (its pid, its supervisor) when its
+        record is missing or an older owner's; None if nobody holds it."""
+
+    def is_current(self, record: ServiceRecord) -> bool:
+        """Whether `record` was written by the name's present owner (not left by an older one)."""
+
+    def just_claimed(self, name: str) -> bool:
+        """Whether `name` was claimed moments ago and its owner has not published yet (it is starting)."""
+
+    def has_leftovers(self, name: str) -> bool:
+        """Whether anything of `name` is still registered (a record, a claim's traces)."""
+
+    def is_gone(self, record: ServiceRecord) -> bool:
+        """Whether the process `record` names has exited (or its pid now names another process)."""
+
+    def is_suspended(self, record: ServiceRecord) -> bool:
+        """Whether the process `record` names is stopped (SIGSTOP): it would act on a request only
+        once it is resumed."""
+
+    def owner_alive(self, record: ServiceRecord) -> bool:
+        """Whether `record.pid` is proven to be the service: it holds the name's claim. Only such a
+        process may be signalled; a record alone proves nothing."""
+
+    def signal(self, record: ServiceRecord, signum: int, *, group: bool = False) -> bool:
+        """Send `signum` to the service `record` describes, only if `owner_alive(record)`; True if sent.
+        The commands never signal a pid themselves."""
+
+    def usage(self, record: ServiceRecord) -> dict[str, Any]:
+        """The live service's `cpu` (seconds) and `memory` (bytes), or {} if unknown."""
+
+    def clean(self, name: str) -> None:
+        """Remove what a dead owner of `name` left behind; never anything of a live owner."""
+
+    # -- how services were run, for `restart` --
+
+    def remember(self, name: str, spec: dict[str, Any]) -> None:
+        """Keep how `name` was run (its Spec fields, `settings`: the run Settings, `log_level`)."""
+
+    def remembered(self, name: str) -> dict[str, Any] | None:
+        """How `name` was last run (see `remember`), so that `restart` can bring it back with every
+        option; None if never run here."""
+
+    def remembered_names(self) -> list[str]:
+        """Every name remembered whose last stop was not asked for with `stop`, sorted."""
+
+    def mark_stopped(self, name: str) -> None:
+        """Note that `name` was stopped on purpose (`status` then stops listing it as `stopped`)."""
+
+    # -- the place --
+
+    def ensure(self) -> None:
+        """Make the registry ready to be written to, or raise StateError (exit 10)."""
 
     def check_safe(self) -> None:
         """Raise StateError (exit 10) if the registry cannot be trusted (e.g. others may write to it).
@@ -114,27 +204,49 @@ class Registry(Protocol):
         Every command and the Python client call this (lookup does) before believing a record.
         """
 
-    def owner_alive(self, record: ServiceRecord) -> bool:
-        """Whether `record.pid` is proven to be the service: it holds the name's claim (the locked
-        pidfile) open. Only such a pid may be signalled; a record alone proves nothing."""
+    def exists(self) -> bool:
+        """Whether anything can be registered here yet (a state directory that exists)."""
 
-    def signal(self, record: ServiceRecord, signum: int, *, group: bool = False) -> bool:
-        """Send `signum` to the service `record` describes, only if `owner_alive(record)`; True if sent.
-        The commands never signal a pid themselves."""
+    def environment(self) -> dict[str, str]:
+        """The environment a process started from here needs to use this very registry."""
 
-    def remembered(self, name: str) -> dict[str, Any] | None:
-        """How `name` was last run (its Spec fields, `settings`: the run Settings, and
-        `log_level`), so that `restart` can bring it back with every option; None if never run here."""
+    def private_dir(self) -> Path:
+        """A directory on this host that only this user can write: logs, a supervisor's working directory."""
 
-    def mark_stopped(self, name: str) -> None:
-        """Note that `name` was stopped on purpose (`status` then stops listing it as `stopped`)."""
+    def log_file(self, name: str) -> Path:
+        """Where `name` logs by default (a supervisor started by `run --daemon`: `log_file("supervisor")`)."""
+
+    def log_of(self, name: str) -> Path:
+        """Where `name` logs: its record's log path, else the one it was last run with, else `log_file`."""
 
     def logs(self) -> dict[str, Any]:
         """Every service's log file that exists, by service name (the CLI's `logs` reads these and
         nothing else: it never globs a directory itself)."""
 
 
-def default_registry() -> "Registry":
-    """The registry this process uses unless told otherwise: the local state directory."""
-    from .state import LocalRegistry
-    return LocalRegistry()
+def state_of(registry: Registry, name: str) -> tuple[str, ServiceRecord | None]:
+    """`running`, `stale`, `stopped`, or what a supervisor reports (`starting`, `backoff`, `failed`, ...),
+    with the record it is based on: one policy over every backend's answers.
+
+    The live process holding the name wins over its record: a record that is missing for more
+    than a moment, unreadable or left by an older owner is replaced by what that process proves.
+    """
+    record = registry.lookup(name)
+    if not registry.is_held(name):
+        return ("stale" if record is not None or registry.has_leftovers(name) else "stopped"), record
+    if record is not None and not registry.is_current(record):
+        record = None
+    if record is None:
+        owner = registry.owner(name)
+        if owner is None or registry.just_claimed(name):
+            return "starting", None
+        return owner.state, owner
+    gone = registry.is_gone(record)
+    if record.supervisor:
+        if not registry.is_held(record.supervisor):
+            # its supervisor died; the child follows it out within its stop timeout
+            return ("stale" if gone else "stopping"), record
+        if record.state == "running" and gone:
+            return "starting", record  # it just exited; its supervisor is about to say what next
+        return record.state, record
+    return ("stale" if gone else "running"), record

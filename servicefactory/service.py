@@ -15,6 +15,7 @@ from . import _notify
 from ._logging import ensure_default_output, service_logger
 from ._guard import MIN_TOKEN_BITS, token_bits, weak_token_message
 from ._names import is_loopback, is_loopback_address
+from ._states import RESTART_POLICIES
 from ._protocol import SUPERVISED_ENV, StopReason  # SUPERVISED_ENV: the supervisor sets it to the child's name
 from .api import DEFAULT_MAX_BODY, Action, collect_actions, handle
 from .errors import AlreadyRunning, ServiceFactoryError, StartupError, StateError, TokenRequired
@@ -72,7 +73,6 @@ def endpoint(port: int = 0, host: str = "127.0.0.1", *, name: str | None = None,
     return apply
 
 
-RESTART_POLICIES = ("on-failure", "always", "no")
 
 
 class Policy(namedtuple("Policy", "restart stop_timeout backoff_max max_loop_errors",
@@ -105,6 +105,28 @@ def policy(*, restart: str = "on-failure", stop_timeout: float = 10.0, backoff_m
     return apply
 
 
+class Description(namedtuple("Description", "name endpoint actions policy")):
+    """A service class as the CLI and tools see it: its registry name, its Endpoint (None: no API),
+    its actions by name (the built-in ones too) and its Policy."""
+
+    __slots__ = ()
+
+
+def describe(cls: type) -> Description:
+    """The one public description of service class `cls`: nothing outside this module reads its
+    private attributes."""
+    if not (isinstance(cls, type) and issubclass(cls, ServiceBase)):
+        raise TypeError(f"{cls!r} is not a subclass of Service.base")
+    return Description(cls._servicefactory_name(), cls._servicefactory_endpoint, cls._servicefactory_actions,
+                       cls._servicefactory_policy)
+
+
+def is_ready(service: "ServiceBase") -> bool:
+    """Whether `service` runs and is ready: its API answers and its record is published."""
+    runtime = service._servicefactory_runtime
+    return runtime is not None and runtime.ready.is_set()
+
+
 class _Interrupted(BaseException):
     """Raised inside loop() to cut short a loop that did not return after a stop request."""
 
@@ -132,11 +154,12 @@ class _Runtime:
         self.last_error: str | None = None
         self.started_monotonic = time.monotonic()
         self.server: Any = None
-        self.timer: threading.Thread | None = None
+        self.stop_watcher: threading.Thread | None = None  # watch_stop(), in the main thread's service only
         self.loop_done = threading.Event()
         self.announced = threading.Event()
         self.ready = threading.Event()
         self.interruptible = True
+        self.drain: Callable[[], None] | None = None  # run() calls it after the loop, before the API stops
         self.exit_request: SystemExit | None = None
 
     def request_stop(self, reason: StopReason, detail: str = "", *, from_signal: bool = False) -> bool:
@@ -201,8 +224,6 @@ class ServiceBase:
     _servicefactory_builtin = True
     _servicefactory_endpoint: Endpoint | None = None
     _servicefactory_policy: Policy = Policy()
-    #: whether a loop() that overstays a stop request is interrupted (off for loops that must finish)
-    _servicefactory_interruptible = True
     _servicefactory_actions: Mapping[str, Action] = {}
     _servicefactory_runtime: _Runtime | None = None
 
@@ -215,7 +236,8 @@ class ServiceBase:
                 raise TypeError(f"{cls.__qualname__} defines {', '.join(clashes)}, reserved by "
                                 f"servicefactory's Service.base; rename "
                                 f"{'it' if len(clashes) == 1 else 'them'}")
-        cls._servicefactory_actions = collect_actions(cls)
+        cls._servicefactory_actions = collect_actions(
+            cls, lambda klass: getattr(klass, "_servicefactory_builtin", False))
 
     # -- what users implement --
 
@@ -324,14 +346,20 @@ class ServiceBase:
         return (endpoint_.name if endpoint_ and endpoint_.name else None) or cls.__name__
 
     def run(self, *, name: str | None = None, host: str | None = None, port: int | None = None,
-            registry: Any = None, target: str = "", tls: tuple[str, str] | None = None) -> None:
+            registry: Any = None, target: str = "", tls: tuple[str, str] | None = None,
+            token: str | None = None, drain: Callable[[], None] | None = None, interruptible: bool = True) -> None:
         """Serve the API and call loop() until stopped (Ctrl+C, SIGTERM, `shutdown`, stop()); then finalize.
 
-        `tls=(certfile, keyfile)` serves HTTPS, overriding the endpoint's own `tls`."""
+        `tls=(certfile, keyfile)` serves HTTPS, overriding the endpoint's own `tls`. `token` is the
+        API token to require instead of the registry's; it is published as the name's secret (apart
+        from the record), for this user's callers only. `drain` runs after the loop, while the API
+        still answers (what calls in flight wait for). `interruptible=False` lets a loop() that
+        overstays a stop request finish instead of being interrupted."""
         if self._servicefactory_runtime is not None:
             raise RuntimeError("this service instance is already running")
         runtime = _Runtime(name or self._servicefactory_name())
-        runtime.interruptible = type(self)._servicefactory_interruptible
+        runtime.interruptible = interruptible
+        runtime.drain = drain
         self._servicefactory_runtime = runtime
         ensure_default_output()
         _line_buffer_stdout()
@@ -340,7 +368,7 @@ class ServiceBase:
         main = threading.current_thread() is threading.main_thread()
         previous = _install_signals(runtime) if main else None
         try:
-            with _Registration(runtime, registry, target) as registration:
+            with _Registration(runtime, registry, target, token) as registration:
                 self._start_api(runtime, registration, host, port, tls)
                 registration.publish(self, runtime)
                 server = runtime.server
@@ -368,7 +396,7 @@ class ServiceBase:
         from .server import Server, bind
         host = host if host is not None else endpoint_.host
         port = port if port is not None else endpoint_.port
-        token = self._servicefactory_token(registration)
+        token = registration.token()
         loopback = is_loopback(host)  # resolved: every address the name stands for is loopback
         if not loopback:
             try:
@@ -416,28 +444,20 @@ class ServiceBase:
                                     ssl_context=context)
         runtime.server.start()
 
-    def _servicefactory_token(self, registration: "_Registration") -> str | None:
-        return registration.token()
-
-    def _servicefactory_record_extras(self) -> dict:
-        return {}
-
-    def _servicefactory_drain(self) -> None:
-        """After the loop, before the API stops: finish what API calls in flight wait for (a hook)."""
-
     def _servicefactory_serve(self, runtime: _Runtime, main: bool) -> None:
         if main:
-            runtime.timer = threading.Thread(target=runtime.watch_stop, daemon=True, name="servicefactory-stop")
-            runtime.timer.start()
+            runtime.stop_watcher = threading.Thread(target=runtime.watch_stop, daemon=True, name="servicefactory-stop")
+            runtime.stop_watcher.start()
         try:
             self._servicefactory_loop(runtime)
         finally:
             runtime.loop_done.set()
             runtime.stop_event.set()
             _notify.notify_stopping(runtime.stop_reason or StopReason.ENDED, runtime.stop_detail)
-            if runtime.timer is not None:
-                runtime.timer.join(1.0)  # it announces a signalled stop: before finalize's own lines
-            self._servicefactory_drain()
+            if runtime.stop_watcher is not None:
+                runtime.stop_watcher.join(1.0)  # it announces a signalled stop: before finalize's own lines
+            if runtime.drain is not None:
+                runtime.drain()
             if runtime.server is not None:
                 runtime.server.stop()
             try:
@@ -496,16 +516,17 @@ class ServiceBase:
 class _Registration:
     """The service's entry in the registry, for as long as run() lasts."""
 
-    def __init__(self, runtime: _Runtime, registry: Any, target: str) -> None:
+    def __init__(self, runtime: _Runtime, registry: Any, target: str, token: str | None = None) -> None:
         self.runtime = runtime
         self.target = target
+        self.own_token = token
         self.registry = registry
         self.claim: Any = None
         self.url: str | None = None
 
     def __enter__(self) -> "_Registration":
         if self.registry is None:
-            from .registry import default_registry
+            from .backends import default_registry
             self.registry = default_registry()
         if os.environ.get(SUPERVISED_ENV) == self.runtime.name:
             return self  # the supervisor holds the name and publishes what we report on the ready pipe
@@ -516,13 +537,15 @@ class _Registration:
         return self
 
     def token(self) -> str | None:
+        if self.own_token is not None:
+            return self.own_token
         try:
             return self.registry.token()
         except StateError as exc:
             raise StartupError(str(exc)) from None
 
     def token_path(self) -> str:
-        return str(getattr(self.registry, "token_file", "a token file"))
+        return self.registry.token_hint()
 
     def publish(self, service: ServiceBase, runtime: _Runtime) -> None:
         from .registry import ServiceRecord
@@ -533,11 +556,12 @@ class _Registration:
             port=server.port if server else None, create_time=process_start_time(os.getpid()) or 0.0,
             started=time.time(), target=self.target or f"{type(service).__module__}:{type(service).__qualname__}",
             hostname=socket.gethostname(), stop_timeout=type(service)._servicefactory_policy.stop_timeout,
-            tls=bool(server and getattr(server, "ssl_context", None)),
-            **service._servicefactory_record_extras())
+            tls=bool(server and getattr(server, "ssl_context", None)))
         self.url = record.url
         if self.claim is not None:
             try:
+                if self.own_token is not None:  # before the record: whoever finds it can call at once
+                    self.registry.publish_secret(self.claim, self.own_token)
                 self.registry.publish(self.claim, record)
             except OSError as exc:
                 runtime.log.warning("could not write metadata: %s", exc)

@@ -110,7 +110,7 @@ def holds_open(pid: int, path: Path | str) -> bool:
 def _supervised_as(pid: int, name: str) -> bool:
     """Whether process `pid` was started by a supervisor as service `name` (its environment says so
     from its start; with the start time checked by the caller, a record alone cannot fake it)."""
-    from .service import SUPERVISED_ENV
+    from ._protocol import SUPERVISED_ENV
 
     try:
         environ = read_nofollow(f"/proc/{pid}/environ", 1 << 22)
@@ -226,6 +226,8 @@ class LocalRegistry:
         #: it, so that perform never imports pathlib (with the urllib.parse it imports, ~7 ms of a
         #: ~50 ms cold start); `home` is the same directory as a Path, for everything else
         self.root = os.path.normpath(os.fspath(home)) if home is not None else _default_root()
+        #: the registry's `where`: the directory
+        self.where = self.root
         self._home: Path | None = None
         self._published: dict[str, tuple[Claim, bytes]] = {}
         self._keeper: threading.Thread | None = None
@@ -252,6 +254,10 @@ class LocalRegistry:
     def metadata_file(self, name: str) -> Path:
         """The metadata file of service `name`."""
         return self.home / f"{check_name(name)}.json"
+
+    def secret_file(self, name: str) -> Path:
+        """The file of `name`'s secret (a supervisor's control token), apart from its record."""
+        return self.home / f"{check_name(name)}.secret"
 
     def log_file(self, name: str) -> Path:
         """The default log file of service `name`."""
@@ -299,6 +305,18 @@ class LocalRegistry:
         if os.path.lexists(self.root):
             self.check()
 
+    def exists(self) -> bool:
+        """Whether the state directory exists (nothing can be registered in a missing one)."""
+        return os.path.exists(self.root)
+
+    def environment(self) -> dict[str, str]:
+        """SERVICEFACTORY_HOME, absolute: a process started elsewhere must use this very directory."""
+        return {"SERVICEFACTORY_HOME": self.root}
+
+    def private_dir(self) -> Path:
+        """The state directory itself (0700, this user's: `ensure` and `check` see to it)."""
+        return self.home
+
     # -- the registry interface --
 
     def claim(self, name: str) -> Claim:
@@ -326,6 +344,15 @@ class LocalRegistry:
             raise _unusable(self.pidfile(name), exc) from None
         return Claim(name=name, handle=fd)
 
+    def inheritable(self, claim: Claim) -> tuple[int, ...]:
+        """The claim's locked pidfile: a child holding it open is proven to be the service (`owner_alive`)."""
+        return (claim.handle,)
+
+    def hand_over(self, claim: Claim, pid: int) -> None:
+        """Write `pid` into the claim's pidfile: the supervisor keeps the lock, the child runs the service."""
+        os.ftruncate(claim.handle, 0)
+        os.pwrite(claim.handle, f"{pid}\n".encode(), 0)
+
     def owns(self, claim: Claim) -> bool:
         """Whether the pidfile now at the claim's path is still the file this claim locked (the
         state directory may have been deleted and the name claimed again by a new owner)."""
@@ -348,6 +375,19 @@ class LocalRegistry:
             if not self.owns(claim):
                 return  # the name is another owner's now: never overwrite its record
             self._write_record(claim.name, data)
+
+    def publish_secret(self, claim: Claim, secret: str) -> None:
+        """Write `secret` to NAME.secret (0600), not into the record that every lookup reads."""
+        if self.owns(claim):
+            write_atomically(self.secret_file(claim.name), secret.encode())
+
+    def secret(self, name: str) -> str | None:
+        """The secret in NAME.secret, if this user can read it."""
+        self.check_safe()
+        try:
+            return read_nofollow(self._file(name, ".secret"), 4096).decode().strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
 
     def _write_record(self, name: str, data: bytes) -> None:
         path = self.metadata_file(name)
@@ -386,7 +426,7 @@ class LocalRegistry:
             if self._published.get(claim.name, (None,))[0] == claim:
                 del self._published[claim.name]
             if self.owns(claim):
-                for path in (self.metadata_file(claim.name), self.pidfile(claim.name)):
+                for path in (self.metadata_file(claim.name), self.secret_file(claim.name), self.pidfile(claim.name)):
                     try:
                         os.unlink(path)
                     except OSError:
@@ -451,6 +491,34 @@ class LocalRegistry:
             os.close(fd)
         return False
 
+    def has_leftovers(self, name: str) -> bool:
+        """Whether `name` has a pidfile or a record here (a dead owner's, if nobody holds the name)."""
+        return os.path.lexists(self._file(name, ".pid")) or os.path.lexists(self._file(name, ".json"))
+
+    def is_gone(self, record: ServiceRecord) -> bool:
+        """Whether the recorded process has exited (or its pid now names another process)."""
+        return is_dead(record)
+
+    def is_suspended(self, record: ServiceRecord) -> bool:
+        """Whether the recorded process is stopped by a signal (state T or t in /proc)."""
+        try:
+            with open(f"/proc/{record.pid}/stat", "rb") as handle:
+                return handle.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+        except (OSError, IndexError):
+            return False
+
+    def usage(self, record: ServiceRecord) -> dict[str, Any]:
+        """The recorded process's cpu seconds and resident memory (psutil), or {}."""
+        try:
+            import psutil
+
+            process = psutil.Process(record.pid)
+            with process.oneshot():
+                times = process.cpu_times()
+                return {"cpu": round(times.user + times.system, 2), "memory": process.memory_info().rss}
+        except Exception:
+            return {}
+
     def owner_alive(self, record: ServiceRecord) -> bool:
         """Whether `record.pid` is the live service itself: it has the name's locked pidfile open (for
         a supervisor, its own `_supervisor-N` pidfile) and started when the record says."""
@@ -492,35 +560,7 @@ class LocalRegistry:
         return ServiceRecord(name, pid, create_time=started, started=started or time.time(),
                              supervisor=supervisor, state="running" if pid else "backoff")
 
-    def state_of(self, name: str) -> tuple[str, ServiceRecord | None]:
-        """`running`, `stale`, `stopped`, or what a supervisor reports (`starting`, `backoff`, `failed`, ...).
-
-        The live process holding the name wins over its record: a record that is missing for more
-        than a moment, unreadable or left by an older owner is replaced by what that process proves.
-        """
-        record = self.lookup(name)
-        if not self.is_held(name):
-            has_files = record is not None or os.path.lexists(self._file(name, ".pid")) or \
-                os.path.lexists(self._file(name, ".json"))
-            return ("stale" if has_files else "stopped"), record
-        if record is not None and not self._current(record):
-            record = None
-        if record is None:
-            owner = self.owner(name)
-            if owner is None or self._just_claimed(name):
-                return "starting", None
-            return owner.state, owner
-        dead = is_dead(record)
-        if record.supervisor:
-            if not self.is_held(record.supervisor):
-                # its supervisor died; the child follows it out within its stop timeout
-                return ("stale" if dead else "stopping"), record
-            if record.state == "running" and dead:
-                return "starting", record  # it just exited; its supervisor is about to say what next
-            return record.state, record
-        return ("stale" if dead else "running"), record
-
-    def _current(self, record: ServiceRecord) -> bool:
+    def is_current(self, record: ServiceRecord) -> bool:
         """Whether `record` was written by the name's present owner (not left by an older one)."""
         pidfile = self.pidfile(record.name)
         locked_by = locker(pidfile)
@@ -536,7 +576,7 @@ class LocalRegistry:
             return True
         return pid == record.pid or not holds_open(pid, pidfile)
 
-    def _just_claimed(self, name: str) -> bool:
+    def just_claimed(self, name: str) -> bool:
         """A name claimed moments ago whose owner has not published yet (it is still starting)."""
         try:
             age = time.time() - os.stat(self.pidfile(name), follow_symlinks=False).st_mtime
@@ -575,7 +615,7 @@ class LocalRegistry:
                 return  # held: somebody owns the name
             fd = -1  # no pidfile at all: only a leftover metadata file to remove
         try:
-            for path in (self.metadata_file(name), self.pidfile(name)):
+            for path in (self.metadata_file(name), self.secret_file(name), self.pidfile(name)):
                 try:
                     os.unlink(path)
                 except OSError:
@@ -610,6 +650,10 @@ class LocalRegistry:
         """Where a token can be kept instead of $SERVICEFACTORY_TOKEN (mode 0600)."""
         return self.home / "token"
 
+    def token_hint(self) -> str:
+        """Where a token can be put for `token()` to find it, for messages: the token file."""
+        return str(self.token_file)
+
     def token(self) -> str | None:
         """The API token from $SERVICEFACTORY_TOKEN, else from the `token` file here (must be 0600)."""
         token = os.environ.get("SERVICEFACTORY_TOKEN", "").strip()
@@ -626,7 +670,3 @@ class LocalRegistry:
             return read_nofollow(path, 4096).decode().strip() or None
         except (OSError, UnicodeDecodeError) as exc:
             raise StateError(f"token file {path} is unusable: {exc}") from None
-
-    def describe(self) -> dict[str, Any]:
-        """Where this registry keeps its state, for messages."""
-        return {"backend": "local", "home": self.root}

@@ -31,9 +31,9 @@ from .logfiles import RotatingLog, printable
 from ._policy import Exit, RestartPolicy
 from ._states import ACTIVE, ServiceState
 from ._supervised import Child, Settings, Spec, drain, python_command, readable, stamp, url_of
-from .registry import SUPERVISOR_PREFIX, ServiceRecord
-from .service import Endpoint, ServiceBase
-from .state import LocalRegistry, process_start_time
+from .registry import SUPERVISOR_PREFIX, Registry, ServiceRecord
+from .service import ServiceBase, endpoint
+from .state import process_start_time
 
 logger = logging.getLogger("servicefactory.supervisor")  # also when run as __main__
 
@@ -43,17 +43,18 @@ def _api_token() -> str:
     return secrets.token_urlsafe(24)
 
 
+@endpoint(port=0, require_token=True)
 class Supervisor(ServiceBase):
     """Runs services as child processes and keeps them running by their restart policy."""
 
-    _servicefactory_interruptible = False
-    _servicefactory_endpoint = Endpoint(port=0, require_token=True)
-
-    def __init__(self, specs: list[Spec], settings: Settings | None = None, registry: LocalRegistry | None = None,
+    def __init__(self, specs: list[Spec], settings: Settings | None = None, registry: Registry | None = None,
                  printer: Callable[..., None] | None = None, ready_fd: int | None = None) -> None:
         self.specs = specs
         self.settings = settings or Settings()
-        self.registry = registry or LocalRegistry()
+        if registry is None:
+            from .backends import default_registry
+            registry = default_registry()
+        self.registry = registry
         self.printer = printer
         self.ready_fd = ready_fd
         self.children: dict[str, Child] = {}
@@ -75,14 +76,8 @@ class Supervisor(ServiceBase):
         self.name = f"{SUPERVISOR_PREFIX}{os.getpid()}"
         # systemd should hear READY=1 when the services are ready, not when our own API is
         self.notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
-        # the control API can stop everything: only who can read our record (the owner) may call it
+        # the control API can stop everything: only who can read our secret (the owner) may call it
         self.token = _api_token()
-
-    def _servicefactory_token(self, registration: Any) -> str | None:
-        return self.token
-
-    def _servicefactory_record_extras(self) -> dict:
-        return {"token": self.token}
 
     # -- claims: taken before anything starts, so a duplicate is refused up front --
 
@@ -104,7 +99,7 @@ class Supervisor(ServiceBase):
             raise
 
     def release_all(self) -> None:
-        """Withdraw every record and drop every lock; remember how each service ran, for `restart`."""
+        """Withdraw every record and drop every lock (how each ran was remembered when it got ready)."""
         for child in self.children.values():
             child.log.close()
             self.registry.release(child.claim)
@@ -176,7 +171,8 @@ class Supervisor(ServiceBase):
             child.popen = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                 cwd=spec.cwd if spec.cwd and os.path.isdir(spec.cwd) else None,
-                pass_fds=(ready_write, child.claim.handle, self.lifeline_read), start_new_session=True)
+                pass_fds=(ready_write, *self.registry.inheritable(child.claim), self.lifeline_read),
+                start_new_session=True)
         except OSError as exc:
             os.close(ready_read)
             os.close(ready_write)
@@ -204,12 +200,11 @@ class Supervisor(ServiceBase):
             child.pidfd = os.pidfd_open(child.popen.pid)
             self.selector.register(child.pidfd, selectors.EVENT_READ, ("exit", child))
         except (AttributeError, OSError):
-            child.pidfd = None  # no pidfd: polled in _poll_exits
-        # published before its pid goes into the pidfile: a reader never sees the new pid there while
-        # the record still names no process (it would take the name's owner for an unsupervised one)
+            child.pidfd = None  # no pidfd: polled in loop()
+        # published before the claim names its pid: a reader never sees the new pid there while the
+        # record still names no process (it would take the name's owner for an unsupervised one)
         child.change_state(ServiceState.STARTING)
-        os.ftruncate(child.claim.handle, 0)
-        os.pwrite(child.claim.handle, f"{child.popen.pid}\n".encode(), 0)
+        self.registry.hand_over(child.claim, child.popen.pid)
 
     def _pump(self, child: Child) -> None:
         try:
@@ -410,7 +405,7 @@ class Supervisor(ServiceBase):
                 child.fast_failures = 0
                 self._spawn(child)  # STOPPED -> STARTING
 
-    def _servicefactory_drain(self) -> None:
+    def stop_children(self) -> None:
         """Stop every child in parallel, each within its stop timeout, while our API still answers:
         a `stop` in flight waits for exactly these exits, and must not hold up our own stop."""
         for child in self.children.values():
@@ -419,8 +414,8 @@ class Supervisor(ServiceBase):
             self.loop()
 
     def finalize(self) -> None:
-        """Once every child is gone (see _servicefactory_drain), release every name."""
-        self._servicefactory_drain()  # already done, unless the loop ended by an error
+        """Once every child is gone (see stop_children), release every name."""
+        self.stop_children()  # already done, unless the loop ended by an error
         self._check_startup()
         self._report_startup()
         self.release_all()
@@ -614,12 +609,14 @@ class Supervisor(ServiceBase):
 
 
 def run_supervisor(specs: list[Spec], settings: Settings, *, printer: Callable[..., None] | None = None,
-                   ready_fd: int | None = None, registry: LocalRegistry | None = None) -> int:
+                   ready_fd: int | None = None, registry: Registry | None = None) -> int:
     """Claim the names, run the supervisor until it stops, return its exit code."""
     supervisor = Supervisor(specs, settings, registry=registry, printer=printer, ready_fd=ready_fd)
     supervisor.claim_all()
     try:
-        supervisor.run(name=supervisor.name, host="127.0.0.1", port=0, registry=registry)
+        # never interrupted: its loop is what stops the children
+        supervisor.run(name=supervisor.name, host="127.0.0.1", port=0, registry=supervisor.registry,
+                       token=supervisor.token, drain=supervisor.stop_children, interruptible=False)
     except BaseException:
         supervisor.release_all()
         raise

@@ -7,7 +7,7 @@ import time
 from typing import Any, Iterator, TypeVar
 
 from .errors import ServiceFactoryError
-from .service import ServiceBase
+from .service import ServiceBase, is_ready
 
 S = TypeVar("S", bound=ServiceBase)
 
@@ -33,8 +33,7 @@ def running(service: S, *, timeout: float = 10.0, **run_options: Any) -> Iterato
     thread.start()
     deadline = time.monotonic() + timeout
     while True:
-        runtime = service._servicefactory_runtime
-        if runtime is not None and runtime.ready.is_set():
+        if is_ready(service):
             break
         if failure:
             raise failure[0]

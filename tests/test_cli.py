@@ -23,6 +23,7 @@ from click.testing import CliRunner
 
 from support import PYTHON, RUNNING_LINE, Cli, alive, processes_using, wait_until
 from servicefactory import __version__
+from servicefactory.registry import state_of
 from servicefactory.state import LocalRegistry
 
 try:
@@ -517,7 +518,7 @@ def test_status_exits_0_when_every_named_service_runs_and_3_otherwise(shared):
 def test_a_service_started_with_python_file_is_visible_callable_and_stoppable(sf: Cli, spawn):
     proc = spawn(args=[PYTHON, "standalone.py"], files={"standalone.py": STANDALONE})
     registry = LocalRegistry(sf.home)
-    wait_until(lambda: registry.state_of("Solo")[0] == "running", message="Solo to register")
+    wait_until(lambda: state_of(registry, "Solo")[0] == "running", message="Solo to register")
     status = sf("status", "Solo")
     assert status.returncode == 0
     assert re.search(rf"^Solo\s+running\s+{proc.pid}\s", status.stdout, re.M), status.stdout
@@ -534,7 +535,7 @@ def test_a_service_started_with_python_file_is_visible_callable_and_stoppable(sf
 def test_a_standalone_service_killed_with_sigkill_shows_stale_and_can_run_again(sf: Cli, spawn):
     proc = spawn(args=[PYTHON, "standalone.py"], files={"standalone.py": STANDALONE})
     registry = LocalRegistry(sf.home)
-    wait_until(lambda: registry.state_of("Solo")[0] == "running", message="Solo to register")
+    wait_until(lambda: state_of(registry, "Solo")[0] == "running", message="Solo to register")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     status = sf("status", "Solo")

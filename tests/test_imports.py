@@ -21,6 +21,7 @@ PERFORM_MAY_IMPORT = {
     # servicefactory's own, on the path from the console script to one call
     "servicefactory", "servicefactory.cli", "servicefactory.cli.fast", "servicefactory.client",
     "servicefactory.errors", "servicefactory._names", "servicefactory.registry", "servicefactory.state",
+    "servicefactory.backends",  # which registry backend: $SERVICEFACTORY_REGISTRY
     "__future__",  # `from __future__ import annotations` is an import too, a cheap one
     # json
     "json", "json.decoder", "json.encoder", "json.scanner", "_json",

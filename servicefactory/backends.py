@@ -1,0 +1,28 @@
+"""Which registry backend a process uses: chosen here, and nowhere else.
+
+$SERVICEFACTORY_REGISTRY names it (`local`, the default: the state directory; etcd is next). The
+registry's interface is `registry.Registry`; this module alone knows the backends' classes.
+"""
+from __future__ import annotations
+
+import os
+
+from .errors import StateError
+
+TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
+if TYPE_CHECKING:
+    from .registry import Registry
+
+#: the environment variable that names the backend
+REGISTRY_ENV = "SERVICEFACTORY_REGISTRY"
+#: every backend, by the name $SERVICEFACTORY_REGISTRY gives it
+BACKENDS = ("local",)
+
+
+def default_registry() -> "Registry":
+    """The registry this process uses unless told otherwise ($SERVICEFACTORY_REGISTRY, else local)."""
+    kind = os.environ.get(REGISTRY_ENV, "").strip() or "local"
+    if kind == "local":
+        from .state import LocalRegistry
+        return LocalRegistry()
+    raise StateError(f"unknown registry backend {kind!r} in ${REGISTRY_ENV}: use one of {', '.join(BACKENDS)}")

@@ -1,0 +1,309 @@
+"""The registry's contract: what every backend must do, tested against each (today: local).
+
+A backend is a `registry.Registry`; the commands, the supervisor and the client rely on these
+promises and on nothing else. A new backend (etcd) joins by adding a `Backend` below: the same
+tests then run against it, with real processes claiming, racing and dying (kill -9).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from support import PYTHON, wait_until
+from servicefactory.errors import AlreadyRunning
+from servicefactory.registry import Registry, ServiceRecord, state_of
+from servicefactory.state import LocalRegistry, process_start_time
+
+
+class Backend:
+    """One backend under test: fresh registries on one store, and the ways to damage that store."""
+
+    name = "?"
+
+    def registry(self) -> Registry:
+        """A new registry object on the store under test (as another process would make it)."""
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        """What a subprocess needs to use the same store through `backends.default_registry()`."""
+        raise NotImplementedError
+
+    def corrupt(self, name: str) -> None:
+        """Garble the public record of `name` as a full disk or a crash could."""
+        raise NotImplementedError
+
+    def plant(self, record: ServiceRecord) -> None:
+        """Put `record` where lookups find it, as someone who holds no claim could."""
+        raise NotImplementedError
+
+    def public_bytes(self, name: str) -> bytes:
+        """Everything stored publicly for `name` (what a reader of records could see)."""
+        raise NotImplementedError
+
+    def forget(self, name: str) -> None:
+        """Make the store lose `name`'s claim and record while its owner lives (a deleted directory)."""
+        raise NotImplementedError
+
+
+class Local(Backend):
+    """The state directory."""
+
+    name = "local"
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    def registry(self) -> Registry:
+        return LocalRegistry(self.home)
+
+    def environment(self) -> dict[str, str]:
+        return {"SERVICEFACTORY_REGISTRY": "local", **self.registry().environment()}
+
+    def corrupt(self, name: str) -> None:
+        (self.home / f"{name}.json").write_bytes(b'{"name": "' + name.encode() + b'", "pid": ')
+
+    def plant(self, record: ServiceRecord) -> None:
+        self.home.mkdir(mode=0o700, exist_ok=True)
+        (self.home / f"{record.name}.json").write_text(json.dumps(record.to_dict()))
+
+    def forget(self, name: str) -> None:
+        for suffix in (".pid", ".json"):
+            (self.home / f"{name}{suffix}").unlink()
+
+    def public_bytes(self, name: str) -> bytes:
+        return b"".join(path.read_bytes() for path in sorted(self.home.glob(f"{name}.*"))
+                        if path.suffix != ".secret")
+
+
+@pytest.fixture(params=["local"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    return {"local": lambda: Local(tmp_path / "registry")}[request.param]()
+
+
+def record_of(name: str, pid: int | None = None, **values: object) -> ServiceRecord:
+    """A record of process `pid` (this one by default), with its real start time."""
+    pid = os.getpid() if pid is None else pid
+    return ServiceRecord(name, pid, create_time=process_start_time(pid) or 0.0, started=time.time(),
+                         host="127.0.0.1", port=4242, **values)
+
+
+# a process that claims a name (after `go` exists), says `won` or `lost`, and if it won publishes
+# its record and holds the name until its stdin closes
+CLAIMANT = textwrap.dedent("""
+    import os, sys, time
+    from servicefactory.backends import default_registry
+    from servicefactory.errors import AlreadyRunning
+    from servicefactory.registry import ServiceRecord
+    from servicefactory.state import process_start_time
+
+    name, go = sys.argv[1], sys.argv[2]
+    registry = default_registry()
+    while not os.path.exists(go):
+        time.sleep(0.001)
+    try:
+        claim = registry.claim(name)
+    except AlreadyRunning:
+        print("lost", flush=True)
+        sys.exit(0)
+    registry.publish(claim, ServiceRecord(name, os.getpid(), create_time=process_start_time(os.getpid()),
+                                          started=time.time(), host="127.0.0.1", port=4242))
+    print("won", flush=True)
+    sys.stdin.read()
+    registry.release(claim)
+""")
+
+
+@pytest.fixture
+def claimants(backend: Backend, tmp_path: Path) -> Iterator:
+    """Start claimant processes on the backend's store; every one is killed at the end."""
+    started: list[subprocess.Popen] = []
+
+    def start(name: str, go: Path) -> subprocess.Popen:
+        process = subprocess.Popen([PYTHON, "-c", CLAIMANT, name, str(go)], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True, env=dict(os.environ, **backend.environment()))
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait(10)
+        for stream in (process.stdin, process.stdout):
+            stream.close()
+
+
+def test_a_name_has_one_owner_at_a_time_and_is_free_again_once_released(backend: Backend):
+    registry, other = backend.registry(), backend.registry()
+    claim = registry.claim("Solo")
+    with pytest.raises(AlreadyRunning):
+        other.claim("Solo")
+    assert other.is_held("Solo")
+    registry.release(claim)
+    assert not other.is_held("Solo")
+    other.release(other.claim("Solo"))
+
+
+def test_of_claimants_racing_in_separate_processes_exactly_one_wins(backend: Backend, claimants, tmp_path: Path):
+    go = tmp_path / "go"
+    racers = [claimants("Race", go) for _ in range(4)]
+    time.sleep(0.3)  # all of them waiting on `go` (they only poll a file: no answer depends on this)
+    go.touch()
+    answers = {racer: racer.stdout.readline().strip() for racer in racers}
+    assert sorted(answers.values()) == ["lost", "lost", "lost", "won"]
+    (winner,) = [racer for racer, answer in answers.items() if answer == "won"]
+    registry = backend.registry()
+    record = registry.lookup("Race")
+    assert record is not None and record.pid == winner.pid
+    assert state_of(registry, "Race") == ("running", record)
+    with pytest.raises(AlreadyRunning):
+        registry.claim("Race")
+
+
+def test_a_published_record_is_found_by_lookup_names_and_records(backend: Backend):
+    registry, reader = backend.registry(), backend.registry()
+    claim = registry.claim("Api")
+    record = record_of("Api", target="app:Api")
+    registry.publish(claim, record)
+    assert reader.lookup("Api") == record
+    assert "Api" in reader.names()
+    assert record in list(reader.records())
+    assert reader.owner_alive(record) and not reader.is_gone(record)
+    assert state_of(reader, "Api") == ("running", record)
+    registry.release(claim)
+    assert reader.lookup("Api") is None and "Api" not in reader.names()
+    assert state_of(reader, "Api") == ("stopped", None)
+
+
+def test_an_old_owner_never_overwrites_or_removes_the_next_owners_record(backend: Backend, claimants,
+                                                                          tmp_path: Path):
+    registry = backend.registry()
+    old = registry.claim("Handed")
+    registry.publish(old, record_of("Handed", target="old:Owner"))
+    backend.forget("Handed")  # the store lost the name: a new owner takes it while the old one lives
+    go = tmp_path / "go"
+    go.touch()
+    new_owner = claimants("Handed", go)
+    assert new_owner.stdout.readline().strip() == "won"
+    registry.publish(old, record_of("Handed", target="old:Again"))  # a late write by the old owner
+    time.sleep(LocalRegistry.KEEP_INTERVAL * 1.5)  # the old owner's keeper must not rewrite it either
+    registry.release(old)  # and its release
+    reader = backend.registry()
+    record = reader.lookup("Handed")
+    assert record is not None and record.pid == new_owner.pid
+    assert reader.is_held("Handed") and reader.owner_alive(record)
+
+
+def test_after_kill_9_of_the_owner_the_name_is_stale_never_signalled_and_free(backend: Backend, claimants,
+                                                                            tmp_path: Path):
+    go = tmp_path / "go"
+    go.touch()
+    owner = claimants("Doomed", go)
+    assert owner.stdout.readline().strip() == "won"
+    registry = backend.registry()
+    record = registry.lookup("Doomed")
+    assert record is not None and registry.owner_alive(record)
+    owner.kill()
+    owner.wait(10)
+    wait_until(lambda: not registry.is_held("Doomed"), timeout=5, message="the killed owner's claim to lapse")
+    assert registry.is_gone(record) and not registry.owner_alive(record)
+    assert not registry.signal(record, signal.SIGTERM)
+    assert state_of(registry, "Doomed")[0] == "stale"
+    registry.clean("Doomed")
+    assert state_of(registry, "Doomed") == ("stopped", None)
+    registry.release(registry.claim("Doomed"))
+
+
+def test_a_corrupt_record_reads_as_none_and_the_live_owner_proves_itself(backend: Backend):
+    registry = backend.registry()
+    claim = registry.claim("Garbled")
+    registry.publish(claim, record_of("Garbled"))
+    backend.corrupt("Garbled")
+    reader = backend.registry()
+    assert reader.lookup("Garbled") is None
+    state, proven = state_of(reader, "Garbled")
+    assert (state, proven.pid if proven else None) == ("running", os.getpid())
+    registry.release(claim)
+    assert state_of(reader, "Garbled") == ("stopped", None)
+
+
+def test_a_corrupt_record_without_an_owner_is_stale_until_cleaned(backend: Backend):
+    backend.plant(record_of("Left"))
+    backend.corrupt("Left")
+    registry = backend.registry()
+    assert registry.lookup("Left") is None
+    assert state_of(registry, "Left") == ("stale", None)
+    registry.clean("Left")
+    assert state_of(registry, "Left") == ("stopped", None)
+
+
+def test_a_planted_record_naming_a_live_foreign_process_proves_nothing(backend: Backend):
+    bystander = subprocess.Popen([PYTHON, "-c", "import time; time.sleep(60)"])
+    try:
+        wait_until(lambda: process_start_time(bystander.pid) is not None, timeout=5, message="bystander")
+        forged = record_of("Victim", bystander.pid)
+        backend.plant(forged)
+        registry = backend.registry()
+        assert registry.lookup("Victim") == forged
+        assert not registry.owner_alive(forged)
+        assert not registry.signal(forged, signal.SIGKILL)
+        assert state_of(registry, "Victim")[0] == "stale"
+        registry.clean("Victim")
+        assert bystander.poll() is None  # never signalled
+    finally:
+        bystander.kill()
+        bystander.wait(10)
+
+
+def test_a_secret_is_readable_by_its_name_but_never_part_of_the_public_record(backend: Backend):
+    registry = backend.registry()
+    claim = registry.claim("_supervisor-1")
+    registry.publish_secret(claim, "s3cret-control-token")
+    registry.publish(claim, record_of("_supervisor-1"))
+    reader = backend.registry()
+    assert reader.secret("_supervisor-1") == "s3cret-control-token"
+    assert "s3cret" not in json.dumps(reader.lookup("_supervisor-1").to_dict())
+    assert b"s3cret" not in backend.public_bytes("_supervisor-1")
+    registry.release(claim)
+    assert reader.secret("_supervisor-1") is None
+
+
+def test_a_child_handed_the_claim_is_proven_the_owner_while_its_starter_keeps_the_name(backend: Backend):
+    registry = backend.registry()
+    claim = registry.claim("Child")
+    child = subprocess.Popen([PYTHON, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
+                             pass_fds=registry.inheritable(claim))
+    try:
+        registry.hand_over(claim, child.pid)
+        wait_until(lambda: process_start_time(child.pid) is not None, timeout=5, message="child")
+        record = record_of("Child", child.pid, supervisor=f"_supervisor-{os.getpid()}")
+        registry.publish(claim, record)
+        assert registry.owner_alive(record)
+        child.stdin.close()
+        child.wait(10)
+        assert registry.is_gone(record) and not registry.owner_alive(record)
+        assert registry.is_held("Child")  # the starter still owns the name between two runs
+    finally:
+        child.kill()
+        child.wait(10)
+        registry.release(claim)
+
+
+def test_how_a_service_was_run_is_remembered_until_it_is_stopped_on_purpose(backend: Backend):
+    registry = backend.registry()
+    registry.ensure()  # as a supervisor has, by claiming its names, before it remembers one
+    registry.remember("Kept", {"target": "app:Kept", "settings": {"backoff": 2.0}})
+    reader = backend.registry()
+    assert reader.remembered("Kept") == {"target": "app:Kept", "settings": {"backoff": 2.0}}
+    assert "Kept" in reader.remembered_names()
+    reader.mark_stopped("Kept")
+    assert "Kept" not in backend.registry().remembered_names()
+    assert reader.remembered("Kept")["target"] == "app:Kept"  # restart still knows how
+    assert reader.remembered("Never") is None
