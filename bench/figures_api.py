@@ -15,7 +15,7 @@ def _throughput(workdir: Path, sizes: Sizes, threads: int, seconds: float) -> Fi
     with services.echo_service(workdir), \
             peers.pyro_server(workdir) as (_, uri), \
             peers.floor_server(workdir) as (_, port):
-        from servicefactory import client
+        from servicefactory.http import client
         echo_port = client.resolve("Echo")[1]
         systems = {"servicefactory": services.echo_client(), "pyro5": peers.pyro_client(uri),
                    "floor": peers.floor_client(port),
@@ -87,7 +87,7 @@ def figure_6(workdir: Path, sizes: Sizes) -> FigureResult:
 
 def figure_8(workdir: Path, sizes: Sizes) -> FigureResult:
     """8 clients x N performs: errors, calls/s, p99, and the drift of the service loop's pace."""
-    from servicefactory import client
+    from servicefactory.http import client
     threads = 8
     cap_seconds = 20.0 if sizes.smoke else 150.0
     with services.echo_service(workdir) as service:
@@ -131,7 +131,7 @@ def _ticks_over(activity) -> dict:
 
     A negative drift means the loop fell behind its pace (fewer ticks than promised).
     """
-    from servicefactory import client
+    from servicefactory.http import client
     before = client.perform("Echo", "ticks", timeout=services.CALL_TIMEOUT)
     activity()
     after = client.perform("Echo", "ticks", timeout=services.CALL_TIMEOUT)

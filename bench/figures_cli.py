@@ -158,7 +158,7 @@ def figure_4(workdir: Path, sizes: Sizes) -> FigureResult:
 def figure_5(workdir: Path, sizes: Sizes) -> FigureResult:
     """`servicefactory stop` of a loop blocked in time.sleep(30), vs `supervisorctl stop`."""
     import psutil
-    from servicefactory.state import LocalRegistry
+    from servicefactory.registry.local import LocalRegistry
     services.write_services_module(workdir)
     ours, returned, theirs = [], [], []
     with cli_session(workdir) as cli, peers.supervisord(workdir, autostart=False) as supervisor:
@@ -195,7 +195,7 @@ def _gone(process) -> bool:
 def figure_7(workdir: Path, sizes: Sizes) -> FigureResult:
     """N services from one module under one supervisor: start, status, the supervisor's idle cost."""
     import psutil
-    from servicefactory.state import LocalRegistry
+    from servicefactory.registry.local import LocalRegistry
     module = "sfbench_fleet"
     (workdir / f"{module}.py").write_text(services.fleet_module(sizes.fleet))
     names = [f"Fleet{i:02d}" for i in range(sizes.fleet)]

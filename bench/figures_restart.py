@@ -1,7 +1,7 @@
 """Figure 9: a rolling restart under load. What do callers see while a service restarts?
 
 One supervised Echo (`servicefactory run --daemon`) is restarted with `servicefactory restart`
-again and again while 8 client threads call it through `servicefactory.client.perform`. Every
+again and again while 8 client threads call it through `servicefactory.http.client.perform`. Every
 call ends one of three ways, and only the third is a defect (issue 17): it answered; it was
 refused in a way that says the action did not run (`ServiceNotRunning`, of which the draining
 service's 503 `ServiceUnavailable` is one: safe to retry); or its outcome is unknown
@@ -36,7 +36,7 @@ class Tally:
 
 
 def _caller(tally: Tally, stop: threading.Event) -> None:
-    from servicefactory import client
+    from servicefactory.http import client
     from servicefactory.errors import ProtocolError, ServiceNotRunning, ServiceUnavailable
     i = 0
     try:
@@ -64,7 +64,7 @@ def _caller(tally: Tally, stop: threading.Event) -> None:
 
 def figure_9(workdir: Path, sizes: Sizes) -> FigureResult:
     """One supervised service restarted N times (`servicefactory restart`) while 8 threads call it."""
-    from servicefactory.state import LocalRegistry
+    from servicefactory.registry.local import LocalRegistry
     restarts = 3 if sizes.smoke else 10
     pause = 0.3 if sizes.smoke else 1.0  # of steady calls between two restarts
     services.write_services_module(workdir)

@@ -33,7 +33,7 @@ def _open_sockets(count: int) -> list[socket.socket]:
 
 def lookups(count: int, repeat: int = 2000) -> dict[str, float]:
     """µs per lookup for each method, with `count` sockets open."""
-    from servicefactory import _peercred
+    from servicefactory.http import _peercred
 
     extra = _open_sockets(count)
     server = socket.socket()
@@ -86,7 +86,7 @@ def throughput(seconds: float, rounds: int) -> dict[str, dict[str, float]]:
     """
     os.environ.setdefault("SERVICEFACTORY_HOME", tempfile.mkdtemp(prefix="sf-bench-peercred-"))
     from servicefactory import Service, testing
-    from servicefactory.client import perform
+    from servicefactory.http.client import perform
 
     @Service.API.endpoint(port=0, name="PeerOn")
     class On(Service.base):

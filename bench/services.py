@@ -91,7 +91,7 @@ def home_in_this_process(home: Path) -> Iterator[None]:
 
 def answers(name: str) -> bool:
     """Whether service `name` answers `health` now."""
-    from servicefactory import client
+    from servicefactory.http import client
     return bool(client.perform(name, "health", timeout=2.0))
 
 
@@ -115,7 +115,7 @@ def echo_service(workdir: Path) -> Iterator[Spawned]:
 def echo_client_of(port: int) -> Callable:
     """perform() against any keep-alive HTTP echo on `port` (the floor): the client's own cost, apart."""
     def make() -> tuple[Callable[[int], None], Callable[[], None]]:
-        from servicefactory import client
+        from servicefactory.http import client
 
         def call(i: int) -> None:
             if client.perform("Floor", "echo", i, timeout=CALL_TIMEOUT, fallback=("127.0.0.1", port)) != i:
@@ -126,9 +126,9 @@ def echo_client_of(port: int) -> Callable:
 
 
 def echo_client() -> Callable:
-    """A factory of clients calling Echo the way users do: servicefactory.client.perform."""
+    """A factory of clients calling Echo the way users do: servicefactory.http.client.perform."""
     def make() -> tuple[Callable[[int], None], Callable[[], None]]:
-        from servicefactory import client
+        from servicefactory.http import client
 
         def call(i: int) -> None:
             if client.perform("Echo", "echo", i, timeout=CALL_TIMEOUT) != i:

@@ -10,7 +10,7 @@ import click
 from servicefactory.errors import ServiceFactoryError
 
 if TYPE_CHECKING:
-    from servicefactory.registry import Registry
+    from servicefactory.registry.base import Registry
 
 
 class CommandFailed(ServiceFactoryError):
@@ -49,7 +49,7 @@ def registry() -> Registry:
     """
     import os
 
-    from servicefactory.backends import default_registry
+    from servicefactory.registry.backends import default_registry
     found = default_registry()
     os.environ.update(found.environment())
     return found

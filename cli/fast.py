@@ -212,7 +212,9 @@ def _call(name: str, action: str, value: object, timeout: float, wait: float | N
     """The call; while the service is not ready, wait up to `wait` seconds, else say why it is not."""
     import time
 
-    from servicefactory import ServiceNotRunning, client
+    from servicefactory import ServiceNotRunning
+
+    from servicefactory.http import client
 
     deadline = None if wait is None else time.monotonic() + wait
     while True:
@@ -236,8 +238,8 @@ def _call(name: str, action: str, value: object, timeout: float, wait: float | N
 def _state(name: str) -> str:
     """What the registry says of `name` (starting, backoff, failed, ...), for a call that could not be made."""
     from servicefactory import ServiceFactoryError
-    from servicefactory.backends import default_registry
-    from servicefactory.registry import state_of
+    from servicefactory.registry.backends import default_registry
+    from servicefactory.registry.base import state_of
 
     try:
         state, _ = state_of(default_registry(), name)

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from servicefactory import __version__
-from servicefactory._states import RESTART_POLICIES
+from servicefactory.supervise._states import RESTART_POLICIES
 from servicefactory.cli import fast as _fast
 from servicefactory.cli.common import CommandFailed, Group
 from servicefactory.cli.common import host_option as _host_option
@@ -73,7 +73,7 @@ class _Setting(click.Option):
 
     def get_default(self, ctx: click.Context, call: bool = True) -> Any:
         """The Settings field's default."""
-        from servicefactory._supervised import Settings
+        from servicefactory.supervise._supervised import Settings
 
         return getattr(Settings, self.name)
 
@@ -125,7 +125,7 @@ def run(targets: tuple[str, ...], daemon: bool, name: str | None, host: str | No
         tls_key: str | None = None) -> None:
     """Run services (TARGET: module, module:Class, file.py or file.py:Class), each in its own process."""
     from servicefactory.cli import running
-    from servicefactory.supervisor import Settings
+    from servicefactory.supervise.supervisor import Settings
 
     specs = running.specs(targets, name, host, port, log_file, restart, stop_timeout)
     running.apply_tls(specs, tls_cert, tls_key)
@@ -207,13 +207,13 @@ Examples:
                    "its Service.policy(stop_timeout) or run --stop-timeout; else 10].")
 def stop(names: tuple[str, ...], all_: bool, timeout: float | None) -> None:
     """Stop services gracefully; SIGKILL (with a warning) those still alive after their stop timeout."""
-    from servicefactory import control
+    from servicefactory.supervise import control
 
     if names and all_:
         raise CommandFailed("give service names or --all, not both", 2)
     if not names and not all_:
         raise CommandFailed("give the names of the services to stop, or --all", 2)
-    from servicefactory.state import check_name
+    from servicefactory.registry.local import check_name
 
     registry = _registry()
     for name in names:
@@ -245,8 +245,8 @@ def stop(names: tuple[str, ...], all_: bool, timeout: float | None) -> None:
 def _stop_each(names: tuple[str, ...], timeout: float | None, registry: Any) -> list:
     import threading
 
-    from servicefactory import control
-    from servicefactory.control import StopOutcome
+    from servicefactory.supervise import control
+    from servicefactory.supervise.control import StopOutcome
 
     outcomes: dict[str, Any] = {}  # names were checked by `stop` already
 
@@ -277,10 +277,10 @@ Example:
               help="Seconds a stop may take before SIGKILL  [default: the service's own stop timeout].")
 def restart(names: tuple[str, ...], timeout: float | None) -> None:
     """Restart services: under their supervisor, or stop and run again with every option they were run with."""
-    from servicefactory import control
+    from servicefactory.supervise import control
     from servicefactory.errors import ServiceNotRunning
-    from servicefactory.registry import state_of
-    from servicefactory.state import check_name
+    from servicefactory.registry.base import state_of
+    from servicefactory.registry.local import check_name
 
     registry = _registry()
     for name in names:
@@ -318,7 +318,7 @@ def _run_again(name: str, spec: dict, registry: Any) -> None:
     field of the remembered Spec or Settings (so a new run option is remembered without a list here)."""
     import subprocess
 
-    from servicefactory._supervised import python_command
+    from servicefactory.supervise._supervised import python_command
 
     remembered = dict(spec.get("settings") or {})
     # a service's own value (its Spec: backoff_max from its policy) wins over the supervisor-wide one
@@ -358,8 +358,8 @@ def status(names: tuple[str, ...], as_json: bool, all_: bool) -> None:
 
     Exits 0 only if every listed service is running (3 otherwise), as `systemctl is-active` does.
     """
-    from servicefactory import control
-    from servicefactory.state import check_name
+    from servicefactory.supervise import control
+    from servicefactory.registry.local import check_name
 
     registry = _registry()
     for name in names:
@@ -424,8 +424,8 @@ Examples:
 @click.option("-n", "--lines", type=click.IntRange(min=0), default=20, show_default=True, help="Lines of history.")
 def logs(name: str | None, follow: bool, lines: int) -> None:
     """Show a service's log (or every service's, interleaved, when NAME is omitted)."""
-    from servicefactory import logfiles
-    from servicefactory.state import check_name
+    from servicefactory.supervise import logfiles
+    from servicefactory.registry.local import check_name
 
     registry = _registry()
     registry.check_safe()
@@ -480,7 +480,7 @@ def _follow(sources: dict, offsets: dict, prefix: bool) -> None:
     import queue
     import threading
 
-    from servicefactory import logfiles
+    from servicefactory.supervise import logfiles
 
     lines: queue.Queue = queue.Queue()
     for source, path in sources.items():
@@ -525,7 +525,7 @@ Example:
 """)
 def token() -> None:
     """Print a fresh random API token (256 bits), for SERVICEFACTORY_TOKEN or the state directory's token file."""
-    from servicefactory._guard import new_token
+    from servicefactory.http._guard import new_token
 
     click.echo(new_token())
 

@@ -15,8 +15,8 @@ from servicefactory.errors import ServiceFactoryError
 
 def load(target: str) -> list:
     """The service classes of `target`; LoadError (one line) for ours, after the user's traceback for theirs."""
-    from servicefactory.loader import TargetImportError
-    from servicefactory.loader import load as load_target
+    from servicefactory.supervise.loader import TargetImportError
+    from servicefactory.supervise.loader import load as load_target
 
     try:
         return load_target(target)
@@ -30,7 +30,7 @@ def specs(targets: tuple[str, ...], name: str | None, host: str | None, port: in
     """One Spec per service the targets define, with the one-service options applied; CommandFailed
     (exit 2) on misuse."""
     from servicefactory.service import describe
-    from servicefactory.supervisor import Spec
+    from servicefactory.supervise.supervisor import Spec
 
     specs: list[Spec] = []
     for target in targets:
@@ -53,7 +53,7 @@ def specs(targets: tuple[str, ...], name: str | None, host: str | None, port: in
         spec.name = name or spec.name
         spec.host, spec.port = host, port
         spec.log_file = os.path.abspath(log_file) if log_file else None
-    from servicefactory.state import check_name
+    from servicefactory.registry.local import check_name
     seen: set[str] = set()
     for spec in specs:
         try:
@@ -81,7 +81,7 @@ def apply_tls(specs: list, cert: str | None, key: str | None) -> None:
         return
     if not (cert and key):
         raise CommandFailed("--tls-cert and --tls-key go together: give both", 2)
-    from servicefactory._tls import server_context
+    from servicefactory.http._tls import server_context
     try:
         server_context(cert, key)
     except ServiceFactoryError as exc:
@@ -93,7 +93,7 @@ def apply_tls(specs: list, cert: str | None, key: str | None) -> None:
 def check_free(specs: list, registry: Any) -> None:
     """Raise AlreadyRunning if any name is taken (the supervisor's own claim is the real guard)."""
     from servicefactory.errors import AlreadyRunning
-    from servicefactory.registry import state_of
+    from servicefactory.registry.base import state_of
 
     for spec in specs:
         state, record = state_of(registry, spec.name)
@@ -108,7 +108,7 @@ def run_foreground(specs: list, settings: Any, registry: Any) -> None:
     import logging
     import signal
 
-    from servicefactory.supervisor import run_supervisor
+    from servicefactory.supervise.supervisor import run_supervisor
 
     printer = Printer([spec.name for spec in specs])
     handler = logging.Handler()
@@ -127,8 +127,8 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
     import subprocess
     import time
 
-    from servicefactory._protocol import READY_FD_ENV, StartupReport
-    from servicefactory._supervised import python_command
+    from servicefactory.supervise._protocol import READY_FD_ENV, StartupReport
+    from servicefactory.supervise._supervised import python_command
 
     registry.ensure()
     config = json.dumps({"specs": [dataclasses.asdict(spec) for spec in specs],
@@ -136,12 +136,12 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
     ready_read, ready_write = os.pipe()
     log_path = registry.log_file("supervisor")  # `supervisor` is no service's name: see specs()
     env = dict(os.environ, **{READY_FD_ENV: str(ready_write)})
-    from servicefactory.logfiles import open_private
+    from servicefactory.supervise.logfiles import open_private
     log_fd = open_private(log_path)  # never through a symlink (issue 9.7)
     with os.fdopen(log_fd, "ab") as log:
         # isolated: its working directory is the state directory (only we can write there) and it
         # is not on sys.path; each service gets the project directory as its own working directory
-        process = subprocess.Popen(python_command("servicefactory.supervisor") + [config],
+        process = subprocess.Popen(python_command("servicefactory.supervise.supervisor") + [config],
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                    cwd=registry.private_dir(),
                                    pass_fds=(ready_write,), start_new_session=True)
@@ -162,7 +162,7 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
     report = StartupReport.decode(line)
     if report is None:
         process.wait(5)
-        from servicefactory.logfiles import tail
+        from servicefactory.supervise.logfiles import tail
         click.echo("\n".join(tail(log_path, 15)), err=True)
         raise CommandFailed(f"the supervisor exited before its services were ready (see {log_path})", 1)
     if not report.ready:
@@ -173,7 +173,7 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
         deadline = time.monotonic() + 15
         while process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)  # it is releasing the names: let it finish before we report
-        from servicefactory.logfiles import printable
+        from servicefactory.supervise.logfiles import printable
         raise CommandFailed(f"{prefix}{printable(str(report.error))}", report.exit_code if not service else 1)
     for service in report.services:
         state = service.get("state", "running")
@@ -200,7 +200,7 @@ class Printer:
     def __call__(self, name: str, text: str, event: bool = False) -> None:
         import time
 
-        from servicefactory.logfiles import printable
+        from servicefactory.supervise.logfiles import printable
 
         text = printable(text)
         prefix = f"{time.strftime('%H:%M:%S')} {name:<{self.width}} {' ' if event else '|'}"

@@ -1,8 +1,8 @@
 """The founding document's `Service` namespace, loaded on first use."""
 from __future__ import annotations
 
-from .api import handle
-from .service import ServiceBase, endpoint, policy
+from servicefactory.api import handle
+from servicefactory.service import ServiceBase, endpoint, policy
 
 
 class API:

@@ -8,9 +8,9 @@ from collections import namedtuple
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
-from ._gate import Gate
-from ._guard import cut, short_traceback
-from ._names import valid_action_name
+from servicefactory.http._gate import Gate
+from servicefactory.http._guard import cut, short_traceback
+from servicefactory._names import valid_action_name
 
 logger = logging.getLogger(__name__)
 

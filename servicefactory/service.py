@@ -11,14 +11,14 @@ import time
 from collections import namedtuple
 from typing import Any, Callable, Mapping
 
-from . import _notify
-from ._logging import ensure_default_output, service_logger
-from ._guard import MIN_TOKEN_BITS, token_bits, weak_token_message
-from ._names import is_loopback, is_loopback_address
-from ._states import RESTART_POLICIES
-from ._protocol import SUPERVISED_ENV, StopReason  # SUPERVISED_ENV: the supervisor sets it to the child's name
-from .api import DEFAULT_MAX_BODY, Action, collect_actions, handle
-from .errors import AlreadyRunning, ServiceFactoryError, StartupError, StateError, TokenRequired
+from servicefactory.supervise import _notify
+from servicefactory._logging import ensure_default_output, service_logger
+from servicefactory.http._guard import MIN_TOKEN_BITS, token_bits, weak_token_message
+from servicefactory._names import is_loopback, is_loopback_address
+from servicefactory.supervise._states import RESTART_POLICIES
+from servicefactory.supervise._protocol import SUPERVISED_ENV, StopReason  # SUPERVISED_ENV: the supervisor sets it to the child's name
+from servicefactory.api import DEFAULT_MAX_BODY, Action, collect_actions, handle
+from servicefactory.errors import AlreadyRunning, ServiceFactoryError, StartupError, StateError, TokenRequired
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ class ServiceBase:
         """Call `action` with JSON `data` on the running instance of this service; return its result.
 
         Over TLS (the record's or the endpoint's) the certificate is verified against `ca_file`."""
-        from .client import perform
+        from servicefactory.http.client import perform
         endpoint_ = cls._servicefactory_endpoint
         fallback = (endpoint_.host, endpoint_.port) if endpoint_ and endpoint_.port else None
         return perform(name or cls._servicefactory_name(), action, data, timeout=timeout,
@@ -322,7 +322,7 @@ class ServiceBase:
     @handle("health", methods=("GET", "POST"))
     def _servicefactory_health(self, data: Any) -> dict:
         """Name, pid, uptime, loop iterations and errors, version."""
-        from . import __version__
+        from servicefactory import __version__
         runtime = self._servicefactory_runtime
         assert runtime is not None
         return {
@@ -392,8 +392,8 @@ class ServiceBase:
         if endpoint_ is None and host is None and port is None:
             return
         endpoint_ = endpoint_ or Endpoint()
-        from .api import App
-        from .server import Server, bind
+        from servicefactory.api import App
+        from servicefactory.http.server import Server, bind
         host = host if host is not None else endpoint_.host
         port = port if port is not None else endpoint_.port
         token = registration.token()
@@ -417,7 +417,7 @@ class ServiceBase:
         if tls:
             if endpoint_.server != "builtin":
                 raise StartupError(f"{runtime.name}: TLS needs the builtin server, not {endpoint_.server!r}")
-            from ._tls import exposed_key, server_context
+            from servicefactory.http._tls import exposed_key, server_context
             context = server_context(*tls)  # before binding: a bad file is one line, nothing was bound
             exposure = exposed_key(tls[1])
             if exposure:
@@ -437,7 +437,7 @@ class ServiceBase:
                   local_address=local, allowed_uids=allowed_uids, exclusive_lock=runtime.lock,
                   on_shutdown=lambda: runtime.request_stop(StopReason.ACTION), name=runtime.name)
         if endpoint_.server == "werkzeug":
-            from ._werkzeug import WerkzeugServer
+            from servicefactory.http._werkzeug import WerkzeugServer
             runtime.server = WerkzeugServer(app, sock)
         else:
             runtime.server = Server(app, sock, max_workers=endpoint_.workers, max_body=endpoint_.max_body,
@@ -526,7 +526,7 @@ class _Registration:
 
     def __enter__(self) -> "_Registration":
         if self.registry is None:
-            from .backends import default_registry
+            from servicefactory.registry.backends import default_registry
             self.registry = default_registry()
         if os.environ.get(SUPERVISED_ENV) == self.runtime.name:
             return self  # the supervisor holds the name and publishes what we report on the ready pipe
@@ -548,8 +548,8 @@ class _Registration:
         return self.registry.token_hint()
 
     def publish(self, service: ServiceBase, runtime: _Runtime) -> None:
-        from .registry import ServiceRecord
-        from .state import process_start_time
+        from servicefactory.registry.base import ServiceRecord
+        from servicefactory.registry.local import process_start_time
         server = runtime.server
         record = ServiceRecord(
             name=runtime.name, pid=os.getpid(), host=server.host if server else None,

@@ -6,8 +6,8 @@ import threading
 import time
 from typing import Any, Iterator, TypeVar
 
-from .errors import ServiceFactoryError
-from .service import ServiceBase, is_ready
+from servicefactory.errors import ServiceFactoryError
+from servicefactory.service import ServiceBase, is_ready
 
 S = TypeVar("S", bound=ServiceBase)
 

@@ -24,7 +24,7 @@ def sf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     home = tmp_path / "sf-home"
     monkeypatch.setenv("SERVICEFACTORY_HOME", str(home))
     monkeypatch.delenv("SERVICEFACTORY_TOKEN", raising=False)
-    from servicefactory import client
+    from servicefactory.http import client
     client._addresses.clear()
     client._tokens.clear()
     yield home

@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 
 import httptools
 
-from servicefactory.server import Server, bind
+from servicefactory.http.server import Server, bind
 
 
 class CountingApp:

@@ -281,15 +281,15 @@ class Cli:
         return found
 
     def supervisor_processes(self) -> list:
-        """The live supervisors (`python -m servicefactory.supervisor SPEC`) of this home."""
-        return [process for process in self.ours() if "servicefactory.supervisor" in argv(process.pid)]
+        """The live supervisors (`python -m servicefactory.supervise.supervisor SPEC`) of this home."""
+        return [process for process in self.ours() if "servicefactory.supervise.supervisor" in argv(process.pid)]
 
     def service_processes(self, name: str) -> list:
-        """The live service processes of `name` (`python -m servicefactory._child TARGET NAME ...`)."""
+        """The live service processes of `name` (`python -m servicefactory.supervise._child TARGET NAME ...`)."""
         found = []
         for process in self.ours():
             words = argv(process.pid)
-            if "servicefactory._child" in words and words[words.index("servicefactory._child") + 2:][:1] == [name]:
+            if "servicefactory.supervise._child" in words and words[words.index("servicefactory.supervise._child") + 2:][:1] == [name]:
                 found.append(process)
         return found
 

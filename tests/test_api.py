@@ -10,7 +10,8 @@ from typing import Any, Iterator
 import pytest
 
 from support import exchange
-from servicefactory import Service, client
+from servicefactory import Service
+from servicefactory.http import client
 from servicefactory.testing import running
 
 MAX_BODY = 200_000

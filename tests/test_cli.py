@@ -23,8 +23,8 @@ from click.testing import CliRunner
 
 from support import PYTHON, RUNNING_LINE, Cli, alive, processes_using, wait_until
 from servicefactory import __version__
-from servicefactory.registry import state_of
-from servicefactory.state import LocalRegistry
+from servicefactory.registry.base import state_of
+from servicefactory.registry.local import LocalRegistry
 
 try:
     from servicefactory.cli.main import cli as click_cli
@@ -328,7 +328,7 @@ def test_run_daemon_on_a_port_already_taken_fails_with_the_services_error_and_no
     assert result.returncode != 0
     assert "already in use" in result.stderr and str(port) in result.stderr, result.stderr
     assert not (sf.home / "Echo.pid").exists()
-    assert processes_using(sf.home, b"servicefactory._child") == []
+    assert processes_using(sf.home, b"servicefactory.supervise._child") == []
 
 
 def test_run_daemon_of_a_service_whose_init_raises_fails_with_its_error_and_no_pidfile(sf: Cli):
@@ -344,7 +344,7 @@ def test_run_daemon_of_a_service_whose_init_raises_fails_with_its_error_and_no_p
     assert result.returncode != 0
     assert "no database here" in result.stderr, result.stderr
     assert not (sf.home / "BadInit.pid").exists()
-    assert processes_using(sf.home, b"servicefactory._child") == []
+    assert processes_using(sf.home, b"servicefactory.supervise._child") == []
 
 
 def test_a_second_run_of_a_running_name_is_refused_and_the_first_keeps_running(sf: Cli):
@@ -355,7 +355,7 @@ def test_a_second_run_of_a_running_name_is_refused_and_the_first_keeps_running(s
     assert result.stderr.startswith("error:")
     assert json.loads(sf("perform", "Echo", "echo", '"still here"').stdout) == "still here"
     assert sf.status("Echo")[0]["pid"] == service["pid"]
-    assert processes_using(sf.home, b"servicefactory._child") == [service["pid"]]
+    assert processes_using(sf.home, b"servicefactory.supervise._child") == [service["pid"]]
 
 
 def test_two_concurrent_runs_of_one_name_start_exactly_one_service(sf: Cli):
@@ -369,7 +369,7 @@ def test_two_concurrent_runs_of_one_name_start_exactly_one_service(sf: Cli):
     assert len(winners) == 1 and len(losers) == 1, outcomes
     code, _, stderr = losers[0]
     assert code == 9 or "already" in stderr, outcomes
-    assert len(processes_using(sf.home, b"servicefactory._child")) == 1
+    assert len(processes_using(sf.home, b"servicefactory.supervise._child")) == 1
     assert json.loads(sf("perform", "Echo", "echo", '"one"').stdout) == "one"
 
 
@@ -464,7 +464,7 @@ def test_stop_all_stops_every_service_of_every_supervisor(sf: Cli):
     sf.write("two.py", TWO)
     assert sf("run", "two", "--daemon").returncode == 0
     echo = sf.start("svc:Echo")
-    assert len(processes_using(sf.home, b"servicefactory._child")) == 3
+    assert len(processes_using(sf.home, b"servicefactory.supervise._child")) == 3
     result = sf("stop", "--all")
     assert result.returncode == 0, result.stderr
     for name in ("Alpha", "Beta", "Echo"):
@@ -639,5 +639,5 @@ def test_perform_loads_neither_werkzeug_nor_requests_nor_psutil(tmp_path: Path, 
     assert result.returncode == 3, result.stderr[-500:]
     imported = {line.rpartition("|")[2].strip() for line in result.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert "servicefactory.client" in imported  # the measurement saw perform's own imports
+    assert "servicefactory.http.client" in imported  # the measurement saw perform's own imports
     assert sorted(m for m in imported if m.split(".")[0] in ("werkzeug", "requests", "psutil")) == []

@@ -13,7 +13,9 @@ import pytest
 
 from support import MODULE_COMMAND, Cli
 
-from servicefactory import InvalidData, client
+from servicefactory import InvalidData
+
+from servicefactory.http import client
 
 CLI = [sys.executable, "-m", "servicefactory"]
 
@@ -136,7 +138,7 @@ def test_stop_without_arguments_says_what_it_needs(tmp_path):
 
 
 def test_a_name_never_run_reads_unknown_not_stopped(tmp_path, sf_home):
-    from servicefactory.state import LocalRegistry
+    from servicefactory.registry.local import LocalRegistry
     LocalRegistry(sf_home).ensure()
     result = sf("status", "NeverExisted", "--json", cwd=tmp_path)
     assert result.returncode == 3 and json.loads(result.stdout)[0]["state"] == "unknown"

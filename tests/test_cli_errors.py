@@ -8,8 +8,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 import servicefactory.errors as errors
-from servicefactory._states import RESTART_POLICIES
-from servicefactory._supervised import Settings
+from servicefactory.supervise._states import RESTART_POLICIES
+from servicefactory.supervise._supervised import Settings
 from servicefactory.cli import running
 from servicefactory.cli.common import CommandFailed
 from servicefactory.cli.main import cli, run

@@ -16,9 +16,10 @@ import requests
 import servicefactory
 from support import PYTHON, free_port, wait_until
 from servicefactory import (ActionFailed, InvalidData, Service, ServiceFactoryError, ServiceNotRunning,
-                            ProtocolError, ServiceTimeout, UnknownAction, client)
-from servicefactory.registry import ServiceRecord
-from servicefactory.state import LocalRegistry
+                            ProtocolError, ServiceTimeout, UnknownAction)
+from servicefactory.http import client
+from servicefactory.registry.base import ServiceRecord
+from servicefactory.registry.local import LocalRegistry
 from servicefactory.testing import running
 
 QUICKLY = 1.0  # seconds: how long a caller may wait to learn that nothing runs

@@ -14,8 +14,9 @@ from collections import Counter
 import pytest
 
 from support import wait_until
-from servicefactory import ProtocolError, ServiceNotRunning, client
-from servicefactory.state import LocalRegistry
+from servicefactory import ProtocolError, ServiceNotRunning
+from servicefactory.http import client
+from servicefactory.registry.local import LocalRegistry
 
 THREADS = 4
 RESTARTS = 20

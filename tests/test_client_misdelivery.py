@@ -14,8 +14,9 @@ import pytest
 import requests
 
 from support import PYTHON, exchange, free_port, wait_until
-from servicefactory import ServiceNotRunning, client
-from servicefactory.state import LocalRegistry
+from servicefactory import ServiceNotRunning
+from servicefactory.http import client
+from servicefactory.registry.local import LocalRegistry
 
 
 # Each service appends one line per run of `action` to runs-<its name>.txt in the current directory.

@@ -13,7 +13,9 @@ from typing import Callable, Iterator
 import pytest
 import requests
 
-from servicefactory import InvalidData, ProtocolError, Service, ServiceNotRunning, client
+from servicefactory import InvalidData, ProtocolError, Service, ServiceNotRunning
+
+from servicefactory.http import client
 from servicefactory.errors import ServiceUnavailable
 from servicefactory.testing import running
 
@@ -156,7 +158,8 @@ class Small(Service.base):
 BIG_BODIES = """
 import json, sys
 import requests
-from servicefactory import InvalidData, Service, client
+from servicefactory import InvalidData, Service
+from servicefactory.http import client
 from servicefactory.testing import running
 
 @Service.API.endpoint(port=0, max_body=64 * 1024)
@@ -217,7 +220,7 @@ def test_the_cli_reports_an_8_mib_body_as_over_the_limit_with_exit_2(spawn, tmp_
     import sys
 
     from support import PYTHON, wait_until
-    from servicefactory.state import LocalRegistry
+    from servicefactory.registry.local import LocalRegistry
 
     script = ("from servicefactory import Service\n"
               "@Service.API.endpoint(port=0)\n"

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from servicefactory import Service, TokenRequired, Unauthorized
-from servicefactory.state import LocalRegistry, write_atomically
+from servicefactory.registry.local import LocalRegistry, write_atomically
 from servicefactory.testing import running
 
 from support import wait_until
@@ -176,7 +176,7 @@ def test_hundreds_of_idle_and_slow_clients_block_neither_calls_nor_the_loop_nor_
         if __name__ == "__main__":
             Slow().run()
         """}, args=[sys.executable, "svc.py"])
-    from servicefactory import client
+    from servicefactory.http import client
     wait_until(lambda: _try(lambda: client.perform("Slow", "ticks", timeout=1)) is not None, message="Slow ready")
     address = client.resolve("Slow")
     hogs = []
@@ -241,7 +241,7 @@ def test_with_a_token_requests_without_it_get_401_and_perform_sends_it(monkeypat
         response.read()
         conn.close()
         assert Guarded.perform("secret") == "the secret"
-        from servicefactory import client
+        from servicefactory.http import client
         with pytest.raises(Unauthorized):
             client.perform("Guarded", "secret", token="wrong")
 
@@ -309,7 +309,7 @@ if __name__ == "__main__":
 
 
 def _start_standalone(spawn, finalize_seconds: float):
-    from servicefactory import client
+    from servicefactory.http import client
     proc = spawn(files={"sleeper.py": SLEEPER, "finalize_seconds": str(finalize_seconds)},
                  args=[sys.executable, "sleeper.py"])
     wait_until(lambda: _try(lambda: client.perform("Sleeper", "health", timeout=1)), message="Sleeper ready")
@@ -542,7 +542,7 @@ def test_running_out_of_file_descriptors_neither_spins_nor_stops_the_service(spa
             resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
             Tight().run()
         """}, args=[sys.executable, "tight.py"])
-    from servicefactory import client
+    from servicefactory.http import client
     wait_until(lambda: _try(lambda: client.perform("Tight", "cpu", timeout=1)) is not None, message="Tight ready")
     address = client.resolve("Tight")
     client.close_connections()

@@ -10,7 +10,7 @@ import time
 
 from http_support import read_until_closed, responses, serving
 
-from servicefactory._selector import QUIET
+from servicefactory.http._selector import QUIET
 
 from support import wait_until
 

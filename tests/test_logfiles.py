@@ -11,7 +11,7 @@ from typing import Iterator
 import pytest
 
 from support import wait_until
-from servicefactory.logfiles import RotatingLog, follow, tail
+from servicefactory.supervise.logfiles import RotatingLog, follow, tail
 
 
 def _descriptor_of(path: Path) -> int:
@@ -290,7 +290,7 @@ def test_follow_returns_once_stop_is_true_even_while_the_file_is_missing(tmp_pat
 
 def test_a_device_as_log_file_is_neither_chmodded_nor_rotated(tmp_path):
     """--log-file /dev/null must stay /dev/null: no chmod, no rename, however much is written."""
-    from servicefactory.logfiles import RotatingLog
+    from servicefactory.supervise.logfiles import RotatingLog
 
     before = os.stat("/dev/null")
     log = RotatingLog("/dev/null", max_bytes=1024, backups=2)

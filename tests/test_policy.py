@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from servicefactory._policy import Decision, Exit, RestartPolicy
-from servicefactory._states import ACTIVE, LIVE, TRANSITIONS, ServiceState, TransitionError, check_transition
-from servicefactory._supervised import Child, Settings, Spec
+from servicefactory.supervise._policy import Decision, Exit, RestartPolicy
+from servicefactory.supervise._states import ACTIVE, LIVE, TRANSITIONS, ServiceState, TransitionError, check_transition
+from servicefactory.supervise._supervised import Child, Settings, Spec
 
 S = ServiceState
 

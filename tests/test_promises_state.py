@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from support import MODULE_COMMAND, Cli, free_port, wait_until
-from servicefactory.state import LocalRegistry, process_start_time
+from servicefactory.registry.local import LocalRegistry, process_start_time
 
 CLI = [sys.executable, "-m", "servicefactory"]
 
@@ -273,7 +273,7 @@ def test_every_command_refuses_a_state_directory_others_can_write(module, sf_hom
 
 def test_the_python_client_refuses_a_state_directory_others_can_write(module, sf_home):
     """9.7: the Python client too."""
-    from servicefactory import client
+    from servicefactory.http import client
     from servicefactory.errors import StateError
 
     run_daemon(module)
@@ -359,7 +359,7 @@ def test_the_seed_script_runs_and_serves_on_a_read_only_state_directory(spawn, t
     proc = spawn(files={"seed.py": seed.replace("port=1234", f"port={port}")},
                  args=_read_only(sf_home, sys.executable, "seed.py"))
     proc.wait_for("looping", timeout=20)
-    from servicefactory import client
+    from servicefactory.http import client
     assert client.perform("Test", "action", "hello", fallback=("127.0.0.1", port)) is None
     proc.wait_for("hello")
     assert proc.output.count("not registered") == 1

@@ -142,7 +142,7 @@ def test_a_loop_that_keeps_raising_is_unhealthy_and_its_supervisor_restarts_it(s
 
 
 def test_health_reports_unhealthy_after_max_loop_errors_in_a_row(tmp_path, sf_home):
-    from servicefactory import client
+    from servicefactory.http import client
 
     port = free_port()
     (tmp_path / "flaky.py").write_text(FLAKY.format(port=port, main="Flaky().run()"))

@@ -99,7 +99,7 @@ def test_child_output_cannot_write_terminal_escapes_or_forge_supervisor_events(s
 def test_follow_goes_on_in_the_file_the_history_came_from_though_it_was_rotated_twice_since(tmp_path):
     import os
 
-    from servicefactory import logfiles
+    from servicefactory.supervise import logfiles
 
     path = tmp_path / "Svc.log"
     path.write_text("".join(f"line {n}\n" for n in range(1, 6)))

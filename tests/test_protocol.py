@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from servicefactory import _protocol
-from servicefactory._protocol import (Ready, StartFailed, StartupReport, Stopping, StopReason, Unhealthy,
+from servicefactory.supervise import _protocol
+from servicefactory.supervise._protocol import (Ready, StartFailed, StartupReport, Stopping, StopReason, Unhealthy,
                                       decode_child, to_line)
 
 

@@ -19,8 +19,8 @@ import pytest
 
 from support import PYTHON, wait_until
 from servicefactory.errors import AlreadyRunning
-from servicefactory.registry import Registry, ServiceRecord, state_of
-from servicefactory.state import LocalRegistry, process_start_time
+from servicefactory.registry.base import Registry, ServiceRecord, state_of
+from servicefactory.registry.local import LocalRegistry, process_start_time
 
 
 class Backend:
@@ -99,10 +99,10 @@ def record_of(name: str, pid: int | None = None, **values: object) -> ServiceRec
 # its record and holds the name until its stdin closes
 CLAIMANT = textwrap.dedent("""
     import os, sys, time
-    from servicefactory.backends import default_registry
+    from servicefactory.registry.backends import default_registry
     from servicefactory.errors import AlreadyRunning
-    from servicefactory.registry import ServiceRecord
-    from servicefactory.state import process_start_time
+    from servicefactory.registry.base import ServiceRecord
+    from servicefactory.registry.local import process_start_time
 
     name, go = sys.argv[1], sys.argv[2]
     registry = default_registry()

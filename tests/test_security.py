@@ -23,8 +23,9 @@ from typing import Any, Iterator
 import pytest
 
 from support import PYTHON, exchange
-from servicefactory import Service, client
-from servicefactory._guard import MIN_TOKEN_BITS, token_bits
+from servicefactory import Service
+from servicefactory.http import client
+from servicefactory.http._guard import MIN_TOKEN_BITS, token_bits
 from servicefactory.errors import StartupError, TokenRequired
 from servicefactory.testing import running
 
@@ -126,7 +127,7 @@ def test_another_local_user_gets_403_for_shutdown_and_actions_and_the_service_ru
     class Mine(Guarded):
         pass
 
-    caplog.set_level(logging.WARNING, logger="servicefactory._gate")
+    caplog.set_level(logging.WARNING, logger="servicefactory.http._gate")
     with running(Mine()) as service:
         answers = as_user(other_user, port_of(service), raw_post("/shutdown"), raw_post("/action", b'"hi"'),
                           raw_post("/health"), raw_post("/health", method="GET", content_type=None))
@@ -152,7 +153,7 @@ def _uid(user: str) -> int:
 @pytest.mark.parametrize("family, host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1"),
                                           (socket.AF_INET6, "::")])
 def test_netlink_and_proc_net_tcp_name_the_same_owner(family, host, other_user):
-    from servicefactory._peercred import peer_uid, proc_uid
+    from servicefactory.http._peercred import peer_uid, proc_uid
 
     with socket.socket(family) as server:
         server.bind((host, 0))
@@ -402,7 +403,7 @@ def test_brute_forcing_the_token_closes_each_connection_logs_and_is_throttled(mo
     class Locked(Guarded):
         pass
 
-    caplog.set_level(logging.WARNING, logger="servicefactory._gate")
+    caplog.set_level(logging.WARNING, logger="servicefactory.http._gate")
     with running(Locked()) as service:
         port = port_of(service)
         # the attack of issue 16: many guesses on one keep-alive connection
@@ -437,7 +438,7 @@ def test_brute_forcing_the_token_closes_each_connection_logs_and_is_throttled(mo
 
 
 def test_the_throttle_lets_a_peer_try_again_after_the_wait(monkeypatch):
-    from servicefactory import _guard
+    from servicefactory.http import _guard
 
     throttle = _guard.Throttle()
     peer = ("127.0.0.1", None)
@@ -459,7 +460,7 @@ def test_the_throttle_lets_a_peer_try_again_after_the_wait(monkeypatch):
 
 def test_off_host_guessers_are_throttled_per_ipv6_network_not_per_address():
     """One host owns a whole IPv6 /64: rotating through it must not reset the count."""
-    from servicefactory._gate import Gate
+    from servicefactory.http._gate import Gate
 
     gate = Gate(token=STRONG_TOKEN, require_token=True, bound_host="::")
 

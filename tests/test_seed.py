@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from support import PYTHON, exchange, wait_until
-from servicefactory.state import LocalRegistry
+from servicefactory.registry.local import LocalRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 # the shipped example is the founding document's, verbatim: one copy, checked below against the others

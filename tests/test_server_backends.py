@@ -64,7 +64,7 @@ def test_a_taken_port_raises_address_in_use_on_werkzeugs_server_too():
 
 
 def test_the_builtin_server_releases_its_port_when_stopped_even_if_never_started():
-    from servicefactory.server import Server, bind
+    from servicefactory.http.server import Server, bind
 
     server = Server(lambda environ, start_response: [], bind("127.0.0.1", 0))
     port = server.port

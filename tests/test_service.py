@@ -14,8 +14,9 @@ from typing import Any, Iterator
 import pytest
 
 from support import PYTHON, free_port, wait_until
-from servicefactory import AddressInUse, Service, UnknownAction, client
-from servicefactory.state import LocalRegistry
+from servicefactory import AddressInUse, Service, UnknownAction
+from servicefactory.http import client
+from servicefactory.registry.local import LocalRegistry
 from servicefactory.testing import running
 
 

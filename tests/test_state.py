@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from servicefactory import AlreadyRunning, InvalidName
-from servicefactory.state import LocalRegistry
+from servicefactory.registry.local import LocalRegistry
 
 CLI = [sys.executable, "-m", "servicefactory"]
 

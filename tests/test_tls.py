@@ -30,9 +30,10 @@ from typing import Any, Iterator
 import pytest
 
 from support import PYTHON
-from servicefactory import Service, client
+from servicefactory import Service
+from servicefactory.http import client
 from servicefactory.errors import InvalidData, ProtocolError, ServiceNotRunning, ServiceTimeout, StartupError
-from servicefactory.state import LocalRegistry
+from servicefactory.registry.local import LocalRegistry
 from servicefactory.testing import running
 
 STRONG_TOKEN = "q3J0c2v1bW9yZS1yYW5kb20tdGhhbi10aGlzLXJlYWxseQ"
@@ -421,7 +422,7 @@ Remote().run(tls=(sys.argv[3], sys.argv[4]) if len(sys.argv) > 4 else None)
 # runs in the client's namespace: captures its side of the link while it calls, prints what it saw
 OFF_HOST_CLIENT = """\
 import json, socket, ssl, sys, threading, time, http.client
-from servicefactory import client
+from servicefactory.http import client
 from servicefactory.errors import ServiceFactoryError
 
 name, port, ca, token, tls = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5] == "tls"

@@ -21,21 +21,23 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from . import _notify, _reaper
-from ._protocol import (LIFELINE_FD_ENV, LOG_PATH_ENV, READY_FD_ENV, STOP_TIMEOUT_ENV, SUPERVISED_ENV,
+from servicefactory.supervise import _notify
+
+from servicefactory.supervise import _reaper
+from servicefactory.supervise._protocol import (LIFELINE_FD_ENV, LOG_PATH_ENV, READY_FD_ENV, STOP_TIMEOUT_ENV, SUPERVISED_ENV,
                         SUPERVISOR_PID_ENV, Ready, StartFailed, StartupReport, Stopping, Unhealthy, decode_child,
                         to_line)
-from .api import handle
-from .errors import AlreadyRunning, ServiceFactoryError, ServiceTimeout, StateError
-from .logfiles import RotatingLog, printable
-from ._policy import Exit, RestartPolicy
-from ._states import ACTIVE, ServiceState
-from ._supervised import Child, Settings, Spec, drain, python_command, readable, stamp, url_of
-from .registry import SUPERVISOR_PREFIX, Registry, ServiceRecord
-from .service import ServiceBase, endpoint
-from .state import process_start_time
+from servicefactory.api import handle
+from servicefactory.errors import AlreadyRunning, ServiceFactoryError, ServiceTimeout, StateError
+from servicefactory.supervise.logfiles import RotatingLog, printable
+from servicefactory.supervise._policy import Exit, RestartPolicy
+from servicefactory.supervise._states import ACTIVE, ServiceState
+from servicefactory.supervise._supervised import Child, Settings, Spec, drain, python_command, readable, stamp, url_of
+from servicefactory.registry.base import SUPERVISOR_PREFIX, Registry, ServiceRecord
+from servicefactory.service import ServiceBase, endpoint
+from servicefactory.registry.local import process_start_time
 
-logger = logging.getLogger("servicefactory.supervisor")  # also when run as __main__
+logger = logging.getLogger("servicefactory.supervise.supervisor")  # also when run as __main__
 
 
 def _api_token() -> str:
@@ -52,7 +54,7 @@ class Supervisor(ServiceBase):
         self.specs = specs
         self.settings = settings or Settings()
         if registry is None:
-            from .backends import default_registry
+            from servicefactory.registry.backends import default_registry
             registry = default_registry()
         self.registry = registry
         self.printer = printer
@@ -164,7 +166,7 @@ class Supervisor(ServiceBase):
             STOP_TIMEOUT_ENV: repr(spec.stop_timeout), LOG_PATH_ENV: str(child.log.path)})
         # isolated from its working directory (the project's): a module target is put on sys.path
         # after the standard library by the loader, not first by Python
-        args = python_command("servicefactory._child", "-u") + [
+        args = python_command("servicefactory.supervise._child", "-u") + [
             spec.target, spec.name, spec.host or "", "" if spec.port is None else str(spec.port),
             spec.tls_cert or "", spec.tls_key or ""]
         try:
@@ -624,7 +626,7 @@ def run_supervisor(specs: list[Spec], settings: Settings, *, printer: Callable[.
 
 
 def daemon_main() -> int:
-    """Entry of a detached supervisor: `python -m servicefactory.supervisor SPEC_JSON`."""
+    """Entry of a detached supervisor: `python -m servicefactory.supervise.supervisor SPEC_JSON`."""
     ready = os.environ.pop(READY_FD_ENV, None)
     ready_fd = int(ready) if ready and ready.isdigit() else None
     config = json.loads(sys.argv[1])

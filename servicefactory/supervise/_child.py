@@ -1,5 +1,5 @@
 """Entry point of a supervised service process:
-`python -m servicefactory._child TARGET NAME [HOST] [PORT] [TLS_CERT TLS_KEY]`.
+`python -m servicefactory.supervise._child TARGET NAME [HOST] [PORT] [TLS_CERT TLS_KEY]`.
 
 Dies with its supervisor, and takes everything it started along: a watcher thread that sees the
 supervisor's lifeline pipe close (however the supervisor died) sends its output to the log file
@@ -17,9 +17,11 @@ import sys
 import threading
 import traceback
 
-from . import _notify, _reaper
-from ._protocol import LIFELINE_FD_ENV, LOG_PATH_ENV, STOP_TIMEOUT_ENV, SUPERVISOR_PID_ENV
-from .errors import ServiceFactoryError
+from servicefactory.supervise import _notify
+
+from servicefactory.supervise import _reaper
+from servicefactory.supervise._protocol import LIFELINE_FD_ENV, LOG_PATH_ENV, STOP_TIMEOUT_ENV, SUPERVISOR_PID_ENV
+from servicefactory.errors import ServiceFactoryError
 
 #: how often the watcher reaps exited orphans that were re-parented to this process
 REAP_EVERY = 5.0
@@ -79,8 +81,8 @@ def _write_own_log(name: str, log_path: str) -> None:
     """Point stdout and stderr at a pipe whose lines this process writes to its log file, stamped,
     prefixed and escaped as the supervisor would: the supervisor's pipe has no reader any more (a
     print in finalize() would raise BrokenPipeError)."""
-    from ._supervised import stamp
-    from .logfiles import printable
+    from servicefactory.supervise._supervised import stamp
+    from servicefactory.supervise.logfiles import printable
 
     try:
         log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -148,7 +150,7 @@ def _run(argv: list[str]) -> int:
     host = argv[2] if len(argv) > 2 and argv[2] else None
     port = int(argv[3]) if len(argv) > 3 and argv[3] else None
     tls = (argv[4], argv[5]) if len(argv) > 5 and argv[4] and argv[5] else None
-    from .loader import TargetImportError, load
+    from servicefactory.supervise.loader import TargetImportError, load
 
     try:
         (cls,) = load(target)

@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import client
-from ._states import LIVE, ServiceState
-from .errors import ServiceFactoryError, ServiceNotRunning, ServiceTimeout
-from .registry import SUPERVISOR_PREFIX, Registry, ServiceRecord, state_of
+from servicefactory.http import client
+from servicefactory.supervise._states import LIVE, ServiceState
+from servicefactory.errors import ServiceFactoryError, ServiceNotRunning, ServiceTimeout
+from servicefactory.registry.base import SUPERVISOR_PREFIX, Registry, ServiceRecord, state_of
 
 #: the stop timeout of a service whose record does not say (written by an older version)
 DEFAULT_STOP_TIMEOUT = 10.0
@@ -41,7 +41,7 @@ def wait_gone(registry: Registry, record: ServiceRecord, timeout: float) -> bool
 
 
 def _default() -> Registry:
-    from .backends import default_registry
+    from servicefactory.registry.backends import default_registry
     return default_registry()
 
 

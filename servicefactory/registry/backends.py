@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import os
 
-from .errors import StateError
+from servicefactory.errors import StateError
 
 TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
 if TYPE_CHECKING:
-    from .registry import Registry
+    from servicefactory.registry.base import Registry
 
 #: the environment variable that names the backend
 REGISTRY_ENV = "SERVICEFACTORY_REGISTRY"
@@ -23,6 +23,6 @@ def default_registry() -> "Registry":
     """The registry this process uses unless told otherwise ($SERVICEFACTORY_REGISTRY, else local)."""
     kind = os.environ.get(REGISTRY_ENV, "").strip() or "local"
     if kind == "local":
-        from .state import LocalRegistry
+        from servicefactory.registry.local import LocalRegistry
         return LocalRegistry()
     raise StateError(f"unknown registry backend {kind!r} in ${REGISTRY_ENV}: use one of {', '.join(BACKENDS)}")

@@ -18,8 +18,8 @@ import struct
 import threading
 import time
 
-from ._names import connect_host, host_port, valid_action_name
-from .errors import (ActionFailed, InvalidData, ProtocolError, ServiceNotRunning,
+from servicefactory._names import connect_host, host_port, valid_action_name
+from servicefactory.errors import (ActionFailed, InvalidData, ProtocolError, ServiceNotRunning,
                      ServiceTimeout, ServiceUnavailable,
                      Unauthorized, UnknownAction)
 
@@ -27,7 +27,7 @@ TYPE_CHECKING = False  # typing is for type checkers only: importing it would sl
 if TYPE_CHECKING:
     from typing import Any
 
-    from .registry import Registry
+    from servicefactory.registry.base import Registry
 
 DEFAULT_TIMEOUT = 10.0
 _INFINITY = float("inf")
@@ -121,7 +121,7 @@ def _default_registry() -> Registry:
         key += (os.getcwd(),)  # a relative SERVICEFACTORY_HOME is read against the current directory
     registry = _registries.get(key)
     if registry is None:
-        from .backends import default_registry
+        from servicefactory.registry.backends import default_registry
         registry = _registries[key] = default_registry()
         _registry_keys[id(registry)] = registry.where  # kept alive by _registries: the id stays its own
     return registry
@@ -326,7 +326,7 @@ def _connection(address: tuple[str, int], name: str, timeout: float,
         raise ServiceNotRunning(f"{name} cannot be reached at {_host_header(address)}: {exc.strerror or exc}") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if address in _secure:  # only here is ssl imported: a plain call never pays for it
-        from ._tls import TLSConnection, wrap
+        from servicefactory.http._tls import TLSConnection, wrap
         connection = pool[key] = TLSConnection(wrap(sock, host, name, _host_header(address), ca_file))
         return connection, False
     connection = pool[address] = _Connection(sock)
@@ -523,7 +523,7 @@ def _send_requests(session: Any, address: tuple[str, int], name: str, action: st
     url = f"http://{_host_header(address)}/{action}"
     options = {}
     if address in _secure:
-        from ._tls import verify_option
+        from servicefactory.http._tls import verify_option
         url = "https" + url[4:]
         options["verify"] = verify_option(ca_file)
     try:

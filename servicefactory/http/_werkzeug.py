@@ -26,7 +26,7 @@ class WerkzeugServer:
     @property
     def url(self) -> str:
         """The base URL clients use to reach this server."""
-        from .server import format_url
+        from servicefactory.http.server import format_url
         return format_url(self.host, self.port)
 
     def start(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-from ._names import connect_host, host_port
+from servicefactory._names import connect_host, host_port
 
 TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import StateError
+from servicefactory.errors import StateError
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import stat
 import threading
 import time
 
-from .errors import AlreadyRunning, InvalidName, StateError
-from .registry import SUPERVISOR_PREFIX, Claim, ServiceRecord
+from servicefactory.errors import AlreadyRunning, InvalidName, StateError
+from servicefactory.registry.base import SUPERVISOR_PREFIX, Claim, ServiceRecord
 
 TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def holds_open(pid: int, path: Path | str) -> bool:
 def _supervised_as(pid: int, name: str) -> bool:
     """Whether process `pid` was started by a supervisor as service `name` (its environment says so
     from its start; with the start time checked by the caller, a record alone cannot fake it)."""
-    from ._protocol import SUPERVISED_ENV
+    from servicefactory.supervise._protocol import SUPERVISED_ENV
 
     try:
         environ = read_nofollow(f"/proc/{pid}/environ", 1 << 22)

@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ._states import ServiceState, check_transition
-from .logfiles import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, RotatingLog
-from ._names import connect_host, host_port
+from servicefactory.supervise._states import ServiceState, check_transition
+from servicefactory.supervise.logfiles import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, RotatingLog
+from servicefactory._names import connect_host, host_port
 
-logger = logging.getLogger("servicefactory.supervisor")
+logger = logging.getLogger("servicefactory.supervise.supervisor")
 
 
 @dataclass

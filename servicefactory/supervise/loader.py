@@ -14,8 +14,8 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
-from .errors import LoadError
-from .service import ServiceBase
+from servicefactory.errors import LoadError
+from servicefactory.service import ServiceBase
 
 __all__ = ["load", "services_in", "TargetImportError"]
 
@@ -30,7 +30,7 @@ class TargetImportError(LoadError):
         frames = traceback.extract_tb(error.__traceback__)
         # drop importlib's own frames: the user needs their code, not ours
         frames = [frame for frame in frames if "importlib" not in frame.filename
-                  and not frame.filename.endswith(("servicefactory/loader.py", "<frozen importlib._bootstrap>"))]
+                  and not frame.filename.endswith(("servicefactory/supervise/loader.py", "<frozen importlib._bootstrap>"))]
         self.traceback = ("Traceback (most recent call last):\n" + "".join(traceback.format_list(frames))
                           + "".join(traceback.format_exception_only(type(error), error)))
 

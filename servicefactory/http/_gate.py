@@ -11,8 +11,8 @@ import logging
 from _operator import _compare_digest as compare_digest  # hmac's, without loading OpenSSL (3.7 MiB)
 from typing import Iterable
 
-from ._guard import Throttle
-from ._names import is_loopback_address, is_loopback_literal
+from servicefactory.http._guard import Throttle
+from servicefactory._names import is_loopback_address, is_loopback_literal
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Gate:
         uid = None
         remote = environ.get("REMOTE_ADDR", "")
         if is_loopback_address(remote) and self.local_address is not None:
-            from ._peercred import peer_uid
+            from servicefactory.http._peercred import peer_uid
             try:
                 uid = peer_uid(self.local_address, (remote, int(environ.get("REMOTE_PORT") or 0)))
             except ValueError:

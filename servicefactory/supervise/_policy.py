@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._states import ServiceState
-from ._supervised import Settings, Spec, signal_name
+from servicefactory.supervise._states import ServiceState
+from servicefactory.supervise._supervised import Settings, Spec, signal_name
 
 
 @dataclass

@@ -19,10 +19,10 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._http import CONTINUE, Reject, RequestReader, base_environ, error_response, unavailable
+from servicefactory.http._framing import CONTINUE, Reject, RequestReader, base_environ, error_response, unavailable
 
 if TYPE_CHECKING:
-    from .server import Server
+    from servicefactory.http.server import Server
 
 logger = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from ._http import Reject, asks_to_close, error_response, response, unavailable
-from ._names import host_port
-from ._selector import Connection, Selector, close_quietly
-from .errors import AddressInUse, StartupError
+from servicefactory.http._framing import Reject, asks_to_close, error_response, response, unavailable
+from servicefactory._names import host_port
+from servicefactory.http._selector import Connection, Selector, close_quietly
+from servicefactory.errors import AddressInUse, StartupError
 
 if TYPE_CHECKING:
     import ssl

@@ -11,8 +11,8 @@ import os
 import socket
 import ssl
 
-from .client import _Connection
-from .errors import InvalidData, ProtocolError, ServiceTimeout, StartupError
+from servicefactory.http.client import _Connection
+from servicefactory.errors import InvalidData, ProtocolError, ServiceTimeout, StartupError
 
 #: where a client finds the CA that signed the services' certificates, unless told otherwise
 CA_FILE_ENV = "SERVICEFACTORY_CA_FILE"

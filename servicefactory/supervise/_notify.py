@@ -9,7 +9,7 @@ import os
 import socket
 from typing import Any
 
-from ._protocol import READY_FD_ENV, Ready, StartFailed, StopReason, Stopping, Unhealthy, to_line
+from servicefactory.supervise._protocol import READY_FD_ENV, Ready, StartFailed, StopReason, Stopping, Unhealthy, to_line
 
 __all__ = ["READY_FD_ENV", "notify_ready", "notify_failed", "notify_unhealthy", "notify_stopping", "sd_notify"]
 

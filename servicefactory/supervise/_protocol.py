@@ -1,7 +1,7 @@
 """The protocol between the CLI, the supervisor and each service process, in one place.
 
 Three processes talk: `servicefactory run` starts a detached supervisor, the supervisor starts one
-child per service (`python -m servicefactory._child`). Each side hands the next its settings in
+child per service (`python -m servicefactory.supervise._child`). Each side hands the next its settings in
 environment variables and hears back on a pipe, one JSON object per line:
 
 - child -> supervisor, on $SERVICEFACTORY_READY_FD: `Ready` (or `StartFailed`), then perhaps

@@ -1,0 +1,1 @@
+"""Where services are found: the registry interface and its backends."""
