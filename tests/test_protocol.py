@@ -8,7 +8,7 @@ import pytest
 
 from servicefactory.supervise import _protocol
 from servicefactory.supervise._protocol import (Ready, StartFailed, StartupReport, Stopping, StopReason, Unhealthy,
-                                      decode_child, to_line)
+                                                decode_child, to_line)
 
 
 @pytest.mark.parametrize("message", [

@@ -20,8 +20,8 @@ import time
 
 from servicefactory._names import connect_host, host_port, valid_action_name
 from servicefactory.errors import (ActionFailed, InvalidData, ProtocolError, ServiceNotRunning,
-                     ServiceTimeout, ServiceUnavailable,
-                     Unauthorized, UnknownAction)
+                                   ServiceTimeout, ServiceUnavailable,
+                                   Unauthorized, UnknownAction)
 
 TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
 if TYPE_CHECKING:

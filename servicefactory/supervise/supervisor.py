@@ -25,8 +25,8 @@ from servicefactory.supervise import _notify
 
 from servicefactory.supervise import _reaper
 from servicefactory.supervise._protocol import (LIFELINE_FD_ENV, LOG_PATH_ENV, READY_FD_ENV, STOP_TIMEOUT_ENV, SUPERVISED_ENV,
-                        SUPERVISOR_PID_ENV, Ready, StartFailed, StartupReport, Stopping, Unhealthy, decode_child,
-                        to_line)
+                                                SUPERVISOR_PID_ENV, Ready, StartFailed, StartupReport, Stopping, Unhealthy, decode_child,
+                                                to_line)
 from servicefactory.api import handle
 from servicefactory.errors import AlreadyRunning, ServiceFactoryError, ServiceTimeout, StateError
 from servicefactory.supervise.logfiles import RotatingLog, printable
