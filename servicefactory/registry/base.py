@@ -15,9 +15,29 @@ else:
 
 #: the registry name of a supervisor is this prefix and its pid
 SUPERVISOR_PREFIX = "_supervisor-"
+#: between a service's name and its instance number in an instance's id: `Test/2`
+INSTANCE_SEPARATOR = "/"
+
+
+def instance_id(service: str, instance: int | None) -> str:
+    """The registry name of instance `instance` of `service` (`Test/2`); `service` itself for None."""
+    return service if instance is None else f"{service}{INSTANCE_SEPARATOR}{instance}"
+
+
+def split_instance(name: str) -> tuple[str, int | None]:
+    """(`Test`, 2) for the instance id `Test/2`, (`Test`, None) for a plain name; ValueError if the
+    part after the separator is not a positive decimal number."""
+    service, separator, number = name.partition(INSTANCE_SEPARATOR)
+    if not separator:
+        return name, None
+    if not (number.isdigit() and number.isascii() and number[0] != "0" and len(number) <= 6):
+        raise ValueError(f"invalid instance number {number!r} in {name!r}: use {service}/1, {service}/2, ...")
+    return service, int(number)
 
 _FIELDS = {
-    "name": "", "pid": 0, "host": None, "port": None,
+    "name": "",  # the registry name: the service's (`Test`), or an instance's id (`Test/2`)
+    "instance": None,  # the instance number (`Test/2`: 2), None for a service run without --instances
+    "pid": 0, "host": None, "port": None,
     "create_time": 0.0,  # the process's start time, to tell a reused pid from ours
     "started": 0.0,  # wall-clock time the service was ready
     "target": "", "log_path": None, "hostname": "",
@@ -47,6 +67,11 @@ class ServiceRecord:
 
     def __repr__(self) -> str:
         return f"ServiceRecord({self.name!r}, pid={self.pid}, state={self.state!r}, url={self.url!r})"
+
+    @property
+    def service(self) -> str:
+        """The service's name without the instance number: `Test` for `Test/2`."""
+        return self.name.partition(INSTANCE_SEPARATOR)[0]
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ServiceRecord) and self.to_dict() == other.to_dict()
@@ -128,7 +153,11 @@ class Registry(Protocol):
         """Every published record."""
 
     def names(self) -> list[str]:
-        """Every name registered now (services and supervisors), sorted."""
+        """Every name registered now (services, their instances' ids, supervisors), sorted."""
+
+    def instances_of(self, service: str) -> list[str]:
+        """The names registered now under `service`: `service` itself if registered, and each of its
+        instances' ids (`Test/1`, `Test/2`, ...), in instance order. What a client spreads calls over."""
 
     def secret(self, name: str) -> str | None:
         """The secret published for `name` (see `publish_secret`), or None."""

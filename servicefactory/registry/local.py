@@ -2,7 +2,9 @@
 
 Per service NAME it holds `NAME.pid` (locked with flock by the live service for as long as it
 runs, so a held lock is proof of life that survives pid reuse), `NAME.json` (metadata, written
-atomically) and `NAME.log` (a daemon's output).
+atomically) and `NAME.log` (a daemon's output). Instance 2 of NAME (registry name `NAME/2`) keeps
+the same files under the stem `NAME@2` (`NAME@2.pid`, ...): a file name cannot hold a '/', and no
+service name holds an '@'.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import threading
 import time
 
 from servicefactory.errors import AlreadyRunning, InvalidName, StateError
-from servicefactory.registry.base import SUPERVISOR_PREFIX, Claim, ServiceRecord
+from servicefactory.registry.base import INSTANCE_SEPARATOR, SUPERVISOR_PREFIX, Claim, ServiceRecord, split_instance
 
 TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
 if TYPE_CHECKING:
@@ -24,6 +26,9 @@ if TYPE_CHECKING:
     from typing import Any, Iterator
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+#: a file stem: a service's name, or an instance's (`NAME@2` for `NAME/2`)
+_STEM = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(?:@[1-9][0-9]{0,5})?\Z")
+_FILE_SEPARATOR = "@"
 
 
 def default_home() -> Path:
@@ -44,10 +49,27 @@ def _default_root() -> str:
 
 
 def check_name(name: str) -> str:
-    """Return `name` if it can name a service's files, else raise InvalidName (a usage error, exit 2)."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    """Return `name` if it can name a service's files (a service's name, or an instance's id such as
+    `Test/2`), else raise InvalidName (a usage error, exit 2)."""
+    if not isinstance(name, str):
         raise InvalidName(f"invalid service name {name!r}: use letters, digits, '_', '-' and '.'")
+    try:
+        service, _ = split_instance(name)
+    except ValueError as exc:
+        raise InvalidName(str(exc)) from None
+    if not _NAME.match(service):
+        raise InvalidName(f"invalid service name {service!r}: use letters, digits, '_', '-' and '.'")
     return name
+
+
+def _stem(name: str) -> str:
+    """The file stem of registry name `name` (checked): `Test@2` for `Test/2`."""
+    return check_name(name).replace(INSTANCE_SEPARATOR, _FILE_SEPARATOR)
+
+
+def _name_of_stem(stem: str) -> str | None:
+    """The registry name whose files have stem `stem`, or None if no name has it."""
+    return stem.replace(_FILE_SEPARATOR, INSTANCE_SEPARATOR) if _STEM.match(stem) else None
 
 
 def write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -245,23 +267,23 @@ class LocalRegistry:
 
     def _file(self, name: str, suffix: str) -> str:
         # pidfile(), metadata_file() as strings: see `root`
-        return os.path.join(self.root, check_name(name) + suffix)
+        return os.path.join(self.root, _stem(name) + suffix)
 
     def pidfile(self, name: str) -> Path:
         """The pidfile of service `name`."""
-        return self.home / f"{check_name(name)}.pid"
+        return self.home / f"{_stem(name)}.pid"
 
     def metadata_file(self, name: str) -> Path:
         """The metadata file of service `name`."""
-        return self.home / f"{check_name(name)}.json"
+        return self.home / f"{_stem(name)}.json"
 
     def secret_file(self, name: str) -> Path:
         """The file of `name`'s secret (a supervisor's control token), apart from its record."""
-        return self.home / f"{check_name(name)}.secret"
+        return self.home / f"{_stem(name)}.secret"
 
     def log_file(self, name: str) -> Path:
         """The default log file of service `name`."""
-        return self.home / f"{check_name(name)}.log"
+        return self.home / f"{_stem(name)}.log"
 
     def ensure(self) -> Path:
         """Create the directory 0700 if missing; refuse one that others own or may write, or that
@@ -464,9 +486,18 @@ class LocalRegistry:
             return []
 
     def _names(self, suffixes: tuple[str, ...]) -> list[str]:
-        found = {entry.rsplit(".", 1)[0] for entry in self._entries()
+        found = {_name_of_stem(entry.rsplit(".", 1)[0]) for entry in self._entries()
                  if entry.endswith(suffixes) and not entry.startswith(".")}
-        return sorted(name for name in found if _NAME.match(name))
+        return sorted(name for name in found if name is not None)
+
+    def instances_of(self, service: str) -> list[str]:
+        """The names registered now under `service`: itself and its instances (`Test`, `Test/1`, ...),
+        in instance order."""
+        check_name(service)
+        prefix = service + _FILE_SEPARATOR
+        found = {_name_of_stem(entry.rsplit(".", 1)[0]) for entry in self._entries()
+                 if entry.endswith((".pid", ".json")) and (entry.startswith(prefix) or entry.rsplit(".", 1)[0] == service)}
+        return sorted((name for name in found if name is not None), key=lambda name: split_instance(name)[1] or 0)
 
     def records(self) -> Iterator[ServiceRecord]:
         """The metadata of every registered service."""
@@ -599,8 +630,8 @@ class LocalRegistry:
     def logs(self) -> dict[str, Path]:
         """Every service's log that exists: NAME.log files here, and the --log-file of each service
         registered or remembered here (public names only: a supervisor's own log is not a service's)."""
-        found = {entry[:-4]: self.home / entry for entry in sorted(self._entries())
-                 if entry.endswith(".log") and _NAME.match(entry[:-4]) and entry != "supervisor.log"}
+        found = {_name_of_stem(entry[:-4]): self.home / entry for entry in sorted(self._entries())
+                 if entry.endswith(".log") and _STEM.match(entry[:-4]) and entry != "supervisor.log"}
         for name in set(self.names()) | set(self.remembered_names()):
             if not name.startswith("_"):
                 found[name] = self.log_of(name)
@@ -626,12 +657,12 @@ class LocalRegistry:
 
     def remember(self, name: str, spec: dict[str, Any]) -> None:
         """Keep how `name` was run (target and options), so that `restart` can bring it back later."""
-        write_atomically(self.home / f"{check_name(name)}.last", json.dumps(spec).encode())
+        write_atomically(self.home / f"{_stem(name)}.last", json.dumps(spec).encode())
 
     def remembered(self, name: str) -> dict[str, Any] | None:
         """How `name` was last run, if known."""
         try:
-            spec = json.loads(read_nofollow(self.home / f"{check_name(name)}.last"))
+            spec = json.loads(read_nofollow(self.home / f"{_stem(name)}.last"))
         except (OSError, ValueError):
             return None
         return spec if isinstance(spec, dict) and isinstance(spec.get("target"), str) else None
