@@ -143,6 +143,7 @@ class _Runtime:
         self.lock = threading.Lock()
         self.loop_holds_lock = False
         self.loop_thread = 0
+        self.loop_tid = 0  # the kernel's id of the same thread, for its scheduler statistics
         self.in_loop = False
         self.interrupt_due = False
         self.nudging = False
@@ -182,29 +183,43 @@ class _Runtime:
         if not self.interruptible:
             return
         # a loop blocked in a call (time.sleep, a socket) is cut short at once; a loop busy computing
-        # gets STOP_GRACE to finish its iteration. Nudge again and again: one nudge can land between
-        # two calls of loop(), or be swallowed by a bare `except:` in the user's code
-        deadline = time.monotonic() + STOP_GRACE
+        # gets STOP_GRACE of its own progress to finish its iteration: time it ran or waited for a CPU,
+        # not wall time, so that on a loaded machine a busy iteration is not taken for a stuck one.
+        # Nudge again and again: one nudge can land between two calls of loop(), or be swallowed by
+        # a bare `except:` in the user's code
+        start = self._progress()
+        wall_deadline = time.monotonic() + (STOP_GRACE if start is None else 20 * STOP_GRACE)
         while not self.loop_done.is_set():
-            if self.in_loop and not self.in_self_sleep and (time.monotonic() >= deadline or self._loop_idle()):
+            progress = self._progress()
+            overstayed = time.monotonic() >= wall_deadline or (
+                progress is not None and start is not None and progress - start >= STOP_GRACE)
+            if self.in_loop and not self.in_self_sleep and (overstayed or self._loop_idle()):
                 self.interrupt_due = True
                 self.nudging = True
                 try:
                     signal.pthread_kill(self.loop_thread, signal.SIGINT)
                 except (ProcessLookupError, OSError):
                     return
-            if self.loop_done.wait(0.005 if time.monotonic() < deadline else STOP_GRACE):
+            if self.loop_done.wait(STOP_GRACE if overstayed else 0.005):
                 return
 
-    def _loop_idle(self) -> bool:
-        """Whether the loop's thread burns no CPU (it waits in a call) over a few milliseconds."""
+    def _progress(self) -> float | None:
+        """Seconds the loop's thread has run or waited for a CPU (its schedstat), or None if unknown."""
         try:
-            clock = time.pthread_getcpuclockid(self.loop_thread)
-            before = time.clock_gettime(clock)
-            time.sleep(0.003)
-            return time.clock_gettime(clock) - before < 0.0005
-        except (AttributeError, OSError):
+            with open(f"/proc/self/task/{self.loop_tid}/schedstat", "rb") as f:
+                ran, waited = f.read().split()[:2]
+            return (int(ran) + int(waited)) / 1e9
+        except (OSError, ValueError):
+            return None
+
+    def _loop_idle(self) -> bool:
+        """Whether the loop's thread neither runs nor waits for a CPU (it waits in a call) over a few ms."""
+        before = self._progress()
+        if before is None:
             return False  # cannot tell: the grace period decides
+        time.sleep(0.003)
+        after = self._progress()
+        return after is not None and after - before < 0.0005
 
     def on_signal(self, signum: int, frame: Any) -> None:
         """Signal handler: record the stop request; raise into loop() only when told to, or on a second signal."""
@@ -469,6 +484,7 @@ class ServiceBase:
 
     def _servicefactory_loop(self, runtime: _Runtime) -> None:
         runtime.loop_thread = threading.get_ident()
+        runtime.loop_tid = threading.get_native_id()
         backoff = 0.0
         while not runtime.stop_event.is_set():
             try:

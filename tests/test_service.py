@@ -550,13 +550,33 @@ if __name__ == "__main__":
 '''
 
 
-@pytest.mark.parametrize("mode", ["busy", "blocked"])
+@contextlib.contextmanager
+def cpu_hogs(count: int) -> Iterator[None]:
+    """Processes that keep every CPU busy: a loaded machine, where a computing thread waits for a CPU."""
+    import subprocess
+    hogs = [subprocess.Popen(["taskset", "-c", "0", PYTHON, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait(timeout=5)
+
+
+@pytest.mark.parametrize("mode", ["busy", "blocked", "busy-on-a-loaded-machine"])
 def test_a_busy_iteration_gets_to_finish_and_a_blocked_one_is_cut_short(spawn, mode):
-    service = spawn(args=[PYTHON, "worker.py"], files={"worker.py": BUSY_THEN_BLOCKED, "mode": mode})
+    loaded = mode.endswith("loaded-machine")
+    mode = mode.split("-")[0]
+    # loaded: the service and the hogs share one CPU, where its threads often wait for their turn
+    pin = ["taskset", "-c", "0"] if loaded else []
+    service = spawn(args=[*pin, PYTHON, "worker.py"], files={"worker.py": BUSY_THEN_BLOCKED, "mode": mode})
     service.wait_for("iteration complete" if mode == "busy" else "blocking")
-    started = time.monotonic()
-    service.signal(signal.SIGTERM)
-    assert service.wait(timeout=5) == 0, service.output
+    with cpu_hogs(4 if loaded else 0):
+        if loaded:
+            time.sleep(0.3)  # let the hogs take the CPUs: the stop must come while the loop waits for one
+        started = time.monotonic()
+        service.signal(signal.SIGTERM)
+        assert service.wait(timeout=10) == 0, service.output
     elapsed = time.monotonic() - started
     assert "Traceback" not in service.output
     if mode == "busy":
