@@ -530,6 +530,11 @@ def token() -> None:
     click.echo(new_token())
 
 
+from servicefactory.cli.top import top as _top  # noqa: E402 (each view's command lives in its module)
+
+cli.add_command(_top)
+
+
 def main() -> None:
     """Console-script entry point; Ctrl+C exits 130, as shells expect."""
     try:

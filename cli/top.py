@@ -1,0 +1,37 @@
+"""`servicefactory top`: the live terminal view (servicefactory.view.top does the drawing)."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from servicefactory.cli.common import CommandFailed
+from servicefactory.cli.common import registry as _registry
+
+
+@click.command(epilog="""\b
+Keys:
+  up/down (j/k)  select a service
+  s / r          stop / restart it (asks first: y confirms)
+  l / Enter      follow its log (q, Esc or l goes back)
+  q / Ctrl+C     quit
+""")
+@click.option("--interval", type=click.FloatRange(0.2, 3600), default=1.0, show_default=True,
+              help="Seconds between two readings.")
+def top(interval: float) -> None:
+    """A live view of every service: state, pid, CPU, memory, calls/s, errors/s, restarts, uptime."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise CommandFailed("top needs a terminal; use `servicefactory status` (or `status --json`) in scripts", 2)
+    import curses
+
+    from servicefactory.view._rows import Sampler
+    from servicefactory.view.top import Top, run
+
+    registry = _registry()
+    registry.check_safe()
+    sampler = Sampler(registry)
+    sampler.sample()  # a state directory it cannot use is one line here, before the screen is taken
+    try:
+        run(Top(sampler, interval=interval, where=str(registry.where)))
+    except curses.error as exc:  # an unknown $TERM, a terminal too small to set up
+        raise CommandFailed(f"cannot draw on this terminal ({exc}); use `servicefactory status`", 2) from None

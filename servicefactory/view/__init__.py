@@ -1,0 +1,1 @@
+"""Live views of the running services: `servicefactory top` (curses) and the web dashboard."""

@@ -1,0 +1,221 @@
+"""`servicefactory top`, driven as a person would: in a real tmux terminal, keys sent with
+`send-keys`, the screen read with `capture-pane`. Every wait has a deadline."""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from support import COMMAND, PYTHON, Cli, wait_until
+from servicefactory.registry.base import state_of
+from servicefactory.registry.local import LocalRegistry
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
+
+SERVICES = '''
+from servicefactory import Service
+
+
+@Service.API.endpoint(port=0)
+class Alpha(Service.base):
+    def loop(self):
+        self.log("alpha tick")
+        self.sleep(0.3)
+
+
+@Service.API.endpoint(port=0)
+class Beta(Service.base):
+    def loop(self):
+        self.sleep(0.3)
+'''
+
+SOLO = '''
+from servicefactory import Service
+
+
+@Service.API.endpoint(port=0)
+class Solo(Service.base):
+    def loop(self):
+        self.sleep(0.2)
+
+
+if __name__ == "__main__":
+    Solo().run()
+'''
+
+
+class Terminal:
+    """One tmux server of our own (its own socket) running one command in a 120x30 pane."""
+
+    def __init__(self, tmp: Path, command: list[str], env: dict[str, str]) -> None:
+        self.socket = str(tmp / "tmux.sock")
+        settings = " ".join(f"{key}={shlex.quote(value)}" for key, value in env.items())
+        # after the command: its exit code and the terminal's modes, to see that it restored them
+        shell = (f"env {settings} {shlex.join(command)}; echo EXITED=$?; "
+                 f"stty -a | tr ' ;' '\\n\\n' | grep -x -e '-\\?icanon' -e '-\\?echo' | tr '\\n' ' '; echo; sleep 60")
+        self.tmux("new-session", "-d", "-s", "top", "-x", "120", "-y", "30", shell)
+
+    def tmux(self, *args: str) -> str:
+        """Run one tmux command against our server."""
+        done = subprocess.run(["tmux", "-f", "/dev/null", "-S", self.socket, *args], capture_output=True, text=True, timeout=10)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def keys(self, *keys: str) -> None:
+        """Type `keys` (tmux key names: `j`, `Enter`, `Escape`, `C-c`)."""
+        for key in keys:
+            self.tmux("send-keys", "-t", "top", key)
+            time.sleep(0.05)
+
+    def screen(self) -> str:
+        """What the pane shows now."""
+        return self.tmux("capture-pane", "-p", "-t", "top")
+
+    def wait_for(self, pattern: str, timeout: float = 15.0) -> str:
+        """The screen once it shows a line matching `pattern`; fails with the screen if not in time."""
+        regex = re.compile(pattern, re.M)
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.screen()
+            if regex.search(screen):
+                return screen
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"the screen never showed {pattern!r} within {timeout} s:\n{screen}")
+            time.sleep(0.1)
+
+    def pid(self) -> int:
+        """The pid of the command in the pane (the shell running it: its child)."""
+        return int(self.tmux("display-message", "-p", "-t", "top", "#{pane_pid}").strip())
+
+    def close(self) -> None:
+        """Kill the tmux server and everything in it."""
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def terminal(tmp_path: Path, sf: Cli):
+    """Factory: terminal(args...) runs `servicefactory top args...` in a fresh tmux pane."""
+    opened: list[Terminal] = []
+
+    def open_(*args: str) -> Terminal:
+        env = {"SERVICEFACTORY_HOME": str(sf.home), "TERM": "xterm-256color"}
+        term = Terminal(tmp_path, [*COMMAND, "top", "--interval", "0.3", *args], env)
+        opened.append(term)
+        return term
+
+    yield open_
+    for term in opened:
+        term.close()
+
+
+def row(screen: str, name: str) -> list[str]:
+    """The cells of `name`'s row on the screen (split on runs of spaces)."""
+    for line in screen.splitlines():
+        if line.startswith(name + " "):
+            return line.split()
+    raise AssertionError(f"no row for {name}:\n{screen}")
+
+
+def test_top_shows_every_service_and_a_kill_9_turns_into_stale_or_a_new_pid_within_seconds(sf: Cli, spawn, terminal):
+    sf.write("services.py", SERVICES)
+    sf.daemon("services.py")
+    solo = spawn(args=[PYTHON, "solo.py"], files={"solo.py": SOLO})
+    registry = LocalRegistry(sf.home)
+    wait_until(lambda: state_of(registry, "Solo")[0] == "running", message="Solo to register")
+    rows = {row["name"]: row for row in sf.status()}
+    term = terminal()
+    screen = term.wait_for(r"^Solo\s+running")
+    assert re.search(r"^NAME\s+STATE\s+PID\s+CPU%\s+MEMORY\s+CALLS/S\s+ERR/S\s+RESTARTS\s+UPTIME\s+URL", screen, re.M)
+    for name in ("Alpha", "Beta", "Solo"):
+        cells = row(screen, name)
+        assert cells[1] == "running" and cells[2] == str(rows[name]["pid"]), screen
+        assert cells[-1] == rows[name]["url"], screen
+        assert re.fullmatch(r"\d+\.\dM", cells[4]), screen  # memory, read from the process
+    term.wait_for(r"^Alpha\s+running\s+\d+\s+\d+\.\d\s")  # CPU % once two readings exist
+
+    os.kill(solo.pid, signal.SIGKILL)  # a standalone service: nobody restarts it
+    solo.wait(10)
+    term.wait_for(r"^Solo\s+stale\b", timeout=10)
+    alpha = rows["Alpha"]["pid"]
+    os.kill(alpha, signal.SIGKILL)  # supervised: restarted, under a new pid, with a restart counted
+    screen = term.wait_for(rf"^Alpha\s+running\s+(?!{alpha}\b)\d+\s.*\s1\s+\S+\s+http", timeout=20)
+    assert row(screen, "Beta")[2] == str(rows["Beta"]["pid"]), screen  # the other service was not touched
+
+
+def test_stop_asks_first_no_keeps_it_running_yes_stops_it(sf: Cli, terminal):
+    sf.write("services.py", SERVICES)
+    sf.daemon("services.py")
+    term = terminal()
+    term.wait_for(r"^Beta\s+running")
+    term.keys("j", "s")  # Beta is the second row
+    term.wait_for(r"^stop Beta\? y/N")
+    term.keys("n")
+    term.wait_for(r"stop Beta: cancelled")
+    assert sf.row("Beta")["state"] == "running"
+    term.keys("s")
+    term.wait_for(r"^stop Beta\? y/N")
+    term.keys("y")
+    screen = term.wait_for(r"^Beta\s+stopped\s+-", timeout=20)
+    assert "Beta stopped" in screen
+    assert sf.row("Beta")["state"] == "stopped" and sf.row("Alpha")["state"] == "running"
+
+
+def test_restart_gives_a_new_pid_and_l_follows_the_log_until_escape(sf: Cli, terminal):
+    sf.write("services.py", SERVICES)
+    sf.daemon("services.py")
+    before = sf.row("Alpha")["pid"]
+    term = terminal()
+    term.wait_for(r"^Alpha\s+running")
+    term.keys("r")
+    term.wait_for(r"^restart Alpha\? y/N")
+    term.keys("y")
+    screen = term.wait_for(r"Alpha running \(pid \d+", timeout=30)
+    after = sf.row("Alpha")["pid"]
+    assert after != before and row(screen, "Alpha")[2] == str(after), screen
+    term.keys("l")
+    term.wait_for(r"^log of Alpha ")
+    first = term.wait_for(r"Alpha \| Alpha : alpha tick")
+    ticks = first.count("alpha tick")
+    term.wait_for(r"Alpha \| Alpha : alpha tick", timeout=5)
+    # it follows: new lines arrive while we look (the newest line's time moves on)
+    stamp = re.findall(r"^(\S+) Alpha \| Alpha : alpha tick", first, re.M)[-1]
+    wait_until(lambda: re.findall(r"^(\S+) Alpha \| Alpha : alpha tick", term.screen(), re.M)[-1] > stamp,
+               timeout=10, message="a newer log line")
+    assert ticks > 0
+    term.keys("Escape")
+    term.wait_for(r"^NAME\s+STATE")
+
+
+@pytest.mark.parametrize("how", ["q", "C-c", "SIGTERM"])
+def test_q_ctrl_c_and_sigterm_leave_top_with_exit_0_and_the_terminal_restored(sf: Cli, terminal, how):
+    sf.write("services.py", SERVICES)
+    sf.daemon("services.py")
+    term = terminal()
+    term.wait_for(r"^Alpha\s+running")
+    if how == "SIGTERM":
+        shell = term.pid()
+        children = subprocess.run(["pgrep", "-P", str(shell)], capture_output=True, text=True).stdout.split()
+        (env_or_top,) = [pid for pid in children if "top" in Path(f"/proc/{pid}/cmdline").read_text()]
+        os.kill(int(env_or_top), signal.SIGTERM)
+    else:
+        term.keys(how)
+    screen = term.wait_for(r"^EXITED=\d+", timeout=10)
+    assert "EXITED=0" in screen, screen
+    # curses gave the terminal back: canonical mode and echo are on again, the table is gone
+    modes = term.wait_for(r"^(-?icanon|-?echo) (-?icanon|-?echo)", timeout=5)
+    assert re.search(r"^(icanon echo|echo icanon) ?$", modes, re.M), modes
+    assert "NAME" not in modes and "Traceback" not in modes
+
+
+def test_top_without_a_terminal_is_one_line_and_exit_2(sf: Cli):
+    result = sf("top")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: top needs a terminal; use `servicefactory status` "
+                                     "(or `status --json`) in scripts"), result.stderr
