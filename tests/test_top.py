@@ -162,8 +162,8 @@ def test_stop_asks_first_no_keeps_it_running_yes_stops_it(sf: Cli, terminal):
     term.keys("s")
     term.wait_for(r"^stop Beta\? y/N")
     term.keys("y")
-    screen = term.wait_for(r"^Beta\s+stopped\s+-", timeout=20)
-    assert "Beta stopped" in screen
+    term.wait_for(r"^Beta\s+stopped\s+-", timeout=20)
+    term.wait_for(r"quit   Beta stopped$", timeout=20)  # the command's own last line, once it returned
     assert sf.row("Beta")["state"] == "stopped" and sf.row("Alpha")["state"] == "running"
 
 
