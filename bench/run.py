@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable from t
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import figures_api, figures_cli, figures_restart, figures_security  # noqa: E402
+from bench import figures_metrics  # noqa: E402
 from bench.harness import ROOT, FigureResult, Row, Sizes, Skipped  # noqa: E402
 from bench.processes import become_subreaper, reap_leftovers, temporary_directory  # noqa: E402
 
@@ -43,6 +44,7 @@ FIGURES = {
     8: ("load: 8 clients x N performs", figures_api.figure_8),
     9: ("rolling restart: one service restarted under 8 clients", figures_restart.figure_9),
     10: ("the peer check of a loopback service (who is calling)", figures_security.figure_10),
+    11: ("the cost of counting calls for /metrics (echo counting vs not)", figures_metrics.figure_11),
 }
 COLUMNS = ("figure", "metric", "servicefactory", "peer(s)", "ratio", "target", "met?")
 

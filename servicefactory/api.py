@@ -4,18 +4,24 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from collections import namedtuple
+from time import perf_counter
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
 from servicefactory.http._gate import Gate
 from servicefactory.http._guard import cut, short_traceback
+from servicefactory._metrics import Counters
 from servicefactory._names import valid_action_name
 
 logger = logging.getLogger(__name__)
 
 #: built-in actions every service answers; a user's handler may replace one only with override=True
 BUILTIN_ACTIONS = ("shutdown", "health", "actions")
+#: what every service answers besides its actions (GET, or POST as an action): the Prometheus
+#: metrics and the OpenAPI document; a user's handler may take one of these names only with override=True
+BUILTIN_ROUTES = ("metrics",)
 DEFAULT_MAX_BODY = 1024 * 1024
 
 _MARK = "__servicefactory_action__"
@@ -23,8 +29,8 @@ _JSON_HEADERS = [("Content-Type", "application/json")]
 _STATUS_LINES = {
     200: "200 OK", 400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden",
     404: "404 Not Found", 405: "405 Method Not Allowed", 413: "413 Content Too Large",
-    415: "415 Unsupported Media Type", 421: "421 Misdirected Request", 429: "429 Too Many Requests",
-    500: "500 Internal Server Error",
+    415: "415 Unsupported Media Type", 421: "421 Misdirected Request", 422: "422 Unprocessable Content",
+    429: "429 Too Many Requests", 500: "500 Internal Server Error",
 }
 #: only JSON escapes can put a surrogate into a decoded string (the body itself must be UTF-8)
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -78,9 +84,10 @@ def collect_actions(cls: type, is_builtin: Callable[[type], bool] = lambda klass
                 continue
             name, exclusive, methods, override = mark
             builtin = is_builtin(klass)
-            if name in BUILTIN_ACTIONS and not builtin and not override:
+            if name in BUILTIN_ACTIONS + BUILTIN_ROUTES and not builtin and not override:
                 raise TypeError(
-                    f"{cls.__qualname__}.{attribute} would replace the built-in action {name!r}; "
+                    f"{cls.__qualname__}.{attribute} would replace the built-in "
+                    f"{'action' if name in BUILTIN_ACTIONS else 'route'} {name!r}; "
                     f"pick another name, or pass override=True if you mean to replace it")
             doc = (value.__doc__ or "").strip().splitlines()
             table[name] = Action(name, attribute, exclusive, methods, doc[0] if doc else "", builtin)
@@ -117,7 +124,7 @@ class App:
                  token: str | None = None, require_token: bool | None = None, bound_host: str = "127.0.0.1",
                  local_address: tuple[str, int] | None = None, allowed_uids: Iterable[int] | None = None,
                  exclusive_lock: Any = None, on_shutdown: Callable[[], None] | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, counters: Counters | None = None) -> None:
         self.service = service
         self.name = name
         self.actions = actions
@@ -126,14 +133,22 @@ class App:
                          local_address=local_address, allowed_uids=allowed_uids)
         self.exclusive_lock = exclusive_lock
         self.on_shutdown = on_shutdown
+        #: what this app has answered; the service's own (run() shares it with `health`) or a new one
+        self.counters = counters if counters is not None else Counters()
+        self._exposition: Any = None  # built on the first scrape: importing prometheus-client costs 14 MiB
+        self._document: bytes | None = None
+        self._lazy_lock = threading.Lock()
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        """Answer one request (WSGI)."""
-        status, body, after = self.respond(environ)
+        """Answer one request (WSGI), and count it."""
+        started = perf_counter()
+        status, body, after, counted, failure = self.respond(environ)
         headers = list(_JSON_HEADERS)
         if status == 405:
-            action = self.actions.get(environ.get("PATH_INFO", "/")[1:])
-            headers.append(("Allow", ", ".join(action.methods) if action else "POST"))
+            name = environ.get("PATH_INFO", "/")[1:]
+            action = self.actions.get(name)
+            allowed = action.methods if action else ("GET", "POST") if name in BUILTIN_ROUTES else ("POST",)
+            headers.append(("Allow", ", ".join(allowed)))
         if status == 401:
             headers.append(("WWW-Authenticate", 'Bearer realm="servicefactory"'))
         elif status == 429:
@@ -144,40 +159,48 @@ class App:
             headers.append(("Connection", "close"))
         if body is _PLAIN_OK:
             headers = [("Content-Type", "text/plain; charset=utf-8")]
+        elif type(body) is _Typed:
+            headers = [("Content-Type", body.content_type)]
         headers.append(("Content-Length", str(len(body))))
         start_response(_STATUS_LINES.get(status, f"{status} Error"), headers)
+        if counted is not _UNCOUNTED:
+            self.counters.record(counted, status, perf_counter() - started, failure)
         return _After(body, after) if after else [body]
 
-    def respond(self, environ: dict) -> tuple[int, bytes, Callable[[], None] | None]:
-        """Turn a WSGI environ into (status, body, callback to run after sending)."""
+    def respond(self, environ: dict) -> tuple[int, bytes, Callable[[], None] | None, Any, str | None]:
+        """Turn a WSGI environ into (status, body, callback to run after sending, the action to
+        count it for (None: no action; _UNCOUNTED: a scrape), the exception type if the handler raised)."""
         # who may ask comes first: a caller this service refuses learns nothing, not even its name
         refusal = self._refuse(environ)
         if refusal:
-            return (*refusal, None)
+            return (*refusal, None, None, None)
         meant = environ.get("HTTP_SERVICEFACTORY_SERVICE")
         if meant is not None and self.name is not None and meant != self.name:
             # the caller's address is stale (its service died and another took the port): running
             # anything here, even `shutdown`, would act on the wrong service
-            return (*_error(421, "Misdirected", f"this address serves another service, not {meant!r}"), None)
+            return (*_error(421, "Misdirected", f"this address serves another service, not {meant!r}"),
+                    None, None, None)
         method = environ.get("REQUEST_METHOD", "GET")
         name = environ.get("PATH_INFO", "/")[1:]
         action = self.actions.get(name) if valid_action_name(name) else None
         if action is None:
-            return (*_error(404, "UnknownAction", f"unknown action {name!r}"), None)
+            if name in BUILTIN_ROUTES:
+                return self._route(name, method, environ)
+            return (*_error(404, "UnknownAction", f"unknown action {name!r}"), None, None, None)
         if method not in action.methods:
-            return (*_error(405, "MethodNotAllowed", f"{method} is not allowed for {name!r}"), None)
+            return (*_error(405, "MethodNotAllowed", f"{method} is not allowed for {name!r}"), None, name, None)
         data = None
         if method == "POST":
             try:
                 data = self._read_json(environ)
             except _BadRequest as bad:
-                return (*_error(bad.status, bad.kind, str(bad)), None)
+                return (*_error(bad.status, bad.kind, str(bad)), None, name, None)
         try:
             result = self._call(action, data)
         except BaseException as exc:  # even sys.exit() in a handler is the caller's answer, not ours
             # cut: a handler raising with megabytes of text must not fill the logs or the answer
             logger.error("action %r failed\n%s", name, short_traceback(exc))
-            return (*_error(500, type(exc).__name__, cut(str(exc))), None)
+            return (*_error(500, type(exc).__name__, cut(str(exc))), None, name, type(exc).__name__)
         if result is None:
             # curl and browsers see the founding transcript's `ok`; JSON clients get null, so that
             # perform() returns None, as the transcript's REPL (which echoes no result) shows
@@ -187,9 +210,47 @@ class App:
                 body = _ENCODER.encode(result).encode() + b"\n"
             except (TypeError, ValueError, RecursionError) as exc:
                 logger.error("action %r returned a result that is not JSON serialisable: %s", name, exc)
-                return (*_error(500, type(exc).__name__, cut(f"result is not JSON serialisable: {exc}")), None)
+                return (*_error(500, type(exc).__name__, cut(f"result is not JSON serialisable: {exc}")),
+                        None, name, type(exc).__name__)
         after = self.on_shutdown if name == "shutdown" and action.builtin else None
-        return 200, body, after
+        return 200, body, after, name, None
+
+    def _route(self, name: str, method: str, environ: dict) -> tuple[int, bytes, None, Any, None]:
+        """Answer GET (or, as for an action, a JSON POST) of /metrics or /openapi.json; not counted."""
+        if method not in ("GET", "POST"):
+            return (*_error(405, "MethodNotAllowed", f"{method} is not allowed for {name!r}"), None, _UNCOUNTED, None)
+        if method == "POST":
+            try:
+                self._read_json(environ)  # the same 415/413/400 rules as for an action; the data is unused
+            except _BadRequest as bad:
+                return (*_error(bad.status, bad.kind, str(bad)), None, _UNCOUNTED, None)
+        try:
+            body = self._metrics(environ.get("HTTP_ACCEPT", "")) if name == "metrics" else self._openapi()
+        except Exception as exc:
+            logger.error("%s failed\n%s", name, short_traceback(exc))
+            return (*_error(500, type(exc).__name__, cut(str(exc))), None, _UNCOUNTED, None)
+        return 200, body, None, _UNCOUNTED, None
+
+    def _metrics(self, accept: str) -> bytes:
+        with self._lazy_lock:
+            if self._exposition is None:
+                from servicefactory import __version__
+                from servicefactory._metrics import Exposition
+                # a service may add families of its own (the supervisor: its children's states)
+                extra = getattr(self.service, "_servicefactory_metric_families", None)
+                self._exposition = Exposition(self.counters, self.name or type(self.service).__name__,
+                                              __version__, extra)
+        return _Typed(*self._exposition.render(accept))
+
+    def _openapi(self) -> bytes:
+        with self._lazy_lock:
+            if self._document is None:
+                from servicefactory import __version__
+                from servicefactory._schema import openapi_document
+                document = openapi_document(self.name or type(self.service).__name__, __version__,
+                                            type(self.service), self.actions)
+                self._document = json.dumps(document, indent=1).encode() + b"\n"
+        return self._document
 
     def _refuse(self, environ: dict) -> tuple[int, bytes] | None:
         refusal = self.gate.refuse(environ)
@@ -278,6 +339,19 @@ class _BadRequest(Exception):
 
 class _PlainOk(bytes):
     """The literal `ok` body answered to clients that did not ask for JSON."""
+
+
+class _Typed(bytes):
+    """A body that is not JSON, with its content type (the Prometheus text)."""
+
+    def __new__(cls, body: bytes, content_type: str) -> "_Typed":
+        typed = super().__new__(cls, body)
+        typed.content_type = content_type
+        return typed
+
+
+#: respond()'s mark of an answer that is not counted as a call (a scrape of /metrics or the document)
+_UNCOUNTED = object()
 
 
 _PLAIN_OK = _PlainOk(b"ok\n")

@@ -18,6 +18,7 @@ from servicefactory._names import is_loopback, is_loopback_address
 from servicefactory.supervise._states import RESTART_POLICIES
 from servicefactory.supervise._protocol import SUPERVISED_ENV, StopReason  # SUPERVISED_ENV: the supervisor sets it to the child's name
 from servicefactory.api import DEFAULT_MAX_BODY, Action, collect_actions, handle
+from servicefactory._metrics import Counters
 from servicefactory.errors import AlreadyRunning, ServiceFactoryError, StartupError, StateError, TokenRequired
 
 logger = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ class _Runtime:
         self.unhealthy = False  # loop() raised max_loop_errors times in a row
         self.last_error: str | None = None
         self.started_monotonic = time.monotonic()
+        self.counters = Counters()  # calls (counted by the App) and loop iterations: health and /metrics
         self.server: Any = None
         self.stop_watcher: threading.Thread | None = None  # watch_stop(), in the main thread's service only
         self.loop_done = threading.Event()
@@ -336,7 +338,7 @@ class ServiceBase:
 
     @handle("health", methods=("GET", "POST"))
     def _servicefactory_health(self, data: Any) -> dict:
-        """Name, pid, uptime, loop iterations and errors, version."""
+        """Name, pid, state, uptime, loop iterations and errors, version, and the calls answered so far."""
         from servicefactory import __version__
         runtime = self._servicefactory_runtime
         assert runtime is not None
@@ -345,6 +347,8 @@ class ServiceBase:
             "state": "stopping" if runtime.stop_event.is_set() else "unhealthy" if runtime.unhealthy else "running",
             "uptime": round(time.monotonic() - runtime.started_monotonic, 3),
             "iterations": runtime.iterations, "errors": runtime.errors, "last_error": runtime.last_error,
+            "last_good_iteration": _rounded(runtime.counters.last_good_age()),
+            "counters": runtime.counters.totals(),
         }
 
     @handle("actions", methods=("GET", "POST"))
@@ -450,7 +454,8 @@ class ServiceBase:
         app = App(self, type(self)._servicefactory_actions, max_body=endpoint_.max_body, token=token,
                   require_token=endpoint_.require_token or not loopback, bound_host=host,
                   local_address=local, allowed_uids=allowed_uids, exclusive_lock=runtime.lock,
-                  on_shutdown=lambda: runtime.request_stop(StopReason.ACTION), name=runtime.name)
+                  on_shutdown=lambda: runtime.request_stop(StopReason.ACTION), name=runtime.name,
+                  counters=runtime.counters)
         if endpoint_.server == "werkzeug":
             from servicefactory.http._werkzeug import WerkzeugServer
             runtime.server = WerkzeugServer(app, sock)
@@ -487,6 +492,7 @@ class ServiceBase:
         runtime.loop_tid = threading.get_native_id()
         backoff = 0.0
         while not runtime.stop_event.is_set():
+            began = time.perf_counter()
             try:
                 try:
                     runtime.lock.acquire()
@@ -494,7 +500,9 @@ class ServiceBase:
                     if runtime.stop_event.is_set():
                         break  # asked to stop while an exclusive handler held the lock
                     runtime.in_loop = True
+                    began = time.perf_counter()
                     self.loop()
+                    runtime.counters.iteration(time.perf_counter() - began, True)
                 finally:
                     runtime.in_loop = False
                     if runtime.loop_holds_lock:
@@ -512,6 +520,7 @@ class ServiceBase:
                     runtime.exit_request = exc  # the user's exit code survives the graceful stop
                 break
             except Exception as exc:
+                runtime.counters.iteration(time.perf_counter() - began, False)
                 runtime.errors += 1
                 runtime.errors_in_a_row += 1
                 runtime.last_error = f"{type(exc).__name__}: {exc}"
@@ -585,6 +594,10 @@ class _Registration:
     def __exit__(self, *exc_info: Any) -> None:
         if self.claim is not None:
             self.registry.release(self.claim)
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 def _allowed_uids(users: tuple) -> frozenset[int]:

@@ -595,11 +595,28 @@ class Supervisor(ServiceBase):
         rows = []
         for child in self._children_named(names):
             popen = child.popen
+            running = child.state == ServiceState.RUNNING and child.ready_at is not None
             rows.append({"name": child.spec.name, "state": child.state.value, "pid": popen.pid if popen else None,
                          "restarts": child.restarts, "last_exit": child.last_exit,
                          "url": url_of(child) if child.state == ServiceState.RUNNING else None, "error": child.error,
-                         "next_try": self._next_try(child)})
+                         "next_try": self._next_try(child),
+                         "uptime": round(time.monotonic() - child.ready_at, 3) if running else None,
+                         "started": round(child.ready_wall, 3) if running else None})
         return rows
+
+    def _servicefactory_metric_families(self) -> Any:
+        """Each supervised service's state, restarts, last exit code, backoff and uptime, for /metrics."""
+        from servicefactory._metrics import supervised_families
+        now = time.monotonic()
+        rows = []
+        for child in list(self.children.values()):
+            due = RestartPolicy.due(child.state, child.next_start, child.retry_at)
+            rows.append({"name": child.spec.name, "state": child.state.value, "restarts": child.restarts,
+                         "last_exit": child.last_exit, "backoff": max(0.0, due - now) if due is not None else 0.0,
+                         "uptime": now - child.ready_at if child.state == ServiceState.RUNNING
+                         and child.ready_at is not None else 0.0})
+        return supervised_families(rows, [state.value for state in ServiceState
+                                          if state not in (ServiceState.STALE, ServiceState.UNKNOWN)])
 
     def _await_exit(self, children: list[Child], timeout: float | None = None) -> list:
         if not children:
