@@ -292,7 +292,15 @@ def restart(names: tuple[str, ...], timeout: float | None) -> None:
             # ready timeout: our deadline only guards against a supervisor that hangs
             limit = timeout if timeout is not None else control.own_timeout(record)
             request = {"names": [name]} if timeout is None else {"names": [name], "timeout": timeout}
-            rows = control.call_supervisor(record.supervisor, "restart", request, limit + 600, registry)
+            try:
+                rows = control.call_supervisor(record.supervisor, "restart", request, limit + 600, registry)
+            except ServiceFactoryError:
+                if not control.supervisor_died(registry, record.supervisor):
+                    raise
+                # killed mid-way (kill -9): take the service over and run it again, as below
+                control.stop(name, timeout, registry)
+                _run_again(name, registry.remembered(name) or {"target": record.target, "cwd": None}, registry)
+                continue
             row = rows[0]
             if row["state"] != "running":
                 raise CommandFailed(f"{name} did not come back: {row['state']} "

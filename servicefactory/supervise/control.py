@@ -69,7 +69,14 @@ def stop(name: str, timeout: float | None = None, registry: Registry | None = No
     if state == "stale" or orphan:
         return _stop_orphan(name, record, timeout, registry)
     if record is not None and record.supervisor:
-        outcome = _stop_supervised(name, record, timeout, registry)
+        try:
+            outcome = _stop_supervised(name, record, timeout, registry)
+        except ServiceFactoryError:
+            if not supervisor_died(registry, record.supervisor):
+                raise
+            # killed while it carried out our stop (kill -9 mid-way): the service ends by its
+            # lifeline; take it over as any orphan, rather than leave it and its files behind
+            return _stop_orphan(name, registry.lookup(name) or record, timeout, registry)
     elif record is None:
         return StopOutcome(name, False, message=f"{name} is starting; try again in a moment", failed=True)
     else:
@@ -99,6 +106,17 @@ def _stop_orphan(name: str, record: ServiceRecord | None, timeout: float | None,
     if alive:
         return StopOutcome(name, True, message=f"{name} stopped (it was ending after its supervisor died)")
     return StopOutcome(name, False, message=f"{name} was not running (removed its stale pidfile)")
+
+
+def supervisor_died(registry: Registry, supervisor: str, within: float = 2.0) -> bool:
+    """Whether `supervisor` is dead, or dies `within` seconds: a call to it that broke off may be the
+    moment of a `kill -9`, and the kernel drops a killed process's lock a moment after its sockets."""
+    deadline = time.monotonic() + within
+    while registry.is_held(supervisor):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def call_supervisor(supervisor: str, action: str, data: Any, timeout: float, registry: Registry) -> Any:
@@ -235,6 +253,9 @@ def _stop_supervisor(name: str, record: ServiceRecord, timeout: float | None,
             wait_gone(registry, child, 5.0)
             _await_release(registry, child.name)
         _await_release(registry, name)
+    # a supervisor that died on its own (kill -9 mid-way) left services ending by their lifelines
+    orphans = {} if escalated else {n: r for n, r in children.items() if registry.owner_alive(r)}
+    taken_over = _in_parallel([(_stop_orphan, n, r, timeout, registry) for n, r in orphans.items()])
     for child in before:
         registry.clean(child)
         registry.mark_stopped(child)
@@ -242,7 +263,9 @@ def _stop_supervisor(name: str, record: ServiceRecord, timeout: float | None,
     killed = {row["name"] for row in rows if row.get("last_exit") == -signal.SIGKILL}
     outcomes = []
     for child, state in sorted(before.items()):
-        if state == "stopped":
+        if child in taken_over:
+            outcomes.append(taken_over[child])
+        elif state == "stopped":
             outcomes.append(StopOutcome(child, False, message=f"{child} was already stopped"))
         elif escalated:
             outcomes.append(StopOutcome(child, True, killed=True, message=f"{child} killed: its supervisor "
@@ -252,6 +275,24 @@ def _stop_supervisor(name: str, record: ServiceRecord, timeout: float | None,
                                         message=f"{child} did not stop within {limit:g} s; killed it"))
         else:
             outcomes.append(StopOutcome(child, True, message=f"{child} stopped"))
+    return outcomes
+
+
+def _in_parallel(calls: list[tuple]) -> dict[str, StopOutcome]:
+    """Run each `(function, name, *args)` in its own thread; their outcomes by name."""
+    outcomes: dict[str, StopOutcome] = {}
+
+    def one(function: Any, name: str, *args: Any) -> None:
+        try:
+            outcomes[name] = function(name, *args)
+        except ServiceFactoryError as exc:
+            outcomes[name] = StopOutcome(name, True, message=f"{name}: {exc}", failed=True)
+
+    threads = [threading.Thread(target=one, args=call) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     return outcomes
 
 
