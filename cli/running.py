@@ -97,6 +97,15 @@ def check_free(specs: list, registry: Any) -> None:
 
     for spec in specs:
         state, record = state_of(registry, spec.name)
+        if state == "stopping" and record is not None and record.supervisor \
+                and not registry.is_held(record.supervisor):
+            # its supervisor died and it is ending (within its stop timeout): take it over, then run
+            from servicefactory.supervise import control
+
+            print(f"{spec.name} lost its supervisor and is stopping; taking it over", file=sys.stderr)
+            outcome = control.stop(spec.name, None, registry)
+            print(("warning: " if outcome.killed else "") + outcome.message, file=sys.stderr)
+            state, record = state_of(registry, spec.name)
         if state not in ("stopped", "stale"):
             where = f" (pid {record.pid}, {record.url or 'no API'})" if record and record.pid else ""
             hint = "; use `servicefactory restart`" if state in ("stopped", "failed") else ""

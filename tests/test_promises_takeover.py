@@ -126,3 +126,37 @@ def test_a_restart_whose_supervisor_is_killed_mid_way_brings_the_service_back(mo
     assert row["state"] == "running" and row["pid"] != service, row
     assert int(row["supervisor"].rsplit("-", 1)[1]) != supervisor
     assert not list(sf_home.glob(f"_supervisor-{supervisor}.*"))
+
+
+ORPHAN = """
+import signal, time
+from servicefactory import Service
+
+@Service.API.endpoint(port=0)
+@Service.policy(stop_timeout=3)
+class Orphan(Service.base):
+    def loop(self):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # outlives its supervisor for its stop timeout
+        time.sleep(0.2)
+"""
+
+
+@pytest.mark.parametrize("command", [["run", "orphan.py", "--daemon"], ["restart", "Orphan"]])
+def test_run_or_restart_right_after_kill_9_of_the_supervisor_takes_the_ending_service_over(tmp_path, sf_home,
+                                                                                           command):
+    """0.2.0: `run`/`restart` refused with exit 9 "already running" while the orphan lived on; main
+    before this fix: `run` exit 9 "already stopping", `restart` a failed call to the dead supervisor."""
+    (tmp_path / "orphan.py").write_text(textwrap.dedent(ORPHAN))
+    first = sf("run", "orphan.py", "--daemon", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    row = json.loads(sf("status", "Orphan", "--json", cwd=tmp_path).stdout)[0]
+    service, supervisor = row["pid"], int(row["supervisor"].rsplit("-", 1)[1])
+    os.kill(supervisor, signal.SIGKILL)
+    wait_until(lambda: not alive(supervisor), message="the supervisor to die")
+    result = sf(*command, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "Orphan" in result.stderr, result.stderr
+    assert not alive(service)
+    row = json.loads(sf("status", "Orphan", "--json", cwd=tmp_path).stdout)[0]
+    assert row["state"] == "running" and row["pid"] != service, row
+    assert not list(sf_home.glob(f"_supervisor-{supervisor}.*"))
