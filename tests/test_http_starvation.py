@@ -118,8 +118,9 @@ def test_a_pipelined_flood_from_16_clients_does_not_delay_another_clients_calls(
             wait_until(lambda: len(app.seen) > 1000, timeout=20, message="the flood to be under way")
             with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
                 latencies = [timed_health_call(client) for _ in range(50)]
-            # 0.2.0 made such a call wait 6.4 s; one request per connection per turn keeps it short
-            assert max(latencies) < 1.0, f"max {max(latencies) * 1000:.0f} ms"
+            # 0.2.0 made such a call wait 6.4 s; one request per connection per turn keeps it short.
+            # 3 s is the net for a loaded machine (the suite runs next to others), far from 6.4 s
+            assert max(latencies) < 3.0, f"max {max(latencies) * 1000:.0f} ms"
         finally:
             flood.kill()
             flood.wait(10)

@@ -46,18 +46,22 @@ def test_the_class_policy_caps_the_delay_and_the_command_line_wins(sf):
 
 def test_a_failed_service_is_tried_again_after_the_cooldown_and_status_says_when(sf):
     sf.write("needy.py", NEEDS_DB.format(policy=""))
-    sf.daemon("needy", "--backoff", "0.1", "--max-failures", "2", "--retry-failed-after", "3")
-    wait_until(lambda: (sf.row("Needy") or {}).get("state") == "failed", timeout=10, message="failed")
-    row = sf.row("Needy")
-    assert row["next_try"] is not None and 0 < row["next_try"] - time.time() <= 3.5, row
+    sf.daemon("needy", "--backoff", "0.1", "--max-failures", "2", "--retry-failed-after", "6")
+    # judge the very answer that said `failed`: on a loaded machine a second `status` may come after
+    # the cooldown, when the service is already being tried again
+    seen: list[tuple[float, dict]] = []
+    wait_until(lambda: seen.append((time.time(), sf.row("Needy") or {})) or seen[-1][1].get("state") == "failed",
+               timeout=10, message="failed")
+    asked, row = seen[-1]
+    assert row["next_try"] is not None and 0 < row["next_try"] - asked <= 6.5, row
     table = sf("status")
     assert table.returncode == 3
-    assert re.search(r"Needy\s+failed \(next try in [0-3]s\)", table.stdout), table.stdout
+    assert re.search(r"Needy\s+failed \(next try in [0-6]s\)", table.stdout), table.stdout
 
     (sf.cwd / "db-up").write_text("")  # the outage ends
-    wait_until(lambda: (sf.row("Needy") or {}).get("state") == "running", timeout=10,
+    wait_until(lambda: (sf.row("Needy") or {}).get("state") == "running", timeout=15,
                message="tried again and running")
-    assert "trying again after 3 s" in sf.log("Needy")
+    assert "trying again after 6 s" in sf.log("Needy")
     assert sf.row("Needy")["next_try"] is None
     assert sf("status", "Needy").returncode == 0
 
