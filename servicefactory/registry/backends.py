@@ -1,7 +1,8 @@
 """Which registry backend a process uses: chosen here, and nowhere else.
 
-$SERVICEFACTORY_REGISTRY names it (`local`, the default: the state directory; etcd is next). The
-registry's interface is `registry.Registry`; this module alone knows the backends' classes.
+$SERVICEFACTORY_REGISTRY names it: `local` (the default: the state directory on this host) or
+`etcd://host:2379[,host2:2379][/prefix]` (etcd v3, shared by many hosts; needs the `etcd` extra).
+The registry's interface is `registry.Registry`; this module alone knows the backends' classes.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 #: the environment variable that names the backend
 REGISTRY_ENV = "SERVICEFACTORY_REGISTRY"
 #: every backend, by the name $SERVICEFACTORY_REGISTRY gives it
-BACKENDS = ("local",)
+BACKENDS = ("local", "etcd://host:2379")
 
 
 def default_registry() -> "Registry":
@@ -25,4 +26,11 @@ def default_registry() -> "Registry":
     if kind == "local":
         from servicefactory.registry.local import LocalRegistry
         return LocalRegistry()
+    if kind.startswith("etcd://"):
+        try:
+            from servicefactory.registry.etcd import EtcdRegistry
+        except ImportError as exc:  # etcd3gw (or requests) is not installed
+            raise StateError(f"the etcd registry needs the etcd extra ({exc.name} is missing): "
+                             f"pip install 'servicefactory[etcd]'") from None
+        return EtcdRegistry(kind)
     raise StateError(f"unknown registry backend {kind!r} in ${REGISTRY_ENV}: use one of {', '.join(BACKENDS)}")

@@ -1,0 +1,258 @@
+"""The etcd registry end to end, on one host: real services register in a real etcd, the CLI and
+`perform` find them there, a killed service's record expires with its lease, a race for a name has
+one winner, and etcd going away or losing the lease never stops a service from serving.
+
+(Many hosts, simulated with network namespaces, are in test_etcd_hosts.py.)
+"""
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from etcd_support import TEST_TTL, Etcd, running_etcd
+from servicefactory.registry.base import ServiceRecord
+from support import PYTHON, wait_until
+
+ECHO = """
+    import os
+    from servicefactory import Service
+
+    @Service.API.endpoint(port=0)
+    class Echo(Service.base):
+        def loop(self):
+            self.sleep(1)
+
+        @Service.API.handle("echo")
+        def echo(self, data):
+            return data
+
+        @Service.API.handle("pid")
+        def pid(self, data):
+            return os.getpid()
+
+    if __name__ == "__main__":
+        Echo().run()
+"""
+
+
+@pytest.fixture(scope="module")
+def etcd_server() -> Iterator[Etcd]:
+    with running_etcd() as server:
+        yield server
+
+
+def use_etcd(url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point this test process (its CLI calls, its `perform`) at the etcd registry `url`."""
+    env = {"SERVICEFACTORY_REGISTRY": url, "SERVICEFACTORY_LEASE_TTL": str(TEST_TTL)}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
+def registry_env(etcd_server: Etcd, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A key prefix of this test's own on the shared etcd, in this process's environment."""
+    return use_etcd(etcd_server.url(), monkeypatch)
+
+
+def start_echo(spawn, env: dict[str, str]):
+    """A standalone Echo service (python echo.py), once it is registered."""
+    proc = spawn(args=[PYTHON, "echo.py"], files={"echo.py": ECHO}, env=env)
+    registry = _registry()
+    wait_until(lambda: registry.lookup("Echo") is not None or proc.popen.poll() is not None, timeout=20,
+               message="Echo to register")
+    assert proc.popen.poll() is None, proc.output
+    return proc
+
+
+def _registry():
+    from servicefactory.registry.backends import default_registry
+    return default_registry()
+
+
+def test_a_service_in_etcd_is_called_listed_and_stopped_through_the_cli(sf, spawn, registry_env):
+    proc = start_echo(spawn, registry_env)
+    result = sf("perform", "Echo", "echo", '"through etcd"')
+    assert (result.returncode, result.stdout.strip()) == (0, '"through etcd"'), result.stderr
+    (row,) = sf.status()
+    assert (row["name"], row["state"], row["pid"]) == ("Echo", "running", proc.pid)
+    from servicefactory.http import client
+    assert client.perform("Echo", "pid") == proc.pid  # the Python client finds it the same way
+    result = sf("stop", "Echo")
+    assert result.returncode == 0 and "Echo stopped" in result.stdout, result.stderr
+    assert proc.wait(10) == 0
+    registry = _registry()
+    assert registry.names() == [] and registry.lookup("Echo") is None  # a graceful stop withdraws at once
+
+
+def test_after_kill_9_the_record_expires_with_its_lease_and_perform_says_not_running(sf, spawn, registry_env):
+    from servicefactory.errors import ServiceNotRunning
+    from servicefactory.http import client
+
+    proc = start_echo(spawn, registry_env)
+    registry = _registry()
+    assert client.perform("Echo", "echo", 1) == 1
+    proc.kill()  # SIGKILL: nothing of it runs to withdraw the record
+    killed = time.monotonic()
+    wait_until(lambda: registry.lookup("Echo") is None, timeout=TEST_TTL + 5, interval=0.05,
+               message="the killed service's record to expire")
+    took = time.monotonic() - killed
+    assert took < TEST_TTL + 1.5, f"the record outlived its lease: {took:.2f} s for a {TEST_TTL} s TTL"
+    assert registry.names() == [] and not registry.is_held("Echo")
+    with pytest.raises(ServiceNotRunning):
+        client.perform("Echo", "echo", 1)
+    result = sf("perform", "Echo", "echo", "1")
+    assert result.returncode == 3 and "not running" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_of_five_services_racing_for_one_name_exactly_one_serves(sf, spawn, registry_env, tmp_path: Path):
+    (tmp_path / "echo.py").write_text(textwrap.dedent(ECHO))
+    racers = [spawn(args=[PYTHON, "echo.py"], env=registry_env) for _ in range(5)]
+    wait_until(lambda: sum(racer.popen.poll() is not None for racer in racers) == 4, timeout=30,
+               message="four of the five to give up")
+    (winner,) = [racer for racer in racers if racer.popen.poll() is None]
+    for loser in racers:
+        if loser is not winner:
+            assert loser.popen.returncode == 1 and "Echo is already running" in loser.output, loser.output
+    result = sf("perform", "Echo", "pid")
+    assert (result.returncode, result.stdout.strip()) == (0, str(winner.pid)), result.stderr
+    assert _registry().names() == ["Echo"]
+
+
+@pytest.mark.parametrize("url", ["etcd://127.0.0.1:{closed}", "etcd://127.0.0.1:{closed},127.0.0.1:{closed2}"])
+def test_commands_fail_in_seconds_with_one_line_when_etcd_is_unreachable(sf, url: str):
+    closed, closed2 = _closed_port(), _closed_port()
+    env = {"SERVICEFACTORY_REGISTRY": url.format(closed=closed, closed2=closed2)}
+    for args in (["perform", "Echo", "echo"], ["status"], ["stop", "Echo"]):
+        started = time.monotonic()
+        result = sf(*args, env=env, timeout=30)
+        assert time.monotonic() - started < 10
+        assert result.returncode == 10, (args, result.stdout, result.stderr)
+        assert result.stderr.startswith("error: etcd registry unreachable: 127.0.0.1:") and \
+            "connection refused" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("url, message", [
+    ("etcd://", "malformed etcd registry URL"),
+    ("etcd://host:port", "malformed etcd endpoint"),
+    ("etcd://127.0.0.1:99999", "malformed etcd endpoint"),
+    ("zookeeper://x:1", "unknown registry backend"),
+])
+def test_a_malformed_registry_url_is_one_line_and_exit_10(sf, url: str, message: str):
+    result = sf("status", env={"SERVICEFACTORY_REGISTRY": url})
+    assert result.returncode == 10 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_bad_lease_ttl_is_refused_in_one_line(sf, registry_env):
+    result = sf("status", env={"SERVICEFACTORY_LEASE_TTL": "soon"})
+    assert result.returncode == 10 and "SERVICEFACTORY_LEASE_TTL" in result.stderr, result.stderr
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again on return: nothing listens there
+
+
+@pytest.fixture
+def own_etcd(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Etcd, dict[str, str]]]:
+    """An etcd of this test's own, to kill and restart."""
+    with running_etcd() as server:
+        yield server, use_etcd(server.url(), monkeypatch)
+
+
+def test_a_service_keeps_serving_while_etcd_is_down_and_stays_registered_once_it_returns(sf, spawn, own_etcd):
+    server, env = own_etcd
+    proc = start_echo(spawn, env)
+    from servicefactory.http import client
+    assert client.perform("Echo", "echo", "warm") == "warm"  # this client now knows the address
+    server.kill()
+    time.sleep(TEST_TTL * 1.5)  # longer than its lease: etcd is away, the service is not
+    assert client.perform("Echo", "echo", "still here") == "still here"  # a warm client keeps calling
+    result = sf("perform", "Echo", "echo", "1", timeout=30)
+    assert result.returncode == 10 and "unreachable" in result.stderr  # a command that needs etcd says so
+    server.restart()
+    registry = _registry()
+    wait_until(lambda: registry.lookup("Echo") is not None and registry.is_held("Echo"), timeout=TEST_TTL * 3,
+               message="Echo registered again after the etcd restart")
+    time.sleep(TEST_TTL * 1.5)  # a lease that lapsed while etcd was away would be gone by now
+    assert registry.names() == ["Echo"] and registry.lookup("Echo").pid == proc.pid
+    result = sf("perform", "Echo", "pid")
+    assert (result.returncode, result.stdout.strip()) == (0, str(proc.pid)), result.stderr
+    warnings = [line for line in proc.output.splitlines() if "registry unreachable" in line]
+    assert len(warnings) == 1, proc.output  # logged once per outage, not once per retry
+
+
+def test_a_lease_etcd_lost_is_taken_again_without_a_duplicate(sf, spawn, registry_env):
+    proc = start_echo(spawn, registry_env)
+    registry = _registry()
+    claim = registry._claim_of("Echo")
+    lease = int(registry._get(registry._key("claim", "Echo"))["lease"])
+    registry._revoke(lease)  # as etcd does with a lease whose owner was cut off for longer than the TTL
+    assert registry.lookup("Echo") is None
+    wait_until(lambda: registry.lookup("Echo") is not None, timeout=TEST_TTL * 3,
+               message="Echo registered again under a new lease")
+    again = registry._claim_of("Echo")
+    assert again["_revision"] > claim["_revision"] and again["pid"] == proc.pid
+    assert int(registry._get(registry._key("claim", "Echo"))["lease"]) != lease
+    assert registry.names() == ["Echo"]
+    assert "registered again" in proc.output
+    result = sf("perform", "Echo", "pid")
+    assert (result.returncode, result.stdout.strip()) == (0, str(proc.pid)), result.stderr
+
+
+def test_a_name_taken_by_another_owner_while_the_lease_was_lost_is_left_to_it(sf, spawn, registry_env):
+    proc = start_echo(spawn, registry_env)
+    registry = _registry()
+    lease = int(registry._get(registry._key("claim", "Echo"))["lease"])
+    registry._revoke(lease)
+    usurper = registry.claim("Echo")  # wins the name before the keeper's next turn
+    try:
+        registry.publish(usurper, ServiceRecord("Echo", 1, host="127.0.0.1", port=9, started=time.time(),
+                                                hostname="elsewhere"))
+        wait_until(lambda: "no longer publishing" in proc.output, timeout=TEST_TTL * 3,
+                   message="the old owner to give the name up")
+        time.sleep(TEST_TTL / 2)
+        assert registry.lookup("Echo").hostname == "elsewhere"  # never overwritten
+        assert proc.popen.poll() is None  # and it still serves
+    finally:
+        registry.release(usurper)
+
+
+def test_stop_signals_nothing_for_a_record_of_another_host(sf, registry_env):
+    """A pid in another host's record means nothing here: stop asks its API, never kills a local pid."""
+    registry = _registry()
+    claim = registry.claim("Far")
+    bystander = subprocess.Popen([PYTHON, "-c", "import time; time.sleep(60)"])
+    try:
+        far = ServiceRecord("Far", bystander.pid, host="127.0.0.1", port=_closed_port(), started=time.time(),
+                            hostname="another-host")
+        registry.publish(claim, far)
+        assert registry.is_held("Far") and not registry.signal(far, signal.SIGKILL)
+        assert registry.usage(far) == {} and not registry.is_suspended(far)
+        rows = sf.status()
+        assert [(row["name"], row["state"]) for row in rows] == [("Far", "running")]
+        time.sleep(0.2)
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait(10)
+        registry.release(claim)
+
+
+def test_etcd_status_json_lists_the_records_fields(sf, spawn, registry_env):
+    start_echo(spawn, registry_env)
+    raw = _registry()._get(_registry()._key("record", "Echo"))["value"]
+    record = json.loads(raw)
+    assert record["hostname"] == socket.gethostname() and record["port"] and record["pid"]
+    assert "token" not in raw.decode().lower()
