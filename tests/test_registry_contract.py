@@ -378,3 +378,17 @@ def test_how_a_service_was_run_is_remembered_until_it_is_stopped_on_purpose(back
     assert "Kept" not in backend.registry().remembered_names()
     assert reader.remembered("Kept")["target"] == "app:Kept"  # restart still knows how
     assert reader.remembered("Never") is None
+
+
+def test_instances_are_claimed_one_id_each_and_listed_in_instance_order(backend: Backend):
+    registry, reader = backend.registry(), backend.registry()
+    claims = [registry.claim(name) for name in ("Inst/10", "Inst/2", "Inst", "Instead", "Inst/1")]
+    registry.publish(claims[1], record_of("Inst/2", instance=2))
+    with pytest.raises(AlreadyRunning):
+        reader.claim("Inst/2")  # two owners of one instance: never
+    assert reader.instances_of("Inst") == ["Inst", "Inst/1", "Inst/2", "Inst/10"]
+    assert reader.lookup("Inst/2").instance == 2 and reader.lookup("Inst/2").service == "Inst"
+    assert {"Inst/1", "Inst/2", "Inst/10"} <= set(reader.names())
+    for claim in claims:
+        registry.release(claim)
+    assert reader.instances_of("Inst") == []

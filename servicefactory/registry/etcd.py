@@ -27,7 +27,8 @@ import threading
 import time
 
 from servicefactory.errors import AlreadyRunning, StateError
-from servicefactory.registry.base import SUPERVISOR_PREFIX, Claim, ServiceRecord
+from servicefactory.registry.base import (INSTANCE_SEPARATOR, SUPERVISOR_PREFIX, Claim, ServiceRecord,
+                                          split_instance)
 from servicefactory.registry.local import LocalRegistry, check_name, is_dead, process_start_time
 
 TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
@@ -412,14 +413,23 @@ class EtcdRegistry:
         found = self._get(self._key("record", name))
         return None if found is None else self._parse(name, found["value"])
 
-    def _names_of(self, kind: str) -> list[str]:
+    def _names_of(self, kind: str, beginning: str = "") -> list[str]:
         start = f"{self.prefix}{kind}/"
         return [kv["key"].decode(errors="replace")[len(start):]
-                for kv in self._range(start, prefix=True, keys_only=True)]
+                for kv in self._range(start + beginning, prefix=True, keys_only=True)]
 
     def names(self) -> list[str]:
         """Every name with a claim or a record, sorted."""
         return sorted(set(self._names_of("claim")) | set(self._names_of("record")))
+
+    def instances_of(self, service: str) -> list[str]:
+        """`service` itself if registered and its instances' ids (`Test/1`, ...), in instance order."""
+        check_name(service)
+        found = set()
+        for kind in ("claim", "record"):
+            found.update(name for name in self._names_of(kind, service)
+                         if name == service or name.startswith(service + INSTANCE_SEPARATOR))
+        return sorted(found, key=lambda name: split_instance(name)[1] or 0)
 
     def records(self) -> Iterator[ServiceRecord]:
         """Every published record (one range request)."""
