@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BASE_STAMP := $(VENV)/.installed-base
 # a regular (not editable) install: the editable finder costs every Python start in the venv ~15 ms,
 # which `servicefactory perform` would pay; reinstalled whenever a source file changes
-SOURCES := $(shell find servicefactory cli -name '*.py' -o -name 'py.typed')
+SOURCES := $(shell find servicefactory cli -name '*.py' -o -name 'py.typed' -o -path '*/static/*' -type f)
 
 .PHONY: run test bench clean
 

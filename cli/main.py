@@ -538,9 +538,11 @@ def token() -> None:
     click.echo(new_token())
 
 
-from servicefactory.cli.top import top as _top  # noqa: E402 (each view's command lives in its module)
+from servicefactory.cli.dashboard import dashboard as _dashboard  # noqa: E402 (each view's command
+from servicefactory.cli.top import top as _top  # noqa: E402                  lives in its module)
 
 cli.add_command(_top)
+cli.add_command(_dashboard)
 
 
 def main() -> None:

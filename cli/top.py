@@ -35,3 +35,5 @@ def top(interval: float) -> None:
         run(Top(sampler, interval=interval, where=str(registry.where)))
     except curses.error as exc:  # an unknown $TERM, a terminal too small to set up
         raise CommandFailed(f"cannot draw on this terminal ({exc}); use `servicefactory status`", 2) from None
+    finally:
+        sampler.close()
