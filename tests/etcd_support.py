@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -45,9 +46,11 @@ def _plain_environment() -> dict[str, str]:
 class Etcd:
     """One etcd server process; `url()` gives a registry URL with a key prefix of its own."""
 
-    def __init__(self, host: str = "127.0.0.1", command_prefix: tuple[str, ...] = ()) -> None:
+    def __init__(self, host: str = "127.0.0.1", command_prefix: tuple[str, ...] = (),
+                 namespace: str | None = None) -> None:
         self.host = host
         self.command_prefix = command_prefix
+        self.namespace = namespace  # the network namespace it runs in: probed from there
         self.data_dir = tempfile.mkdtemp(prefix="sf-etcd-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
         self.process: subprocess.Popen | None = None
         self.port = 0
@@ -64,7 +67,7 @@ class Etcd:
 
     def _launch(self, timeout: float) -> bool:
         """Start etcd on self.port (and a free peer port); True once it answers, False if it exited."""
-        peer = free_port(self.host)
+        peer = free_port(self.host) if self.namespace is None else 2380
         client_url, peer_url = f"http://{self.host}:{self.port}", f"http://{self.host}:{peer}"
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -87,12 +90,19 @@ class Etcd:
     def start(self, timeout: float = 20.0) -> "Etcd":
         """Start etcd and wait until it answers; a port taken in between is retried on new ports."""
         for _ in range(3):
-            self.port = free_port(self.host)
+            # a namespace of its own has no other listener: any port is free there
+            self.port = free_port(self.host) if self.namespace is None else 2379
             if self._launch(timeout):
                 return self
         raise RuntimeError(f"etcd would not start: {self.log_tail()}")
 
     def _healthy(self) -> bool:
+        if self.namespace is not None:
+            probe = ("import http.client, json, sys; c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), "
+                     "timeout=1); c.request('GET', '/health'); "
+                     "sys.exit(json.loads(c.getresponse().read()).get('health') != 'true')")
+            return subprocess.run(["ip", "netns", "exec", self.namespace, sys.executable, "-c", probe, self.host,
+                                   str(self.port)], capture_output=True, timeout=20).returncode == 0
         connection = http.client.HTTPConnection(self.host, self.port, timeout=1)  # never through a proxy
         try:
             connection.request("GET", "/health")
@@ -146,3 +156,111 @@ def running_etcd(**kwargs) -> Iterator[Etcd]:
         yield server
     finally:
         server.stop()
+
+
+# -- hosts: Linux network namespaces on one bridge ----------------------------------------------------
+
+def netns_unavailable() -> str | None:
+    """Why network namespaces cannot be made here (not root, no `ip`, a kernel that refuses), or None."""
+    if shutil.which("ip") is None:
+        return "the ip command is not installed (Debian: iproute2; .ci/run installs it)"
+    if os.geteuid() != 0:
+        return "network namespaces need root (CI runs the suite as root)"
+    probe = f"sfprobe{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"cannot create a network namespace: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def _ip(*args: str) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+
+
+class Network:
+    """Hosts for the tests: one network namespace each (with a hostname of its own, through a UTS
+    namespace per process), joined by veth pairs to a bridge that lives in a namespace of its own,
+    addressed in 10.88.0.0/24, which nothing but these namespaces uses. Nothing is added to the
+    machine's own network; `close` kills every process left in the namespaces and deletes them."""
+
+    SUBNET = "10.88.0"
+
+    def __init__(self) -> None:
+        self.tag = f"sf{os.getpid() % 100000}{uuid.uuid4().hex[:4]}"
+        self.switch = f"{self.tag}-sw"
+        self.hosts: dict[str, str] = {}  # host name -> its address
+        self.processes: list[subprocess.Popen] = []
+        _ip("netns", "add", self.switch)
+        _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
+        _ip("-n", self.switch, "link", "set", "br0", "up")
+
+    def namespace(self, host: str) -> str:
+        """The network namespace of `host`."""
+        return f"{self.tag}-{host}"
+
+    def add(self, host: str) -> str:
+        """A new host on the bridge; its address."""
+        address = f"{self.SUBNET}.{len(self.hosts) + 1}"
+        namespace = self.namespace(host)
+        port = f"p{len(self.hosts) + 1}"  # its end of the cable, on the switch
+        _ip("netns", "add", namespace)
+        _ip("-n", namespace, "link", "set", "lo", "up")
+        _ip("-n", namespace, "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", self.switch)
+        _ip("-n", self.switch, "link", "set", port, "master", "br0", "up")
+        _ip("-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0")
+        _ip("-n", namespace, "link", "set", "eth0", "up")
+        self.hosts[host] = address
+        return address
+
+    def _port(self, host: str) -> str:
+        return f"p{list(self.hosts).index(host) + 1}"
+
+    def cut(self, host: str) -> None:
+        """Unplug `host` from the bridge (a partition: it still runs, and reaches only itself)."""
+        _ip("-n", self.switch, "link", "set", self._port(host), "down")
+
+    def mend(self, host: str) -> None:
+        """Plug `host` back in."""
+        _ip("-n", self.switch, "link", "set", self._port(host), "up")
+
+    def command(self, host: str, args: list[str]) -> list[str]:
+        """`args` run on `host`: in its network namespace, with its hostname."""
+        return ["ip", "netns", "exec", self.namespace(host), "unshare", "--uts", "sh", "-c",
+                'hostname "$0" && exec "$@"', host, *args]
+
+    def popen(self, host: str, args: list[str], env: dict[str, str], **options) -> subprocess.Popen:
+        """Start `args` on `host` (killed by `close`)."""
+        process = subprocess.Popen(self.command(host, args), env=env, preexec_fn=_die_with_parent, **options)
+        self.processes.append(process)
+        return process
+
+    def run(self, host: str, args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run `args` on `host` to its end."""
+        return subprocess.run(self.command(host, args), env=env, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=timeout)
+
+    def close(self) -> None:
+        """Kill whatever runs in the namespaces (bounded), then delete them."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+        for namespace in [self.namespace(host) for host in self.hosts] + [self.switch]:
+            pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+        for process in self.processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+            for stream in (process.stdout, process.stderr):
+                if stream:
+                    stream.close()
+        for namespace in [self.namespace(host) for host in self.hosts] + [self.switch]:
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)

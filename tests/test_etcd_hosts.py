@@ -1,0 +1,219 @@
+"""Many hosts through etcd, for real: Linux network namespaces stand for the hosts (each with its own
+network stack, address and hostname), joined by a bridge; etcd runs on one, services on two others,
+and the CLI on a third calls them by name, lists them, stops them, and sees a killed or cut-off host
+vanish within the lease TTL. Skipped, with the reason, only where namespaces cannot be made (not
+root, no `ip`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from etcd_support import ETCD, TEST_TTL, Etcd, Network, netns_unavailable
+from support import COMMAND, PYTHON, wait_until
+
+REASON = netns_unavailable() if ETCD else "the etcd binary is not installed (Debian: etcd-server)"
+pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+
+# bound to every address of its host: reachable from the others (with the token)
+ECHO = """
+    import os, socket
+    from servicefactory import Service
+
+    @Service.API.endpoint(host="0.0.0.0", port=0)
+    class Echo(Service.base):
+        def loop(self):
+            self.sleep(1)
+
+        @Service.API.handle("where")
+        def where(self, data):
+            return {"hostname": socket.gethostname(), "pid": os.getpid()}
+
+    if __name__ == "__main__":
+        Echo().run()
+"""
+
+
+class Cluster:
+    """etcd on host `etcd`, and hosts a, b (services) and c (the client), on one bridge."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.network = Network()
+        self.etcd: Etcd | None = None
+        try:
+            etcd_address = self.network.add("etcd")
+            for host in ("a", "b", "c"):
+                self.network.add(host)
+            self.etcd = Etcd(host=etcd_address, command_prefix=tuple(self.network.command("etcd", [])),
+                             namespace=self.network.namespace("etcd")).start()
+        except BaseException:
+            self.close()
+            raise
+        self.url = self.etcd.url()
+        self.token = secrets.token_hex(32)
+        (tmp_path / "echo.py").write_text(textwrap.dedent(ECHO))
+
+    def env(self, host: str) -> dict[str, str]:
+        """The environment of a servicefactory process on `host`: the shared registry and token, a
+        state directory (logs) of the host's own."""
+        home = self.tmp_path / f"home-{host}"
+        home.mkdir(mode=0o700, exist_ok=True)
+        return dict(os.environ, SERVICEFACTORY_REGISTRY=self.url, SERVICEFACTORY_LEASE_TTL=str(TEST_TTL),
+                    SERVICEFACTORY_TOKEN=self.token, SERVICEFACTORY_HOME=str(home), PYTHONUNBUFFERED="1",
+                    PYTHONPATH=str(self.tmp_path))
+
+    def start_echo(self, host: str) -> subprocess.Popen:
+        """Echo on `host` (python echo.py), its output in a file."""
+        log = open(self.tmp_path / f"echo-{host}.log", "ab")
+        try:
+            return self.network.popen(host, [PYTHON, str(self.tmp_path / "echo.py")], self.env(host),
+                                      cwd=self.tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL)
+        finally:
+            log.close()
+
+    def output(self, host: str) -> str:
+        """What Echo on `host` printed."""
+        return (self.tmp_path / f"echo-{host}.log").read_text(errors="replace")
+
+    def cli(self, host: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """`servicefactory ARGS` on `host`."""
+        return self.network.run(host, [*COMMAND, *args], self.env(host), timeout=timeout)
+
+    def status(self, host: str) -> list[dict]:
+        """`status --json` rows as `host` sees them."""
+        result = self.cli(host, "status", "--json")
+        assert result.returncode in (0, 3), result.stderr
+        return json.loads(result.stdout)
+
+    def registered(self, host: str, name: str = "Echo") -> dict | None:
+        """The record of `name` as `host` reads it from etcd, or None."""
+        code = ("import json, sys; from servicefactory.registry.backends import default_registry; "
+                "r = default_registry().lookup(sys.argv[1]); print(json.dumps(r and r.to_dict()))")
+        result = self.network.run(host, [PYTHON, "-c", code, name], self.env(host))
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def watch_gone(self, host: str, name: str = "Echo") -> subprocess.Popen:
+        """A process on `host` that reads `name`'s record every 20 ms and prints the wall-clock time it
+        first finds it missing (after printing `watching`): expiry timed without the probes' own start-up."""
+        code = textwrap.dedent("""
+            import sys, time
+            from servicefactory.registry.backends import default_registry
+            registry = default_registry()
+            registry.lookup(sys.argv[1])
+            print("watching", flush=True)
+            while registry.lookup(sys.argv[1]) is not None:
+                time.sleep(0.02)
+            print(time.time(), flush=True)
+        """)
+        return self.network.popen(host, [PYTHON, "-c", code, name], self.env(host), stdout=subprocess.PIPE,
+                                  stdin=subprocess.DEVNULL, text=True)
+
+    def close(self) -> None:
+        """Stop etcd and every process on the hosts; delete the namespaces."""
+        try:
+            if self.etcd is not None:
+                self.etcd.stop()
+        finally:
+            self.network.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    hosts = Cluster(tmp_path)
+    try:
+        yield hosts
+    finally:
+        hosts.close()
+
+
+def wait_registered(cluster: Cluster, host: str, service: subprocess.Popen) -> dict:
+    """Wait until `host` sees Echo in etcd (or fail with the service's output)."""
+    def found():
+        assert service.poll() is None, cluster.output("a") + cluster.output("b")
+        return cluster.registered(host)
+    return wait_until(found, timeout=30, interval=0.2, message="Echo to be registered")
+
+
+def test_a_service_on_host_a_is_called_by_name_listed_and_stopped_from_host_c(cluster: Cluster):
+    service = cluster.start_echo("a")
+    record = wait_registered(cluster, "c", service)
+    assert record["hostname"] == "a" and record["host"] == cluster.network.hosts["a"]  # advertised, not 0.0.0.0
+    result = cluster.cli("c", "perform", "Echo", "where")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"hostname": "a", "pid": service.pid}  # answered on host a
+    (row,) = cluster.status("c")
+    assert (row["name"], row["state"], row["host"]) == ("Echo", "running", cluster.network.hosts["a"])
+    result = cluster.cli("c", "stop", "Echo")
+    assert result.returncode == 0 and "Echo stopped" in result.stdout, result.stdout + result.stderr
+    assert service.wait(15) == 0  # stopped gracefully through its API, not signalled from c
+    assert cluster.registered("c") is None  # withdrawn at once, not after the TTL
+    result = cluster.cli("c", "perform", "Echo", "where")
+    assert result.returncode == 3 and "not running" in result.stderr, result.stderr
+
+
+def test_kill_9_on_host_a_makes_the_record_expire_and_calls_from_c_say_not_running(cluster: Cluster):
+    service = cluster.start_echo("a")
+    wait_registered(cluster, "c", service)
+    assert cluster.cli("c", "perform", "Echo", "where").returncode == 0
+    watcher = cluster.watch_gone("c")
+    assert watcher.stdout.readline().strip() == "watching"
+    killed = time.time()
+    service.kill()  # the host's process dies outright: nothing withdraws its record
+    service.wait(10)
+    result = cluster.cli("c", "perform", "Echo", "where")  # before the lease lapses: refused, not hung
+    assert result.returncode == 3 and "not running" in result.stderr, result.stderr
+    watcher.wait(TEST_TTL + 20)
+    took = float(watcher.stdout.readline()) - killed
+    assert took < TEST_TTL + 2, f"the record outlived its lease: {took:.2f} s for a {TEST_TTL} s TTL"
+    result = cluster.cli("c", "perform", "Echo", "where")
+    assert result.returncode == 3 and "not running" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_host_cut_off_vanishes_after_the_ttl_keeps_serving_and_returns_when_mended(cluster: Cluster):
+    service = cluster.start_echo("a")
+    record = wait_registered(cluster, "c", service)
+    cluster.network.cut("a")
+    wait_until(lambda: cluster.registered("c") is None, timeout=TEST_TTL + 10, interval=0.2,
+               message="the cut-off host's record to expire")
+    # on its own host it still serves (called by address: it cannot reach etcd to be found by name)
+    code = textwrap.dedent("""
+        import sys
+        from servicefactory.http import client
+        from servicefactory.registry.local import LocalRegistry
+        print(client.perform("Echo", "where", fallback=("127.0.0.1", int(sys.argv[1])), registry=LocalRegistry()))
+    """)
+    local = cluster.network.run("a", [PYTHON, "-c", code, str(record["port"])], cluster.env("a"))
+    assert local.returncode == 0 and "'hostname': 'a'" in local.stdout, local.stderr
+    cluster.network.mend("a")
+    again = wait_until(lambda: cluster.registered("c"), timeout=TEST_TTL * 4 + 10, interval=0.2,
+                       message="the mended host's service to register again")
+    assert again["pid"] == service.pid and again["hostname"] == "a"
+    result = cluster.cli("c", "perform", "Echo", "where")
+    assert result.returncode == 0 and json.loads(result.stdout)["pid"] == service.pid, result.stderr
+    assert [row["name"] for row in cluster.status("c")] == ["Echo"]  # one record, no duplicate
+    assert "registry unreachable" in cluster.output("a") and "registered again" in cluster.output("a")
+
+
+def test_two_hosts_racing_for_one_name_leave_exactly_one_owner(cluster: Cluster):
+    services = {host: cluster.start_echo(host) for host in ("a", "b")}
+    wait_until(lambda: any(service.poll() is not None for service in services.values()), timeout=30,
+               interval=0.1, message="one of the two to give up")
+    time.sleep(TEST_TTL)  # the winner is not displaced later either
+    running = [host for host, service in services.items() if service.poll() is None]
+    assert len(running) == 1, {host: cluster.output(host) for host in services}
+    (loser,) = set(services) - set(running)
+    assert services[loser].returncode == 1 and "Echo is already running" in cluster.output(loser)
+    result = cluster.cli("c", "perform", "Echo", "where")
+    assert result.returncode == 0 and json.loads(result.stdout)["hostname"] == running[0], result.stderr
