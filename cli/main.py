@@ -78,6 +78,21 @@ class _Setting(click.Option):
         return getattr(Settings, self.name)
 
 
+class _Size(click.ParamType):
+    """A memory size: 200M, 1.5G, 512K or a number of bytes (powers of 1024)."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, int):
+            return value
+        from servicefactory.supervise._limits import parse_size
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 SECONDS = _Seconds(min=0)
 SECONDS_FROM_0_1 = _Seconds(min=0.1)
 SECONDS_FROM_0_01 = _Seconds(min=0.01)
@@ -118,11 +133,17 @@ Examples:
               help="Serve the API over TLS with this certificate (PEM, with its chain); needs --tls-key.")
 @click.option("--tls-key", type=click.Path(dir_okay=False), metavar="FILE",
               help="The TLS certificate's private key (PEM).")
+@click.option("--max-memory", type=_Size(), metavar="SIZE",
+              help="Restart a service whose memory (with its descendants) exceeds SIZE (200M, 1.5G) "
+                   "[default: the class's Service.policy(max_memory)].")
+@click.option("--watchdog", type=SECONDS_FROM_0_1,
+              help="Restart a service whose loop makes no progress for this many seconds "
+                   "[default: the class's Service.policy(watchdog)].")
 def run(targets: tuple[str, ...], daemon: bool, name: str | None, host: str | None, port: int | None,
         log_file: str | None, log_level: str | None, restart: str | None, stop_timeout: float | None,
         max_failures: int, backoff: float, backoff_max: float | None, retry_failed_after: float,
         ready_timeout: float, log_max_bytes: int, log_backups: int, tls_cert: str | None = None,
-        tls_key: str | None = None) -> None:
+        tls_key: str | None = None, max_memory: int | None = None, watchdog: float | None = None) -> None:
     """Run services (TARGET: module, module:Class, file.py or file.py:Class), each in its own process."""
     from servicefactory.cli import running
     from servicefactory.supervise.supervisor import Settings
@@ -136,6 +157,9 @@ def run(targets: tuple[str, ...], daemon: bool, name: str | None, host: str | No
     if backoff_max is not None:  # given on the command line: it wins over every class's policy
         for spec in specs:
             spec.backoff_max = backoff_max
+    for spec in specs:  # so do these
+        spec.max_memory = max_memory or spec.max_memory
+        spec.watchdog = watchdog or spec.watchdog
     settings = Settings(backoff=backoff, max_failures=max_failures, ready_timeout=ready_timeout,
                         log_max_bytes=log_max_bytes, log_backups=log_backups, foreground=not daemon,
                         retry_failed_after=retry_failed_after)
@@ -195,6 +219,28 @@ def perform(name: str, action: str, data: str | None, timeout: float, wait: floa
 
 # -- stop ----------------------------------------------------------------------------------
 
+class _Signal(click.ParamType):
+    """A signal by name (SIGINT, int) or number; SIGKILL and SIGSTOP are refused (no graceful stop)."""
+
+    name = "signal"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        import signal
+
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper()
+        try:
+            number = signal.Signals(int(text)) if text.isdigit() else \
+                signal.Signals[text if text.startswith("SIG") else "SIG" + text]
+        except (ValueError, KeyError):
+            self.fail(f"{value!r} is not a signal (try SIGINT, SIGTERM, SIGQUIT, SIGUSR1 or a number)", param, ctx)
+        if number in (signal.SIGKILL, signal.SIGSTOP):
+            self.fail(f"{number.name} cannot be a graceful stop; `stop` sends SIGKILL itself after the timeout",
+                      param, ctx)
+        return int(number)
+
+
 @cli.command(epilog="""\b
 Examples:
   servicefactory stop Test
@@ -205,7 +251,9 @@ Examples:
 @click.option("--timeout", type=click.FloatRange(min=0.1),
               help="Seconds to wait before SIGKILL  [default: each service's own stop timeout, "
                    "its Service.policy(stop_timeout) or run --stop-timeout; else 10].")
-def stop(names: tuple[str, ...], all_: bool, timeout: float | None) -> None:
+@click.option("--signal", "signal_", type=_Signal(), metavar="SIG",
+              help="Send this signal (SIGINT, INT, 2, ...) instead of the usual graceful request.")
+def stop(names: tuple[str, ...], all_: bool, timeout: float | None, signal_: int | None = None) -> None:
     """Stop services gracefully; SIGKILL (with a warning) those still alive after their stop timeout."""
     from servicefactory.supervise import control
 
@@ -226,7 +274,7 @@ def stop(names: tuple[str, ...], all_: bool, timeout: float | None) -> None:
             click.echo(f" (the state directory {registry.where} does not exist; services started "
                        f"with it, if it was deleted, keep running but cannot be found)")
         return
-    outcomes = control.stop_all(timeout, registry) if all_ else _stop_each(names, timeout, registry)
+    outcomes = control.stop_all(timeout, registry, signal_) if all_ else _stop_each(names, timeout, registry, signal_)
     if all_ and not outcomes:
         click.echo("nothing is running")
     for outcome in outcomes:
@@ -242,7 +290,7 @@ def stop(names: tuple[str, ...], all_: bool, timeout: float | None) -> None:
         sys.exit(3)  # a name never run here is most likely a typo
 
 
-def _stop_each(names: tuple[str, ...], timeout: float | None, registry: Any) -> list:
+def _stop_each(names: tuple[str, ...], timeout: float | None, registry: Any, signum: int | None = None) -> list:
     import threading
 
     from servicefactory.supervise import control
@@ -252,7 +300,7 @@ def _stop_each(names: tuple[str, ...], timeout: float | None, registry: Any) -> 
 
     def one(name: str) -> None:
         try:
-            outcomes[name] = control.stop(name, timeout, registry)
+            outcomes[name] = control.stop(name, timeout, registry, signum)
         except ServiceFactoryError as exc:
             outcomes[name] = StopOutcome(name, False, message=f"{name}: {exc}", failed=True)
         except OSError as exc:  # never a traceback, and never a missing outcome
@@ -362,7 +410,7 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
 @click.option("--all", "all_", is_flag=True, help="Include the supervisors themselves.")
 def status(names: tuple[str, ...], as_json: bool, all_: bool) -> None:
-    """Show services: NAME, STATE, PID, URL, UPTIME, RESTARTS, EXIT, CPU, MEMORY.
+    """Show services: NAME, STATE, PID, URL, UPTIME, RESTARTS, EXIT, REASON, CPU, MEMORY.
 
     Exits 0 only if every listed service is running (3 otherwise), as `systemctl is-active` does.
     """
@@ -386,9 +434,10 @@ def status(names: tuple[str, ...], as_json: bool, all_: bool) -> None:
 
 
 def _print_table(rows: list[dict]) -> None:
-    headers = ["NAME", "STATE", "PID", "URL", "UPTIME", "RESTARTS", "EXIT", "CPU", "MEMORY"]
+    headers = ["NAME", "STATE", "PID", "URL", "UPTIME", "RESTARTS", "EXIT", "REASON", "CPU", "MEMORY"]
     table = [[row["name"], _state(row), str(row["pid"] or "-"), row["url"] or "-", _duration(row["uptime"]),
               str(row["restarts"]), "-" if row["last_exit"] is None else str(row["last_exit"]),
+              row.get("last_reason") or "-",
               "-" if row["cpu"] is None else f"{row['cpu']:.2f}s",
               "-" if row["memory"] is None else f"{row['memory'] / 1048576:.1f}M"] for row in rows]
     widths = [max(len(line[i]) for line in [headers] + table) for i in range(len(headers))]
@@ -543,6 +592,10 @@ from servicefactory.cli.top import top as _top  # noqa: E402                  li
 
 cli.add_command(_top)
 cli.add_command(_dashboard)
+
+from servicefactory.cli import lifecycle as _lifecycle  # noqa: E402  (after the group it joins)
+
+cli.add_command(_lifecycle.reload)
 
 
 def main() -> None:

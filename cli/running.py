@@ -43,7 +43,8 @@ def specs(targets: tuple[str, ...], name: str | None, host: str | None, port: in
             specs.append(Spec(name=service.name, target=f"{module_part}:{cls.__qualname__}", cwd=os.getcwd(),
                               restart=restart or service.policy.restart,
                               stop_timeout=stop_timeout or service.policy.stop_timeout,
-                              backoff_max=service.policy.backoff_max))
+                              backoff_max=service.policy.backoff_max, watchdog=service.policy.watchdog,
+                              max_memory=service.policy.max_memory))
     if len(specs) > 1 and (name or host or port is not None or log_file):
         listed = ", ".join(spec.name for spec in specs)
         raise CommandFailed(f"--name, --host, --port and --log-file apply to one service; these targets "
@@ -150,10 +151,12 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
     with os.fdopen(log_fd, "ab") as log:
         # isolated: its working directory is the state directory (only we can write there) and it
         # is not on sys.path; each service gets the project directory as its own working directory
-        process = subprocess.Popen(python_command("servicefactory.supervise.supervisor") + [config],
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                                   cwd=registry.private_dir(),
-                                   pass_fds=(ready_write,), start_new_session=True)
+        from servicefactory.supervise.supervisor import _hangup_ignored
+        with _hangup_ignored():  # a SIGHUP before its handler is in place must not kill it (it means reload)
+            process = subprocess.Popen(python_command("servicefactory.supervise.supervisor") + [config],
+                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                       cwd=registry.private_dir(),
+                                       pass_fds=(ready_write,), start_new_session=True)
     os.close(ready_write)
     try:
         with os.fdopen(ready_read, "rb") as ready:

@@ -76,19 +76,23 @@ def endpoint(port: int = 0, host: str = "127.0.0.1", *, name: str | None = None,
 
 
 
-class Policy(namedtuple("Policy", "restart stop_timeout backoff_max max_loop_errors",
-                        defaults=("on-failure", 10.0, None, 10))):
-    """How a supervisor treats a service: restart policy, stop timeout, longest restart delay, and
-    how many loop() errors in a row make it unhealthy (then restarted like a crash)."""
+class Policy(namedtuple("Policy", "restart stop_timeout backoff_max max_loop_errors watchdog max_memory",
+                        defaults=("on-failure", 10.0, None, 10, None, None))):
+    """How a supervisor treats a service: restart policy, stop timeout, longest restart delay, how
+    many loop() errors in a row make it unhealthy (then restarted like a crash), the watchdog period
+    (seconds its loop may go without progress) and its memory limit (bytes, with its descendants)."""
 
     __slots__ = ()
 
 
 def policy(*, restart: str = "on-failure", stop_timeout: float = 10.0, backoff_max: float | None = None,
-           max_loop_errors: int = 10) -> Callable[[type], type]:
+           max_loop_errors: int = 10, watchdog: float | None = None,
+           max_memory: int | str | None = None) -> Callable[[type], type]:
     """Class decorator: the restart policy (`on-failure`, `always`, `no`), stop timeout, cap of the
-    doubling restart delay (default: the supervisor's `--backoff-max`) and the number of consecutive
-    loop() errors after which the service is `unhealthy` (0: never) under supervision."""
+    doubling restart delay (default: the supervisor's `--backoff-max`), the number of consecutive
+    loop() errors after which the service is `unhealthy` (0: never) under supervision, `watchdog`
+    (seconds: a loop that makes no progress for that long is restarted) and `max_memory` (`"200M"`:
+    above it, with its descendants, the service is restarted)."""
     if restart not in RESTART_POLICIES:
         raise ValueError(f"restart must be one of {', '.join(RESTART_POLICIES)}, not {restart!r}")
     if not 0 < stop_timeout < float("inf"):  # nan fails the comparison too
@@ -97,10 +101,16 @@ def policy(*, restart: str = "on-failure", stop_timeout: float = 10.0, backoff_m
         raise ValueError("backoff_max must be a positive number of seconds")
     if not isinstance(max_loop_errors, int) or max_loop_errors < 0:
         raise ValueError("max_loop_errors must be a whole number, 0 or more")
+    if watchdog is not None and (isinstance(watchdog, bool) or not 0.1 <= watchdog <= 86400):
+        raise ValueError("watchdog must be a number of seconds from 0.1 to a day")
+    if max_memory is not None:
+        from servicefactory.supervise._limits import parse_size
+        max_memory = parse_size(max_memory)
 
     def apply(cls: type) -> type:
         cls._servicefactory_policy = Policy(restart, float(stop_timeout),
-                                            None if backoff_max is None else float(backoff_max), max_loop_errors)
+                                            None if backoff_max is None else float(backoff_max), max_loop_errors,
+                                            None if watchdog is None else float(watchdog), max_memory)
         return cls
 
     return apply
@@ -164,6 +174,11 @@ class _Runtime:
         self.interruptible = True
         self.drain: Callable[[], None] | None = None  # run() calls it after the loop, before the API stops
         self.exit_request: SystemExit | None = None
+        self.heartbeat = _notify.Heartbeat()  # the watchdogs (supervisor's, systemd's) hear the loop's progress
+        self.reloadable = False  # the service defines reload(): SIGHUP calls it instead of stopping
+        self.supervised = os.environ.get(SUPERVISED_ENV) == name  # SIGHUP: restarted by the supervisor
+        self.reload_event = threading.Event()
+        self.interrupts = 0  # SIGINTs received: a second one in a foreground supervisor kills at once
 
     def request_stop(self, reason: StopReason, detail: str = "", *, from_signal: bool = False) -> bool:
         """Ask the service to stop; True the first time. Safe from any thread or a signal handler."""
@@ -205,6 +220,41 @@ class _Runtime:
             if self.loop_done.wait(STOP_GRACE if overstayed else 0.005):
                 return
 
+    def wait_beating(self, seconds: float) -> bool:
+        """Wait for a stop up to `seconds` in the loop's thread, telling the watchdogs the loop lives
+        (a loop pacing itself with self.sleep is making progress); True if a stop came."""
+        every = self.heartbeat.every
+        if every is None:
+            return self.stop_event.wait(seconds)
+        deadline = time.monotonic() + seconds
+        while True:
+            self.heartbeat.beat()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return self.stop_event.is_set()
+            if self.stop_event.wait(min(left, every)):
+                return True
+
+    def reloader(self, service: "ServiceBase") -> None:
+        """Thread body: call service.reload() once per SIGHUP (coalesced), serialised with loop() as an
+        exclusive handler is, and say how it went."""
+        while True:
+            self.reload_event.wait()
+            if self.stop_event.is_set():
+                return
+            self.reload_event.clear()  # a SIGHUP from here on asks for one more reload
+            with self.lock:
+                if self.stop_event.is_set():
+                    return
+                try:
+                    service.reload()  # type: ignore[attr-defined]
+                except Exception as exc:
+                    self.log.exception("reload() failed; running on with the old settings")
+                    _notify.notify_reloaded(False, f"{type(exc).__name__}: {exc}")
+                else:
+                    self.log.info("reloaded")
+                    _notify.notify_reloaded(True)
+
     def _progress(self) -> float | None:
         """Seconds the loop's thread has run or waited for a CPU (its schedstat), or None if unknown."""
         try:
@@ -224,8 +274,19 @@ class _Runtime:
         return after is not None and after - before < 0.0005
 
     def on_signal(self, signum: int, frame: Any) -> None:
-        """Signal handler: record the stop request; raise into loop() only when told to, or on a second signal."""
+        """Signal handler: record the stop request; raise into loop() only when told to, or on a second signal.
+        SIGHUP to a service that defines reload() asks for a reload instead."""
+        if signum == signal.SIGHUP and self.reloadable and not self.stop_event.is_set():
+            self.reload_event.set()  # the reloader thread calls reload(); a second HUP meanwhile: once more after
+            return
+        if signum == signal.SIGHUP and self.supervised:
+            # no terminal hangs up on a supervised service: a SIGHUP asks for a reload, which for a
+            # service without reload() is a restart by its supervisor
+            self.request_stop(StopReason.RELOAD, "SIGHUP", from_signal=True)
+            return
         nudge, self.nudging = self.nudging and signum == signal.SIGINT, False
+        if signum == signal.SIGINT and not nudge:
+            self.interrupts += 1
         first = False if nudge else self.request_stop(
             StopReason.SIGNAL, signal.Signals(signum).name, from_signal=True)
         if not (self.interruptible and self.in_loop) or self.in_self_sleep:
@@ -288,13 +349,15 @@ class ServiceBase:
             runtime.in_loop = True
             runtime.in_self_sleep = True
             try:
-                return not runtime.stop_event.wait(seconds)
+                return not runtime.wait_beating(seconds)
             finally:
                 runtime.in_self_sleep = False
                 runtime.in_loop = False
                 runtime.lock.acquire()
                 runtime.loop_holds_lock = True
                 runtime.in_loop = True
+        if threading.get_ident() == runtime.loop_thread:
+            return not runtime.wait_beating(seconds)
         return not runtime.stop_event.wait(seconds)
 
     def stop(self) -> None:
@@ -378,6 +441,7 @@ class ServiceBase:
             raise RuntimeError("this service instance is already running")
         runtime = _Runtime(name or self._servicefactory_name())
         runtime.interruptible = interruptible
+        runtime.reloadable = callable(getattr(self, "reload", None))
         runtime.drain = drain
         self._servicefactory_runtime = runtime
         ensure_default_output()
@@ -393,7 +457,8 @@ class ServiceBase:
                 server = runtime.server
                 _notify.notify_ready(name=runtime.name, pid=os.getpid(), url=registration.url,
                                      host=server.host if server else None, port=server.port if server else None,
-                                     tls=bool(server and getattr(server, "ssl_context", None)))
+                                     tls=bool(server and getattr(server, "ssl_context", None)),
+                                     reload=runtime.reloadable)
                 runtime.ready.set()
                 self._servicefactory_serve(runtime, main)
         except (StartupError, AlreadyRunning) as exc:
@@ -468,11 +533,14 @@ class ServiceBase:
         if main:
             runtime.stop_watcher = threading.Thread(target=runtime.watch_stop, daemon=True, name="servicefactory-stop")
             runtime.stop_watcher.start()
+        if runtime.reloadable:
+            threading.Thread(target=runtime.reloader, args=(self,), daemon=True, name="servicefactory-reload").start()
         try:
             self._servicefactory_loop(runtime)
         finally:
             runtime.loop_done.set()
             runtime.stop_event.set()
+            runtime.reload_event.set()  # the reloader sees the stop and ends
             _notify.notify_stopping(runtime.stop_reason or StopReason.ENDED, runtime.stop_detail)
             if runtime.stop_watcher is not None:
                 runtime.stop_watcher.join(1.0)  # it announces a signalled stop: before finalize's own lines
@@ -509,6 +577,7 @@ class ServiceBase:
                         runtime.loop_holds_lock = False
                         runtime.lock.release()
                 runtime.iterations += 1
+                runtime.heartbeat.beat()  # from the loop's own thread: a stuck loop() stops the pings
                 backoff = 0.0
                 runtime.errors_in_a_row = 0
                 runtime.unhealthy = False
@@ -533,7 +602,7 @@ class ServiceBase:
                     runtime.log.error("unhealthy: loop() raised %d times in a row", runtime.errors_in_a_row)
                     _notify.notify_unhealthy(runtime.errors_in_a_row, runtime.last_error)
                 try:
-                    runtime.stop_event.wait(backoff)
+                    runtime.wait_beating(backoff)  # a failing loop still runs: the watchdog leaves it to max_loop_errors
                 except _Interrupted:
                     break
 
@@ -581,7 +650,7 @@ class _Registration:
             port=server.port if server else None, create_time=process_start_time(os.getpid()) or 0.0,
             started=time.time(), target=self.target or f"{type(service).__module__}:{type(service).__qualname__}",
             hostname=socket.gethostname(), stop_timeout=type(service)._servicefactory_policy.stop_timeout,
-            tls=bool(server and getattr(server, "ssl_context", None)))
+            tls=bool(server and getattr(server, "ssl_context", None)), reloadable=runtime.reloadable)
         self.url = record.url
         if self.claim is not None:
             try:

@@ -428,9 +428,10 @@ def test_an_impossible_host_is_refused_for_the_address(module):
     assert "256.1.1.1 is not a valid IP address" in result.stderr and "token" not in result.stderr
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_services_of_a_signalled_supervisor_show_as_stopped_not_vanished(module, sf_home, signum):
-    """9.13: after the supervisor was SIGTERMed or SIGHUPed, plain `status` exited 0 and listed nothing."""
+    """9.13: after the supervisor was SIGTERMed or SIGHUPed, plain `status` exited 0 and listed nothing.
+    (SIGHUP no longer stops a supervisor, issue 15: it reopens its logs; see test_lifecycle_reload.py.)"""
     run_daemon(module)
     supervisor = supervisor_pid(sf_home)
     os.kill(supervisor, signum)

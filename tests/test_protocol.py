@@ -7,14 +7,18 @@ import json
 import pytest
 
 from servicefactory.supervise import _protocol
-from servicefactory.supervise._protocol import (Ready, StartFailed, StartupReport, Stopping, StopReason, Unhealthy,
-                                                decode_child, to_line)
+from servicefactory.supervise._protocol import (Beat, Ready, Reloaded, StartFailed, StartupReport, Stopping,
+                                                StopReason, Unhealthy, decode_child, to_line)
 
 
 @pytest.mark.parametrize("message", [
     Ready(name="echo", pid=12, url="http://127.0.0.1:5", host="127.0.0.1", port=5),
     Ready(name="echo", pid=12, url="https://127.0.0.1:5", host="127.0.0.1", port=5, tls=True),
     Ready(),
+    Ready(name="echo", reload=True),
+    Beat(),
+    Reloaded(),
+    Reloaded(ok=False, error="ValueError: bad config"),
     StartFailed(error="port in use", type="StartupError"),
     Unhealthy(errors=3, error="ValueError: x"),
     Stopping(reason=StopReason.ACTION),
@@ -66,5 +70,5 @@ def test_a_supervisor_that_said_nothing_readable_sent_no_report(line):
 
 def test_every_environment_variable_is_named_here_once():
     names = [value for key, value in vars(_protocol).items() if key.endswith("_ENV")]
-    assert len(names) == len(set(names)) == 6
+    assert len(names) == len(set(names)) == 7
     assert all(name.startswith("SERVICEFACTORY_") for name in names)

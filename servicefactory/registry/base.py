@@ -48,6 +48,9 @@ _FIELDS = {
     "next_try": None,  # wall-clock time a service in backoff or failed is started again, if due
     "stop_timeout": None,  # seconds the service may take to stop (its policy or --stop-timeout)
     "tls": False,  # the API serves TLS only (its url is https://...): clients connect with TLS
+    "last_reason": None,  # why its process last ended: crash, memory, watchdog, manual, ... (supervise._reasons)
+    "history": None,  # its last stops and restarts, oldest first: [{time, reason, exit, detail}]
+    "reloadable": False,  # it defines reload(): SIGHUP (`servicefactory reload`) calls it
 }
 
 

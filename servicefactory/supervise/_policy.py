@@ -22,6 +22,7 @@ class Exit:
     was_ready: bool  # this run said `ready`
     ever_ready: bool = True  # any run of this service said `ready`
     unhealthy: bool = False  # stopped by the supervisor because its loop kept failing: a crash
+    fault: str = ""  # stopped by the supervisor for another fault (its memory, its watchdog): a crash too
     asked: bool = False  # a stop (or restart) was asked for this service
     stopping_all: bool = False  # the supervisor itself is stopping
     starting_up: bool = False  # `run` still waits for every service to be ready
@@ -79,9 +80,11 @@ class RestartPolicy:
             return Decision(ServiceState.STOPPED, described, fast_failures)
         if exit.starting_up and not exit.ever_ready:  # never ready at start-up: `run` reports it and gives up
             return Decision(ServiceState.FAILED, described, fast_failures)
-        crashed = exit.code != 0 or exit.unhealthy
+        crashed = exit.code != 0 or exit.unhealthy or bool(exit.fault)
         if exit.unhealthy:
             described = f"stopped as unhealthy ({described})"
+        elif exit.fault:
+            described = f"stopped: {exit.fault} ({described})"
         restart = self.spec.restart == "always" or (crashed and self.spec.restart == "on-failure")
         if not restart:
             return Decision(ServiceState.FAILED if crashed else ServiceState.STOPPED,

@@ -5,7 +5,8 @@ child per service (`python -m servicefactory.supervise._child`). Each side hands
 environment variables and hears back on a pipe, one JSON object per line:
 
 - child -> supervisor, on $SERVICEFACTORY_READY_FD: `Ready` (or `StartFailed`), then perhaps
-  `Unhealthy`, and last `Stopping` with the `StopReason`;
+  `Unhealthy`, `Beat` (its loop progresses: the watchdog) and `Reloaded` (after SIGHUP), and last
+  `Stopping` with the `StopReason`;
 - supervisor -> CLI, on the same variable: one `StartupReport` (every service ready, or why not).
 
 Every message is a small class whose `encode` and `decode` sit side by side, so the two ends
@@ -33,6 +34,8 @@ LIFELINE_FD_ENV = "SERVICEFACTORY_LIFELINE_FD"
 STOP_TIMEOUT_ENV = "SERVICEFACTORY_STOP_TIMEOUT"
 #: the service's log file, written by the service itself once its supervisor is gone
 LOG_PATH_ENV = "SERVICEFACTORY_LOG_PATH"
+#: seconds within which the supervisor must hear a `Beat` from the service's loop, else it restarts it
+WATCHDOG_ENV = "SERVICEFACTORY_WATCHDOG"
 
 
 class StopReason(str, enum.Enum):
@@ -43,6 +46,7 @@ class StopReason(str, enum.Enum):
     SIGNAL = "signal"  # SIGTERM/SIGINT/...: from the supervisor itself, or from outside
     EXIT = "exit"  # loop() raised SystemExit or KeyboardInterrupt
     ENDED = "ended"  # loop() returned for good, or an error ended the run
+    RELOAD = "reload"  # SIGHUP to a supervised service without reload(): its supervisor starts it again
 
     @property
     def by_user(self) -> bool:
@@ -65,11 +69,12 @@ class Ready:
     host: str | None = None
     port: int | None = None
     tls: bool = False
+    reload: bool = False  # the service defines reload(): SIGHUP calls it (else a reload restarts it)
 
     def encode(self) -> dict:
         """The JSON object sent on the pipe (one line, see to_line)."""
         return {"ready": True, "name": self.name, "pid": self.pid, "url": self.url, "host": self.host,
-                "port": self.port, "tls": self.tls}
+                "port": self.port, "tls": self.tls, "reload": self.reload}
 
 
 @dataclass
@@ -97,6 +102,27 @@ class Unhealthy:
 
 
 @dataclass
+class Beat:
+    """The service's loop made progress (sent from the loop's own thread, at most twice per watchdog period)."""
+
+    def encode(self) -> dict:
+        """The JSON object sent on the pipe (one line, see to_line)."""
+        return {"beat": 1}
+
+
+@dataclass
+class Reloaded:
+    """The service ran its reload() after a SIGHUP; `error` says why it failed, if it did."""
+
+    ok: bool = True
+    error: str | None = None
+
+    def encode(self) -> dict:
+        """The JSON object sent on the pipe (one line, see to_line)."""
+        return {"reloaded": self.ok, "error": self.error}
+
+
+@dataclass
 class Stopping:
     """The service stops now, and why."""
 
@@ -108,7 +134,7 @@ class Stopping:
         return {"stopping": self.reason.value if self.reason else "", "detail": self.detail}
 
 
-ChildMessage = Union[Ready, StartFailed, Unhealthy, Stopping]
+ChildMessage = Union[Ready, StartFailed, Unhealthy, Beat, Reloaded, Stopping]
 
 
 def decode_child(line: bytes) -> ChildMessage | None:
@@ -125,12 +151,16 @@ def decode_child(line: bytes) -> ChildMessage | None:
         return Ready(name=_text(data.get("name")), pid=data.get("pid") if isinstance(data.get("pid"), int) else None,
                      url=_text(data.get("url")), host=_text(host),
                      port=port if isinstance(port, int) and not isinstance(port, bool) else None,
-                     tls=data.get("tls") is True)
+                     tls=data.get("tls") is True, reload=data.get("reload") is True)
     if data.get("ready") is False:
         return StartFailed(error=_text(data.get("error")) or "", type=_text(data.get("type")) or "")
     if data.get("unhealthy"):
         errors = data["unhealthy"]
         return Unhealthy(errors=errors if isinstance(errors, int) else 0, error=_text(data.get("error")))
+    if data.get("beat") == 1:
+        return Beat()
+    if "reloaded" in data:
+        return Reloaded(ok=data["reloaded"] is True, error=_text(data.get("error")))
     if "stopping" in data:
         try:
             reason: StopReason | None = StopReason(data["stopping"])

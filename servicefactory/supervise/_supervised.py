@@ -34,6 +34,8 @@ class Spec:
     backoff_max: float | None = None  # the class's policy; None: the supervisor's setting
     tls_cert: str | None = None  # run --tls-cert/--tls-key (absolute paths); else the class's endpoint(tls=)
     tls_key: str | None = None
+    max_memory: int | None = None  # bytes, with its descendants: above it, restarted (reason `memory`)
+    watchdog: float | None = None  # seconds its loop may go without progress, else restarted (`watchdog`)
 
 
 @dataclass
@@ -88,6 +90,13 @@ class Child:
         self.exited = threading.Event()
         self.settled = threading.Event()  # ready, failed or stopped: what a restart waits for
         self.tail: list[str] = []
+        self.pending_reason: Any = None  # the supervisor's own reason (a _reasons.Reason) for the stop under way
+        self.pending_detail = ""
+        self.history: list[dict] = []  # the last stops and restarts: time, reason, exit, detail
+        self.last_beat = 0.0  # monotonic time the loop last said it progresses (or it got ready)
+        self.reloadable = False  # the running process defines reload(): SIGHUP calls it
+        self.reloaded = threading.Event()  # its answer to the last SIGHUP arrived
+        self.reload_error: str | None = None
 
     def change_state(self, new: ServiceState) -> ServiceState:
         """Move to `new` if TRANSITIONS allows it (else TransitionError), log it and publish it;

@@ -51,9 +51,10 @@ def own_timeout(record: ServiceRecord | None) -> float:
     return float(value) if isinstance(value, (int, float)) and value > 0 else DEFAULT_STOP_TIMEOUT
 
 
-def stop(name: str, timeout: float | None = None, registry: Registry | None = None) -> StopOutcome:
-    """Stop `name` gracefully (its supervisor's `stop`, its `shutdown` action, or SIGTERM); SIGKILL after
-    `timeout`, by default the service's own stop timeout."""
+def stop(name: str, timeout: float | None = None, registry: Registry | None = None,
+         signum: int | None = None) -> StopOutcome:
+    """Stop `name` gracefully (its supervisor's `stop`, its `shutdown` action, or SIGTERM; `signum`
+    instead, if given); SIGKILL after `timeout`, by default the service's own stop timeout."""
     registry = registry or _default()
     registry.check_safe()
     state, record = state_of(registry, name)
@@ -70,7 +71,7 @@ def stop(name: str, timeout: float | None = None, registry: Registry | None = No
         return _stop_orphan(name, record, timeout, registry)
     if record is not None and record.supervisor:
         try:
-            outcome = _stop_supervised(name, record, timeout, registry)
+            outcome = _stop_supervised(name, record, timeout, registry, signum)
         except ServiceFactoryError:
             if not supervisor_died(registry, record.supervisor):
                 raise
@@ -80,7 +81,7 @@ def stop(name: str, timeout: float | None = None, registry: Registry | None = No
     elif record is None:
         return StopOutcome(name, False, message=f"{name} is starting; try again in a moment", failed=True)
     else:
-        outcome = _stop_standalone(name, record, timeout, registry)
+        outcome = _stop_standalone(name, record, timeout, registry, signum)
     registry.mark_stopped(name)
     return outcome
 
@@ -134,21 +135,24 @@ def _request(names: list[str], timeout: float | None) -> dict[str, Any]:
 
 
 def _stop_supervised(name: str, record: ServiceRecord, timeout: float | None,
-                     registry: Registry) -> StopOutcome:
+                     registry: Registry, signum: int | None = None) -> StopOutcome:
     limit = timeout if timeout is not None else own_timeout(record)
     supervisor = registry.lookup(record.supervisor)
     if supervisor is not None and registry.is_suspended(supervisor):
         # it would take the request and carry it out whenever it is resumed, long after we gave up
         return StopOutcome(name, False, failed=True, message=f"{name}: its supervisor {record.supervisor} is "
                            f"suspended (SIGSTOP); resume it (kill -CONT {supervisor.pid}) or `stop --all`")
-    rows = call_supervisor(record.supervisor, "stop", _request([name], timeout), limit + 15, registry)
+    request = _request([name], timeout)
+    if signum is not None:
+        request["signal"] = int(signum)
+    rows = call_supervisor(record.supervisor, "stop", request, limit + 15, registry)
     row = rows[0] if rows else {}
     killed = row.get("last_exit") == -signal.SIGKILL
     return StopOutcome(name, True, killed=killed, message=f"{name} stopped" + (" (killed)" if killed else ""))
 
 
 def _stop_standalone(name: str, record: ServiceRecord, timeout: float | None,
-                     registry: Registry) -> StopOutcome:
+                     registry: Registry, signum: int | None = None) -> StopOutcome:
     if not registry.owner_alive(record):
         # the pid in the record is not (or no longer) the process holding the name: never signal it
         registry.clean(name)
@@ -158,7 +162,10 @@ def _stop_standalone(name: str, record: ServiceRecord, timeout: float | None,
         timeout = own_timeout(record) + 1.0  # the service's own stop deadline, then a moment to exit
     deadline = time.monotonic() + timeout
     asked = False
-    if record.url:
+    if signum is not None:
+        registry.signal(record, signum)
+        asked = True
+    elif record.url:
         try:
             client.perform(name, "shutdown", timeout=max(0.1, min(3.0, timeout)), registry=registry)
             asked = True
@@ -185,9 +192,10 @@ def _await_release(registry: Registry, name: str, timeout: float = 2.0) -> None:
         time.sleep(0.01)
 
 
-def stop_all(timeout: float | None = None, registry: Registry | None = None) -> list[StopOutcome]:
+def stop_all(timeout: float | None = None, registry: Registry | None = None,
+             signum: int | None = None) -> list[StopOutcome]:
     """Stop every service and every supervisor, all in parallel (each within its own stop timeout
-    unless `timeout` overrides it)."""
+    unless `timeout` overrides it; with `signum` instead of the usual graceful request if given)."""
     registry = registry or _default()
     registry.check_safe()
     outcomes: list[StopOutcome] = []
@@ -207,12 +215,13 @@ def stop_all(timeout: float | None = None, registry: Registry | None = None) -> 
         state, record = state_of(registry, name)
         if name.startswith(SUPERVISOR_PREFIX):
             if state == "running" and record is not None:
-                threads.append(threading.Thread(target=one, args=(_stop_supervisor, name, record, timeout, registry)))
+                threads.append(threading.Thread(target=one, args=(_stop_supervisor, name, record, timeout, registry,
+                                                                  signum)))
             else:
                 registry.clean(name)
         elif not (record is not None and record.supervisor and state != "stale"
                   and registry.is_held(record.supervisor)):  # a live supervisor stops its own
-            threads.append(threading.Thread(target=one, args=(stop, name, timeout, registry)))
+            threads.append(threading.Thread(target=one, args=(stop, name, timeout, registry, signum)))
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -221,7 +230,7 @@ def stop_all(timeout: float | None = None, registry: Registry | None = None) -> 
 
 
 def _stop_supervisor(name: str, record: ServiceRecord, timeout: float | None,
-                     registry: Registry) -> list[StopOutcome]:
+                     registry: Registry, signum: int | None = None) -> list[StopOutcome]:
     records = {n: registry.lookup(n) for n in registry.names() if not n.startswith(SUPERVISOR_PREFIX)}
     children = {n: r for n, r in records.items() if r is not None and r.supervisor == name}
     before = {n: r.state for n, r in children.items()}
@@ -230,7 +239,10 @@ def _stop_supervisor(name: str, record: ServiceRecord, timeout: float | None,
     answered = unreachable = False
     if not registry.is_suspended(record):  # a stopped supervisor would take the request and act on it later
         try:
-            rows = call_supervisor(name, "stop", _request([], timeout), limit + 5, registry)
+            request = _request([], timeout)
+            if signum is not None:
+                request["signal"] = int(signum)
+            rows = call_supervisor(name, "stop", request, limit + 5, registry)
             answered = True
             call_supervisor(name, "shutdown", None, 5.0, registry)
         except ServiceTimeout:
@@ -321,13 +333,18 @@ def status(names: list[str] | None = None, registry: Registry | None = None,
             state = ServiceState.UNKNOWN.value  # a typo must not look like a service that stopped
         row: dict[str, Any] = {"name": name, "state": state, "pid": None, "host": None, "port": None, "url": None,
                                "started": None, "uptime": None, "restarts": 0, "last_exit": None,
-                               "cpu": None, "memory": None, "supervisor": None, "target": None}
+                               "cpu": None, "memory": None, "supervisor": None, "target": None,
+                               "last_reason": None, "history": []}
+        if record is None:
+            history = (registry.remembered(name) or {}).get("history")
+            if isinstance(history, list) and history and isinstance(history[-1], dict):
+                row.update(history=history, last_reason=history[-1].get("reason"))
         if record is not None:
             live = state in LIVE
             row.update(pid=record.pid if live and record.pid else None, host=record.host, port=record.port,
                        url=record.url if state == "running" else None, started=record.started,
                        restarts=record.restarts, last_exit=record.last_exit, supervisor=record.supervisor,
-                       target=record.target)
+                       target=record.target, last_reason=record.last_reason, history=list(record.history or []))
             row["next_try"] = record.next_try if state in ("backoff", "failed") else None
             if state == "running":
                 row["uptime"] = round(now - record.started, 1)

@@ -170,6 +170,11 @@ class RotatingLog:
             logger.warning("rotating %s failed: %s", self.path, exc)
         self._open()
 
+    def reopen(self) -> None:
+        """Close and open the path again: after logrotate moved the file, write to a new one there."""
+        self.close()
+        self._open()
+
     def close(self) -> None:
         """Close the current file."""
         if self._file is not None:

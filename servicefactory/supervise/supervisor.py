@@ -25,12 +25,14 @@ from servicefactory.supervise import _notify
 
 from servicefactory.supervise import _reaper
 from servicefactory.supervise._protocol import (LIFELINE_FD_ENV, LOG_PATH_ENV, READY_FD_ENV, STOP_TIMEOUT_ENV, SUPERVISED_ENV,
-                                                SUPERVISOR_PID_ENV, Ready, StartFailed, StartupReport, Stopping, Unhealthy, decode_child,
-                                                to_line)
+                                                SUPERVISOR_PID_ENV, WATCHDOG_ENV, Beat, Ready, Reloaded, StartFailed,
+                                                StartupReport, Stopping, StopReason, Unhealthy, decode_child, to_line)
+from servicefactory.supervise import _limits
+from servicefactory.supervise._reasons import Reason, reason_of_exit, record as record_event
 from servicefactory.api import handle
 from servicefactory.errors import AlreadyRunning, ServiceFactoryError, ServiceTimeout, StateError
 from servicefactory.supervise.logfiles import RotatingLog, printable
-from servicefactory.supervise._policy import Exit, RestartPolicy
+from servicefactory.supervise._policy import Exit, RestartPolicy, describe
 from servicefactory.supervise._states import ACTIVE, ServiceState
 from servicefactory.supervise._supervised import Child, Settings, Spec, drain, python_command, readable, stamp, url_of
 from servicefactory.registry.base import SUPERVISOR_PREFIX, Registry, ServiceRecord
@@ -80,6 +82,10 @@ class Supervisor(ServiceBase):
         self.notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
         # the control API can stop everything: only who can read our secret (the owner) may call it
         self.token = _api_token()
+        self.next_memory_check = 0.0
+        self.reload_pending = False  # SIGHUP arrived: reopen the log files (done in the loop's thread)
+        # in a terminal SIGHUP means the terminal closed: stop, as a shell's jobs do; elsewhere, reload
+        self.hangup_stops = self.settings.foreground and os.isatty(1)
 
     # -- claims: taken before anything starts, so a duplicate is refused up front --
 
@@ -133,7 +139,11 @@ class Supervisor(ServiceBase):
         for child in list(self.children.values()):
             if child.popen is not None and child.pidfd is None and child.popen.poll() is not None:
                 self._reap(child)  # no pidfd on this system: polled instead
+        if self.reload_pending:
+            self.reload_pending = False
+            self._reopen_logs()
         now = time.monotonic()
+        self._check_limits(now)
         for child in self.children.values():
             if child.state == ServiceState.BACKOFF and now >= child.next_start:
                 self._spawn(child)  # BACKOFF -> STARTING
@@ -145,6 +155,7 @@ class Supervisor(ServiceBase):
             elif child.state == ServiceState.STARTING and now - child.started_at > self.settings.ready_timeout:
                 self._event(child, f"not ready after {self.settings.ready_timeout:g} s; stopping it")
                 child.error = f"not ready within {self.settings.ready_timeout:g} s"
+                child.pending_reason, child.pending_detail = Reason.NOT_READY, child.error
                 self._signal(child, signal.SIGTERM)
                 child.stop_deadline = now + child.spec.stop_timeout
                 child.change_state(ServiceState.STOPPING)
@@ -164,17 +175,22 @@ class Supervisor(ServiceBase):
             SUPERVISED_ENV: spec.name, SUPERVISOR_PID_ENV: str(os.getpid()),
             READY_FD_ENV: str(ready_write), LIFELINE_FD_ENV: str(self.lifeline_read),
             STOP_TIMEOUT_ENV: repr(spec.stop_timeout), LOG_PATH_ENV: str(child.log.path)})
+        for name in ("WATCHDOG_USEC", "WATCHDOG_PID", WATCHDOG_ENV):  # systemd watches us, not our children
+            env.pop(name, None)
+        if spec.watchdog:
+            env[WATCHDOG_ENV] = repr(spec.watchdog)
         # isolated from its working directory (the project's): a module target is put on sys.path
         # after the standard library by the loader, not first by Python
         args = python_command("servicefactory.supervise._child", "-u") + [
             spec.target, spec.name, spec.host or "", "" if spec.port is None else str(spec.port),
             spec.tls_cert or "", spec.tls_key or ""]
         try:
-            child.popen = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                cwd=spec.cwd if spec.cwd and os.path.isdir(spec.cwd) else None,
-                pass_fds=(ready_write, *self.registry.inheritable(child.claim), self.lifeline_read),
-                start_new_session=True)
+            with _hangup_ignored():
+                child.popen = subprocess.Popen(
+                    args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                    cwd=spec.cwd if spec.cwd and os.path.isdir(spec.cwd) else None,
+                    pass_fds=(ready_write, *self.registry.inheritable(child.claim), self.lifeline_read),
+                    start_new_session=True)
         except OSError as exc:
             os.close(ready_read)
             os.close(ready_write)
@@ -255,8 +271,16 @@ class Supervisor(ServiceBase):
         *lines, child.ready_buffer = child.ready_buffer.split(b"\n")
         for line in lines:
             message = decode_child(line)
-            if isinstance(message, Ready) and child.state == ServiceState.STARTING:
-                child.ready_at = time.monotonic()
+            if isinstance(message, Beat):
+                child.last_beat = time.monotonic()
+            elif isinstance(message, Reloaded):
+                child.reload_error = None if message.ok else (message.error or "reload() failed")
+                self._event(child, "reloaded" if message.ok else f"reload failed: {child.reload_error}; "
+                            f"running on with the old settings", warn=not message.ok)
+                child.reloaded.set()
+            elif isinstance(message, Ready) and child.state == ServiceState.STARTING:
+                child.ready_at = child.last_beat = time.monotonic()
+                child.reloadable = message.reload
                 child.ever_ready = True
                 child.ready_wall = time.time()
                 child.host, child.port = message.host, message.port
@@ -271,12 +295,22 @@ class Supervisor(ServiceBase):
                 # running -> unhealthy: treated as a crash (its restart policy decides), after a graceful stop
                 child.unhealthy = True
                 child.error = f"unhealthy: {message.errors} loop errors in a row ({message.error})"
+                child.pending_reason, child.pending_detail = Reason.UNHEALTHY, child.error
                 self._event(child, f"{child.error}; stopping it", warn=True)
                 child.stop_deadline = time.monotonic() + child.spec.stop_timeout
                 self._signal(child, signal.SIGTERM)
                 child.change_state(ServiceState.UNHEALTHY)
             elif isinstance(message, Stopping) and message.reason is not None and message.reason.by_user:
                 child.user_stopped = True  # asked to stop through its API: as final as `servicefactory stop`
+            elif isinstance(message, Stopping) and message.reason == StopReason.RELOAD and not child.user_stopped:
+                # a SIGHUP from outside to a service without reload(): start it again, as `reload` would
+                self._event(child, "SIGHUP without reload(): restarting it (reason: config)")
+                child.pending_reason, child.pending_detail = Reason.CONFIG, "SIGHUP without reload()"
+                child.user_stopped = child.restart_after_stop = True
+                child.settled.clear()
+                if child.state in (ServiceState.STARTING, ServiceState.RUNNING):
+                    child.stop_deadline = time.monotonic() + child.spec.stop_timeout
+                    child.change_state(ServiceState.STOPPING)
         if not data:
             self._unregister(child.ready_fd)
             os.close(child.ready_fd)
@@ -287,7 +321,7 @@ class Supervisor(ServiceBase):
             # every run option, for `restart` after we are gone: the Spec, the Settings, the log level
             self.registry.remember(child.spec.name, dict(
                 asdict(child.spec), settings=asdict(self.settings),
-                log_level=os.environ.get("SERVICEFACTORY_LOG_LEVEL")))
+                log_level=os.environ.get("SERVICEFACTORY_LOG_LEVEL"), history=child.history))
         except OSError:
             pass
 
@@ -355,17 +389,26 @@ class Supervisor(ServiceBase):
         child.last_exit = code
         child.stop_deadline = None
         now = time.monotonic()
+        reason = reason_of_exit(child.pending_reason, code)
+        if self.stopping and child.pending_reason is None:
+            reason = Reason.MANUAL  # we stop everything: whatever the exit, it was asked for
+        detail = child.pending_detail or (describe(code) if reason == Reason.CRASH else "")
+        child.pending_reason, child.pending_detail = None, ""
+        child.history = record_event(child.history, reason, code, detail)
+        if child.ever_ready:
+            self._remember(child)  # why it stopped outlives us: `status` shows it once we are gone
+        fault = detail if reason in (Reason.MEMORY, Reason.WATCHDOG) else ""
         decision = RestartPolicy(child.spec, self.settings).on_exit(Exit(
             code=code, ran=now - child.started_at, was_ready=child.ready_at is not None, ever_ready=child.ever_ready,
             unhealthy=child.unhealthy, asked=child.user_stopped, stopping_all=self.stopping,
-            starting_up=self.starting_up), child.fast_failures, now)
+            starting_up=self.starting_up, fault=fault), child.fast_failures, now)
         child.fast_failures = decision.fast_failures
         child.restarts += decision.restarts
         if decision.next_start is not None:
             child.next_start = decision.next_start
         if decision.state == ServiceState.FAILED:
             child.retry_at = decision.retry_at
-        self._event(child, decision.message, warn=decision.warn)
+        self._event(child, f"{decision.message} (reason: {reason.value})", warn=decision.warn)
         child.change_state(decision.state)
         child.exited.set()  # this process is gone; a respawn below starts waiting afresh
         if child.restart_after_stop:
@@ -389,13 +432,18 @@ class Supervisor(ServiceBase):
         except PermissionError:
             child.popen.send_signal(signum)
 
-    def _stop_child(self, child: Child, *, restart: bool = False, timeout: float | None = None) -> None:
+    def _stop_child(self, child: Child, *, restart: bool = False, timeout: float | None = None,
+                    reason: Reason = Reason.MANUAL, detail: str = "", signum: int = signal.SIGTERM) -> None:
         child.user_stopped = True
         child.restart_after_stop = restart
         if child.popen is not None:
             if child.stop_deadline is None:
+                if child.pending_reason is None:
+                    child.pending_reason, child.pending_detail = reason, detail
                 child.stop_deadline = time.monotonic() + (timeout or child.spec.stop_timeout)
-                self._signal(child, signal.SIGTERM)
+                if signum != signal.SIGTERM:
+                    self._event(child, f"stopping it with {signal.Signals(signum).name}")
+                self._signal(child, signum)
                 child.change_state(ServiceState.STOPPING)
         else:
             child.retry_at = None
@@ -412,8 +460,87 @@ class Supervisor(ServiceBase):
         a `stop` in flight waits for exactly these exits, and must not hold up our own stop."""
         for child in self.children.values():
             self._stop_child(child)
+        forced = False
         while any(child.popen is not None for child in self.children.values()):
+            runtime = self._servicefactory_runtime
+            if not forced and self.settings.foreground and runtime is not None and runtime.interrupts >= 2:
+                forced = True  # a second Ctrl+C: the user will not wait for graceful stops
+                for child in self.children.values():
+                    if child.popen is not None and not child.killed:
+                        self._event(child, "killing it at once (a second Ctrl+C)", warn=True)
+                        self._signal(child, signal.SIGKILL)
+                        child.killed = True
             self.loop()
+
+    # -- limits: memory and watchdog, checked in the loop --
+
+    def _check_limits(self, now: float) -> None:
+        """Restart a service above its memory limit (checked every MEMORY_CHECK_EVERY s) or whose loop
+        sent no heartbeat within its watchdog period."""
+        for child in self.children.values():
+            watchdog = child.spec.watchdog
+            if (watchdog and child.state == ServiceState.RUNNING and child.stop_deadline is None
+                    and now - child.last_beat > watchdog):
+                self._fault_stop(child, Reason.WATCHDOG,
+                                 f"no progress of its loop for {now - child.last_beat:.1f} s (watchdog {watchdog:g} s)")
+        if now < self.next_memory_check:
+            return
+        self.next_memory_check = now + _limits.MEMORY_CHECK_EVERY
+        limited = [c for c in self.children.values() if c.spec.max_memory and c.popen is not None
+                   and c.state in (ServiceState.STARTING, ServiceState.RUNNING) and c.stop_deadline is None]
+        if not limited:
+            return
+        usage = _limits.tree_memory([c.popen.pid for c in limited])
+        for child in limited:
+            used = usage.get(child.popen.pid, 0)
+            if used > child.spec.max_memory:
+                self._fault_stop(child, Reason.MEMORY, f"memory {_limits.format_size(used)} over its limit of "
+                                                       f"{_limits.format_size(child.spec.max_memory)}")
+
+    def _fault_stop(self, child: Child, reason: Reason, detail: str) -> None:
+        """Stop a service for a fault of its own (gracefully, then SIGKILL after its stop timeout); its
+        restart policy then treats the exit as a crash."""
+        self._event(child, f"{detail}; stopping it (reason: {reason.value})", warn=True)
+        child.pending_reason, child.pending_detail = reason, detail
+        child.error = detail
+        child.stop_deadline = time.monotonic() + child.spec.stop_timeout
+        self._signal(child, signal.SIGTERM)
+        child.change_state(ServiceState.STOPPING)
+
+    # -- reload: SIGHUP to the supervisor, `servicefactory reload NAME` --
+
+    def reload(self) -> None:
+        """SIGHUP: reopen every log file (after logrotate moved them); in a terminal, stop instead."""
+        if self.hangup_stops:
+            self.stop()
+            return
+        self.reload_pending = True  # done by the loop's thread, which owns the logs
+        try:
+            os.write(self.wake_write, b"x")
+        except OSError:
+            pass
+
+    def _reopen_logs(self) -> None:
+        for child in self.children.values():
+            try:
+                child.log.reopen()
+            except OSError as exc:
+                logger.warning("cannot reopen the log of %s: %s", child.spec.name, exc)
+        logger.info("SIGHUP: reopened the log files")
+
+    def _reload_child(self, child: Child, timeout: float) -> dict:
+        """Call the service's reload() (SIGHUP to its process alone), or restart it if it has none."""
+        if child.state != ServiceState.RUNNING or child.popen is None:
+            raise ServiceFactoryError(f"{child.spec.name} is {child.state.value}, not running: nothing to reload")
+        if not child.reloadable:
+            self._event(child, "defines no reload(); restarting it (reason: config)")
+            child.settled.clear()
+            self._stop_child(child, restart=True, reason=Reason.CONFIG, detail="reload without reload()")
+            return {"name": child.spec.name, "restarted": True}
+        child.reloaded.clear()
+        child.reload_error = None
+        os.kill(child.popen.pid, signal.SIGHUP)  # its process, not its group: its own children keep their HUP
+        return {"name": child.spec.name, "restarted": False}
 
     def finalize(self) -> None:
         """Once every child is gone (see stop_children), release every name."""
@@ -493,7 +620,9 @@ class Supervisor(ServiceBase):
             started=child.ready_wall or time.time(), target=child.spec.target, log_path=str(child.log.path),
             hostname=os.uname().nodename, state=child.state.value, supervisor=self.name, restarts=child.restarts,
             last_exit=child.last_exit, next_try=self._next_try(child),
-            stop_timeout=child.spec.stop_timeout, tls=child.tls and child.state == ServiceState.RUNNING)
+            stop_timeout=child.spec.stop_timeout, tls=child.tls and child.state == ServiceState.RUNNING,
+            last_reason=child.history[-1]["reason"] if child.history else None, history=list(child.history),
+            reloadable=child.reloadable and child.state == ServiceState.RUNNING)
         try:
             self.registry.publish(child.claim, record)
         except OSError as exc:
@@ -569,10 +698,32 @@ class Supervisor(ServiceBase):
 
     @handle("stop", post_only=True)
     def handle_stop(self, data: Any) -> list:
-        """Stop the named services for good (no restart); answers once they are gone."""
+        """Stop the named services for good (no restart), with `signal` (a number) if given, else
+        SIGTERM; answers once they are gone."""
         children, timeout = self._request(data)
-        self._call(lambda: [self._stop_child(child, timeout=timeout) for child in children])
+        signum = data.get("signal") if isinstance(data, dict) else None
+        if not (isinstance(signum, int) and not isinstance(signum, bool) and 0 < signum < signal.NSIG):
+            signum = signal.SIGTERM
+        self._call(lambda: [self._stop_child(child, timeout=timeout, signum=signum) for child in children])
         return self._await_exit(children, timeout)
+
+    @handle("reload", post_only=True)
+    def handle_reload(self, data: Any) -> list:
+        """Call reload() of the named services (SIGHUP), or restart those without one; answers once
+        each said how its reload went (or is ready again)."""
+        children, timeout = self._request(data)
+        limit = timeout or 30.0
+        outcomes = self._call(lambda: [self._reload_child(child, limit) for child in children])
+        deadline = time.monotonic() + limit + self.settings.ready_timeout
+        rows = []
+        for child, outcome in zip(children, outcomes):
+            event = child.settled if outcome["restarted"] else child.reloaded
+            done = event.wait(max(0.0, deadline - time.monotonic()))
+            row = self.handle_status({"names": [child.spec.name]})[0]
+            row.update(restarted=outcome["restarted"], reloaded=done and not outcome["restarted"]
+                       and child.reload_error is None, reload_error=child.reload_error if done else "no answer")
+            rows.append(row)
+        return rows
 
     @handle("restart", post_only=True)
     def handle_restart(self, data: Any) -> list:
@@ -601,7 +752,8 @@ class Supervisor(ServiceBase):
                          "url": url_of(child) if child.state == ServiceState.RUNNING else None, "error": child.error,
                          "next_try": self._next_try(child),
                          "uptime": round(time.monotonic() - child.ready_at, 3) if running else None,
-                         "started": round(child.ready_wall, 3) if running else None})
+                         "started": round(child.ready_wall, 3) if running else None,
+                         "last_reason": child.history[-1]["reason"] if child.history else None})
         return rows
 
     def _servicefactory_metric_families(self) -> Any:
@@ -625,6 +777,21 @@ class Supervisor(ServiceBase):
         for child in children:
             child.exited.wait(max(0.0, deadline - time.monotonic()))
         return self.handle_status({"names": [c.spec.name for c in children]})
+
+
+class _hangup_ignored:
+    """Start a process with SIGHUP ignored (an ignored signal stays ignored across exec): a SIGHUP
+    before the service has put its handler in place (run() does, first thing) must not kill it.
+    Our own SIGHUP handler is back as soon as the process is started."""
+
+    def __enter__(self) -> None:
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGHUP, self.previous)
 
 
 def run_supervisor(specs: list[Spec], settings: Settings, *, printer: Callable[..., None] | None = None,
