@@ -274,31 +274,64 @@ def base_environ(server_name: str, server_port: int, peer: Any, connection: dict
 
 _STATUS_LINES: dict[str, bytes] = {}
 _OMIT = frozenset(("content-length", "connection", "date"))
+# an app's header (name, value) -> its encoded line, or _ASKS_CLOSE for `Connection: close`: apps
+# send the same few headers on every answer, so each is checked and encoded once (bounded, as an
+# app could send ever new values); the ones we set ourselves (Content-Length, Date) are skipped
+_LINES: dict[tuple[str, str], bytes] = {}
+_ASKS_CLOSE = b"Connection: close\r\n"
+_KEEP_END = b"\r\n"
+_CLOSE_END = _ASKS_CLOSE + b"\r\n"
+
+
+def answer(status: str, headers: list[tuple[str, str]], body: bytes, keep_alive: bool,
+           head_only: bool = False) -> tuple[bytes, bool]:
+    """A whole HTTP/1.1 response (Content-Length, Date and Connection set by us), and whether the
+    connection stays open: not if `keep_alive` is false or the app's headers say `Connection: close`
+    (contract C1)."""
+    parts = [_STATUS_LINES.get(status) or _status_line(status)]
+    for header in headers:
+        line = _LINES.get(header) if type(header) is tuple else None
+        if line is None:
+            if header[0] == "Content-Length":  # what every app sends; ours replaces it
+                continue
+            line = _header_line(tuple(header))
+        if line is _ASKS_CLOSE:
+            keep_alive = False
+        elif line:
+            parts.append(line)
+    parts.append(b"Content-Length: %d\r\n" % len(body))
+    parts.append(_date_line())
+    parts.append(_KEEP_END if keep_alive else _CLOSE_END)
+    if not head_only:
+        parts.append(body)
+    return b"".join(parts), keep_alive
 
 
 def response(status: str, headers: list[tuple[str, str]], body: bytes, keep_alive: bool,
              head_only: bool = False) -> bytes:
     """A whole HTTP/1.1 response, Content-Length, Date and Connection set by us."""
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        line = f"HTTP/1.1 {status}\r\n".encode(_ENCODING)
-        if len(_STATUS_LINES) < 64:
-            _STATUS_LINES[status] = line
-    parts = [f"{name}: {value}\r\n" for name, value in headers if name.lower() not in _OMIT]
-    parts.append(f"Content-Length: {len(body)}\r\n{_date_line()}")
-    if not keep_alive:
-        parts.append("Connection: close\r\n")
-    parts.append("\r\n")
-    head = line + "".join(parts).encode(_ENCODING)
-    return head if head_only else head + body
+    return answer(status, headers, body, keep_alive, head_only)[0]
 
 
-def asks_to_close(headers: list[tuple[str, str]]) -> bool:
-    """Whether the app's response headers carry `Connection: close` (contract C1)."""
-    for name, value in headers:
-        if name.lower() == "connection" and "close" in (token.strip().lower() for token in value.split(",")):
-            return True
-    return False
+def _status_line(status: str) -> bytes:
+    line = f"HTTP/1.1 {status}\r\n".encode(_ENCODING)
+    if len(_STATUS_LINES) < 64:
+        _STATUS_LINES[status] = line
+    return line
+
+
+def _header_line(header: tuple[str, str]) -> bytes:
+    name, value = header
+    lower = name.lower()
+    if lower == "connection":
+        line = _ASKS_CLOSE if "close" in (token.strip().lower() for token in value.split(",")) else b""
+    elif lower in _OMIT:
+        return b""  # its value varies: not worth a cache entry
+    else:
+        line = f"{name}: {value}\r\n".encode(_ENCODING)
+    if len(_LINES) < 256:
+        _LINES[header] = line
+    return line
 
 
 def error_response(status: str, message: str, kind: str = "HTTPError") -> bytes:
@@ -313,13 +346,13 @@ def unavailable() -> bytes:
                           "safe to retry", kind="ServiceUnavailable")
 
 
-_date_cache: list = [0, ""]
+_date_cache: list = [0, b""]
 
 
-def _date_line() -> str:
+def _date_line() -> bytes:
     now = int(time.time())
     if _date_cache[0] != now:
-        _date_cache[:] = [now, time.strftime("Date: %a, %d %b %Y %H:%M:%S GMT\r\n", time.gmtime(now))]
+        _date_cache[:] = [now, time.strftime("Date: %a, %d %b %Y %H:%M:%S GMT\r\n", time.gmtime(now)).encode()]
     return _date_cache[1]
 
 

@@ -26,7 +26,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from servicefactory.http._framing import Reject, asks_to_close, error_response, response, unavailable
+from servicefactory.http._framing import Reject, answer, error_response, unavailable
 from servicefactory._names import host_port
 from servicefactory.http._selector import Connection, Selector, close_quietly
 from servicefactory.errors import AddressInUse, StartupError
@@ -286,9 +286,9 @@ class Server:
                 return
             environ, keep_alive = item
             status, headers, body = self._run_app(environ)
-            if keep_alive and (asks_to_close(headers) or (self._draining.is_set() and not requests)):
+            if keep_alive and not requests and self._draining.is_set():
                 keep_alive = False
-            data = response(status, headers, body, keep_alive, head_only=environ["REQUEST_METHOD"] == "HEAD")
+            data, keep_alive = answer(status, headers, body, keep_alive, environ["REQUEST_METHOD"] == "HEAD")
             try:
                 sent = sock.send(data)  # non-blocking; TLS sends all or raises, resumed by the selector
             except self._would_block:
