@@ -7,6 +7,7 @@ one winner, and etcd going away or losing the lease never stops a service from s
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -267,3 +268,27 @@ def test_etcd_status_json_lists_the_records_fields(sf, spawn, registry_env):
     record = json.loads(raw)
     assert record["hostname"] == socket.gethostname() and record["port"] and record["pid"]
     assert "token" not in raw.decode().lower()
+
+
+def test_a_supervised_service_on_etcd_is_restarted_after_kill_9_and_vanishes_with_its_supervisor(sf, registry_env):
+    sf.write("echo.py", ECHO)
+    started = sf.start("echo:Echo")
+    registry = _registry()
+    record = registry.lookup("Echo")
+    assert record.pid == started["pid"] and record.supervisor and registry.owner_alive(record)
+    supervisor = registry.lookup(record.supervisor)
+    os.kill(started["pid"], signal.SIGKILL)  # the child: its supervisor (holding the lease) starts it again
+    again = wait_until(lambda: (r := registry.lookup("Echo")) and r.pid != started["pid"] and r.state == "running"
+                       and r, timeout=30, message="Echo restarted under a new pid")
+    assert again.restarts == 1 and registry.owner_alive(again) and not registry.owner_alive(record)
+    result = sf("perform", "Echo", "pid")
+    assert (result.returncode, result.stdout.strip()) == (0, str(again.pid)), result.stderr
+    os.kill(supervisor.pid, signal.SIGKILL)  # the lease's owner: every record it kept goes with it
+    wait_until(lambda: registry.names() == [], timeout=TEST_TTL + 15, interval=0.1,
+               message="the killed supervisor's records to expire")
+    wait_until(lambda: registry.is_gone(again), timeout=15, message="the child to follow its supervisor out")
+    result = sf("perform", "Echo", "pid")
+    assert result.returncode == 3 and "not running" in result.stderr, result.stderr
+    result = sf("run", "echo:Echo", "--daemon")  # and the name is free for the next run
+    assert result.returncode == 0, result.stderr
+    assert sf("stop", "Echo").returncode == 0
