@@ -9,7 +9,7 @@ from typing import Any
 
 from servicefactory.http import client
 from servicefactory.supervise._states import LIVE, ServiceState
-from servicefactory.errors import ServiceFactoryError, ServiceNotRunning, ServiceTimeout
+from servicefactory.errors import ServiceFactoryError, ServiceNotRunning, ServiceTimeout, StateError
 from servicefactory.registry.base import SUPERVISOR_PREFIX, Registry, ServiceRecord, state_of
 
 #: the stop timeout of a service whose record does not say (written by an older version)
@@ -318,7 +318,10 @@ def status(names: list[str] | None = None, registry: Registry | None = None,
         for name in registry.names():
             if name.startswith(SUPERVISOR_PREFIX):
                 if state_of(registry, name)[0] == "stale":
-                    registry.clean(name)  # a dead supervisor's leftover: nothing to report, nothing to keep
+                    try:
+                        registry.clean(name)  # a dead supervisor's leftover: nothing to report, nothing to keep
+                    except StateError:
+                        pass  # a read-only directory: `status` only reads, it still reports
                     continue
                 if not include_supervisors:
                     continue
