@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from support import MODULE_COMMAND, Cli, alive, wait_until
+from support import MODULE_COMMAND, PYTHON, Cli, alive, wait_until
 
 KEEPER = """
 import os, time
@@ -67,3 +67,68 @@ def test_status_reports_on_a_read_only_state_directory_holding_a_dead_supervisor
                                 text=True, timeout=60, env=sf.env)
         assert result.returncode == 3, (args, result.stdout, result.stderr)
         assert "Keeper" in result.stdout and "Traceback" not in result.stderr, (args, result.stderr)
+
+
+FORKY = """
+import os, sys, time
+from servicefactory import Service
+
+@Service.API.endpoint(port=0)
+class Forky(Service.base):
+    def __init__(self):
+        super().__init__()
+        self.worker = None
+
+    def loop(self):
+        if self.worker is None:
+            self.worker = os.fork()  # a worker forked without exec (multiprocessing's default on Linux)
+            if self.worker == 0:
+                time.sleep(120)
+                os._exit(0)
+            print(f"worker {self.worker}", flush=True)
+        self.sleep(0.2)
+
+if __name__ == "__main__":
+    Forky().run()
+"""
+
+
+def test_a_worker_forked_by_a_killed_script_does_not_hold_its_name(spawn, sf, tmp_path):
+    """Found: `python forky.py` forked a worker, then was killed -9. The worker held the pidfile lock
+    it had inherited, so `run` refused with exit 9 "already running (pid <the dead one>)" and `stop`
+    said it "removed its stale pidfile" while it removed nothing, for as long as the worker lived."""
+    proc = spawn(files={"forky.py": FORKY}, args=[PYTHON, "forky.py"])
+    worker = int(proc.wait_for(r"^worker \d+", timeout=30).split()[1])
+    wait_until(lambda: (sf.row("Forky") or {}).get("state") == "running", timeout=20, message="Forky up")
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        assert alive(worker)
+        assert sf.row("Forky")["state"] == "stale"
+        result = sf("run", "forky.py", "--daemon")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert sf.row("Forky")["state"] == "running"
+    finally:
+        os.kill(worker, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("kind", ["directory", "symlink", "fifo"])
+def test_a_token_file_that_is_not_a_regular_file_is_named_as_such_and_nothing_waits_on_it(module, sf_home, kind):
+    """Found: a directory at `token` was refused as "readable by others; run: chmod 600" (a chmod
+    that would not help); a FIFO there must not make anything wait on it."""
+    sf_home.mkdir(mode=0o700)
+    token = sf_home / "token"
+    if kind == "directory":
+        token.mkdir()
+        token.chmod(0o755)  # as mkdir makes it: "readable by others" was the wrong complaint
+    elif kind == "symlink":
+        target = module / "elsewhere"
+        target.write_text("x" * 64)
+        target.chmod(0o600)
+        token.symlink_to(target)
+    else:
+        os.mkfifo(token, 0o600)
+    for args in (["run", "keeper.py", "--daemon"], ["perform", "Keeper", "health"]):
+        result = sf(*args, cwd=module, timeout=30)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, (args, result.stderr)
+        assert "not a regular file" in result.stderr, (args, result.stderr)

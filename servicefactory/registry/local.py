@@ -231,6 +231,23 @@ def _unusable(path: Path, exc: OSError) -> StateError:
     return StateError(f"cannot use {path}: {exc.strerror}")
 
 
+#: the locked pidfiles this process holds by `claim`: a forked child (os.fork, multiprocessing's
+#: "fork") closes its copies, or, outliving a `kill -9` of the service, it would hold the name for ever
+_CLAIMED: set[int] = set()
+
+
+def _close_claims_in_child() -> None:
+    for fd in _CLAIMED:
+        try:
+            os.close(fd)  # the parent's copy keeps the lock: a flock belongs to the open file, not the fd
+        except OSError:
+            pass
+    _CLAIMED.clear()
+
+
+os.register_at_fork(after_in_child=_close_claims_in_child)
+
+
 def is_dead(record: ServiceRecord) -> bool:
     """Whether the recorded process is gone (or its pid now names another process)."""
     started = process_start_time(record.pid) if record.pid else None
@@ -356,6 +373,9 @@ class LocalRegistry:
             if record is not None and record.supervisor and record.state != "running":
                 raise AlreadyRunning(f"{name} is {record.state} under {record.supervisor}, which still holds "
                                      f"its name: `servicefactory restart {name}` or `servicefactory stop {name}`")
+            if record is not None and is_dead(record):
+                raise AlreadyRunning(f"{name} is not running (pid {record.pid} has exited), but a process it left "
+                                     f"behind still holds {self.pidfile(name)}; end that process first")
             where = f" (pid {record.pid}, {record.url or 'no API'})" if record else ""
             raise AlreadyRunning(f"{name} is already running{where}")
         try:
@@ -364,6 +384,7 @@ class LocalRegistry:
         except OSError as exc:
             os.close(fd)
             raise _unusable(self.pidfile(name), exc) from None
+        _CLAIMED.add(fd)
         return Claim(name=name, handle=fd)
 
     def inheritable(self, claim: Claim) -> tuple[int, ...]:
@@ -453,6 +474,7 @@ class LocalRegistry:
                         os.unlink(path)
                     except OSError:
                         pass
+        _CLAIMED.discard(claim.handle)
         try:
             os.close(claim.handle)
         except OSError:
@@ -692,9 +714,11 @@ class LocalRegistry:
             return token
         path = os.path.join(self.root, "token")  # not token_file: see `root`
         try:
-            info = os.stat(path)
+            info = os.lstat(path)
         except OSError:
             return None
+        if not stat.S_ISREG(info.st_mode):  # a directory, a link, a FIFO: no token, and not "readable by others"
+            raise StateError(f"token file {path} is not a regular file; remove it or put a token in it")
         if info.st_mode & 0o077:
             raise StateError(f"token file {path} is readable by others; run: chmod 600 {path}")
         try:

@@ -97,6 +97,7 @@ def _stop_orphan(name: str, record: ServiceRecord | None, timeout: float | None,
             killed = registry.signal(record, signal.SIGKILL, group=True)
             wait_gone(registry, record, 5.0)
         _await_release(registry, name)
+    held = not alive and registry.is_held(name)
     registry.clean(name)
     if record is not None and record.supervisor:
         registry.clean(record.supervisor)  # the dead supervisor's own leftovers (never a live one's)
@@ -106,6 +107,9 @@ def _stop_orphan(name: str, record: ServiceRecord | None, timeout: float | None,
                            message=f"{name} outlived its supervisor; killed it and removed its files")
     if alive:
         return StopOutcome(name, True, message=f"{name} stopped (it was ending after its supervisor died)")
+    if held:  # its lock lives on in a process it left behind: nothing was removed
+        return StopOutcome(name, False, failed=True, message=f"{name} is not running, but a process it left "
+                           f"behind still holds its name; end that process, then run it again")
     return StopOutcome(name, False, message=f"{name} was not running (removed its stale pidfile)")
 
 
