@@ -132,3 +132,25 @@ def test_a_token_file_that_is_not_a_regular_file_is_named_as_such_and_nothing_wa
         result = sf(*args, cwd=module, timeout=30)
         assert result.returncode != 0 and "Traceback" not in result.stderr, (args, result.stderr)
         assert "not a regular file" in result.stderr, (args, result.stderr)
+
+
+FULL = """
+mount -t tmpfs -o size=64k,mode=0700 tmpfs "$HOME_DIR" || exit 99
+dd if=/dev/zero of="$HOME_DIR/filler" bs=4k 2>/dev/null
+"$@" run keeper.py --daemon; echo "run $?"
+"$@" status --json; echo "status $?"
+"""
+
+
+def test_a_run_refused_on_a_full_disk_leaves_no_phantom_stale_service(module, sf_home):
+    """Found: `run` on a full state directory failed with one line (right), but left an empty
+    Keeper.pid, so `status` showed a `stale` Keeper that never ran (exit 3)."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) to mount a small file system")
+    sf_home.mkdir(mode=0o700)
+    result = subprocess.run(["unshare", "-m", "sh", "-c", FULL, "sh", *MODULE_COMMAND], cwd=module,
+                            capture_output=True, text=True, timeout=120, env=dict(sf.env, HOME_DIR=str(sf_home)))
+    assert "run 10" in result.stdout and "No space left" in result.stderr, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    table = result.stdout.split("run 10", 1)[1]
+    assert "status 0" in table and "Keeper" not in table, result.stdout

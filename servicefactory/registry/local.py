@@ -381,7 +381,11 @@ class LocalRegistry:
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
-        except OSError as exc:
+        except OSError as exc:  # a full disk: leave no empty pidfile to read as a `stale` service
+            try:
+                os.unlink(self.pidfile(name))  # still under our lock, as `release` does
+            except OSError:
+                pass
             os.close(fd)
             raise _unusable(self.pidfile(name), exc) from None
         _CLAIMED.add(fd)
