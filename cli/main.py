@@ -340,6 +340,9 @@ def restart(names: tuple[str, ...], timeout: float | None) -> None:
             # ready timeout: our deadline only guards against a supervisor that hangs
             limit = timeout if timeout is not None else control.own_timeout(record)
             request = {"names": [name]} if timeout is None else {"names": [name], "timeout": timeout}
+            suspended = control.supervisor_suspended(name, record, registry)
+            if suspended:  # it would hang us for ten minutes, and restart the service once resumed
+                raise CommandFailed(suspended, 1)
             try:
                 rows = control.call_supervisor(record.supervisor, "restart", request, limit + 600, registry)
             except ServiceFactoryError:

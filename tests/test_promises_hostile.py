@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,22 @@ def test_a_run_refused_on_a_full_disk_leaves_no_phantom_stale_service(module, sf
     assert "Traceback" not in result.stderr
     table = result.stdout.split("run 10", 1)[1]
     assert "status 0" in table and "Keeper" not in table, result.stdout
+
+
+@pytest.mark.parametrize("command", [["restart", "Keeper"], ["reload", "Keeper"]])
+def test_restart_or_reload_through_a_suspended_supervisor_fails_fast_and_queues_nothing(module, sf_home, command):
+    """Found: `restart` through a SIGSTOPped supervisor hung (its deadline was ten minutes), and once the
+    supervisor was resumed it restarted the service anyway; `stop` had been fixed for this (9.13)."""
+    assert sf("run", "keeper.py", "--daemon", cwd=module).returncode == 0
+    row = status_row(module, "Keeper")
+    supervisor = int(row["supervisor"].rsplit("-", 1)[1])
+    os.kill(supervisor, signal.SIGSTOP)
+    try:
+        result = sf(*command, cwd=module, timeout=30)
+        assert result.returncode == 1, (result.stdout, result.stderr)
+        assert "suspended" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    finally:
+        os.kill(supervisor, signal.SIGCONT)
+    time.sleep(1.5)
+    after = status_row(module, "Keeper")
+    assert after["state"] == "running" and after["pid"] == row["pid"] and after["restarts"] == 0, after

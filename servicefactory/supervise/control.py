@@ -77,7 +77,10 @@ def stop(name: str, timeout: float | None = None, registry: Registry | None = No
                 raise
             # killed while it carried out our stop (kill -9 mid-way): the service ends by its
             # lifeline; take it over as any orphan, rather than leave it and its files behind
-            return _stop_orphan(name, registry.lookup(name) or record, timeout, registry)
+            outcome = _stop_orphan(name, registry.lookup(name) or record, timeout, registry)
+            if not outcome.was_running and not outcome.failed:  # it ended before we looked: it was running
+                outcome = StopOutcome(name, True, message=f"{name} stopped (its supervisor died meanwhile)")
+            return outcome
     elif record is None:
         return StopOutcome(name, False, message=f"{name} is starting; try again in a moment", failed=True)
     else:
@@ -113,6 +116,16 @@ def _stop_orphan(name: str, record: ServiceRecord | None, timeout: float | None,
     return StopOutcome(name, False, message=f"{name} was not running (removed its stale pidfile)")
 
 
+def supervisor_suspended(name: str, record: ServiceRecord, registry: Registry) -> str | None:
+    """Why `name`'s supervisor cannot be asked now, if it is stopped (SIGSTOP): it would take the request
+    and carry it out whenever it is resumed, long after the caller gave up."""
+    supervisor = registry.lookup(record.supervisor) if record.supervisor else None
+    if supervisor is None or not registry.is_suspended(supervisor):
+        return None
+    return (f"{name}: its supervisor {record.supervisor} is suspended (SIGSTOP); resume it "
+            f"(kill -CONT {supervisor.pid}) or `stop --all`")
+
+
 def supervisor_died(registry: Registry, supervisor: str, within: float = 2.0) -> bool:
     """Whether `supervisor` is dead, or dies `within` seconds: a call to it that broke off may be the
     moment of a `kill -9`, and the kernel drops a killed process's lock a moment after its sockets."""
@@ -129,6 +142,9 @@ def call_supervisor(supervisor: str, action: str, data: Any, timeout: float, reg
     record = registry.lookup(supervisor)
     if record is None:
         raise ServiceNotRunning(f"supervisor {supervisor} is not running")
+    if registry.is_suspended(record):  # it would take the request, hang us, and act on it once resumed
+        raise ServiceFactoryError(f"supervisor {supervisor} is suspended (SIGSTOP); resume it "
+                                  f"(kill -CONT {record.pid}) or `stop --all`")
     return client.perform(supervisor, action, data, timeout=timeout, registry=registry,
                           token=registry.secret(supervisor))
 
@@ -141,11 +157,9 @@ def _request(names: list[str], timeout: float | None) -> dict[str, Any]:
 def _stop_supervised(name: str, record: ServiceRecord, timeout: float | None,
                      registry: Registry, signum: int | None = None) -> StopOutcome:
     limit = timeout if timeout is not None else own_timeout(record)
-    supervisor = registry.lookup(record.supervisor)
-    if supervisor is not None and registry.is_suspended(supervisor):
-        # it would take the request and carry it out whenever it is resumed, long after we gave up
-        return StopOutcome(name, False, failed=True, message=f"{name}: its supervisor {record.supervisor} is "
-                           f"suspended (SIGSTOP); resume it (kill -CONT {supervisor.pid}) or `stop --all`")
+    suspended = supervisor_suspended(name, record, registry)
+    if suspended:
+        return StopOutcome(name, False, failed=True, message=suspended)
     request = _request([name], timeout)
     if signum is not None:
         request["signal"] = int(signum)
