@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from servicefactory.cli.common import CommandFailed
+from servicefactory.cli.common import host_option as _host_option
 from servicefactory.cli.common import registry as _registry
 
 
@@ -66,3 +67,160 @@ def reload(names: tuple[str, ...], timeout: float) -> None:
                                 f"restart it the way you started it", 1)
     if failed:
         sys.exit(1)
+
+
+@click.command(epilog="""\b
+Examples:
+  servicefactory serve TestService:Test          # what a systemd unit runs (see `systemd export`)
+  servicefactory serve app.py:Api --port 8080
+""")
+@click.argument("target")
+@click.option("--name", help="Run under this name instead of the class name.")
+@click.option("--host", callback=_host_option, help="Bind the API to this address.")
+@click.option("--port", type=click.IntRange(0, 65535), help="Bind the API to this port; 0 picks a free one.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Level of the service's log output (default INFO).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), metavar="FILE", help="Serve the API over TLS.")
+@click.option("--tls-key", type=click.Path(dir_okay=False), metavar="FILE", help="The certificate's key.")
+def serve(target: str, name: str | None, host: str | None, port: int | None, log_level: str | None,
+          tls_cert: str | None, tls_key: str | None) -> None:
+    """Run one service in this process, in the foreground, with no supervisor (systemd's ExecStart).
+
+    It tells $NOTIFY_SOCKET READY=1 once its API answers, WATCHDOG=1 from its loop where
+    $WATCHDOG_USEC is set, and STOPPING=1; SIGTERM stops it gracefully, SIGHUP calls its reload().
+    """
+    from servicefactory.cli import running
+    from servicefactory.errors import ServiceFactoryError
+
+    classes = running.load(target)
+    if len(classes) != 1:
+        names = ", ".join(cls.__name__ for cls in classes)
+        raise CommandFailed(f"serve runs one service; {target} defines {names}: name one as "
+                            f"{target.partition(':')[0]}:Class", 2)
+    if bool(tls_cert) != bool(tls_key):
+        raise CommandFailed("--tls-cert and --tls-key go together: give both", 2)
+    if log_level:
+        os.environ["SERVICEFACTORY_LOG_LEVEL"] = log_level.upper()
+    (cls,) = classes
+    try:
+        service = cls()
+    except Exception as exc:
+        import traceback
+        traceback.print_exc()
+        raise CommandFailed(f"{cls.__name__}() raised {type(exc).__name__}: {exc}", 1) from None
+    try:
+        service.run(name=name, host=host, port=port, target=target,
+                    tls=(os.path.abspath(tls_cert), os.path.abspath(tls_key)) if tls_cert else None)
+    except ServiceFactoryError as exc:
+        raise CommandFailed(exc, exc.exit_code) from None
+
+
+@click.group()
+def systemd() -> None:
+    """systemd units for services: `systemd export TARGET` writes them."""
+
+
+@systemd.command(name="export", epilog="""\b
+Examples (start at boot, as PM2's startup + save):
+  servicefactory systemd export myapp --user && systemctl --user daemon-reload
+  systemctl --user enable --now servicefactory-myapp.target   # + `loginctl enable-linger` for boot
+  sudo servicefactory systemd export myapp --run-as www-data && sudo systemctl enable --now servicefactory-myapp.target
+""")
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--user", "user_units", is_flag=True,
+              help="Write user units (~/.config/systemd/user; `systemctl --user`) instead of system units.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False),
+              help="Write the files here [default: ~/.config/systemd/user with --user, else /etc/systemd/system].")
+@click.option("--group", help="Name of the target that groups the services [default: the first TARGET's module].")
+@click.option("--run-as", metavar="USER", help="User= of each service (system units).")
+@click.option("--name", help="Run under this name instead of the class name (one service only).")
+@click.option("--host", callback=_host_option, help="Bind the API to this address (one service only).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Bind the API to this port (one service only).")
+@click.option("--restart", type=click.Choice(["on-failure", "always", "no"]),
+              help="Restart= [default: the class's Service.policy].")
+@click.option("--stop-timeout", type=click.FloatRange(min=0.1), help="TimeoutStopSec= [default: the policy's].")
+@click.option("--max-memory", metavar="SIZE", help="MemoryMax= (200M, 1.5G) [default: the policy's max_memory].")
+@click.option("--watchdog", type=click.FloatRange(min=0.1), help="WatchdogSec= [default: the policy's watchdog].")
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment= for every service (repeatable).")
+@click.option("--env-file", "env_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="EnvironmentFile= for every service (repeatable).")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--dry-run", is_flag=True, help="Print the files instead of writing them.")
+def export(targets: tuple[str, ...], user_units: bool, directory: str | None, group: str | None,
+           run_as: str | None, name: str | None, host: str | None, port: int | None, restart: str | None,
+           stop_timeout: float | None, max_memory: str | None, watchdog: float | None, env: tuple[str, ...],
+           env_files: tuple[str, ...], log_level: str | None, dry_run: bool) -> None:
+    """Write a systemd unit per service TARGET defines (Type=notify, running `servicefactory serve`),
+    and a target that starts them all."""
+    from pathlib import Path
+
+    from servicefactory.cli import running
+    from servicefactory.supervise import _systemd
+    from servicefactory.supervise._limits import parse_size
+    from servicefactory.supervise._supervised import python_command
+
+    memory = None
+    if max_memory is not None:
+        try:
+            memory = parse_size(max_memory)
+        except ValueError as exc:
+            raise CommandFailed(f"--max-memory: {exc}", 2) from None
+    environment = {}
+    for assignment in env:
+        key, equals, value = assignment.partition("=")
+        if not equals:
+            raise CommandFailed(f"--env takes KEY=VALUE, not {assignment!r}", 2)
+        environment[key] = value
+    specs = running.specs(targets, name, host, port, None, restart, stop_timeout)
+    registry = _registry()
+    environment.update(SERVICEFACTORY_HOME=str(registry.where), PYTHONUNBUFFERED="1")
+    if log_level:
+        environment["SERVICEFACTORY_LOG_LEVEL"] = log_level.upper()
+    if group is None:
+        module = targets[0].partition(":")[0]
+        group = Path(module).stem if module.endswith(".py") else module.rsplit(".", 1)[-1]
+    classes = {}
+    for target in targets:
+        for cls in running.load(target):
+            classes.setdefault(cls.__qualname__, cls)
+    units = []
+    for spec in specs:
+        cls = classes.get(spec.target.rpartition(":")[2])
+        command = python_command("servicefactory") + ["serve", spec.target, "--name", spec.name]
+        if spec.host:
+            command += ["--host", spec.host]
+        if spec.port is not None:
+            command += ["--port", str(spec.port)]
+        units.append(_systemd.Unit(
+            name=spec.name, command=command, working_directory=spec.cwd or os.getcwd(),
+            description=f"servicefactory service {spec.name} ({spec.target})", restart=spec.restart,
+            stop_timeout=spec.stop_timeout, watchdog=watchdog or spec.watchdog,
+            max_memory=memory or spec.max_memory, reloadable=callable(getattr(cls, "reload", None)),
+            environment=environment, environment_files=[os.path.abspath(path) for path in env_files],
+            user=run_as, group=group))
+    try:
+        files = {unit.file_name: unit.render() for unit in units}
+        files[_systemd.unit_name(group, "target")] = _systemd.target(group, [unit.name for unit in units],
+                                                                      user_units)
+    except _systemd.UnitError as exc:
+        raise CommandFailed(str(exc), 2) from None
+    if dry_run:
+        for file_name, text in files.items():
+            click.echo(f"# {file_name}\n{text}")
+        return
+    where = Path(directory) if directory else (
+        Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "systemd" / "user"
+        if user_units else Path("/etc/systemd/system"))
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        for file_name, text in files.items():
+            temporary = where / f".{file_name}.tmp"
+            temporary.write_text(text)
+            os.replace(temporary, where / file_name)
+    except OSError as exc:
+        raise CommandFailed(f"cannot write the units to {where}: {exc.strerror or exc}", 10) from None
+    for file_name in files:
+        click.echo(str(where / file_name))
+    manager = "systemctl --user" if user_units else "systemctl"
+    click.echo(f"start them now and at boot: {manager} daemon-reload && {manager} enable --now "
+               f"{_systemd.unit_name(group, 'target')}", err=True)

@@ -599,6 +599,8 @@ cli.add_command(_dashboard)
 from servicefactory.cli import lifecycle as _lifecycle  # noqa: E402  (after the group it joins)
 
 cli.add_command(_lifecycle.reload)
+cli.add_command(_lifecycle.serve)
+cli.add_command(_lifecycle.systemd)
 
 
 def main() -> None:
