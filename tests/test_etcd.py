@@ -202,13 +202,13 @@ def test_a_lease_etcd_lost_is_taken_again_without_a_duplicate(sf, spawn, registr
     registry._revoke(lease)  # as etcd does with a lease whose owner was cut off for longer than the TTL
     # (its keeper may take it again at once: no look in between is promised to find it missing)
     wait_until(lambda: (registry._claim_of("Echo") or {}).get("_revision", 0) > claim["_revision"]
-               and registry.lookup("Echo") is not None, timeout=TEST_TTL * 3,
+               and registry.lookup("Echo") is not None, timeout=TEST_TTL * 5,
                message="Echo registered again under a new lease")
     again = registry._claim_of("Echo")
     assert again["_revision"] > claim["_revision"] and again["pid"] == proc.pid
     assert int(registry._get(registry._key("claim", "Echo"))["lease"]) != lease
     assert registry.names() == ["Echo"]
-    assert "registered again" in proc.output
+    proc.wait_for("registered again", timeout=10)  # logged just after the writes: the output may lag
     result = sf("perform", "Echo", "pid")
     assert (result.returncode, result.stdout.strip()) == (0, str(proc.pid)), result.stderr
 
@@ -291,4 +291,37 @@ def test_a_supervised_service_on_etcd_is_restarted_after_kill_9_and_vanishes_wit
     assert result.returncode == 3 and "not running" in result.stderr, result.stderr
     result = sf("run", "echo:Echo", "--daemon")  # and the name is free for the next run
     assert result.returncode == 0, result.stderr
+    assert sf("stop", "Echo").returncode == 0
+
+
+def test_a_service_started_while_etcd_is_away_serves_and_registers_once_etcd_answers(sf, spawn, own_etcd):
+    server, env = own_etcd
+    server.kill()
+    proc = spawn(args=[PYTHON, "echo.py"], files={"echo.py": ECHO}, env=env)
+    proc.wait_for("registry unreachable", timeout=30)  # said once; it does not give up, nor stop
+    assert proc.popen.poll() is None, proc.output
+    server.restart()
+    registry = _registry()
+    wait_until(lambda: registry.lookup("Echo") is not None, timeout=TEST_TTL * 5, message="Echo registered")
+    result = sf("perform", "Echo", "pid")
+    assert (result.returncode, result.stdout.strip()) == (0, str(proc.pid)), result.stderr
+    proc.wait_for("registered now that the registry answers", timeout=10)
+
+
+def test_a_supervisor_restarts_a_service_killed_while_etcd_is_away_and_publishes_it_once_etcd_returns(sf, own_etcd):
+    server, env = own_etcd
+    sf.write("echo.py", ECHO)
+    started = sf.start("echo:Echo")
+    registry = _registry()
+    supervisor = registry.lookup(registry.lookup("Echo").supervisor)
+    server.kill()
+    os.kill(started["pid"], signal.SIGKILL)  # its restart writes the claim and the record: etcd is away
+    time.sleep(TEST_TTL * 1.5)
+    assert registry.local.is_gone(supervisor) is False, "the supervisor died while etcd was away"
+    server.restart()
+    again = wait_until(lambda: (r := registry.lookup("Echo")) and r.pid != started["pid"] and r.state == "running"
+                       and r, timeout=TEST_TTL * 10, message="the restarted Echo published")
+    assert registry.owner_alive(again) and registry.names() == sorted(["Echo", supervisor.name])
+    result = sf("perform", "Echo", "pid")
+    assert (result.returncode, result.stdout.strip()) == (0, str(again.pid)), result.stderr
     assert sf("stop", "Echo").returncode == 0

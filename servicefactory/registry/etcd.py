@@ -79,13 +79,17 @@ def lease_ttl() -> int:
     return ttl
 
 
+class Unreachable(StateError):
+    """No endpoint of the etcd registry answered (refused, timed out, unknown host)."""
+
+
 def _b64(text: str | bytes) -> str:
     return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
 
 
 class _Held:
     """The backend's side of a Claim: the lease and the claim key's create revision, which change
-    when the claim is re-taken after etcd lost the lease."""
+    when the claim is re-taken after etcd lost the lease (both 0: not taken yet, etcd was away)."""
 
     __slots__ = ("lease", "revision", "value", "record", "secret", "lost", "lock")
 
@@ -113,6 +117,7 @@ class EtcdRegistry:
         self._clients: list[Any] = []
         self._current = 0
         self._held: dict[str, tuple[Claim, _Held]] = {}
+        self._unsaved: dict[str, dict[str, Any]] = {}  # `remember`s etcd was away for
         self._keeping = threading.Lock()
         self._keeper: threading.Thread | None = None
         self._keeper_client: EtcdRegistry | None = None
@@ -158,7 +163,7 @@ class EtcdRegistry:
                                  f"is it etcd 3.4 or newer?") from None
             self._current = index
             return result
-        raise StateError(f"etcd registry unreachable: {'; '.join(failures)}")
+        raise Unreachable(f"etcd registry unreachable: {'; '.join(failures)}")
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}/{check_name(name)}"
@@ -216,7 +221,12 @@ class EtcdRegistry:
         value = json.dumps({"pid": os.getpid(), "holder": os.getpid(), "hostname": self.hostname,
                             "create_time": process_start_time(os.getpid()) or 0.0,
                             "claimed": time.time()}).encode()
-        lease = self._grant()
+        try:
+            lease = self._grant()
+        except Unreachable:
+            # a service started while etcd is away serves, and its keeper claims the name once etcd
+            # answers (unless another owner has it by then): as after a partition
+            return self._keep_claim(Claim(name=name, handle=_Held(0, 0, value)))
         try:
             result = self._txn([{"key": _b64(key), "result": "EQUAL", "target": "CREATE", "create_revision": 0}],
                                [self._put(key, value, lease)])
@@ -231,10 +241,11 @@ class EtcdRegistry:
                                      f"its name: `servicefactory restart {name}` or `servicefactory stop {name}`")
             where = f" (pid {record.pid} on {record.hostname or '?'}, {record.url or 'no API'})" if record else ""
             raise AlreadyRunning(f"{name} is already running{where}")
-        held = _Held(lease, int(result["header"]["revision"]), value)
-        claim = Claim(name=name, handle=held)
+        return self._keep_claim(Claim(name=name, handle=_Held(lease, int(result["header"]["revision"]), value)))
+
+    def _keep_claim(self, claim: Claim) -> Claim:
         with self._keeping:
-            self._held[name] = (claim, held)
+            self._held[claim.name] = (claim, claim.handle)
             self._start_keeper()
         return claim
 
@@ -247,10 +258,13 @@ class EtcdRegistry:
         held: _Held = claim.handle
         data = json.loads(held.value)
         data.update(pid=pid, create_time=process_start_time(pid) or 0.0)
-        value = json.dumps(data).encode()
-        key = self._key("claim", claim.name)
-        if self._txn([self._ours(key, held.revision)], [self._put(key, value, held.lease)]).get("succeeded"):
-            held.value = value
+        held.value = json.dumps(data).encode()  # the keeper writes it if etcd is away now
+        if held.revision and not held.lost:
+            key = self._key("claim", claim.name)
+            try:
+                self._txn([self._ours(key, held.revision)], [self._put(key, held.value, held.lease)])
+            except Unreachable:
+                pass
 
     def publish(self, claim: Claim, record: ServiceRecord) -> None:
         """Write `record` while the claim key is still this claim's (a transaction), and keep it written."""
@@ -264,11 +278,19 @@ class EtcdRegistry:
         held.secret = secret.encode()
         self._write_guarded(claim.name, held, "secret", held.secret)
 
-    def _write_guarded(self, name: str, held: _Held, kind: str, data: bytes) -> bool:
-        if held.lost:
+    def _write_guarded(self, name: str, held: _Held, kind: str, data: bytes, *, defer: bool = True) -> bool:
+        """Write under the claim's lease while the claim key is still this claim's; with `defer`, an
+        unreachable etcd is left to the keeper (which writes what `held` keeps) instead of raising."""
+        if held.lost or not held.revision:
             return False
         claim_key = self._key("claim", name)
-        result = self._txn([self._ours(claim_key, held.revision)], [self._put(self._key(kind, name), data, held.lease)])
+        try:
+            result = self._txn([self._ours(claim_key, held.revision)],
+                               [self._put(self._key(kind, name), data, held.lease)])
+        except Unreachable:
+            if not defer:
+                raise
+            return False
         return bool(result.get("succeeded"))
 
     def _advertised(self, record: ServiceRecord) -> ServiceRecord:
@@ -300,6 +322,8 @@ class EtcdRegistry:
                 del self._held[claim.name]
         with held.lock:  # after the keeper's turn: it must not take a released name back
             was_lost, held.lost = held.lost, True
+        if not held.revision:
+            return  # never taken: nothing of it in etcd
         try:
             if not was_lost:
                 self._txn([self._ours(self._key("claim", claim.name), held.revision)],
@@ -320,20 +344,26 @@ class EtcdRegistry:
     def _keep(self) -> None:
         # its own clients (its own requests sessions): never a session shared with a caller's thread
         keeper = EtcdRegistry.__new__(EtcdRegistry)
-        keeper.__dict__.update(self.__dict__, _clients=[], _held={}, _keeper=None)
+        keeper.__dict__.update(self.__dict__, _clients=[], _held={}, _unsaved={}, _keeper=None)
         unreachable_since: float | None = None
         delay = self.ttl / 3
         while True:
             time.sleep(delay)
             with self._keeping:
                 held = list(self._held.values())
-                if not held:
+                unsaved = dict(self._unsaved)
+                if not held and not unsaved:
                     self._keeper = None
                     return
             try:
                 for claim, state in held:
                     with state.lock:
                         keeper._keep_one(claim, state)
+                for name, spec in unsaved.items():
+                    keeper._save(name, spec)
+                    with self._keeping:
+                        if self._unsaved.get(name) is spec:
+                            del self._unsaved[name]
             except StateError as exc:
                 if unreachable_since is None:  # logged once per outage, not once per try
                     unreachable_since = time.monotonic()
@@ -348,6 +378,9 @@ class EtcdRegistry:
     def _keep_one(self, claim: Claim, held: _Held) -> None:
         if held.lost:
             return
+        if not held.revision:
+            self._retake(claim, held)  # claimed while etcd was away
+            return
         result = self._request(lambda client: client.post(client.get_url("/lease/keepalive"), json={"ID": held.lease}))
         if int((result.get("result") or {}).get("TTL", -1)) <= 0:
             self._retake(claim, held)
@@ -360,11 +393,13 @@ class EtcdRegistry:
             held.lost = True
             logger.warning("%s: its claim was removed from the registry; no longer publishing it", claim.name)
             return
+        if found["value"] != held.value:  # a hand-over made while etcd was away
+            self._write_guarded(claim.name, held, "claim", held.value, defer=False)
         for kind, data in (("record", held.record), ("secret", held.secret)):
             if data is not None:
                 current = self._get(self._key(kind, claim.name))
                 if current is None or current["value"] != data:  # lost or garbled: write it again
-                    self._write_guarded(claim.name, held, kind, data)
+                    self._write_guarded(claim.name, held, kind, data, defer=False)
 
     def _retake(self, claim: Claim, held: _Held) -> None:
         """etcd lost the lease (expired while cut off, or a restored etcd): claim the name again
@@ -379,11 +414,13 @@ class EtcdRegistry:
             logger.error("%s: registered again by another owner while this one was cut off; "
                          "no longer publishing it", claim.name)
             return
+        first = not held.revision
         held.lease, held.revision = lease, int(result["header"]["revision"])
         for kind, data in (("record", held.record), ("secret", held.secret)):
             if data is not None:
-                self._write_guarded(claim.name, held, kind, data)
-        logger.warning("%s: registered again (the registry had lost its lease)", claim.name)
+                self._write_guarded(claim.name, held, kind, data, defer=False)
+        logger.warning("%s: registered %s", claim.name,
+                       "now that the registry answers" if first else "again (the registry had lost its lease)")
 
     # -- reading --
 
@@ -557,7 +594,16 @@ class EtcdRegistry:
     # -- how services were run --
 
     def remember(self, name: str, spec: dict[str, Any]) -> None:
-        """Keep how `name` was run under run/NAME (no lease: it outlives the run)."""
+        """Keep how `name` was run under run/NAME (no lease: it outlives the run); while etcd is away
+        the keeper writes it once etcd answers."""
+        try:
+            self._save(name, spec)
+        except Unreachable:
+            with self._keeping:
+                self._unsaved[name] = spec
+                self._start_keeper()
+
+    def _save(self, name: str, spec: dict[str, Any]) -> None:
         key = self._key("run", name)
         self._request(lambda client: client.put(key, json.dumps(spec)))
 
