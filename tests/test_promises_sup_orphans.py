@@ -75,8 +75,10 @@ def test_kill_9_of_the_supervisor_ends_every_service_and_descendant_within_the_s
     os.kill(supervisor, signal.SIGKILL)
     killed = time.monotonic()
     # while it stops, `status` says so (not `stale` with no pid while it still runs)
-    hanging = wait_until(lambda: (sf.row("Hanging") or {}).get("state") == "stopping" and sf.row("Hanging"),
-                         timeout=STOP_TIMEOUT, message="Hanging shown as stopping")
+    def stopping() -> dict | None:  # judge one answer: a second `status` may come after it stopped
+        row = sf.row("Hanging") or {}
+        return row if row.get("state") == "stopping" else None
+    hanging = wait_until(stopping, timeout=STOP_TIMEOUT, message="Hanging shown as stopping")
     assert hanging["pid"] == rows["Hanging"]["pid"], hanging
     survivors = lambda: {pid: argv for pid, argv in _tree(sf).items() if not gone(pid)}  # noqa: E731
     # the promise is STOP_TIMEOUT + 1 s; one more second of slack for a loaded test machine

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -32,6 +33,35 @@ def test_readers_probing_a_free_name_never_make_a_claim_fail(sf_home):
     finally:
         stop.set()
         prober.join(5)
+
+
+def test_a_reader_holding_its_probe_lock_for_long_delays_a_claim_but_never_fails_it(sf_home):
+    """A `status` descheduled mid-probe on a loaded machine holds its shared lock for long: the
+    claim waits for it instead of reporting a live owner that does not exist."""
+    import fcntl
+    registry = LocalRegistry()
+    registry.ensure()
+    fd = os.open(registry.pidfile("Slow"), os.O_RDONLY | os.O_CREAT, 0o600)  # left by an earlier run
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    threading.Timer(0.6, os.close, (fd,)).start()
+    started = time.monotonic()
+    claim = registry.claim("Slow")
+    try:
+        assert time.monotonic() - started >= 0.5  # it did wait for the reader
+    finally:
+        registry.release(claim)
+
+
+def test_a_live_owner_is_refused_at_once_not_after_the_readers_patience(sf_home):
+    registry = LocalRegistry()
+    claim = registry.claim("Owned")
+    try:
+        started = time.monotonic()
+        with pytest.raises(AlreadyRunning):
+            registry.claim("Owned")
+        assert time.monotonic() - started < 2.0  # the grace is 0.1 s; waiting for readers is 5 s
+    finally:
+        registry.release(claim)
 
 
 def test_a_held_name_is_refused_and_clean_never_removes_a_live_owners_pidfile(sf_home):

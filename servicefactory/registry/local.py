@@ -190,6 +190,20 @@ def _boot_time() -> float:
     return _boot[0]
 
 
+def _readers_only(path: Path) -> bool | None:
+    """Whether every flock held on `path` is shared (readers probing), per /proc/locks; None if unknown."""
+    try:
+        info = os.stat(path)
+        with open("/proc/locks", "rb") as f:
+            table = f.read().split(b"\n")
+    except OSError:
+        return None
+    where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}".encode()
+    kinds = {fields[3] for fields in map(bytes.split, table)
+             if len(fields) >= 6 and fields[1] == b"FLOCK" and fields[5] == where}  # "->" rows wait, not hold
+    return kinds == {b"READ"} if kinds else None
+
+
 def _lock(path: Path, *, create: bool) -> int | None:
     """An fd holding an exclusive flock on `path` (the file now at that path), or None if another holds it.
 
@@ -361,11 +375,15 @@ class LocalRegistry:
     def claim(self, name: str) -> Claim:
         """Take the name for this process (flock on its pidfile); raise AlreadyRunning if it is held."""
         self.ensure()
-        # a reader's momentary shared lock (status, stop) must not pass for a live owner: retry briefly
-        deadline = time.monotonic() + 0.1
+        # a reader's momentary shared lock (status, stop) must not pass for a live owner: retry while
+        # only readers hold it (a reader descheduled on a loaded machine may hold it for long), and
+        # give up at once, after a short grace, when an exclusive lock shows a live owner
+        path = self.pidfile(name)
+        grace, patience = time.monotonic() + 0.1, time.monotonic() + 5.0
         while True:
-            fd = _lock(self.pidfile(name), create=True)
-            if fd is not None or time.monotonic() > deadline:
+            fd = _lock(path, create=True)
+            now = time.monotonic()
+            if fd is not None or now > patience or (now > grace and _readers_only(path) is not True):
                 break
             time.sleep(0.005)
         if fd is None:
