@@ -58,3 +58,38 @@ def test_a_keep_alive_answer_says_nothing_about_the_connection():
         parsed = responses(send_all_then_read(server.port, GET))
     assert parsed.statuses == [200] and "connection" not in parsed.headers[0]
     assert parsed.headers[0]["content-length"] == "0" and "date" in parsed.headers[0]
+
+
+def _answering(status: str, headers: list):
+    def app(environ, start_response):
+        environ["wsgi.input"].read()
+        start_response(status, headers)
+        return [b"body"]
+    return app
+
+
+def test_an_app_header_or_status_with_a_line_break_is_never_sent_but_answered_500_and_closed():
+    """A CR or LF in what the app answers (say, a caller's input echoed into a header) could write
+    headers, or a whole second answer, of the caller's choosing: the server sends a 500 instead."""
+    cases = [("200 OK", [("X-Echo", "a\r\nSet-Cookie: evil=1")]),
+             ("200 OK", [("X-Echo", "a\nSet-Cookie: evil=1")]),
+             ("200 OK", [("Set-Cookie: evil=1\r\nX", "a")]),
+             ("200 OK\r\nSet-Cookie: evil=1", [])]
+    for status, headers in cases:
+        with serving(_answering(status, headers)) as server:
+            data = send_all_then_read(server.port, GET * 2, half_close=False)
+        parsed = responses(data)
+        assert parsed.statuses == [500], (status, headers, data)
+        assert parsed.headers[0]["connection"] == "close" and b"evil" not in data
+
+
+def test_ordinary_app_headers_arrive_as_sent_and_ours_replace_its_length_and_date():
+    app = _answering("201 Created", [("X-Tab", "a\tb"), ("Content-Length", "999"), ("Date", "yesterday"),
+                                     ["X-List", "from a list"]])
+    with serving(app) as server:
+        parsed = responses(send_all_then_read(server.port, GET * 2))
+    assert parsed.statuses == [201, 201]
+    for headers in parsed.headers:
+        assert headers["x-tab"] == "a\tb" and headers["x-list"] == "from a list"
+        assert headers["content-length"] == "4" and headers["date"] != "yesterday"
+    assert parsed.bodies == [b"body", b"body"]

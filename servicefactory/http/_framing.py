@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import io
 import json
+import re
 import sys
 import time
 from typing import Any
@@ -278,6 +279,9 @@ _OMIT = frozenset(("content-length", "connection", "date"))
 # send the same few headers on every answer, so each is checked and encoded once (bounded, as an
 # app could send ever new values); the ones we set ourselves (Content-Length, Date) are skipped
 _LINES: dict[tuple[str, str], bytes] = {}
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_STATUS = re.compile(r"[1-5][0-9][0-9](?: [^\x00-\x1f\x7f]*)?")
 _ASKS_CLOSE = b"Connection: close\r\n"
 _KEEP_END = b"\r\n"
 _CLOSE_END = _ASKS_CLOSE + b"\r\n"
@@ -314,6 +318,8 @@ def response(status: str, headers: list[tuple[str, str]], body: bytes, keep_aliv
 
 
 def _status_line(status: str) -> bytes:
+    if not isinstance(status, str) or not _STATUS.fullmatch(status):
+        raise ValueError(f"the app's status {status!r} is not a code and a reason on one line")
     line = f"HTTP/1.1 {status}\r\n".encode(_ENCODING)
     if len(_STATUS_LINES) < 64:
         _STATUS_LINES[status] = line
@@ -322,6 +328,11 @@ def _status_line(status: str) -> bytes:
 
 def _header_line(header: tuple[str, str]) -> bytes:
     name, value = header
+    # checked once per distinct header (then cached): a CR or LF from the app would let whatever
+    # it echoes (a caller's input) write headers, or a whole second answer, of its own
+    if not (isinstance(name, str) and isinstance(value, str) and _TOKEN.fullmatch(name)
+            and not _UNSAFE_VALUE.search(value)):
+        raise ValueError(f"the app's header {header!r} cannot be sent: not a token name and a one-line value")
     lower = name.lower()
     if lower == "connection":
         line = _ASKS_CLOSE if "close" in (token.strip().lower() for token in value.split(",")) else b""

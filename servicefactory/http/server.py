@@ -288,7 +288,12 @@ class Server:
             status, headers, body = self._run_app(environ)
             if keep_alive and not requests and self._draining.is_set():
                 keep_alive = False
-            data, keep_alive = answer(status, headers, body, keep_alive, environ["REQUEST_METHOD"] == "HEAD")
+            head_only = environ["REQUEST_METHOD"] == "HEAD"
+            try:
+                data, keep_alive = answer(status, headers, body, keep_alive, head_only)
+            except (TypeError, ValueError) as exc:  # UnicodeEncodeError too: nothing of it is sent
+                logger.error("WSGI app answered what HTTP cannot carry: %s", exc)
+                data, keep_alive = answer(*_internal_error(), False, head_only)
             try:
                 sent = sock.send(data)  # non-blocking; TLS sends all or raises, resumed by the selector
             except self._would_block:
