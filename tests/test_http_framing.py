@@ -51,6 +51,8 @@ CORPUS = [
     ("cl-empty", post(b"Content-Length: \r\n", GET), [], [400]),
     ("cl-tab", post(b"Content-Length:\t\r\n", GET), [], [400]),
     ("cl-empty-with-te", post(b"Content-Length: \r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n" + GET), [], [400]),
+    ("cl-tab-with-te", post(b"Content-Length:\t\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n" + GET), [], [400]),
+    ("te-then-cl-empty", post(b"Transfer-Encoding: chunked\r\nContent-Length: \r\n", b"0\r\n\r\n" + GET), [], [400]),
     # row 4: bytes in the request target
     ("target-nul", b"GET /a\x00b HTTP/1.1\r\n" + H + b"\r\n", [], [400]),
     ("target-cr", b"GET /a\rb HTTP/1.1\r\n" + H + b"\r\n", [], [400]),
