@@ -174,3 +174,17 @@ def test_restart_or_reload_through_a_suspended_supervisor_fails_fast_and_queues_
     time.sleep(1.5)
     after = status_row(module, "Keeper")
     assert after["state"] == "running" and after["pid"] == row["pid"] and after["restarts"] == 0, after
+
+
+@pytest.mark.parametrize("daemon", [True, False])
+def test_a_hard_link_at_the_pidfile_is_refused_and_its_target_survives(module, sf_home, daemon):
+    """Found: a symlink at NAME.pid was refused (9.7) but a hard link was not: `run` wrote its pid
+    over the linked file's contents."""
+    sf_home.mkdir(mode=0o700)
+    precious = module / "precious.txt"
+    precious.write_text("do not overwrite\n")
+    os.link(precious, sf_home / "Keeper.pid")
+    result = sf("run", "keeper.py", *(["--daemon"] if daemon else []), cwd=module, timeout=60)
+    assert result.returncode == 10, (result.stdout, result.stderr)
+    assert "hard link" in result.stderr and "Traceback" not in result.stderr + result.stdout
+    assert precious.read_text() == "do not overwrite\n"

@@ -216,9 +216,13 @@ def _lock(path: Path, *, create: bool) -> int | None:
             return None
         except OSError as exc:
             raise _unusable(path, exc) from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             os.close(fd)
             raise StateError(f"{path} is not a regular file; remove it")
+        if create and info.st_nlink > 1:  # a hard link: claiming would overwrite the file it shares
+            os.close(fd)
+            raise StateError(f"{path} is a hard link to another file; remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
