@@ -602,6 +602,10 @@ cli.add_command(_lifecycle.reload)
 cli.add_command(_lifecycle.serve)
 cli.add_command(_lifecycle.systemd)
 
+from servicefactory.cli.describe import describe as _describe  # noqa: E402
+
+cli.add_command(_describe)
+
 
 def main() -> None:
     """Console-script entry point; Ctrl+C exits 130, as shells expect."""

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 BUILTIN_ACTIONS = ("shutdown", "health", "actions")
 #: what every service answers besides its actions (GET, or POST as an action): the Prometheus
 #: metrics and the OpenAPI document; a user's handler may take one of these names only with override=True
-BUILTIN_ROUTES = ("metrics",)
+BUILTIN_ROUTES = ("metrics", "openapi.json")
 DEFAULT_MAX_BODY = 1024 * 1024
 
 _MARK = "__servicefactory_action__"
@@ -138,6 +138,9 @@ class App:
         self._exposition: Any = None  # built on the first scrape: importing prometheus-client costs 14 MiB
         self._document: bytes | None = None
         self._lazy_lock = threading.Lock()
+        from servicefactory._schema import checks_of
+        #: per action whose handler has a data hint: the check that answers 422 before it is called
+        self._checks = checks_of(type(service), actions)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         """Answer one request (WSGI), and count it."""
@@ -195,6 +198,12 @@ class App:
                 data = self._read_json(environ)
             except _BadRequest as bad:
                 return (*_error(bad.status, bad.kind, str(bad)), None, name, None)
+        check = self._checks.get(name)
+        if check is not None:
+            try:
+                data = check(data, "data")
+            except ValueError as invalid:  # _schema.Invalid: the data does not match the handler's hint
+                return (*_error(422, "ValidationError", cut(str(invalid), 1000)), None, name, None)
         try:
             result = self._call(action, data)
         except BaseException as exc:  # even sys.exit() in a handler is the caller's answer, not ours
@@ -248,7 +257,7 @@ class App:
                 from servicefactory import __version__
                 from servicefactory._schema import openapi_document
                 document = openapi_document(self.name or type(self.service).__name__, __version__,
-                                            type(self.service), self.actions)
+                                            type(self.service), self.actions, self.gate.require_token)
                 self._document = json.dumps(document, indent=1).encode() + b"\n"
         return self._document
 

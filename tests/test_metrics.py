@@ -200,7 +200,7 @@ class Quiet(Service.base):
 
     @Service.API.handle("loaded")
     def loaded(self, data):
-        return sorted(m for m in ("prometheus_client", "servicefactory._schema") if m in sys.modules)
+        return sorted(m for m in ("prometheus_client",) if m in sys.modules)
 """
 
 

@@ -119,7 +119,7 @@ def decode_answer(status: int, content_type: str, body: bytes, action: str, name
         raise UnknownAction(f"{name} has no action {action!r}")
     if status in (401, 403, 429):  # 429: too many wrong tokens from this peer, for a while
         raise Unauthorized(f"{name} refused the request: {message}")
-    if status in (400, 413, 415):
+    if status in (400, 413, 415, 422):  # 422: the data does not match the handler's type hints
         raise InvalidData(f"{name} rejected the data for {action!r}: {message or 'body over the limit'}")
     if status == 421:
         raise _Misdirected(f"{name} is not running: its recorded address now serves another service")
