@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from support import wait_until
 from servicefactory import Service
+from servicefactory._metrics import CALL_BUCKETS, MAX_ERROR_TYPES, Counters
 from servicefactory.registry.backends import default_registry
 from servicefactory.http import client
 from servicefactory.testing import running
@@ -258,6 +259,40 @@ def test_the_supervisor_answers_metrics_for_every_service_it_runs(sf):
     assert samples[("servicefactory_supervised_last_exit_code", (("service", "Second"),))] == -signal.SIGKILL
     assert samples[("servicefactory_supervised_restarts_total", (("service", "First"),))] == 0
     assert calls(samples, "status", 200) == 1  # its own API's calls are counted as any service's
+
+
+def test_a_latency_on_a_bucket_bound_counts_in_that_bucket_and_exception_types_are_capped():
+    counters = Counters()
+    counters.record("a", 200, CALL_BUCKETS[0])  # Prometheus buckets are `le`: the bound itself is inside
+    counters.record("a", 200, CALL_BUCKETS[0] * 1.01)
+    counters.record("a", 200, 1e9)  # beyond the last bound: +Inf only
+    for number in range(MAX_ERROR_TYPES + 5):
+        counters.record("b", 500, 0.0, f"Error{number}")
+    counters.record(None, 404, 0.0)
+    snapshot = counters.snapshot()
+    buckets = snapshot["actions"]["a"][1]
+    assert buckets[0] == 1 and buckets[1] == 1 and buckets[-1] == 1 and sum(buckets) == 3
+    error_types = snapshot["actions"]["b"][3]
+    assert len(error_types) == MAX_ERROR_TYPES + 1 and error_types["other"] == 5
+    totals = counters.totals()
+    assert (totals["calls"], totals["errors"], totals["rejected"]) == (3 + MAX_ERROR_TYPES + 5 + 1,
+                                                                       MAX_ERROR_TYPES + 5, 1)
+
+
+def test_many_first_scrapes_at_once_all_answer_the_same_families(sf):
+    sf.write("quiet.py", NEVER_SCRAPED)
+    port = int(sf.start("quiet:Quiet")["url"].rsplit(":", 1)[1])
+    answers: list[set] = []
+
+    def scrape_names() -> None:
+        answers.append({name for name, _ in scrape(port)})
+    threads = [threading.Thread(target=scrape_names) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(answers) == 8 and all(names == answers[0] for names in answers)
+    assert "servicefactory_uptime_seconds" in answers[0]
 
 
 if __name__ == "__main__":
