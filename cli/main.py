@@ -397,6 +397,9 @@ def _run_again(name: str, spec: dict, registry: Any) -> None:
     env = dict(os.environ, **registry.environment())
     click.echo(f"starting {name} again as it was last run (state directory {registry.where})", err=True)
     cwd = spec.get("cwd") if spec.get("cwd") and os.path.isdir(spec["cwd"]) else None
+    if spec.get("cwd") and cwd is None:
+        click.echo(f"warning: {spec['cwd']}, the directory {name} was run in, no longer exists: "
+                   f"running it from {os.getcwd()}", err=True)
     code = subprocess.call(command, cwd=cwd, env=env)
     if code:
         sys.exit(code)

@@ -188,3 +188,18 @@ def test_a_hard_link_at_the_pidfile_is_refused_and_its_target_survives(module, s
     assert result.returncode == 10, (result.stdout, result.stderr)
     assert "hard link" in result.stderr and "Traceback" not in result.stderr + result.stdout
     assert precious.read_text() == "do not overwrite\n"
+
+
+def test_restart_from_a_deleted_project_directory_says_so(tmp_path, sf_home):
+    """Found: `restart` of a module target whose project directory was deleted said only "no module
+    named 'keeper' (looked in the current directory ...)", the user's, not the one it was run in."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "keeper.py").write_text(textwrap.dedent(KEEPER))
+    assert sf("run", "keeper", "--daemon", cwd=project).returncode == 0
+    assert sf("stop", "Keeper", cwd=project).returncode == 0
+    shutil.rmtree(project)
+    result = sf("restart", "Keeper", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{project}, the directory Keeper was run in, no longer exists" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
