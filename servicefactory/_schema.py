@@ -51,8 +51,9 @@ def _fail(where: str, expected: str, value: Any) -> Invalid:
     return Invalid(f"{where}: expected {expected}, got {_kind(value)}")
 
 
-def translate(hint: Any) -> tuple[dict, Check | None]:
-    """(JSON Schema, checker) of a type hint; the checker is None where anything goes."""
+def translate(hint: Any, seen: frozenset = frozenset()) -> tuple[dict, Check | None]:
+    """(JSON Schema, checker) of a type hint; the checker is None where anything goes. `seen`: the
+    TypedDicts being translated around this hint (one that contains itself is an object inside)."""
     if hint is _MISSING or hint is Any or hint is object:
         return {}, None
     if hint is None or hint is _NONE_TYPE:
@@ -70,23 +71,25 @@ def translate(hint: Any) -> tuple[dict, Check | None]:
     if hint in _MAPPINGS:
         return {"type": "object"}, _check_object
     if typing.is_typeddict(hint):
-        return _typed_dict(hint)
+        if hint in seen:  # a tree of itself: checked at the top, an object further down
+            return {"type": "object"}, _check_object
+        return _typed_dict(hint, seen | {hint})
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Annotated:
-        return translate(args[0])
+        return translate(args[0], seen)
     if origin is typing.Union or origin is types.UnionType:
-        return _union(args)
+        return _union(args, seen)
     if origin is typing.Literal:
-        return _literal(args)
+        return _literal(args) if any(_json_literal(value) for value in args) else _unknown(hint)
     if origin is tuple:
-        return _tuple(args)
+        return _tuple(args, seen)
     if origin in _SEQUENCES:
-        return _array(args[0] if args else _MISSING)
+        return _array(args[0] if args else _MISSING, seen)
     if origin in _MAPPINGS:
         key = args[0] if args else str
         if key is not str and key is not Any:
             return _unknown(hint)  # JSON object keys are strings: no other key type can be met
-        return _object(args[1] if len(args) > 1 else _MISSING)
+        return _object(args[1] if len(args) > 1 else _MISSING, seen)
     return _unknown(hint)
 
 
@@ -143,8 +146,8 @@ def _check_object(value: Any, where: str) -> Any:
     return value
 
 
-def _array(item_hint: Any) -> tuple[dict, Check]:
-    item_schema, item_check = translate(item_hint)
+def _array(item_hint: Any, seen: frozenset) -> tuple[dict, Check]:
+    item_schema, item_check = translate(item_hint, seen)
     schema = {"type": "array", "items": item_schema} if item_schema else {"type": "array"}
     if item_check is None:
         return schema, _check_array
@@ -161,12 +164,12 @@ def _array(item_hint: Any) -> tuple[dict, Check]:
     return schema, check
 
 
-def _tuple(args: tuple) -> tuple[dict, Check]:
+def _tuple(args: tuple, seen: frozenset) -> tuple[dict, Check]:
     if not args or args == ((),):
         return {"type": "array", "maxItems": 0}, _array_of_length(0, [])
     if len(args) == 2 and args[1] is Ellipsis:
-        return _array(args[0])
-    parts = [translate(arg) for arg in args]
+        return _array(args[0], seen)
+    parts = [translate(arg, seen) for arg in args]
     schema = {"type": "array", "prefixItems": [part[0] for part in parts], "items": False,
               "minItems": len(parts), "maxItems": len(parts)}
     return schema, _array_of_length(len(parts), [part[1] for part in parts])
@@ -188,8 +191,8 @@ def _array_of_length(length: int, checks: list[Check | None]) -> Check:
     return check
 
 
-def _object(value_hint: Any) -> tuple[dict, Check]:
-    value_schema, value_check = translate(value_hint)
+def _object(value_hint: Any, seen: frozenset) -> tuple[dict, Check]:
+    value_schema, value_check = translate(value_hint, seen)
     schema = {"type": "object", "additionalProperties": value_schema} if value_schema else {"type": "object"}
     if value_check is None:
         return schema, _check_object
@@ -206,14 +209,14 @@ def _object(value_hint: Any) -> tuple[dict, Check]:
     return schema, check
 
 
-def _typed_dict(hint: Any) -> tuple[dict, Check]:
+def _typed_dict(hint: Any, seen: frozenset) -> tuple[dict, Check]:
     try:
         fields = typing.get_type_hints(hint)
     except Exception as exc:  # a forward reference that does not resolve
         logger.warning("cannot read the fields of %s (%s): its data is not checked", _hint_text(hint), exc)
         return {"type": "object"}, _check_object
     required = sorted(getattr(hint, "__required_keys__", fields))
-    parts = {name: translate(field) for name, field in fields.items()}
+    parts = {name: translate(field, seen) for name, field in fields.items()}
     schema: dict[str, Any] = {"type": "object", "properties": {name: part[0] for name, part in parts.items()}}
     if required:
         schema["required"] = required
@@ -236,8 +239,8 @@ def _typed_dict(hint: Any) -> tuple[dict, Check]:
     return schema, check
 
 
-def _union(args: tuple) -> tuple[dict, Check | None]:
-    parts = [translate(arg) for arg in args]
+def _union(args: tuple, seen: frozenset) -> tuple[dict, Check | None]:
+    parts = [translate(arg, seen) for arg in args]
     if any(check is None for _, check in parts):
         return {}, None  # one member takes anything: so does the union
     schema = {"anyOf": [part[0] for part in parts]}
@@ -258,8 +261,12 @@ def _union(args: tuple) -> tuple[dict, Check | None]:
     return schema, check
 
 
+def _json_literal(value: Any) -> bool:
+    return value is None or type(value) in (bool, int, float, str)
+
+
 def _literal(values: tuple) -> tuple[dict, Check]:
-    allowed = [value for value in values if value is None or isinstance(value, (bool, int, float, str))]
+    allowed = [value for value in values if _json_literal(value)]  # an enum member is no JSON value
     schema = {"enum": allowed}
 
     def check(value: Any, where: str) -> Any:
@@ -298,7 +305,12 @@ def checks_of(cls: type, actions: Mapping[str, Any]) -> dict[str, Check]:
     checks = {}
     for name, action in actions.items():
         data_hint, _ = handler_hints(getattr(cls, action.attribute))
-        _, check = translate(data_hint)
+        try:
+            _, check = translate(data_hint)
+        except Exception as exc:  # a hint of a shape nobody foresaw must not keep the service from starting
+            logger.warning("cannot translate the hint of %s.%s (%s: %s): its data is not checked",
+                           cls.__qualname__, action.attribute, type(exc).__name__, exc)
+            continue
         if check is not None:
             checks[name] = check
     return checks
@@ -371,8 +383,8 @@ def openapi_document(name: str, version: str, cls: type, actions: Mapping[str, A
     for action in sorted(actions.values(), key=lambda action: action.name):
         function = getattr(cls, action.attribute)
         data_hint, result_hint = handler_hints(function)
-        request_schema, check = translate(data_hint)
-        result_schema, _ = translate(result_hint)
+        request_schema, check = _translated(data_hint)
+        result_schema, _ = _translated(result_hint)
         doc = inspect.cleandoc(function.__doc__ or "")
         item: dict[str, Any] = {}
         for method in action.methods:
@@ -416,6 +428,13 @@ def openapi_document(name: str, version: str, cls: type, actions: Mapping[str, A
     if require_token:
         document["security"] = [{"token": []}]
     return document
+
+
+def _translated(hint: Any) -> tuple[dict, Check | None]:
+    try:
+        return translate(hint)
+    except Exception:  # logged when the checks were built at start; the document says any JSON
+        return _unknown(hint)
 
 
 def _responses(result_schema: dict, method: str, checked: bool) -> dict[str, Any]:

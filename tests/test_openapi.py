@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
@@ -184,6 +185,54 @@ def test_hints_without_a_json_meaning_mean_any_json_and_are_not_checked():
     assert check is None and schema["description"].startswith("any JSON")
     schema, check = translate(set)
     assert check is None and "set" in schema["description"]
+
+
+TREE = """
+from __future__ import annotations
+
+import enum
+from typing import Literal, TypedDict
+
+from servicefactory import Service
+
+
+class Node(TypedDict):
+    name: str
+    children: list[Node]
+
+
+class Colour(enum.Enum):
+    RED = 1
+
+
+@Service.API.endpoint(port=0)
+class Tree(Service.base):
+    @Service.API.handle("count")
+    def count(self, data: Node) -> int:
+        \"\"\"How many nodes.\"\"\"
+        return 1 + sum(self.count(child) for child in data["children"])
+
+    @Service.API.handle("colour")
+    def colour(self, data: Literal[Colour.RED]) -> str:
+        return repr(data)
+"""
+
+
+def test_a_typed_dict_that_contains_itself_is_checked_at_its_top_and_the_service_starts(monkeypatch):
+    module = types.ModuleType("tree_service")  # a real module: a TypedDict's hints resolve in it
+    monkeypatch.setitem(sys.modules, "tree_service", module)
+    exec(TREE, module.__dict__)
+    with running(module.Tree()) as service:
+        port = service.address[1]
+        tree = {"name": "a", "children": [{"name": "b", "children": [{"name": "c", "children": []}]}]}
+        assert post(port, "/count", json.dumps(tree).encode()) == (200, 3)
+        assert post(port, "/count", b'{"name": "a"}')[1]["error"]["message"] == "data: the key 'children' is missing"
+        assert post(port, "/count", b'{"name": "a", "children": [1]}')[1]["error"]["message"] == \
+            "data['children'][0]: expected an object, got integer"
+        # a Literal of no JSON value (an enum member) means any JSON, not "nothing matches"
+        assert post(port, "/colour", b"1")[0] == 200
+        schema = document_of(port)["paths"]["/count"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["properties"]["children"] == {"type": "array", "items": {"type": "object"}}
 
 
 def test_data_that_does_not_match_the_hints_is_answered_422_before_the_handler_runs(typed):
