@@ -325,3 +325,37 @@ def test_a_supervisor_restarts_a_service_killed_while_etcd_is_away_and_publishes
     result = sf("perform", "Echo", "pid")
     assert (result.returncode, result.stdout.strip()) == (0, str(again.pid)), result.stderr
     assert sf("stop", "Echo").returncode == 0
+
+
+def test_status_reads_etcd_once_for_any_number_of_services_and_answers_as_reading_each(registry_env):
+    from servicefactory.registry.base import state_of
+    from servicefactory.registry.local import process_start_time
+    from servicefactory.supervise import control
+
+    registry = _registry()
+    claims = []
+    for i in range(1, 31):
+        claim = registry.claim(f"Many/{i}")
+        registry.publish(claim, ServiceRecord(f"Many/{i}", os.getpid(), instance=i, host="127.0.0.1", port=i,
+                                              started=time.time(), create_time=process_start_time(os.getpid()),
+                                              hostname=socket.gethostname() if i % 3 else "another-host"))
+        claims.append(claim)
+    try:
+        reader = _registry()
+        expected = [(name, state_of(reader, name)) for name in reader.names()]
+        requests = []
+        real = reader._request
+        reader._request = lambda call: requests.append(call) or real(call)
+        rows = control.status(registry=reader)
+        assert len(requests) <= 2, f"{len(requests)} etcd requests for {len(rows)} services"
+        assert [(row["name"], row["state"]) for row in rows] == [(name, state) for name, (state, _) in expected]
+        assert [row["name"] for row in rows][:3] == ["Many/1", "Many/10", "Many/11"] and len(rows) == 30
+        with reader.snapshot():
+            registry.release(claims.pop())  # another client's write, after the snapshot was read
+            assert reader.lookup("Many/30") is not None  # one moment, as status shows it
+            reader.clean("Never")  # this thread's own write ends the snapshot: reads see etcd again
+            assert reader.lookup("Many/30") is None
+        assert reader.lookup("Many/29") is not None and not reader.is_held("Many/30")
+    finally:
+        for claim in claims:
+            registry.release(claim)

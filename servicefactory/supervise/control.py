@@ -330,6 +330,14 @@ def status(names: list[str] | None = None, registry: Registry | None = None,
            include_supervisors: bool = False) -> list[dict[str, Any]]:
     """One row per service: name, state, pid, host, port, url, started, uptime, restarts, last exit, cpu, memory."""
     registry = registry or _default()
+    snapshot = getattr(registry, "snapshot", None)  # a remote backend's one read of every record (etcd)
+    if snapshot is None:
+        return _status(names, registry, include_supervisors)
+    with snapshot():
+        return _status(names, registry, include_supervisors)
+
+
+def _status(names: list[str] | None, registry: Registry, include_supervisors: bool) -> list[dict[str, Any]]:
     registry.check_safe()
     if not names:
         names = []
