@@ -108,6 +108,20 @@ def _cli_seconds(args: list[str], env: dict[str, str], runs: int) -> float:
     return statistics.median(times)
 
 
+def _status_call_seconds(make_registry: Callable, runs: int) -> float:
+    """Median time of control.status() in this process, with a new registry each time: the registry's
+    share of `status`, without the CLI's start-up."""
+    from servicefactory.supervise import control
+
+    times = []
+    for _ in range(runs):
+        registry = make_registry()
+        started = time.perf_counter()
+        control.status(registry=registry)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def _fleet(registry, count: int, hosts: int) -> list:
     """`count` instances of Fleet, spread over `hosts` hostnames (this one and made-up others)."""
     from servicefactory.registry.base import ServiceRecord
@@ -163,11 +177,13 @@ def figure_13(workdir: Path, sizes: Sizes) -> FigureResult:
         latencies = {kind: _registration_latencies(
             (lambda: LocalRegistry(homes["local"])) if kind == "local" else (lambda: EtcdRegistry(url, homes["etcd"])),
             visible) for kind in registries}
-        status_times = {}
+        status_times, status_calls = {}, {}
         for kind, registry in registries.items():
             claims = _fleet(registry, fleet_size, 3)
             try:
                 status_times[kind] = _cli_seconds(["status", "--json"], envs[kind], runs)
+                status_calls[kind] = _status_call_seconds(
+                    lambda: LocalRegistry(homes["local"]) if kind == "local" else EtcdRegistry(url, homes["etcd"]), runs)
             finally:
                 for claim in claims:
                     registry.release(claim)
@@ -195,8 +211,11 @@ def figure_13(workdir: Path, sizes: Sizes) -> FigureResult:
             fmt_seconds(status_times["etcd"]), f"local {fmt_seconds(status_times['local'])}",
             f"{fmt_ratio(ratio(status_times['etcd'], status_times['local']))} local", "< 0.5 s",
             status_times["etcd"] < 0.5),
+        Row(f"  of which control.status() itself (in-process, {fleet_size} instances)",
+            fmt_seconds(status_calls["etcd"]), f"local {fmt_seconds(status_calls['local'])}",
+            f"{fmt_ratio(ratio(status_calls['etcd'], status_calls['local']))} local", "report"),
     ]
     return FigureResult(rows, {"warm": warm, "lookup_and_call": looked_up, "lookup_cost_s": lookup_cost,
                                "registration_visible_s": {k: {"p50": percentile(v, 50), "p99": percentile(v, 99)}
                                                           for k, v in latencies.items()},
-                               "status_s": status_times, "cold_perform_s": cold, "fleet": fleet_size, "etcd_url": url})
+                               "status_s": status_times, "status_call_s": status_calls, "cold_perform_s": cold, "fleet": fleet_size, "etcd_url": url})
