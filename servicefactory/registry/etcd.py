@@ -122,7 +122,6 @@ class EtcdRegistry:
         self._views = threading.local()  # `snapshot()`'s view, per thread
         self._keeping = threading.Lock()
         self._keeper: threading.Thread | None = None
-        self._keeper_client: EtcdRegistry | None = None
 
     # -- the wire: every request goes through _request, which fails over and maps errors --
 
@@ -717,10 +716,6 @@ def _prefix_end(prefix: str) -> bytes:
     data = bytearray(prefix.encode())
     data[-1] += 1
     return bytes(data)
-
-
-def _short(exc: Exception) -> str:
-    return " ".join(str(exc).split())[:200]
 
 
 def _why_unreachable(exc: Exception) -> str:
