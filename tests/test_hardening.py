@@ -324,7 +324,7 @@ def test_a_sigstopped_service_is_killed_after_the_stop_timeout(spawn):
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert "killed" in result.stderr and "warning" in result.stderr
-    assert elapsed < 6
+    assert elapsed < 12  # 1 s of timeout, the rest a net for a loaded machine's slow CLI start
     assert proc.wait(timeout=5) == -signal.SIGKILL
     assert not (Path(os.environ["SERVICEFACTORY_HOME"]) / "Sleeper.pid").exists()
 
@@ -336,7 +336,7 @@ def test_a_hanging_finalize_cannot_make_stop_hang(spawn):
                             timeout=30)
     assert result.returncode == 0
     assert "killed" in result.stderr
-    assert time.monotonic() - started < 6
+    assert time.monotonic() - started < 12  # finalize hangs 60 s; 12 s is a loaded machine's net
     assert proc.wait(timeout=5) == -signal.SIGKILL
     assert "Sleeper : finalizing" in proc.output
 

@@ -191,7 +191,7 @@ def _boot_time() -> float:
 
 
 def _readers_only(path: Path) -> bool | None:
-    """Whether every flock held on `path` is shared (readers probing), per /proc/locks; None if unknown."""
+    """Whether no exclusive flock is held on `path` (at most readers probing), per /proc/locks; None if unknown."""
     try:
         info = os.stat(path)
         with open("/proc/locks", "rb") as f:
@@ -201,7 +201,7 @@ def _readers_only(path: Path) -> bool | None:
     where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}".encode()
     kinds = {fields[3] for fields in map(bytes.split, table)
              if len(fields) >= 6 and fields[1] == b"FLOCK" and fields[5] == where}  # "->" rows wait, not hold
-    return kinds == {b"READ"} if kinds else None
+    return b"WRITE" not in kinds  # none at all: the reader let go since our try, so try again
 
 
 def _lock(path: Path, *, create: bool) -> int | None:
