@@ -274,7 +274,11 @@ def stop(names: tuple[str, ...], all_: bool, timeout: float | None, signal_: int
             click.echo(f" (the state directory {registry.where} does not exist; services started "
                        f"with it, if it was deleted, keep running but cannot be found)")
         return
-    outcomes = control.stop_all(timeout, registry, signal_) if all_ else _stop_each(names, timeout, registry, signal_)
+    from servicefactory.cli.progress import stopping
+
+    # on a terminal, which services are stopped meanwhile and which are still waited for
+    outcomes = stopping(lambda: control.stop_all(timeout, registry, signal_) if all_
+                        else _stop_each(names, timeout, registry, signal_), None if all_ else list(names), registry)
     if all_ and not outcomes:
         click.echo("nothing is running")
     for outcome in outcomes:

@@ -159,8 +159,11 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
                                        pass_fds=(ready_write,), start_new_session=True)
     os.close(ready_write)
     try:
-        with os.fdopen(ready_read, "rb") as ready:
-            line = ready.readline()  # EOF if the supervisor dies: never a hang
+        with os.fdopen(ready_read, "rb", buffering=0) as ready:
+            from servicefactory.cli.progress import ready_line
+
+            # EOF if the supervisor dies: never a hang; on a terminal, which services are ready meanwhile
+            line = ready_line(ready.fileno(), [spec.name for spec in specs], registry)
     except KeyboardInterrupt:
         # the user gave up waiting: do not leave services starting behind their back
         import signal

@@ -36,6 +36,10 @@ class Alpha(Service.base):
     def echo(self, data):
         return data
 
+    @Service.API.handle("fail")
+    def fail(self, data):
+        raise ValueError("on purpose")
+
 
 @Service.API.endpoint(port=0)
 class Beta(Service.base):
@@ -242,6 +246,26 @@ def test_stop_from_the_page_stops_the_service_and_its_log_and_health_are_shown(s
     browser.wait("document.getElementById('message').textContent === 'Beta stopped'", timeout=30)
     browser.wait("document.querySelector('tr[data-name=\"Beta\"] .state').textContent === 'stopped'")
     assert sf.row("Beta")["state"] == "stopped" and sf.row("Alpha")["state"] == "running"
+
+
+def test_calls_per_second_and_the_latency_sparkline_follow_the_traffic(sf: Cli, dashboard, browser):
+    from test_top import calling
+
+    sf.write("services.py", SERVICES)
+    sf.daemon("services.py")
+    browser.go(dashboard())
+    browser.wait("document.body.dataset.loaded === 'true'")
+    stop = threading.Event()
+    thread = calling("Alpha", stop)
+    try:
+        browser.wait("parseFloat(document.querySelector('tr[data-name=\"Alpha\"] td.calls').textContent) >= 3")
+        # a line once two intervals with calls were measured; Beta, never called, has none
+        browser.wait("document.querySelector('tr[data-name=\"Alpha\"] svg.spark polyline') !== null")
+        assert browser.js("document.querySelector('tr[data-name=\"Beta\"] td.calls').textContent") == "0.0"
+        assert browser.js("document.querySelector('tr[data-name=\"Beta\"] svg.spark polyline')") is None
+    finally:
+        stop.set()
+        thread.join(10)
 
 
 # -- the rules: what a page of another site, a wrong token or a remote peer cannot do -----------------

@@ -8,6 +8,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +29,14 @@ class Alpha(Service.base):
     def loop(self):
         self.log("alpha tick")
         self.sleep(0.3)
+
+    @Service.API.handle("echo")
+    def echo(self, data):
+        return data
+
+    @Service.API.handle("fail")
+    def fail(self, data):
+        raise ValueError("on purpose")
 
 
 @Service.API.endpoint(port=0)
@@ -219,3 +228,49 @@ def test_top_without_a_terminal_is_one_line_and_exit_2(sf: Cli):
     assert result.returncode == 2
     assert result.stderr.strip() == ("error: top needs a terminal; use `servicefactory status` "
                                      "(or `status --json`) in scripts"), result.stderr
+
+
+def calling(name: str, stop: threading.Event, deadline: float = 30.0) -> threading.Thread:
+    """A thread calling `name`'s echo 4 times and its failing action once per 0.2 s, until `stop`
+    (or the deadline)."""
+    from servicefactory.errors import ActionFailed
+    from servicefactory.http import client
+
+    def run() -> None:
+        end = time.monotonic() + deadline
+        while not stop.is_set() and time.monotonic() < end:
+            for _ in range(4):
+                client.perform(name, "echo", 1, timeout=5)
+            try:
+                client.perform(name, "fail", timeout=5)
+            except ActionFailed:
+                pass
+            stop.wait(0.2)
+        client.close_connections()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_calls_and_errors_per_second_come_from_the_services_counters_not_counting_tops_own(sf: Cli, terminal):
+    sf.write("services.py", SERVICES)
+    sf.daemon("services.py")
+    term = terminal()
+    term.wait_for(r"^Beta\s+running")
+    stop = threading.Event()
+    thread = calling("Alpha", stop)
+    try:
+        def rates() -> tuple[float, float] | None:
+            cells = row(term.screen(), "Alpha")
+            if cells[5] == "-" or float(cells[5]) < 3:
+                return None
+            return float(cells[5]), float(cells[6])
+        calls, errors = wait_until(rates, timeout=20, interval=0.2, message="Alpha's calls/s")
+        assert 0.5 <= errors < calls, (calls, errors)  # one call in five fails
+        # top asks every service for its health each interval; those calls are not traffic
+        beta = row(term.screen(), "Beta")
+        assert beta[5] == "0.0" and beta[6] == "0.0", beta
+    finally:
+        stop.set()
+        thread.join(10)

@@ -132,8 +132,11 @@ function row(service) {
   tr.appendChild(el("td", fixed(service.errors_per_s, 1), "num"));
   tr.appendChild(el("td", service.restarts, "num restarts"));
   tr.appendChild(el("td", duration(service.uptime), "num"));
-  const spark = el("td");
+  const spark = el("td", null, "latency");
   spark.appendChild(sparkline(service.latency_history));
+  if (service.latency_ms !== null && service.latency_ms !== undefined) {
+    spark.appendChild(el("span", " " + service.latency_ms.toFixed(2) + " ms"));
+  }
   tr.appendChild(spark);
   tr.appendChild(el("td", service.url || "-"));
   const actions = el("td", null, "actions");
