@@ -139,11 +139,17 @@ Examples:
 @click.option("--watchdog", type=SECONDS_FROM_0_1,
               help="Restart a service whose loop makes no progress for this many seconds "
                    "[default: the class's Service.policy(watchdog)].")
+@click.option("--dashboard-port", type=click.IntRange(0, 65535),
+              help="Serve the web dashboard on this port too (0: a free one); `servicefactory dashboard` "
+                   "prints its address.")
+@click.option("--dashboard-host", callback=_host_option,
+              help="Bind the dashboard to this address (default 127.0.0.1; off loopback only with a token).")
 def run(targets: tuple[str, ...], daemon: bool, name: str | None, host: str | None, port: int | None,
         log_file: str | None, log_level: str | None, restart: str | None, stop_timeout: float | None,
         max_failures: int, backoff: float, backoff_max: float | None, retry_failed_after: float,
         ready_timeout: float, log_max_bytes: int, log_backups: int, tls_cert: str | None = None,
-        tls_key: str | None = None, max_memory: int | None = None, watchdog: float | None = None) -> None:
+        tls_key: str | None = None, max_memory: int | None = None, watchdog: float | None = None,
+        dashboard_port: int | None = None, dashboard_host: str | None = None) -> None:
     """Run services (TARGET: module, module:Class, file.py or file.py:Class), each in its own process."""
     from servicefactory.cli import running
     from servicefactory.supervise.supervisor import Settings
@@ -160,9 +166,15 @@ def run(targets: tuple[str, ...], daemon: bool, name: str | None, host: str | No
     for spec in specs:  # so do these
         spec.max_memory = max_memory or spec.max_memory
         spec.watchdog = watchdog or spec.watchdog
+    if dashboard_host is not None and dashboard_port is None:
+        raise CommandFailed("--dashboard-host goes with --dashboard-port", 2)
+    if dashboard_port is not None:
+        from servicefactory.cli.dashboard import check_bind
+        check_bind(dashboard_host if dashboard_host is not None else "127.0.0.1", registry)
     settings = Settings(backoff=backoff, max_failures=max_failures, ready_timeout=ready_timeout,
                         log_max_bytes=log_max_bytes, log_backups=log_backups, foreground=not daemon,
-                        retry_failed_after=retry_failed_after)
+                        retry_failed_after=retry_failed_after, dashboard_port=dashboard_port,
+                        dashboard_host=dashboard_host)
     if daemon:
         running.run_daemon(specs, settings, registry)
     else:

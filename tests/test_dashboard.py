@@ -333,3 +333,40 @@ def test_with_a_configured_token_the_address_carries_no_token_and_that_token_ope
         assert process.wait(10) == 0  # SIGTERM stops it cleanly
         process.stdout.close()
         process.stderr.close()
+
+
+def test_a_supervisor_serves_the_dashboard_and_servicefactory_dashboard_prints_its_address(sf: Cli):
+    import socket
+
+    sf.write("services.py", SERVICES)
+    sf.daemon("services.py", "--dashboard-port", "0")
+    printed = sf("dashboard")  # finds the supervisor's, prints it and returns: it serves nothing itself
+    assert printed.returncode == 0, printed.stderr
+    port, token = _port_and_token(printed.stdout.strip().split()[-1])
+    bearer = {"Authorization": f"Bearer {token}"}
+    status, _, body = _request(port, "GET", "/api/status", bearer)
+    assert status == 200 and {row["name"] for row in json.loads(body)["services"]} == {"Alpha", "Beta"}
+    assert _request(port, "GET", "/api/status")[0] == 401
+    before = sf.row("Beta")["pid"]
+    answer = _request(port, "POST", "/api/restart", {**bearer, "Content-Type": "application/json"},
+                      json.dumps({"name": "Beta"}).encode())
+    assert answer[0] == 200 and json.loads(answer[2])["ok"], answer
+    assert sf.row("Beta")["state"] == "running" and sf.row("Beta")["pid"] != before
+    assert sf("stop", "--all").returncode == 0
+    # the dashboard ends with its supervisor
+
+    def refused() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return False
+        except OSError:
+            return True
+    wait_until(refused, timeout=10, message="the dashboard's port to close")
+
+
+def test_run_with_a_dashboard_off_loopback_and_no_token_is_refused_before_anything_starts(sf: Cli):
+    sf.write("services.py", SERVICES)
+    result = sf("run", "services.py", "--daemon", "--dashboard-port", "0", "--dashboard-host", "0.0.0.0")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: serving the dashboard on 0.0.0.0 needs a token"), result.stderr
+    assert sf.status() == []

@@ -51,6 +51,8 @@ class Settings:
     log_max_bytes: int = DEFAULT_MAX_BYTES
     log_backups: int = DEFAULT_BACKUPS
     foreground: bool = False
+    dashboard_port: int | None = None  # serve the web dashboard (servicefactory.view) here; 0: a free port
+    dashboard_host: str | None = None  # None: 127.0.0.1
 
 
 class Child:

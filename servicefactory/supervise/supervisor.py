@@ -738,6 +738,14 @@ class Supervisor(ServiceBase):
             child.settled.wait(max(0.0, deadline - time.monotonic()))
         return self.handle_status({"names": [c.spec.name for c in children]})
 
+    #: the address of the web dashboard this supervisor serves (run --dashboard-port), if any
+    dashboard_url: str | None = None
+
+    @handle("dashboard")
+    def handle_dashboard(self, data: Any) -> str | None:
+        """The address of the web dashboard this supervisor serves, or None."""
+        return self.dashboard_url
+
     @handle("status")
     def handle_status(self, data: Any) -> list:
         """State, pid, restarts and last exit code of every supervised service."""
@@ -799,13 +807,26 @@ def run_supervisor(specs: list[Spec], settings: Settings, *, printer: Callable[.
     """Claim the names, run the supervisor until it stops, return its exit code."""
     supervisor = Supervisor(specs, settings, registry=registry, printer=printer, ready_fd=ready_fd)
     supervisor.claim_all()
+    dashboard = None
     try:
+        if settings.dashboard_port is not None:
+            from servicefactory.view.dashboard import serve
+
+            # its token: the user's if set (the CLI requires one off loopback), else our control token
+            dashboard = serve(supervisor.registry, supervisor.registry.token() or supervisor.token,
+                              settings.dashboard_host or "127.0.0.1", settings.dashboard_port)
+            supervisor.dashboard_url = f"{dashboard.url}/"
+            logger.info("dashboard at %s (`servicefactory dashboard` prints it with its token)",
+                        supervisor.dashboard_url)
         # never interrupted: its loop is what stops the children
         supervisor.run(name=supervisor.name, host="127.0.0.1", port=0, registry=supervisor.registry,
                        token=supervisor.token, drain=supervisor.stop_children, interruptible=False)
     except BaseException:
         supervisor.release_all()
         raise
+    finally:
+        if dashboard is not None:
+            dashboard.stop()
     return supervisor.exit_code
 
 

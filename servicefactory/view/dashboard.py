@@ -47,7 +47,7 @@ class Dashboard:
     """The dashboard's WSGI app over one registry."""
 
     def __init__(self, registry: Registry, token: str, *, bound_host: str = "127.0.0.1",
-                 interval: float = 1.0, act: Callable[[str, str], Outcome] = run_action) -> None:
+                 interval: float = 1.0, act: Callable[..., Outcome] = run_action) -> None:
         if not token:
             raise ValueError("the dashboard needs a token")
         self.registry = registry
@@ -149,7 +149,7 @@ class Dashboard:
         from servicefactory.errors import ServiceFactoryError
 
         try:
-            outcome = self.act(action, name)
+            outcome = self.act(action, name, self.registry)
         except ServiceFactoryError as exc:
             return _error(400, "BadRequest", str(exc))
         logger.info("dashboard: %s %s: %s", action, name, outcome.message)

@@ -29,7 +29,7 @@ class Top:
     """The state of one `top` screen: the rows, the selection, a question awaiting y/n, the log view."""
 
     def __init__(self, sampler: Sampler, *, interval: float = 1.0, where: str = "",
-                 act: Callable[[str, str], Outcome] = run_action) -> None:
+                 act: Callable[..., Outcome] = run_action) -> None:
         self.sampler = sampler
         self.interval = interval
         self.where = where
@@ -102,7 +102,7 @@ class Top:
 
         def work() -> None:
             try:
-                outcome = self.act(action, name)
+                outcome = self.act(action, name, self.sampler.registry)
             except Exception as exc:
                 outcome = Outcome(False, f"{action} {name}: {exc}")
             with self.lock:
