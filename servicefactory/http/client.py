@@ -108,6 +108,11 @@ def decode_answer(status: int, content_type: str, body: bytes, action: str, name
     except ValueError:
         if status in (413, 421, 503):  # a proxy's or another server's page: the status says enough
             payload = None
+        elif status == 200 and action == "metrics":
+            # the built-in /metrics route answers Prometheus text (a handler that overrides it answers
+            # JSON and never gets here): it is a scrape, not an action
+            raise UnknownAction(f"{name} has no action 'metrics': GET /metrics is its Prometheus scrape "
+                                f"(e.g. curl); the action 'health' answers the same counts as JSON") from None
         else:
             raise ProtocolError(f"{name} answered {status} with a body that is not JSON") from None
     if status == 200:

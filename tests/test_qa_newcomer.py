@@ -1,0 +1,23 @@
+"""What a newcomer runs first, from the README and the examples, held to the CLI's rules: bad input is
+one line and a non-zero exit, never a traceback; a built-in route is not mistaken for a broken service."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from support import ROOT, Cli
+
+
+def test_perform_metrics_says_it_is_a_scrape_and_openapi_prints_the_document(sf: Cli) -> None:
+    """`perform NAME metrics` gets Prometheus text, not JSON: a one-line pointer to GET /metrics and
+    `health`, exit 4 (no such action), instead of "a body that is not JSON" (exit 8)."""
+    shutil.copy(ROOT / "examples" / "counter.py", sf.cwd / "counter.py")
+    sf.start("counter.py")
+    result = sf("perform", "Counter", "metrics")
+    assert result.returncode == 4, result
+    assert result.stdout == ""
+    line, = result.stderr.splitlines()
+    assert "GET /metrics" in line and "health" in line and "not JSON" not in line
+    document = sf("perform", "Counter", "openapi.json")
+    assert document.returncode == 0, document
+    assert "/count" in json.loads(document.stdout)["paths"]
