@@ -40,6 +40,10 @@ def reload(names: tuple[str, ...], timeout: float) -> None:
     failed = False
     for name in names:
         state, record = state_of(registry, name)
+        if record is None and state == "stopped" and registry.remembered(name) is None:
+            # as `stop` says it: a name never run here is most likely a typo, not a stopped service
+            raise ServiceNotRunning(f"{name} is not running (no service of that name was ever run in "
+                                    f"{registry.where})")
         if record is None or state != "running":
             raise ServiceNotRunning(f"{name} is {state}, not running: nothing to reload")
         if record.supervisor:

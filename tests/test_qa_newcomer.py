@@ -21,3 +21,11 @@ def test_perform_metrics_says_it_is_a_scrape_and_openapi_prints_the_document(sf:
     document = sf("perform", "Counter", "openapi.json")
     assert document.returncode == 0, document
     assert "/count" in json.loads(document.stdout)["paths"]
+
+
+def test_reload_of_a_name_never_run_says_so_not_that_it_is_stopped(sf: Cli) -> None:
+    """A typo'd name in `reload` is "never run here" (as `stop` and `restart` say), exit 3, not
+    "Countr is stopped", which suggests it once ran."""
+    result = sf("reload", "Countr")
+    assert result.returncode == 3, result
+    assert result.stderr == f"error: Countr is not running (no service of that name was ever run in {sf.home})\n"
