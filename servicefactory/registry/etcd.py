@@ -374,6 +374,7 @@ class EtcdRegistry:
         delay = self.ttl / 3
         while True:
             time.sleep(delay)
+            began = time.monotonic()
             with self._keeping:
                 held = list(self._held.values())
                 unsaved = dict(self._unsaved)
@@ -381,9 +382,18 @@ class EtcdRegistry:
                     self._keeper = None
                     return
             try:
+                # every lease first (one request each), then one read for all the checks: a pass
+                # must stay well within the TTL however many names this process holds
+                alive = []
                 for claim, state in held:
                     with state.lock:
-                        keeper._keep_one(claim, state)
+                        if keeper._refresh(claim, state):
+                            alive.append((claim, state))
+                if alive:
+                    view = {kv["key"]: kv for kv in keeper._range(keeper.prefix, prefix=True)}
+                    for claim, state in alive:
+                        with state.lock:
+                            keeper._check(claim, state, view)
                 for name, spec in unsaved.items():
                     keeper._save(name, spec)
                     with self._keeping:
@@ -398,20 +408,27 @@ class EtcdRegistry:
             if unreachable_since is not None:
                 logger.warning("registry reachable again after %.1f s", time.monotonic() - unreachable_since)
                 unreachable_since = None
-            delay = self.ttl / 3
+            delay = max(0.05, self.ttl / 3 - (time.monotonic() - began))  # a slow pass must not stretch the TTL
 
-    def _keep_one(self, claim: Claim, held: _Held) -> None:
+    def _refresh(self, claim: Claim, held: _Held) -> bool:
+        """Keep the claim's lease alive (or take the name again if etcd lost it); True if the claim
+        stands and its keys should be checked."""
         if held.lost:
-            return
+            return False
         if not held.revision:
             self._retake(claim, held)  # claimed while etcd was away
-            return
+            return False
         result = self._request(lambda client: client.post(client.get_url("/lease/keepalive"), json={"ID": held.lease}))
         if int((result.get("result") or {}).get("TTL", -1)) <= 0:
             self._retake(claim, held)
-            return
-        claim_key = self._key("claim", claim.name)
-        found = self._get(claim_key)
+            return False
+        return True
+
+    def _check(self, claim: Claim, held: _Held, view: dict[bytes, dict]) -> None:
+        """Write again what `view` (one read of the prefix) shows lost or garbled of this claim's keys."""
+        if held.lost:
+            return  # released since the view was read
+        found = view.get(self._key("claim", claim.name).encode())
         if found is None or int(found["create_revision"]) != held.revision:
             # deleted under a live lease (by hand, or a lost directory of keys): the name is not
             # ours any more; as with the state directory, never take it back behind a new owner
@@ -422,7 +439,7 @@ class EtcdRegistry:
             self._write_guarded(claim.name, held, "claim", held.value, defer=False)
         for kind, data in (("record", held.record), ("secret", held.secret)):
             if data is not None:
-                current = self._get(self._key(kind, claim.name))
+                current = view.get(self._key(kind, claim.name).encode())
                 if current is None or current["value"] != data:  # lost or garbled: write it again
                     self._write_guarded(claim.name, held, kind, data, defer=False)
 
