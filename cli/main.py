@@ -144,12 +144,17 @@ Examples:
                    "prints its address.")
 @click.option("--dashboard-host", callback=_host_option,
               help="Bind the dashboard to this address (default 127.0.0.1; off loopback only with a token).")
+@click.option("--watch", is_flag=True,
+              help="Development: restart a service when a .py file under its directory changes.")
+@click.option("--watch-ignore", multiple=True, metavar="PATTERN",
+              help="With --watch: ignore files matching this glob (repeatable; .venv, __pycache__, .git always are).")
 def run(targets: tuple[str, ...], daemon: bool, name: str | None, host: str | None, port: int | None,
         log_file: str | None, log_level: str | None, restart: str | None, stop_timeout: float | None,
         max_failures: int, backoff: float, backoff_max: float | None, retry_failed_after: float,
         ready_timeout: float, log_max_bytes: int, log_backups: int, tls_cert: str | None = None,
         tls_key: str | None = None, max_memory: int | None = None, watchdog: float | None = None,
-        dashboard_port: int | None = None, dashboard_host: str | None = None) -> None:
+        dashboard_port: int | None = None, dashboard_host: str | None = None,
+        watch: bool = False, watch_ignore: tuple[str, ...] = ()) -> None:
     """Run services (TARGET: module, module:Class, file.py or file.py:Class), each in its own process."""
     from servicefactory.cli import running
     from servicefactory.supervise.supervisor import Settings
@@ -174,7 +179,7 @@ def run(targets: tuple[str, ...], daemon: bool, name: str | None, host: str | No
     settings = Settings(backoff=backoff, max_failures=max_failures, ready_timeout=ready_timeout,
                         log_max_bytes=log_max_bytes, log_backups=log_backups, foreground=not daemon,
                         retry_failed_after=retry_failed_after, dashboard_port=dashboard_port,
-                        dashboard_host=dashboard_host)
+                        dashboard_host=dashboard_host, watch=watch, watch_ignored=tuple(watch_ignore))
     if daemon:
         running.run_daemon(specs, settings, registry)
     else:

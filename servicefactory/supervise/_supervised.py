@@ -53,6 +53,8 @@ class Settings:
     foreground: bool = False
     dashboard_port: int | None = None  # serve the web dashboard (servicefactory.view) here; 0: a free port
     dashboard_host: str | None = None  # None: 127.0.0.1
+    watch: bool = False  # run --watch: restart a service when a .py file under its directory changes
+    watch_ignored: tuple = ()  # --watch-ignore patterns (not named as the option: `restart` passes no list)
 
 
 class Child:

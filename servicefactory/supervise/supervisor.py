@@ -83,6 +83,10 @@ class Supervisor(ServiceBase):
         # the control API can stop everything: only who can read our secret (the owner) may call it
         self.token = _api_token()
         self.next_memory_check = 0.0
+        self.changes: Any = None  # run --watch: the _watch.Debouncer of changed source files
+        self.watcher: Any = None
+        self.broken: dict[str, str] = {}  # changed files that do not compile: path -> error (reported once)
+        self.held: set[str] = set()  # changes not acted on while some file does not compile
         self.reload_pending = False  # SIGHUP arrived: reopen the log files (done in the loop's thread)
         # in a terminal SIGHUP means the terminal closed: stop, as a shell's jobs do; elsewhere, reload
         self.hangup_stops = self.settings.foreground and os.isatty(1)
@@ -119,11 +123,15 @@ class Supervisor(ServiceBase):
         """Wait for child events (or the next due restart) and act on them."""
         if not self.begun:
             self.begun = True
+            if self.settings.watch:
+                self._start_watching()
             for child in self.children.values():
                 self._spawn(child)
         now = time.monotonic()
         due = [t for t in (RestartPolicy.due(c.state, c.next_start, c.retry_at) for c in self.children.values())
                if t is not None]
+        if self.changes is not None and self.changes.next_due() is not None:
+            due.append(self.changes.next_due())
         timeout = max(0.0, min([0.25] + [t - now for t in due]))
         for key, _ in self.selector.select(timeout):
             kind, child = key.data
@@ -144,6 +152,7 @@ class Supervisor(ServiceBase):
             self._reopen_logs()
         now = time.monotonic()
         self._check_limits(now)
+        self._check_changes(now)
         for child in self.children.values():
             if child.state == ServiceState.BACKOFF and now >= child.next_start:
                 self._spawn(child)  # BACKOFF -> STARTING
@@ -507,6 +516,72 @@ class Supervisor(ServiceBase):
         self._signal(child, signal.SIGTERM)
         child.change_state(ServiceState.STOPPING)
 
+    # -- watch mode: restart a service when its source changes --
+
+    def _roots(self) -> dict[str, str]:
+        """Each service's source directory: a file target's own, else where `run` was typed."""
+        roots = {}
+        for name, child in self.children.items():
+            module = child.spec.target.rpartition(":")[0] or child.spec.target
+            if module.endswith(".py") or os.sep in module:
+                roots[name] = os.path.realpath(os.path.dirname(module))
+            else:
+                roots[name] = os.path.realpath(child.spec.cwd or os.getcwd())
+        return roots
+
+    def _start_watching(self) -> None:
+        from servicefactory.supervise import _watch
+
+        self.changes = _watch.Debouncer()
+
+        def changed(path: str) -> None:  # in the watcher's thread
+            self.changes.add(path, time.monotonic())
+            try:
+                os.write(self.wake_write, b"x")
+            except OSError:
+                pass
+
+        self.watch_roots = self._roots()
+        self.watcher = _watch.Watcher(list(self.watch_roots.values()), list(self.settings.watch_ignored), changed)
+        self.watcher.start()
+        self._say(f"watching {', '.join(sorted(set(self.watch_roots.values())))} for changes of .py files")
+
+    def _check_changes(self, now: float) -> None:
+        from servicefactory.supervise import _watch
+
+        batch = self.changes.due(now) if self.changes is not None else None
+        if not batch:
+            return
+        self.held.update(batch)
+        for path in set(batch) | set(self.broken):
+            error = _watch.syntax_error(path)
+            if error is None:
+                self.broken.pop(path, None)
+            elif self.broken.get(path) != error:
+                self.broken[path] = error  # said once: saving the same broken file again repeats nothing
+                self._say(f"not restarting: {error} (the running processes keep running)", warn=True)
+        if self.broken:
+            return
+        changed, self.held = sorted(self.held), set()
+        names = ", ".join(os.path.basename(path) for path in changed[:3]) + (
+            f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        for name, child in self.children.items():
+            root = self.watch_roots.get(name)
+            if root is None or child.state == ServiceState.STOPPED and child.user_stopped:
+                continue
+            if any(_watch.under(path, root) for path in changed):
+                self._event(child, f"{names} changed; restarting it (reason: file-change)")
+                child.settled.clear()
+                child.fast_failures = 0  # a fixed bug deserves a fresh start, not the old backoff
+                self._stop_child(child, restart=True, reason=Reason.FILE_CHANGE, detail=f"changed: {names}")
+
+    def _say(self, text: str, warn: bool = False) -> None:
+        """One line of the supervisor's own, not about one service (the foreground shows it once)."""
+        if self.printer is not None:
+            self.printer("servicefactory", f"[servicefactory] {printable(text)}", True)
+        else:
+            (logger.warning if warn else logger.info)("%s", printable(text))
+
     # -- reload: SIGHUP to the supervisor, `servicefactory reload NAME` --
 
     def reload(self) -> None:
@@ -544,6 +619,8 @@ class Supervisor(ServiceBase):
 
     def finalize(self) -> None:
         """Once every child is gone (see stop_children), release every name."""
+        if self.watcher is not None:
+            self.watcher.stop()
         self.stop_children()  # already done, unless the loop ended by an error
         self._check_startup()
         self._report_startup()
@@ -565,7 +642,15 @@ class Supervisor(ServiceBase):
         # a service stopped on request while it started is no failure of the start (nor of the others)
         wanted = [c for c in children if not (c.user_stopped and not c.ever_ready)]
         never = [c for c in wanted if not c.ever_ready and c.state not in (ServiceState.STARTING, ServiceState.RUNNING)]
-        if never:
+        if never and self.settings.watch:
+            # watch mode: a service that cannot start waits for its fix (the next save starts it)
+            for bad in never:
+                self._event(bad, f"failed to start: {bad.error or f'exited with code {bad.last_exit}'}; "
+                                 f"waiting for a change to its files", warn=True)
+            self.starting_up = False
+            self._report_startup()
+            _notify.sd_notify("READY=1", self.notify_socket)
+        elif never:
             bad = never[0]
             self.failure = {"service": bad.spec.name, "error": bad.error or f"exited with code {bad.last_exit}",
                             "output": bad.tail[-20:], "exit_code": bad.last_exit}
@@ -595,8 +680,8 @@ class Supervisor(ServiceBase):
         self.ready_fd = None
 
     def _check_done(self) -> None:
-        if self.starting_up or self.stopping:
-            return
+        if self.starting_up or self.stopping or self.settings.watch:
+            return  # (watch mode stays until Ctrl+C: a stopped or failed service starts again on a save)
         states = [child.state for child in self.children.values()]
         if any(state in ACTIVE for state in states):
             return
