@@ -119,46 +119,20 @@ class Watcher:
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event) -> None:  # type: ignore[no-untyped-def]
-                if event.is_directory:
-                    if event.event_type in ("created", "moved"):
-                        watcher._subdirectory(os.fsdecode(getattr(event, "dest_path", "") or event.src_path))
-                    return
-                if event.event_type not in CHANGES:
+                if event.is_directory or event.event_type not in CHANGES:
                     return
                 for path in (event.src_path, getattr(event, "dest_path", "")):
                     path = os.fsdecode(path) if path else ""
                     if path and relevant(path, watcher.roots, watcher.ignore):
                         on_change(path)
 
-        self.handler = Handler()
+        # one recursive watch per root: each watch is an inotify instance and a thread of watchdog's
+        # (at most 128 instances per user; a thread each wakes every second). Ignored directories
+        # (.venv, ...) cost inotify watches, not CPU: their events are dropped by relevant()
         self.observer = Observer()
-        self.watched: set[str] = set()
-        self.lock = threading.Lock()
-        # each root itself, and each of its directories but the ignored ones (.venv, .git, ...)
-        # recursively: a project's virtualenv would cost thousands of inotify watches for nothing
         for root in _outermost(self.roots):
-            self.observer.schedule(self.handler, root, recursive=False)
-            try:
-                entries = sorted(os.scandir(root), key=lambda entry: entry.name)
-            except OSError:
-                continue
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    self._subdirectory(entry.path)
+            self.observer.schedule(Handler(), root, recursive=True)
         self.observer.daemon = True
-
-    def _subdirectory(self, path: str) -> None:
-        """Watch a directory directly under a root recursively, unless it is one of the ignored ones."""
-        if os.path.basename(path) in IGNORED_DIRS or os.path.dirname(path) not in self.roots:
-            return
-        with self.lock:
-            if path in self.watched:
-                return
-            self.watched.add(path)
-        try:
-            self.observer.schedule(self.handler, path, recursive=True)
-        except OSError:
-            pass  # gone again, or out of inotify watches: the rest is still watched
 
     def start(self) -> None:
         """Begin watching (a thread of watchdog's)."""
