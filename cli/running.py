@@ -141,10 +141,10 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
     from servicefactory.supervise._supervised import python_command
 
     registry.ensure()
-    config = json.dumps({"specs": [dataclasses.asdict(spec) for spec in specs],
-                         "settings": dataclasses.asdict(settings)})
     ready_read, ready_write = os.pipe()
     log_path = registry.log_file("supervisor")  # `supervisor` is no service's name: see specs()
+    config = json.dumps({"specs": [dataclasses.asdict(spec) for spec in specs],
+                         "settings": dataclasses.asdict(settings), "log_path": str(log_path)})
     env = dict(os.environ, **{READY_FD_ENV: str(ready_write)})
     from servicefactory.supervise.logfiles import open_private
     log_fd = open_private(log_path)  # never through a symlink (issue 9.7)

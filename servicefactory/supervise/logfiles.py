@@ -170,6 +170,10 @@ class RotatingLog:
             logger.warning("rotating %s failed: %s", self.path, exc)
         self._open()
 
+    def fileno(self) -> int | None:
+        """The descriptor of the file written now (None while it cannot be opened)."""
+        return self._file.fileno() if self._file is not None else None
+
     def reopen(self) -> None:
         """Close and open the path again: after logrotate moved the file, write to a new one there."""
         self.close()

@@ -596,6 +596,8 @@ class Supervisor(ServiceBase):
             pass
 
     def _reopen_logs(self) -> None:
+        if _own_log is not None:
+            _own_log.reopen()
         for child in self.children.values():
             try:
                 child.log.reopen()
@@ -915,6 +917,45 @@ def run_supervisor(specs: list[Spec], settings: Settings, *, printer: Callable[.
     return supervisor.exit_code
 
 
+class _OwnLog(logging.Handler):
+    """A detached supervisor's own log, rotated as a service's is (same size and backups); its
+    stdout and stderr follow the current file, so that even a crash's traceback lands there."""
+
+    def __init__(self, path: str, settings: Settings) -> None:
+        super().__init__()
+        self.log = RotatingLog(path, settings.log_max_bytes, settings.log_backups)
+        self.current: int | None = None
+        self.setFormatter(logging.Formatter("%(asctime)s %(name)s[%(process)d]: %(message)s"))
+        self._follow()
+
+    def _follow(self) -> None:
+        fd = self.log.fileno()
+        if fd is not None and fd != self.current:
+            for target in (1, 2):
+                os.dup2(fd, target)
+            self.current = fd
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write the record's line, rotating first if the file is full."""
+        try:
+            line = self.format(record) + "\n"
+            with self.lock:
+                sys.stdout.flush()
+                self.log.write(line.encode(errors="replace"))
+                self._follow()
+        except Exception:
+            self.handleError(record)
+
+    def reopen(self) -> None:
+        """After logrotate moved the file: write to a new one at the path."""
+        with self.lock:
+            self.log.reopen()
+            self._follow()
+
+
+_own_log: _OwnLog | None = None
+
+
 def daemon_main() -> int:
     """Entry of a detached supervisor: `python -m servicefactory.supervise.supervisor SPEC_JSON`."""
     ready = os.environ.pop(READY_FD_ENV, None)
@@ -922,8 +963,17 @@ def daemon_main() -> int:
     config = json.loads(sys.argv[1])
     specs = [Spec(**spec) for spec in config["specs"]]
     settings = Settings(**config["settings"])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d]: %(message)s",
-                        stream=sys.stdout)
+    global _own_log
+    if config.get("log_path"):
+        try:
+            _own_log = _OwnLog(config["log_path"], settings)
+        except (OSError, ServiceFactoryError) as exc:
+            print(f"cannot rotate {config['log_path']}: {exc}", flush=True)  # it still goes to stdout
+    if _own_log is not None:
+        logging.basicConfig(level=logging.INFO, handlers=[_own_log])
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s[%(process)d]: %(message)s",
+                            stream=sys.stdout)
     try:
         return run_supervisor(specs, settings, ready_fd=ready_fd)
     except ServiceFactoryError as exc:
