@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable from t
 from bench import figures_api, figures_cli, figures_http, figures_restart, figures_security  # noqa: E402
 from bench import figures_metrics  # noqa: E402
 from bench import figures_etcd  # noqa: E402
+from bench import figures_lifecycle  # noqa: E402
 from bench.harness import ROOT, FigureResult, Row, Sizes, Skipped  # noqa: E402
 from bench.processes import become_subreaper, reap_leftovers, temporary_directory  # noqa: E402
 
@@ -48,6 +49,7 @@ FIGURES = {
     11: ("the cost of counting calls for /metrics (echo counting vs not)", figures_metrics.figure_11),
     13: ("the etcd registry vs the local one (calls, registration, status of 100)", figures_etcd.figure_13),
     14: ("HTTP layer: CPU per call, each half next to the floor's and Pyro5's", figures_http.figure_14),
+    15: ("lifecycle: watch mode and the memory limit on an idle supervisor; save to restart", figures_lifecycle.figure_15),
 }
 COLUMNS = ("figure", "metric", "servicefactory", "peer(s)", "ratio", "target", "met?")
 

@@ -194,3 +194,22 @@ def test_status_json_has_last_reason_and_history_for_a_never_restarted_service(s
     row = sf.row("Trapper")
     assert row["last_reason"] is None and row["history"] == []
     assert json.loads(sf("status", "--json").stdout)[0]["history"] == []
+
+
+def test_the_detached_supervisors_own_log_is_rotated_like_a_services(sf):
+    sf.write("crasher.py", CRASHER)
+    sf.start("crasher", "--backoff", "0.01", "--max-failures", "1000", "--log-max-bytes", "1024",
+             "--log-backups", "2")
+    log = sf.home / "supervisor.log"
+    for _ in range(60):  # each crash is a few lines of the supervisor's own
+        (sf.cwd / "crash").write_text("")
+        wait_until(lambda: not (sf.cwd / "crash").exists(), timeout=10, message="a crash")
+        if log.with_name("supervisor.log.2").exists():
+            break
+    wait_until(lambda: log.with_name("supervisor.log.2").exists(), timeout=10, message="two rotations")
+    assert not log.with_name("supervisor.log.3").exists()
+    for path in (log, log.with_name("supervisor.log.1")):
+        text = path.read_text()
+        assert len(text.encode()) <= 1024 + 300, (path, len(text))
+        assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line) for line in text.splitlines()), text
+    assert "(reason: crash)" in log.read_text() + log.with_name("supervisor.log.1").read_text()
