@@ -69,9 +69,9 @@ def _end(process: subprocess.Popen) -> None:
 def figure_15(workdir: Path, sizes: Sizes) -> FigureResult:
     """Idle CPU of a supervisor with --watch over a large tree vs without; save-to-answer latency;
     idle CPU with --max-memory on N services vs without."""
-    tops, subs = (10, 10) if sizes.smoke else (200, 25)
-    window = 1.0 if sizes.smoke else 5.0
-    saves = 2 if sizes.smoke else 5
+    tops, subs = (5, 5) if sizes.smoke else (200, 25)
+    window = 0.3 if sizes.smoke else 5.0
+    saves = 1 if sizes.smoke else 5
     project = workdir / "project"
     for top in range(tops):
         for sub in range(subs):
@@ -89,8 +89,8 @@ def figure_15(workdir: Path, sizes: Sizes) -> FigureResult:
         env = environment(workdir / f"home-{mode}")
         process = _foreground(env, project, "app", *(["--watch"] if mode == "watch" else []))
         try:
-            wait_until(lambda: _row(env, project, "WatchedApp"), 60.0, "the watched app running", interval=0.1)
-            time.sleep(1.0)  # the watcher's start-up (one inotify watch per directory) is not idle time
+            wait_until(lambda: _row(env, project, "WatchedApp"), 60.0, "the watched app running", interval=0.25)
+            time.sleep(0.2 if sizes.smoke else 1.0)  # the watcher's start-up (an inotify watch per directory)
             cpu[mode] = _cpu(process.pid, window)
             if mode == "watch":
                 for version in range(1, saves + 1):
@@ -103,7 +103,7 @@ def figure_15(workdir: Path, sizes: Sizes) -> FigureResult:
         finally:
             _end(process)
 
-    fleet = 4 if sizes.smoke else 20
+    fleet = 2 if sizes.smoke else 20
     (workdir / "fleet.py").write_text("from servicefactory import Service\n" + "".join(
         f"\nclass Limited{index:02d}(Service.base):\n    def loop(self):\n        self.sleep(1)\n"
         for index in range(fleet)))
@@ -113,8 +113,8 @@ def figure_15(workdir: Path, sizes: Sizes) -> FigureResult:
         process = _foreground(env, workdir, "fleet", *(["--max-memory", "1G"] if mode == "max_memory" else []))
         try:
             wait_until(lambda: _row(env, workdir, f"Limited{fleet - 1:02d}") and _row(env, workdir, "Limited00"),
-                       60.0, "the fleet running", interval=0.1)
-            time.sleep(0.5)
+                       60.0, "the fleet running", interval=0.25)
+            time.sleep(0.1 if sizes.smoke else 0.5)
             memory_cpu[mode] = _cpu(process.pid, window)
         finally:
             _end(process)
