@@ -34,7 +34,10 @@ def etcd_server(workdir: Path) -> Iterator[str]:
     client, peer = _free_port(), _free_port()
     client_url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
     env = {key: value for key, value in os.environ.items() if not key.startswith(("ETCD", "SERVICEFACTORY_"))}
-    with Spawned([shutil.which("etcd") or "etcd", "--name", "bench", "--data-dir", str(workdir / "etcd-data"),
+    # through prctl(PR_SET_PDEATHSIG): a bench killed outright (a test's timeout) takes its etcd along,
+    # which Spawned's own session would otherwise leave running
+    with Spawned(["setpriv", "--pdeathsig", "KILL", "--", shutil.which("etcd") or "etcd", "--name", "bench",
+                  "--data-dir", str(workdir / "etcd-data"),
                   "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
                   "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
                   "--initial-cluster", f"bench={peer_url}"], workdir / "etcd.log", env=env) as server:
