@@ -476,6 +476,8 @@ def _state(row: dict) -> str:
     """The state, with when the next try is due for a service waiting in backoff or failed."""
     import time
 
+    if row["state"] == "blocked" and row.get("error"):
+        return row["error"]  # `blocked: migrate exited 1`
     due = row.get("next_try")
     if due is None:
         return row["state"]
@@ -502,15 +504,25 @@ Examples:
   servicefactory logs Test -n 50
   servicefactory logs Test -f
   servicefactory logs            # every service, interleaved
+  servicefactory logs api --since 10m --json
 """)
 @click.argument("name", required=False)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (across rotations) until Ctrl+C.")
-@click.option("-n", "--lines", type=click.IntRange(min=0), default=20, show_default=True, help="Lines of history.")
-def logs(name: str | None, follow: bool, lines: int) -> None:
+@click.option("-n", "--lines", type=click.IntRange(min=0), default=None,
+              help="Lines of history  [default: 20; with --since, every line since].")
+@click.option("--since", metavar="WHEN", help="Only lines since WHEN: 30s, 10m, 2h, 1d or a local time "
+                                             "(2026-11-28T10:00).")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per line: time, service, instance, stream (stdout, stderr, event), message.")
+def logs(name: str | None, follow: bool, lines: int | None, since: str | None = None, as_json: bool = False) -> None:
     """Show a service's log (or every service's, interleaved, when NAME is omitted)."""
+    from servicefactory.cli.app import parse_since
     from servicefactory.supervise import logfiles
     from servicefactory.registry.local import check_name
 
+    since_stamp = parse_since(since) if since else None
+    if lines is None:
+        lines = 20 if since_stamp is None else 1 << 62
     registry = _registry()
     registry.check_safe()
     if name is not None:
@@ -542,25 +554,49 @@ def logs(name: str | None, follow: bool, lines: int) -> None:
                 tail, offset, inode = logfiles.tail_and_position(path, lines)
                 offsets[source] = (offset, inode)  # the follower finds that file even if rotated meanwhile
             else:
-                tail = logfiles.tail(path, lines)
+                tail = logfiles.tail(path, lines if since_stamp is None else 1 << 62)
         except OSError as exc:
             raise CommandFailed(f"cannot read the log of {source} at {path}: {exc.strerror or exc}", 10)
+        if since_stamp is not None:
+            tail = _since(tail, since_stamp)
         history.extend((line[:23], source, line) for line in tail)
     if prefix:
         history.sort(key=lambda item: item[0])  # lines start with their timestamp
     try:
         for _, source, line in history[-lines:] if lines else []:
-            line = logfiles.printable(line)  # a file not written by us may hold terminal escapes
-            click.echo(f"{source} | {line}" if prefix else line)
+            _show_line(source, line, prefix, as_json)
         if follow:
-            _follow(sources, offsets, prefix)
+            _follow(sources, offsets, prefix, as_json)
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:
         sys.stderr.close()
 
 
-def _follow(sources: dict, offsets: dict, prefix: bool) -> None:
+def _since(lines: list[str], stamp: str) -> list[str]:
+    """The lines from the first stamped at or after `stamp` (stamps sort as text)."""
+    from servicefactory.cli.app import line_fields
+
+    for index, line in enumerate(lines):
+        when = line_fields("", line)["time"]
+        if when is not None and when >= stamp:
+            return lines[index:]
+    return []
+
+
+def _show_line(source: str, line: str, prefix: bool, as_json: bool) -> None:
+    from servicefactory.supervise import logfiles
+
+    if as_json:
+        from servicefactory.cli.app import line_fields
+
+        click.echo(json.dumps(line_fields(source, line), ensure_ascii=False))
+        return
+    line = logfiles.printable(line)  # a file not written by us may hold terminal escapes
+    click.echo(f"{source} | {line}" if prefix else line)
+
+
+def _follow(sources: dict, offsets: dict, prefix: bool, as_json: bool = False) -> None:
     import queue
     import threading
 
@@ -575,8 +611,7 @@ def _follow(sources: dict, offsets: dict, prefix: bool) -> None:
         threading.Thread(target=pump, daemon=True).start()
     while True:
         source, line = lines.get()
-        line = logfiles.printable(line)  # a file not written by us may hold terminal escapes
-        click.echo(f"{source} | {line}" if prefix else line)
+        _show_line(source, line, prefix, as_json)
 
 
 # -- list ----------------------------------------------------------------------------------
@@ -616,9 +651,12 @@ def token() -> None:
 
 from servicefactory.cli.dashboard import dashboard as _dashboard  # noqa: E402 (each view's command
 from servicefactory.cli.top import top as _top  # noqa: E402                  lives in its module)
+from servicefactory.cli.app import down as _down, up as _up  # noqa: E402  (the application file's commands)
 
 cli.add_command(_top)
 cli.add_command(_dashboard)
+cli.add_command(_up)
+cli.add_command(_down)
 
 from servicefactory.cli import lifecycle as _lifecycle  # noqa: E402  (after the group it joins)
 

@@ -131,8 +131,9 @@ def run_foreground(specs: list, settings: Any, registry: Any) -> None:
     sys.exit(run_supervisor(specs, settings, printer=printer, registry=registry))
 
 
-def run_daemon(specs: list, settings: Any, registry: Any) -> None:
-    """Start a detached supervisor and return once it reports every service ready (or exit with why not)."""
+def run_daemon(specs: list, settings: Any, registry: Any, show: Any = None) -> None:
+    """Start a detached supervisor and return once it reports every service ready (or exit with why not);
+    `show(services)` prints the report's services instead of the `run` lines."""
     import dataclasses
     import subprocess
     import time
@@ -190,6 +191,9 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
             time.sleep(0.02)  # it is releasing the names: let it finish before we report
         from servicefactory.supervise.logfiles import printable
         raise CommandFailed(f"{prefix}{printable(str(report.error))}", report.exit_code if not service else 1)
+    if show is not None:
+        show(report.services)
+        return
     for service in report.services:
         state = service.get("state", "running")
         if state == "running":
@@ -201,7 +205,7 @@ def run_daemon(specs: list, settings: Any, registry: Any) -> None:
 
 
 class Printer:
-    """Prints a service's output as `HH:MM:SS name | line`, and the supervisor's own events as
+    """Prints a service's output as `HH:MM:SS name | line` (`!` for stderr), and the supervisor's own events as
     `HH:MM:SS name   [servicefactory] ...` (no bar: output, always after the bar and escaped, cannot
     imitate them); a colour per service when stdout is a terminal."""
 
@@ -212,13 +216,14 @@ class Printer:
         self.colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
         self.colours = {name: self.COLOURS[i % len(self.COLOURS)] for i, name in enumerate(names)}
 
-    def __call__(self, name: str, text: str, event: bool = False) -> None:
+    def __call__(self, name: str, text: str, event: bool = False, stream: str = "out") -> None:
         import time
 
         from servicefactory.supervise.logfiles import printable
 
         text = printable(text)
-        prefix = f"{time.strftime('%H:%M:%S')} {name:<{self.width}} {' ' if event else '|'}"
+        bar = " " if event else "|" if stream == "out" else "!"  # `!`: what it wrote to stderr
+        prefix = f"{time.strftime('%H:%M:%S')} {name:<{self.width}} {bar}"
         if self.colour:
             prefix = click.style(prefix, fg=self.colours.get(name, "white"))
         try:

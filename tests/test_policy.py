@@ -184,9 +184,10 @@ def test_a_service_never_ready_at_start_up_fails_the_start_instead_of_restarting
 
 def test_the_state_values_are_the_strings_records_and_status_json_show():
     assert {state.value for state in S} == {"starting", "running", "unhealthy", "backoff", "failed", "stopping",
-                                            "stopped", "stale", "unknown"}
+                                            "stopped", "waiting", "blocked", "stale", "unknown"}
     assert S.RUNNING == "running" and f"{S.BACKOFF}" == "backoff" and str(S.FAILED) == "failed"
     assert LIVE < ACTIVE and S.BACKOFF in ACTIVE and S.FAILED not in ACTIVE
+    assert S.WAITING in ACTIVE and S.WAITING not in LIVE and S.BLOCKED not in ACTIVE
 
 
 def test_every_supervised_state_has_its_transitions_and_none_leads_to_a_registry_only_state():

@@ -51,6 +51,7 @@ _FIELDS = {
     "last_reason": None,  # why its process last ended: crash, memory, watchdog, manual, ... (supervise._reasons)
     "history": None,  # its last stops and restarts, oldest first: [{time, reason, exit, detail}]
     "reloadable": False,  # it defines reload(): SIGHUP (`servicefactory reload`) calls it
+    "error": None,  # why a service is failed or blocked (`blocked: migrate exited 1`), if known
 }
 
 

@@ -653,7 +653,9 @@ class LocalRegistry:
             pid = int(read_nofollow(pidfile, 64).split()[0])
         except (OSError, ValueError, IndexError):
             return True
-        return pid == record.pid or not holds_open(pid, pidfile)
+        # a record with no process (waiting for a dependency, blocked) while the pidfile still names
+        # the supervisor that claimed the name: nothing newer was started since
+        return pid == record.pid or not holds_open(pid, pidfile) or (not record.pid and pid == locked_by)
 
     def just_claimed(self, name: str) -> bool:
         """A name claimed moments ago whose owner has not published yet (it is still starting)."""

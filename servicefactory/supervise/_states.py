@@ -20,6 +20,8 @@ class ServiceState(str, enum.Enum):
     FAILED = "failed"  # exited too often (or could not start): left down, perhaps retried later
     STOPPING = "stopping"  # asked to stop (SIGTERM sent), not gone yet
     STOPPED = "stopped"  # not running, as asked (or never started)
+    WAITING = "waiting"  # not started yet: a service it depends on is not there yet (started, ready, ...)
+    BLOCKED = "blocked"  # not started: a service it depends on failed (the record's `error` says which)
     # never a supervised child's state: the registry's view of a name (see registry.state_of)
     STALE = "stale"  # files of a process that is gone
     UNKNOWN = "unknown"  # a name nobody ran (or whose run is forgotten): status must not say `stopped`
@@ -34,7 +36,7 @@ RESTART_POLICIES = ("on-failure", "always", "no")
 S = ServiceState  # short, for the tables below
 
 #: states in which a supervisor still has work to do for a service (it must not exit)
-ACTIVE = frozenset({S.STARTING, S.RUNNING, S.UNHEALTHY, S.BACKOFF, S.STOPPING})
+ACTIVE = frozenset({S.STARTING, S.RUNNING, S.UNHEALTHY, S.BACKOFF, S.STOPPING, S.WAITING})
 #: states in which a process of the service exists
 LIVE = frozenset({S.STARTING, S.RUNNING, S.UNHEALTHY, S.STOPPING})
 
@@ -46,6 +48,16 @@ TRANSITIONS: dict[ServiceState, frozenset[ServiceState]] = {
         S.FAILED,  # STOPPED -> FAILED: its process could not even be started (or exited at once) at start-up
         S.BACKOFF,  # STOPPED -> BACKOFF: the same after start-up, restart policy says try again
         S.STOPPED,  # STOPPED -> STOPPED: a `stop` of a stopped service; a start that failed, restart=no
+        S.WAITING,  # STOPPED -> WAITING: first start of a service with dependencies (depends_on)
+    }),
+    S.WAITING: frozenset({
+        S.STARTING,  # WAITING -> STARTING: every dependency's condition is met
+        S.BLOCKED,  # WAITING -> BLOCKED: a dependency failed (or ended) before its condition was met
+        S.STOPPED,  # WAITING -> STOPPED: a stop request (or everything stops) before it could start
+    }),
+    S.BLOCKED: frozenset({
+        S.STOPPED,  # BLOCKED -> STOPPED: a stop request
+        S.WAITING,  # BLOCKED -> WAITING: a `restart` of it: its dependencies are looked at again
     }),
     S.STARTING: frozenset({
         S.RUNNING,  # STARTING -> RUNNING: it said `ready`

@@ -36,6 +36,13 @@ class Spec:
     tls_key: str | None = None
     max_memory: int | None = None  # bytes, with its descendants: above it, restarted (reason `memory`)
     watchdog: float | None = None  # seconds its loop may go without progress, else restarted (`watchdog`)
+    # from an application file (servicefactory.toml, see appfile.py); a `run` never sets these
+    command: list[str] | None = None  # any program instead of a Service class (see _commands)
+    env: dict[str, str] | None = None  # over the supervisor's environment: env_file, then env
+    ready: dict | None = None  # a command's readiness check: {port}, {command} or {log}; None: at once
+    stop_signal: str = "SIGTERM"  # what a stop sends first (SIGKILL follows after stop_timeout)
+    depends_on: dict[str, str] | None = None  # name -> condition (see _dependencies)
+    user: str | None = None  # run as this user (the supervisor must be root)
 
 
 @dataclass
@@ -55,6 +62,7 @@ class Settings:
     dashboard_host: str | None = None  # None: 127.0.0.1
     watch: bool = False  # run --watch: restart a service when a .py file under its directory changes
     watch_ignored: tuple = ()  # --watch-ignore patterns (not named as the option: `restart` passes no list)
+    keep_going: bool = False  # an application (`up`): a service failing to start does not stop the others
 
 
 class Child:
@@ -101,6 +109,12 @@ class Child:
         self.reloadable = False  # the running process defines reload(): SIGHUP calls it
         self.reloaded = threading.Event()  # its answer to the last SIGHUP arrived
         self.reload_error: str | None = None
+        self.err_fd: int | None = None  # the process's stderr, kept apart from its stdout
+        self.err_partial = b""
+        self.ready_check: Any = None  # a command's _commands.ReadyCheck while it starts
+        self.started_once = False  # a process of it was started (what `depends_on = "started"` waits for)
+        self.healthy = False  # its health action said `running` (what `healthy` waits for)
+        self.health_probe_at = 0.0  # monotonic time the next health probe may be sent
 
     def change_state(self, new: ServiceState) -> ServiceState:
         """Move to `new` if TRANSITIONS allows it (else TransitionError), log it and publish it;

@@ -375,6 +375,7 @@ def _status(names: list[str] | None, registry: Registry, include_supervisors: bo
                        restarts=record.restarts, last_exit=record.last_exit, supervisor=record.supervisor,
                        target=record.target, last_reason=record.last_reason, history=list(record.history or []))
             row["next_try"] = record.next_try if state in ("backoff", "failed") else None
+            row["error"] = record.error if state in ("blocked", "failed") else None
             if state == "running":
                 row["uptime"] = round(now - record.started, 1)
                 row.update(registry.usage(record))

@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from servicefactory.supervise import _notify
+from servicefactory.supervise import _commands, _dependencies, _notify
 
 from servicefactory.supervise import _reaper
 from servicefactory.supervise._protocol import (LIFELINE_FD_ENV, LOG_PATH_ENV, READY_FD_ENV, STOP_TIMEOUT_ENV, SUPERVISED_ENV,
@@ -75,6 +75,8 @@ class Supervisor(ServiceBase):
         _reaper.become_subreaper()
         self.starting_up = True
         self.begun = False
+        # name -> (stop timeout, signal): stopped once its dependents are gone
+        self.stop_pending: dict[str, tuple[float | None, int | None]] = {}
         self.failure: dict | None = None
         self.exit_code = 0
         self.name = f"{SUPERVISOR_PREFIX}{os.getpid()}"
@@ -126,24 +128,38 @@ class Supervisor(ServiceBase):
             if self.settings.watch:
                 self._start_watching()
             for child in self.children.values():
-                self._spawn(child)
+                if child.spec.depends_on:
+                    self._event(child, "waiting for " + ", ".join(
+                        f"{name} ({condition})" for name, condition in child.spec.depends_on.items()))
+                    child.change_state(ServiceState.WAITING)  # STOPPED -> WAITING
+                else:
+                    self._spawn(child)
         now = time.monotonic()
         due = [t for t in (RestartPolicy.due(c.state, c.next_start, c.retry_at) for c in self.children.values())
                if t is not None]
         if self.changes is not None and self.changes.next_due() is not None:
             due.append(self.changes.next_due())
+        due += [t for t in (c.ready_check.due() for c in self.children.values()
+                            if c.ready_check is not None and c.state == ServiceState.STARTING) if t is not None]
         timeout = max(0.0, min([0.25] + [t - now for t in due]))
         for key, _ in self.selector.select(timeout):
             kind, child = key.data
             if kind == "wake":
                 drain(self.wake_read)
-            elif kind == "out":
-                self._pump(child)
+            elif kind in ("out", "err"):
+                self._pump(child, kind)
             elif kind == "ready":
                 self._read_ready(child)
             elif kind == "exit":
                 self._reap(child)
         self._run_commands()
+        self._stop_due()
+        now = time.monotonic()
+        for child in list(self.children.values()):
+            if child.ready_check is not None and child.state == ServiceState.STARTING and child.ready_check.poll(now):
+                self._became_ready(child)
+        if not self.stopping:
+            self._start_waiting()
         for child in list(self.children.values()):
             if child.popen is not None and child.pidfd is None and child.popen.poll() is not None:
                 self._reap(child)  # no pidfd on this system: polled instead
@@ -179,28 +195,39 @@ class Supervisor(ServiceBase):
         spec = child.spec
         child.retry_at = None
         child.unhealthy = False
+        child.healthy = False
         ready_read, ready_write = os.pipe()
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **{
-            SUPERVISED_ENV: spec.name, SUPERVISOR_PID_ENV: str(os.getpid()),
-            READY_FD_ENV: str(ready_write), LIFELINE_FD_ENV: str(self.lifeline_read),
-            STOP_TIMEOUT_ENV: repr(spec.stop_timeout), LOG_PATH_ENV: str(child.log.path)})
+        # the supervisor's environment, then the app file's env_file and env (spec.env, merged in that order)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(spec.env or {}), **{
+            SUPERVISED_ENV: spec.name, SUPERVISOR_PID_ENV: str(os.getpid())})
         for name in ("WATCHDOG_USEC", "WATCHDOG_PID", WATCHDOG_ENV):  # systemd watches us, not our children
             env.pop(name, None)
-        if spec.watchdog:
-            env[WATCHDOG_ENV] = repr(spec.watchdog)
-        # isolated from its working directory (the project's): a module target is put on sys.path
-        # after the standard library by the loader, not first by Python
-        args = python_command("servicefactory.supervise._child", "-u") + [
-            spec.target, spec.name, spec.host or "", "" if spec.port is None else str(spec.port),
-            spec.tls_cert or "", spec.tls_key or ""]
+        if spec.command:
+            try:
+                args = _commands.argv(spec.command, spec.user)
+            except KeyError:
+                args = []  # the user is gone since the file was read: Popen below fails and says so
+            pass_fds: tuple[int, ...] = tuple(self.registry.inheritable(child.claim))
+            env.pop("PYTHONUNBUFFERED")
+        else:
+            env.update({READY_FD_ENV: str(ready_write), LIFELINE_FD_ENV: str(self.lifeline_read),
+                        STOP_TIMEOUT_ENV: repr(spec.stop_timeout), LOG_PATH_ENV: str(child.log.path)})
+            if spec.watchdog:
+                env[WATCHDOG_ENV] = repr(spec.watchdog)
+            # isolated from its working directory (the project's): a module target is put on sys.path
+            # after the standard library by the loader, not first by Python
+            args = python_command("servicefactory.supervise._child", "-u") + [
+                spec.target, spec.name, spec.host or "", "" if spec.port is None else str(spec.port),
+                spec.tls_cert or "", spec.tls_key or ""]
+            pass_fds = (ready_write, *self.registry.inheritable(child.claim), self.lifeline_read)
         try:
             with _hangup_ignored():
                 child.popen = subprocess.Popen(
-                    args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                    args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                     cwd=spec.cwd if spec.cwd and os.path.isdir(spec.cwd) else None,
-                    pass_fds=(ready_write, *self.registry.inheritable(child.claim), self.lifeline_read),
-                    start_new_session=True)
-        except OSError as exc:
+                    pass_fds=pass_fds, start_new_session=True,
+                    **({} if spec.command else _commands.user_options(spec.user)))
+        except (OSError, KeyError, ValueError, IndexError) as exc:
             os.close(ready_read)
             os.close(ready_write)
             child.error = f"cannot start: {exc}"
@@ -219,10 +246,14 @@ class Supervisor(ServiceBase):
         os.set_blocking(ready_read, False)
         child.ready_fd = ready_read
         self.selector.register(ready_read, selectors.EVENT_READ, ("ready", child))
-        assert child.popen.stdout is not None
+        assert child.popen.stdout is not None and child.popen.stderr is not None
         child.output_fd = child.popen.stdout.fileno()
         os.set_blocking(child.output_fd, False)
         self.selector.register(child.output_fd, selectors.EVENT_READ, ("out", child))
+        child.err_fd = child.popen.stderr.fileno()
+        os.set_blocking(child.err_fd, False)
+        self.selector.register(child.err_fd, selectors.EVENT_READ, ("err", child))
+        child.started_once = True
         try:
             child.pidfd = os.pidfd_open(child.popen.pid)
             self.selector.register(child.pidfd, selectors.EVENT_READ, ("exit", child))
@@ -232,36 +263,51 @@ class Supervisor(ServiceBase):
         # record still names no process (it would take the name's owner for an unsupervised one)
         child.change_state(ServiceState.STARTING)
         self.registry.hand_over(child.claim, child.popen.pid)
+        if spec.command:
+            child.ready_check = _commands.ReadyCheck(spec.ready, cwd=spec.cwd, env=env)
+            if child.ready_check.at_once:
+                self._became_ready(child)
 
-    def _pump(self, child: Child) -> None:
+    def _pump(self, child: Child, kind: str = "out") -> None:
+        fd = child.output_fd if kind == "out" else child.err_fd
         try:
-            data = os.read(child.output_fd, 65536) if child.output_fd is not None else b""
+            data = os.read(fd, 65536) if fd is not None else b""
         except BlockingIOError:
             return
         except OSError:
             data = b""
         if not data:
-            self._close_output(child)
+            self._close_output(child, kind)
             return
-        lines = (child.partial + data).split(b"\n")
-        child.partial = lines.pop()
-        if len(child.partial) > 65536:  # a runaway line without newline: flush it anyway
-            lines.append(child.partial)
-            child.partial = b""
+        partial = child.partial if kind == "out" else child.err_partial
+        lines = (partial + data).split(b"\n")
+        partial = lines.pop()
+        if len(partial) > 65536:  # a runaway line without newline: flush it anyway
+            lines.append(partial)
+            partial = b""
+        if kind == "out":
+            child.partial = partial
+        else:
+            child.err_partial = partial
         for line in lines:
-            self._emit(child, line.decode(errors="replace"))
+            self._emit(child, line.decode(errors="replace"), kind)
 
-    def _emit(self, child: Child, text: str) -> None:
-        # the child's words always follow `NAME | `, and are escaped: they can neither drive the
-        # reader's terminal nor pass for one of our events (`[servicefactory] NAME ...`)
+    def _emit(self, child: Child, text: str, kind: str = "out") -> None:
+        # the child's words always follow `NAME | ` (stdout) or `NAME ! ` (stderr), and are escaped:
+        # they can neither drive the reader's terminal nor pass for one of our events
+        # (`[servicefactory] NAME ...`)
         text = printable(text)
-        child.log.write(f"{stamp()} {child.spec.name} | {text}\n".encode())
+        bar = "|" if kind == "out" else "!"
+        child.log.write(f"{stamp()} {child.spec.name} {bar} {text}\n".encode())
         child.tail = (child.tail + [text])[-20:]
         if self.printer is not None:
-            self.printer(child.spec.name, text)
+            self.printer(child.spec.name, text, stream=kind)
+        if child.ready_check is not None and child.state == ServiceState.STARTING and child.ready_check.on_line(text):
+            self._became_ready(child)
 
-    def _close_output(self, child: Child) -> None:
-        if child.output_fd is not None:
+    def _close_output(self, child: Child, kind: str | None = None) -> None:
+        """Stop reading the child's stdout (`out`), stderr (`err`) or both (None)."""
+        if kind in (None, "out") and child.output_fd is not None:
             self._unregister(child.output_fd)
             if child.partial:
                 self._emit(child, child.partial.decode(errors="replace"))
@@ -269,6 +315,14 @@ class Supervisor(ServiceBase):
             if child.popen is not None and child.popen.stdout is not None:
                 child.popen.stdout.close()
             child.output_fd = None
+        if kind in (None, "err") and child.err_fd is not None:
+            self._unregister(child.err_fd)
+            if child.err_partial:
+                self._emit(child, child.err_partial.decode(errors="replace"), "err")
+                child.err_partial = b""
+            if child.popen is not None and child.popen.stderr is not None:
+                child.popen.stderr.close()
+            child.err_fd = None
 
     def _read_ready(self, child: Child) -> None:
         """Read the child's status pipe: `ready` (or why not) first, then `stopping` if it was asked to."""
@@ -288,16 +342,8 @@ class Supervisor(ServiceBase):
                             f"running on with the old settings", warn=not message.ok)
                 child.reloaded.set()
             elif isinstance(message, Ready) and child.state == ServiceState.STARTING:
-                child.ready_at = child.last_beat = time.monotonic()
                 child.reloadable = message.reload
-                child.ever_ready = True
-                child.ready_wall = time.time()
-                child.host, child.port = message.host, message.port
-                child.tls = message.tls
-                child.change_state(ServiceState.RUNNING)
-                child.settled.set()
-                self._remember(child)
-                self._event(child, f"ready (pid {child.popen.pid}{', ' + url_of(child) if child.port else ''})")
+                self._became_ready(child, message.host, message.port, message.tls)
             elif isinstance(message, StartFailed):
                 child.error = message.error or child.error
             elif isinstance(message, Unhealthy) and child.state == ServiceState.RUNNING and not child.user_stopped:
@@ -325,6 +371,23 @@ class Supervisor(ServiceBase):
             os.close(child.ready_fd)
             child.ready_fd = None
 
+    def _became_ready(self, child: Child, host: str | None = None, port: int | None = None,
+                      tls: bool = False) -> None:
+        # starting -> running: the child said `ready`, or a command's ready check passed
+        if child.ready_check is not None:
+            child.ready_check.close()
+            child.ready_check = None
+            child.healthy = True  # a command has no health action: ready is as healthy as it gets
+        child.ready_at = child.last_beat = time.monotonic()
+        child.ever_ready = True
+        child.ready_wall = time.time()
+        child.host, child.port = host, port
+        child.tls = tls
+        child.change_state(ServiceState.RUNNING)
+        child.settled.set()
+        self._remember(child)
+        self._event(child, f"ready (pid {child.popen.pid}{', ' + url_of(child) if child.port else ''})")
+
     def _remember(self, child: Child) -> None:
         try:
             # every run option, for `restart` after we are gone: the Spec, the Settings, the log level
@@ -345,6 +408,9 @@ class Supervisor(ServiceBase):
         except (ProcessLookupError, PermissionError):
             pass
         code = popen.wait()
+        if child.ready_check is not None:
+            child.ready_check.close()
+            child.ready_check = None
         self._kill_strays()
         if child.pidfd is not None:
             self._unregister(child.pidfd)
@@ -359,11 +425,12 @@ class Supervisor(ServiceBase):
         # what the child wrote last is often why it died: read it, but boundedly (a grandchild that
         # escaped its group could keep the pipe open and busy for ever)
         deadline = time.monotonic() + 0.5
-        while child.output_fd is not None and time.monotonic() < deadline:
-            before = child.output_fd
-            self._pump(child)
-            if child.output_fd == before and not readable(before):
-                break
+        for kind in ("out", "err"):
+            while (child.output_fd if kind == "out" else child.err_fd) is not None and time.monotonic() < deadline:
+                before = child.output_fd if kind == "out" else child.err_fd
+                self._pump(child, kind)
+                if (child.output_fd if kind == "out" else child.err_fd) == before and not readable(before):
+                    break
         self._close_output(child)
         child.popen = None
         self._after_exit(child, code)
@@ -376,6 +443,8 @@ class Supervisor(ServiceBase):
         that does not die at once (in the kernel) is reaped on a later call, never waited for here.
         """
         ours = {child.popen.pid for child in self.children.values() if child.popen is not None}
+        ours |= {child.ready_check.pid for child in self.children.values()
+                 if child.ready_check is not None and child.ready_check.pid is not None}
         me = os.getpid()
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
@@ -442,7 +511,8 @@ class Supervisor(ServiceBase):
             child.popen.send_signal(signum)
 
     def _stop_child(self, child: Child, *, restart: bool = False, timeout: float | None = None,
-                    reason: Reason = Reason.MANUAL, detail: str = "", signum: int = signal.SIGTERM) -> None:
+                    reason: Reason = Reason.MANUAL, detail: str = "", signum: int | None = None) -> None:
+        """Stop `child` with `signum` (None: its spec's stop_signal), SIGKILL after its stop timeout."""
         child.user_stopped = True
         child.restart_after_stop = restart
         if child.popen is not None:
@@ -450,30 +520,108 @@ class Supervisor(ServiceBase):
                 if child.pending_reason is None:
                     child.pending_reason, child.pending_detail = reason, detail
                 child.stop_deadline = time.monotonic() + (timeout or child.spec.stop_timeout)
+                if signum is None:
+                    signum = getattr(signal, child.spec.stop_signal, signal.SIGTERM)
                 if signum != signal.SIGTERM:
                     self._event(child, f"stopping it with {signal.Signals(signum).name}")
                 self._signal(child, signum)
                 child.change_state(ServiceState.STOPPING)
         else:
             child.retry_at = None
-            child.change_state(ServiceState.STOPPED)  # failed/backoff -> stopped: no retry is due any more
+            # failed/backoff/waiting/blocked -> stopped: no start is due any more
+            child.change_state(ServiceState.STOPPED)
             child.exited.set()
             if restart:
                 child.user_stopped = False
                 child.restart_after_stop = False
                 child.fast_failures = 0
-                self._spawn(child)  # STOPPED -> STARTING
+                if child.spec.depends_on:
+                    child.change_state(ServiceState.WAITING)  # STOPPED -> WAITING: its dependencies again
+                else:
+                    self._spawn(child)  # STOPPED -> STARTING
+
+    def _stop_in_order(self, children: list[Child], timeout: float | None = None, signum: int | None = None) -> None:
+        """Stop `children`, each once none of them that depends on it is still running (reverse
+        start order); independent ones at once, in parallel."""
+        for child in children:
+            self.stop_pending.setdefault(child.spec.name, (timeout, signum))
+        self._stop_due()
+
+    def _stop_due(self) -> None:
+        if not self.stop_pending:
+            return
+        graph = {name: list(child.spec.depends_on or {}) for name, child in self.children.items()}
+        for name, (timeout, signum) in list(self.stop_pending.items()):
+            dependents = [self.children[d] for d in _dependencies.dependents(graph, name)]
+            if any(d.spec.name in self.stop_pending or (d.popen is not None and d.state == ServiceState.STOPPING)
+                   for d in dependents):
+                continue  # a dependent being stopped is not gone yet
+            del self.stop_pending[name]
+            self._stop_child(self.children[name], timeout=timeout, signum=signum)
+
+    # -- dependencies: who starts when --
+
+    def _progress(self, child: Child) -> _dependencies.Progress:
+        return _dependencies.Progress(
+            state=child.state.value, started=child.started_once, ever_ready=child.ever_ready,
+            last_exit=child.last_exit, healthy=child.healthy, asked_to_stop=child.user_stopped, error=child.error)
+
+    def _start_waiting(self) -> None:
+        """Start each waiting service whose dependencies are met; block those that can never be."""
+        for child in self.children.values():
+            if child.state != ServiceState.WAITING or child.spec.name in self.stop_pending:
+                continue
+            depends_on = child.spec.depends_on or {}
+            progress = {name: self._progress(self.children[name]) for name in depends_on}
+            pending, blocked = _dependencies.waiting_on(depends_on, progress)
+            if blocked is not None:
+                child.error = f"blocked: {blocked}"
+                self._event(child, f"not started: {blocked}", warn=True)
+                child.change_state(ServiceState.BLOCKED)  # WAITING -> BLOCKED
+                child.settled.set()
+                child.exited.set()
+                continue
+            for name in pending:
+                if depends_on[name] == "healthy":
+                    self._probe_health(self.children[name])
+            if not pending:
+                self._spawn(child)  # WAITING -> STARTING
+
+    def _probe_health(self, child: Child) -> None:
+        """Ask a ready Service class's `health` action, in a thread; `healthy` once it says `running`."""
+        if not child.ever_ready or child.healthy or child.state != ServiceState.RUNNING:
+            return
+        now = time.monotonic()
+        if child.health_probe_at > now:
+            return
+        child.health_probe_at = now + 0.5
+
+        def probe() -> None:
+            from servicefactory.http import client
+
+            try:
+                answer = client.perform(child.spec.name, "health", timeout=2.0, registry=self.registry)
+            except ServiceFactoryError:
+                return
+            if isinstance(answer, dict) and answer.get("state") == "running":
+                child.healthy = True
+                try:
+                    os.write(self.wake_write, b"x")
+                except OSError:
+                    pass
+
+        threading.Thread(target=probe, daemon=True, name=f"servicefactory-health-{child.spec.name}").start()
 
     def stop_children(self) -> None:
         """Stop every child in parallel, each within its stop timeout, while our API still answers:
         a `stop` in flight waits for exactly these exits, and must not hold up our own stop."""
-        for child in self.children.values():
-            self._stop_child(child)
+        self._stop_in_order(list(self.children.values()))
         forced = False
-        while any(child.popen is not None for child in self.children.values()):
+        while self.stop_pending or any(child.popen is not None for child in self.children.values()):
             runtime = self._servicefactory_runtime
             if not forced and self.settings.foreground and runtime is not None and runtime.interrupts >= 2:
                 forced = True  # a second Ctrl+C: the user will not wait for graceful stops
+                self.stop_pending.clear()
                 for child in self.children.values():
                     if child.popen is not None and not child.killed:
                         self._event(child, "killing it at once (a second Ctrl+C)", warn=True)
@@ -643,7 +791,17 @@ class Supervisor(ServiceBase):
         children = list(self.children.values())
         # a service stopped on request while it started is no failure of the start (nor of the others)
         wanted = [c for c in children if not (c.user_stopped and not c.ever_ready)]
-        never = [c for c in wanted if not c.ever_ready and c.state not in (ServiceState.STARTING, ServiceState.RUNNING)]
+        never = [c for c in wanted if not c.ever_ready and c.state not in
+                 (ServiceState.STARTING, ServiceState.RUNNING, ServiceState.WAITING)]
+        if self.settings.keep_going:
+            # an application: a service that fails to start (or is blocked by one that did) is
+            # reported, and the others go on; the start is over once every service is settled
+            if not any(c.state in (ServiceState.WAITING, ServiceState.STARTING) and not c.ever_ready
+                       for c in children):
+                self.starting_up = False
+                self._report_startup()
+                _notify.sd_notify("READY=1", self.notify_socket)
+            return
         if never and self.settings.watch:
             # watch mode: a service that cannot start waits for its fix (the next save starts it)
             for bad in never:
@@ -673,7 +831,8 @@ class Supervisor(ServiceBase):
         else:
             report = StartupReport(ready=True, supervisor=self.name, pid=os.getpid(), services=[
                 {"name": c.spec.name, "pid": c.popen.pid if c.popen else None, "url": url_of(c),
-                 "state": c.state.value, "ever_ready": c.ever_ready} for c in self.children.values()])
+                 "state": c.state.value, "ever_ready": c.ever_ready, "error": c.error,
+                 "last_exit": c.last_exit} for c in self.children.values()])
         try:
             os.write(self.ready_fd, to_line(report))
             os.close(self.ready_fd)
@@ -687,7 +846,7 @@ class Supervisor(ServiceBase):
         states = [child.state for child in self.children.values()]
         if any(state in ACTIVE for state in states):
             return
-        failed = any(state == ServiceState.FAILED for state in states)
+        failed = any(state in (ServiceState.FAILED, ServiceState.BLOCKED) for state in states)
         if failed and not self.settings.foreground:
             return  # stay, so that `status` shows the failure and its exit code until someone acts
         if any(child.retry_at is not None for child in self.children.values()):
@@ -709,7 +868,8 @@ class Supervisor(ServiceBase):
             last_exit=child.last_exit, next_try=self._next_try(child),
             stop_timeout=child.spec.stop_timeout, tls=child.tls and child.state == ServiceState.RUNNING,
             last_reason=child.history[-1]["reason"] if child.history else None, history=list(child.history),
-            reloadable=child.reloadable and child.state == ServiceState.RUNNING)
+            reloadable=child.reloadable and child.state == ServiceState.RUNNING,
+            error=child.error if child.state in (ServiceState.BLOCKED, ServiceState.FAILED) else None)
         try:
             self.registry.publish(child.claim, record)
         except OSError as exc:
@@ -790,8 +950,8 @@ class Supervisor(ServiceBase):
         children, timeout = self._request(data)
         signum = data.get("signal") if isinstance(data, dict) else None
         if not (isinstance(signum, int) and not isinstance(signum, bool) and 0 < signum < signal.NSIG):
-            signum = signal.SIGTERM
-        self._call(lambda: [self._stop_child(child, timeout=timeout, signum=signum) for child in children])
+            signum = None  # each service's own stop_signal
+        self._call(lambda: self._stop_in_order(children, timeout, signum))
         return self._await_exit(children, timeout)
 
     @handle("reload", post_only=True)
@@ -868,7 +1028,8 @@ class Supervisor(ServiceBase):
     def _await_exit(self, children: list[Child], timeout: float | None = None) -> list:
         if not children:
             return []
-        deadline = time.monotonic() + (timeout or max(c.spec.stop_timeout for c in children)) + 5.0
+        # stopped in dependency order: one after the other at worst
+        deadline = time.monotonic() + sum(timeout or c.spec.stop_timeout for c in children) + 5.0
         for child in children:
             child.exited.wait(max(0.0, deadline - time.monotonic()))
         return self.handle_status({"names": [c.spec.name for c in children]})

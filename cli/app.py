@@ -1,0 +1,214 @@
+"""`servicefactory up` and `down`: the application declared in servicefactory.toml, as one.
+
+`up` starts every service of the file under one supervisor, in dependency order (detached: it
+returns once each is ready, completed, failed or blocked; `--foreground`: until Ctrl+C, which stops
+them in reverse order). `down` stops them, dependents first. The file is read by
+servicefactory.appfile; this module only drives it. Also here: what `logs --since` and
+`logs --json` read in a log line.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from typing import Any
+
+import click
+
+from servicefactory.cli.common import CommandFailed
+from servicefactory.cli.common import registry as _registry
+
+FILE_HELP = "The application file  [default: ./servicefactory.toml]."
+ENV_HELP = "Merge [environments.NAME] of the file over the rest."
+
+
+def _load(file: str | None, environment: str | None, check_targets: bool = True) -> Any:
+    from servicefactory import appfile
+    from servicefactory.supervise.loader import TargetImportError
+
+    try:
+        return appfile.load(file, environment, check_targets=check_targets)
+    except TargetImportError as exc:
+        click.echo(exc.traceback, err=True, nl=False)  # the user's own code raised: their traceback
+        raise
+
+
+@click.command(epilog="""\b
+Examples:
+  servicefactory up                    # ./servicefactory.toml, detached
+  servicefactory up -f app.toml --env prod
+  servicefactory up --foreground       # Ctrl+C stops everything, dependents first
+""")
+@click.option("-f", "--file", "file", metavar="FILE", help=FILE_HELP)
+@click.option("--env", "environment", metavar="NAME", help=ENV_HELP)
+@click.option("--foreground", is_flag=True, help="Stay in the foreground, printing every service's output.")
+@click.option("--dry-run", is_flag=True, help="Check the file and print the start order; start nothing.")
+def up(file: str | None, environment: str | None, foreground: bool, dry_run: bool) -> None:
+    """Start every service the application file declares, in dependency order."""
+    from servicefactory.cli import running
+    from servicefactory.errors import AlreadyRunning
+    from servicefactory.supervise._dependencies import waves
+
+    app = _load(file, environment)
+    order = waves(app.graph)
+    waits = [f"{spec.name} waits for " + ", ".join(f"{name} ({condition})" for name, condition
+                                                     in spec.depends_on.items())
+             for spec in app.specs if spec.depends_on]
+    if dry_run:
+        click.echo("start order: " + " -> ".join(", ".join(wave) for wave in order))
+        for line in waits:
+            click.echo(line)
+        return
+    registry = _registry()
+    try:
+        running.check_free(app.specs, registry)
+    except AlreadyRunning as exc:
+        raise CommandFailed(f"{exc}; is the application up already? (`servicefactory down` stops it)", 9) from None
+    if app.log_level:
+        os.environ["SERVICEFACTORY_LOG_LEVEL"] = app.log_level
+    app.settings.foreground = foreground
+    if foreground:
+        running.run_foreground(app.specs, app.settings, registry)
+    for line in waits:
+        click.echo(line)
+    running.run_daemon(app.specs, app.settings, registry, show=_show_started)
+
+
+def _show_started(services: list[dict]) -> None:
+    """One line per service of the start report; exit 1 if any failed or was blocked."""
+    from servicefactory.supervise._dependencies import describe_exit
+
+    bad = False
+    for service in services:
+        name, state = service["name"], service.get("state")
+        if state == "running":
+            click.echo(f"{name} running (pid {service['pid']}, {service.get('url') or 'no API'})")
+        elif state == "stopped" and service.get("ever_ready") and service.get("last_exit") == 0:
+            click.echo(f"{name} completed (exit 0)")
+        elif state == "blocked":
+            bad = True
+            click.echo(f"{name} {service.get('error') or 'blocked'}", err=True)
+        elif state == "failed" or service.get("last_exit"):
+            bad = True
+            why = service.get("error") or describe_exit(service.get("last_exit"))
+            click.echo(f"{name} failed: {why} (servicefactory logs {name})", err=True)
+        else:
+            click.echo(f"{name} {state}")
+    if bad:
+        sys.exit(1)
+
+
+@click.command(epilog="""\b
+Examples:
+  servicefactory down
+  servicefactory down -f app.toml --timeout 5
+""")
+@click.option("-f", "--file", "file", metavar="FILE", help=FILE_HELP)
+@click.option("--env", "environment", metavar="NAME", help=ENV_HELP)
+@click.option("--timeout", type=click.FloatRange(min=0.1),
+              help="Seconds each stop may take before SIGKILL  [default: each service's stop_timeout].")
+def down(file: str | None, environment: str | None, timeout: float | None) -> None:
+    """Stop every service the application file declares, dependents first."""
+    from servicefactory.errors import ServiceFactoryError
+    from servicefactory.registry.base import state_of
+    from servicefactory.supervise import control
+    from servicefactory.supervise._dependencies import waves
+
+    app = _load(file, environment, check_targets=False)
+    registry = _registry()
+    registry.check_safe()
+    by_supervisor: dict[str, list[str]] = {}
+    others = []
+    for name in app.names:
+        state, record = state_of(registry, name)
+        if record is not None and record.supervisor and state != "stale" and registry.is_held(record.supervisor):
+            by_supervisor.setdefault(record.supervisor, []).append(name)
+        else:
+            others.append(name)
+    failed = False
+    order = [name for wave in reversed(waves(app.graph)) for name in wave]
+    for supervisor, names in by_supervisor.items():
+        limit = sum(timeout or _stop_timeout(app, name) for name in names)  # one after the other at worst
+        record = registry.lookup(supervisor)
+        try:
+            before = {row["name"]: row for row in control.call_supervisor(supervisor, "status", None, 10.0, registry)}
+            request = {"names": names, **({"timeout": timeout} if timeout else {})}
+            rows = {row["name"]: row for row in control.call_supervisor(supervisor, "stop", request, limit + 15,
+                                                                        registry)}
+        except ServiceFactoryError as exc:
+            raise CommandFailed(f"cannot stop {', '.join(names)} through their supervisor {supervisor}: {exc}", 1)
+        for name in sorted(names, key=order.index):
+            if before.get(name, {}).get("state") in ("stopped", "failed", "blocked"):
+                click.echo(f"{name} was {before[name]['state']}" + (
+                    " (completed)" if before[name].get("last_exit") == 0 else ""))
+            else:
+                killed = rows.get(name, {}).get("last_exit") == -9
+                click.echo(f"{name} stopped" + (" (killed after its stop timeout)" if killed else ""))
+            registry.mark_stopped(name)
+        if set(before) <= set(names):
+            # it supervised nothing else: it goes too (it may be going already, having nothing left to do)
+            try:
+                control.call_supervisor(supervisor, "shutdown", None, 5.0, registry)
+            except ServiceFactoryError:
+                pass
+            if record is not None:
+                control.wait_gone(registry, record, 10.0)
+    for name in sorted(others, key=order.index):
+        outcome = control.stop(name, timeout, registry)
+        if outcome.failed:
+            failed = True
+            click.echo(f"error: {outcome.message}", err=True)
+        elif outcome.unknown:
+            click.echo(f"{name} is not running")
+        else:
+            click.echo(outcome.message)
+    if failed:
+        sys.exit(1)
+
+
+def _stop_timeout(app: Any, name: str) -> float:
+    return next(spec.stop_timeout for spec in app.specs if spec.name == name)
+
+
+# -- what `logs` reads in a line: `STAMP NAME | text`, `STAMP NAME ! text`, `STAMP [servicefactory] NAME text` --
+
+_LINE = re.compile(r"^(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}) (?:(?P<event>\[servicefactory\]) )?"
+                   r"(?P<name>\S+) (?:(?P<bar>[|!]) )?(?P<text>.*)$")
+_AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
+
+
+def parse_since(text: str) -> str:
+    """`--since` (10m, 2h, 30s, 1d, or a local time such as 2026-11-28T10:00) as a log stamp to compare with."""
+    import datetime
+
+    found = _AGO.match(text.strip())
+    if found:
+        seconds = float(found.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[found.group(2)]
+        moment = datetime.datetime.fromtimestamp(time.time() - seconds)
+    else:
+        try:
+            moment = datetime.datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise CommandFailed(f"--since {text!r} is neither a duration (30s, 10m, 2h, 1d) nor a time "
+                                f"(2026-11-28T10:00)", 2) from None
+        if moment.tzinfo is not None:  # the log's stamps are local time
+            moment = moment.astimezone().replace(tzinfo=None)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+
+
+def line_fields(source: str, line: str) -> dict[str, Any]:
+    """A log line as {time, service, instance, stream, message}; stream is stdout, stderr or event."""
+    found = _LINE.match(line)
+    if found is None:
+        return {"time": None, "service": source, "instance": None, "stream": "stdout", "message": line}
+    if not found["bar"] and not found["event"]:  # stamped, but not by a supervisor
+        return {"time": found["time"], "service": source, "instance": None, "stream": "stdout",
+                "message": line[24:]}
+    stream = "event" if found["event"] else "stderr" if found["bar"] == "!" else "stdout"
+    text = found["text"]
+    name = found["name"]
+    instance = None
+    if name != source and name.startswith(source + "."):
+        instance = name[len(source) + 1:]
+    return {"time": found["time"], "service": source, "instance": instance, "stream": stream, "message": text}
