@@ -207,8 +207,10 @@ def line_fields(source: str, line: str) -> dict[str, Any]:
                 "message": line[24:]}
     stream = "event" if found["event"] else "stderr" if found["bar"] == "!" else "stdout"
     text = found["text"]
-    name = found["name"]
-    instance = None
-    if name != source and name.startswith(source + "."):
-        instance = name[len(source) + 1:]
-    return {"time": found["time"], "service": source, "instance": instance, "stream": stream, "message": text}
+    from servicefactory.registry.base import split_instance
+
+    try:
+        service, instance = split_instance(found["name"])  # `api/2`: instance 2 of api
+    except ValueError:
+        service, instance = found["name"], None
+    return {"time": found["time"], "service": service, "instance": instance, "stream": stream, "message": text}

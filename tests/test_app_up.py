@@ -10,7 +10,7 @@ import signal
 import time
 from pathlib import Path
 
-from support import PYTHON, Proc, alive, free_port, gone, stamped, supervisor_pid, wait_until
+from support import PYTHON, ROOT, Proc, alive, free_port, gone, stamped, supervisor_pid, wait_until
 
 SERVER = """
 import signal, socket, sys, time
@@ -339,3 +339,18 @@ def test_logs_since_keeps_the_recent_lines_and_refuses_what_is_not_a_time(sf):
     assert {"stream": "event", "message": "ready (pid %d)" % sf.row("talker")["pid"]}.items() <= \
         next(e for e in events if e["stream"] == "event").items(), events
     assert sf("down").returncode == 0
+
+
+def test_the_example_application_comes_up_and_goes_down(sf):
+    example = (ROOT / "examples" / "servicefactory.toml").read_text()
+    port = free_port()
+    sf.write("servicefactory.toml", example.replace("8765", str(port)))
+    sf.write("counter.py", (ROOT / "examples" / "counter.py").read_text())
+    result = sf("up")
+    assert result.returncode == 0, result
+    assert "migrate completed (exit 0)" in result.stdout and "cache running" in result.stdout, result.stdout
+    assert json.loads(sf("perform", "Counter", "count").stdout)["ticks"] >= 1
+    assert sf("up", "--env", "prod", "--dry-run").stdout.startswith("start order: cache -> migrate -> Counter")
+    result = sf("down")
+    assert result.returncode == 0 and result.stdout.splitlines()[0] == "Counter stopped", result
+    assert not sf.ours()
