@@ -661,7 +661,7 @@ class Supervisor(ServiceBase):
         child.pending_reason, child.pending_detail = reason, detail
         child.error = detail
         child.stop_deadline = time.monotonic() + child.spec.stop_timeout
-        self._signal(child, signal.SIGTERM)
+        self._signal(child, getattr(signal, child.spec.stop_signal, signal.SIGTERM))
         child.change_state(ServiceState.STOPPING)
 
     # -- watch mode: restart a service when its source changes --
