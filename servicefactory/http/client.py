@@ -181,6 +181,9 @@ def resolve(name: str, registry: Registry | None = None, fallback: tuple[str, in
         else:
             _secure.discard(address)
     elif record is not None and not dead and record.state == "running" and fallback is None:
+        if record.target.startswith("command: "):  # an application file's command service (appfile)
+            raise UnknownAction(f"{name} is a command ({record.target[len('command: '):]}), not a Service "
+                                f"class: it has no actions to perform")
         raise ServiceNotRunning(f"{name} runs without an API (its class declares no Service.API.endpoint): "
                                 f"there is nothing to perform")
     elif fallback is not None and fallback[1]:

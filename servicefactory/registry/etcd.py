@@ -569,6 +569,8 @@ class EtcdRegistry:
         if claim is None:
             return True  # nobody holds it: nothing newer to prefer
         if record.supervisor and self._claim_names(claim, record):
+            if not record.pid and claim.get("pid") == claim.get("holder"):
+                return True  # no process yet (waiting for a dependency, blocked), none started since
             return claim.get("pid") == record.pid or (self._is_here(claim.get("hostname")) and is_dead(
                 ServiceRecord(record.name, claim.get("pid") or 0, create_time=claim.get("create_time") or 0.0)))
         return self._claim_names(claim, record)
