@@ -55,12 +55,19 @@ def up(file: str | None, environment: str | None, foreground: bool, dry_run: boo
     waits = [f"{spec.name} waits for " + ", ".join(f"{name} ({condition})" for name, condition
                                                      in spec.depends_on.items())
              for spec in app.specs if spec.depends_on]
+    registry = _registry()
+    supervisor = _supervisor_of(app, registry)
+    if supervisor is not None:  # up already: apply the file's changes
+        if foreground:
+            raise CommandFailed(f"the application is up already (supervisor {supervisor}): `servicefactory "
+                                f"down` first to run it in the foreground", 9)
+        _apply(app, supervisor, registry, dry_run)
+        return
     if dry_run:
         click.echo("start order: " + " -> ".join(", ".join(wave) for wave in order))
         for line in waits:
             click.echo(line)
         return
-    registry = _registry()
     try:
         running.check_free(app.specs, registry)
     except AlreadyRunning as exc:
@@ -75,6 +82,69 @@ def up(file: str | None, environment: str | None, foreground: bool, dry_run: boo
     running.run_daemon(app.specs, app.settings, registry, show=_show_started)
 
 
+def _supervisor_of(app: Any, registry: Any) -> str | None:
+    """The live supervisor running any of the file's services (`up` ran before), or None."""
+    from servicefactory.registry.base import state_of
+
+    found = set()
+    for name in app.names:
+        state, record = state_of(registry, name)
+        if record is not None and record.supervisor and state != "stale" and registry.is_held(record.supervisor):
+            found.add(record.supervisor)
+    if len(found) > 1:
+        raise CommandFailed(f"the file's services run under {len(found)} supervisors ({', '.join(sorted(found))}); "
+                            f"`servicefactory down` and up again to run them as one application", 1)
+    return found.pop() if found else None
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    """What changed between two specs, for people: `port: 8080 -> 8081`; env values are not shown."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            changes.append(key if key == "env" else f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return changes
+
+
+def _apply(app: Any, supervisor: str, registry: Any, dry_run: bool) -> None:
+    """`up` while the application is up: restart what changed, start what is new, stop what the
+    file no longer declares, leave the rest alone (same pid); `--dry-run` prints that plan only."""
+    import dataclasses
+    import json
+
+    from servicefactory.supervise import control
+
+    current = {spec["name"]: spec for spec in control.call_supervisor(supervisor, "specs", None, 10.0, registry)}
+    wanted = {spec.name: json.loads(json.dumps(dataclasses.asdict(spec))) for spec in app.specs}
+    status = {row["name"]: row for row in control.call_supervisor(supervisor, "status", None, 10.0, registry)}
+    plan, keep = [], []
+    for name, spec in wanted.items():
+        if name not in current:
+            plan.append(f"start {name}")
+        elif current[name] != spec:
+            plan.append(f"restart {name} ({', '.join(_differences(current[name], spec))})")
+        else:
+            keep.append(name)
+    removed = [name for name in current if name not in wanted]
+    plan += [f"stop {name}" for name in removed]
+    plan += [f"keep {name}" + (f" (pid {status[name]['pid']})" if status.get(name, {}).get("pid") else "")
+             for name in keep]
+    for line in plan:
+        click.echo(line)
+    if dry_run or len(keep) == len(wanted) and not removed:
+        if not dry_run:
+            click.echo("nothing to change")
+        return
+    if removed:
+        limit = sum(current[name].get("stop_timeout") or 10.0 for name in removed)
+        control.call_supervisor(supervisor, "stop", {"names": removed}, limit + 15, registry)
+        for name in removed:
+            registry.mark_stopped(name)
+    limit = sum(spec.stop_timeout for spec in app.specs) + app.settings.ready_timeout + 30
+    rows = control.call_supervisor(supervisor, "apply", {"specs": list(wanted.values())}, limit, registry)
+    _show_started(rows)
+
+
 def _show_started(services: list[dict]) -> None:
     """One line per service of the start report; exit 1 if any failed or was blocked."""
     from servicefactory.supervise._dependencies import describe_exit
@@ -84,7 +154,7 @@ def _show_started(services: list[dict]) -> None:
         name, state = service["name"], service.get("state")
         if state == "running":
             click.echo(f"{name} running (pid {service['pid']}, {service.get('url') or 'no API'})")
-        elif state == "stopped" and service.get("ever_ready") and service.get("last_exit") == 0:
+        elif state == "stopped" and service.get("ever_ready", True) and service.get("last_exit") == 0:
             click.echo(f"{name} completed (exit 0)")
         elif state == "blocked":
             bad = True

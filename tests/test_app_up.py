@@ -127,6 +127,8 @@ def test_up_starts_a_command_a_job_and_a_service_class_in_order_and_down_stops_t
     cmdline = Path(f"/proc/{rows['server']['pid']}/cmdline").read_bytes().split(b"\0")
     assert cmdline[1:3] == [b"server.py", str(port).encode()], cmdline
     assert rows["migrate"]["state"] == "stopped" and rows["migrate"]["last_exit"] == 0
+    called = sf("perform", "server", "health")  # a command has no actions
+    assert called.returncode == 4 and called.stderr.startswith("error: server is a command ("), called
     # stderr is kept apart: marked `!` in the file, `stderr` in --json
     assert "api ! api complains" in sf.log("api") and "api | api says hi" in sf.log("api")
     assert "migrate ! a warning on stderr" in sf.log("migrate")
@@ -350,7 +352,50 @@ def test_the_example_application_comes_up_and_goes_down(sf):
     assert result.returncode == 0, result
     assert "migrate completed (exit 0)" in result.stdout and "cache running" in result.stdout, result.stdout
     assert json.loads(sf("perform", "Counter", "count").stdout)["ticks"] >= 1
-    assert sf("up", "--env", "prod", "--dry-run").stdout.startswith("start order: cache -> migrate -> Counter")
+    # while it is up, a dry run of another environment is the plan of what would change (env values unshown)
+    plan = sf("up", "--env", "prod", "--dry-run").stdout.splitlines()
+    assert plan[0] == "restart cache (env)" and plan[2] == "keep migrate", plan
     result = sf("down")
     assert result.returncode == 0 and result.stdout.splitlines()[0] == "Counter stopped", result
+    assert not sf.ours()
+
+
+APPLIED = """
+[services.api]
+target = "api:Api"
+depends_on = ["web"]
+
+[services.web]
+command = ["sleep", "{seconds}"]
+{extra}
+"""
+
+
+def test_up_again_restarts_what_changed_starts_what_is_new_stops_what_went_and_keeps_the_rest(sf):
+    sf.write("api.py", API)
+    sf.write("servicefactory.toml", APPLIED.format(seconds=300, extra='[services.job]\ncommand = ["sleep", "200"]'))
+    assert sf("up").returncode == 0
+    before = {row["name"]: row["pid"] for row in sf.status()}
+    again = sf("up")
+    assert again.returncode == 0 and again.stdout.splitlines()[-1] == "nothing to change", again
+    assert {row["name"]: row["pid"] for row in sf.status()} == before
+
+    sf.write("servicefactory.toml", APPLIED.format(seconds=301, extra='[services.extra]\ncommand = ["sleep", "100"]'))
+    plan = sf("up", "--dry-run")
+    assert plan.returncode == 0, plan
+    assert plan.stdout.splitlines() == [
+        "restart web (command: ['sleep', '300'] -> ['sleep', '301'], target: 'command: sleep 300' -> "
+        "'command: sleep 301')",
+        "start extra", "stop job", f"keep api (pid {before['api']})"], plan.stdout
+    assert {row["name"]: row["pid"] for row in sf.status()} == before  # a dry run changes nothing
+
+    applied = sf("up")
+    assert applied.returncode == 0, applied
+    after = {row["name"]: row for row in sf.status()}
+    assert set(after) == {"api", "web", "extra"}, after
+    assert after["api"]["pid"] == before["api"]  # unchanged: not touched
+    assert after["web"]["pid"] != before["web"] and after["web"]["state"] == "running"
+    assert after["extra"]["state"] == "running" and gone(before["job"])
+    assert "web running (pid" in applied.stdout and "extra running (pid" in applied.stdout, applied.stdout
+    assert sf("down").returncode == 0
     assert not sf.ours()

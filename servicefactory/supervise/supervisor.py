@@ -972,6 +972,64 @@ class Supervisor(ServiceBase):
             rows.append(row)
         return rows
 
+    @handle("specs")
+    def handle_specs(self, data: Any) -> list:
+        """Every supervised service's Spec: what `up` compares an application file with."""
+        return [asdict(child.spec) for child in list(self.children.values())]
+
+    @handle("apply", post_only=True)
+    def handle_apply(self, data: Any) -> list:
+        """Supervise exactly these Specs (`up` run again): a changed one is restarted with its new
+        settings, a new one started, a stopped one no longer listed forgotten; answers once each
+        changed or new one is settled (ready, failed, blocked), with their status rows."""
+        items = data.get("specs") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise ServiceFactoryError("apply takes {\"specs\": [...]}")
+        try:
+            specs = [Spec(**item) for item in items]
+        except TypeError as exc:
+            raise ServiceFactoryError(f"not a service spec: {exc}") from None
+        touched = self._call(lambda: self._apply(specs))
+        deadline = time.monotonic() + sum(c.spec.stop_timeout for c in touched) + self.settings.ready_timeout + 1.0
+        for child in touched:
+            child.settled.wait(max(0.0, deadline - time.monotonic()))
+        return self.handle_status({"names": [c.spec.name for c in touched]})
+
+    def _apply(self, specs: list[Spec]) -> list[Child]:
+        wanted = {spec.name: spec for spec in specs}
+        leftover = [name for name, child in self.children.items() if name not in wanted]
+        running = [name for name in leftover if self.children[name].popen is not None]
+        if running:
+            raise ServiceFactoryError(f"stop {', '.join(running)} before applying a file without them")
+        for name in leftover:
+            child = self.children.pop(name)
+            self._event(child, "no longer in the application: forgotten")
+            child.log.close()
+            self.registry.release(child.claim)
+        touched = []
+        for spec in specs:
+            child = self.children.get(spec.name)
+            if child is None:
+                claim = self.registry.claim(spec.name)  # AlreadyRunning if another process holds it
+                try:
+                    log_path = Path(spec.log_file) if spec.log_file else self.registry.log_file(spec.name)
+                    log = RotatingLog(log_path, self.settings.log_max_bytes, self.settings.log_backups)
+                except BaseException:
+                    self.registry.release(claim)
+                    raise
+                child = Child(spec, claim, log, on_change=self._publish)
+                self.children[spec.name] = child
+            elif asdict(child.spec) == asdict(spec):
+                continue  # unchanged: not touched (same pid)
+            else:
+                self._event(child, "settings changed: restarting it")
+                child.spec = spec
+            child.settled.clear()
+            touched.append(child)
+        for child in touched:
+            self._stop_child(child, restart=True)  # no process: started (or waiting) at once
+        return touched
+
     @handle("restart", post_only=True)
     def handle_restart(self, data: Any) -> list:
         """Stop (if running) and start the named services again; answers once they are ready (or not)."""
