@@ -467,9 +467,12 @@ def _service(reader: _Reader, name: str, table: Any, base: Path, check_targets: 
                 raise reader.error(where + (key,), f"{key} in [services.{name}] is for a Service class (target); "
                                                    f"pass a command's own options in its command line")
     instances = values.pop("instances", 1)
-    if instances > 1 and "instances" not in Spec.__dataclass_fields__:
+    if instances > 1:
+        # instances (issue 12) are not on main yet; when they land, dependencies, apply and down
+        # must learn that `api` stands for api/1 ... api/N before this may pass
         raise reader.error(where + ("instances",), f"instances = {instances} in [services.{name}]: more than one "
-                                                   f"instance of a service is not supported yet")
+                                                   f"instance of a service in an application file is not "
+                                                   f"supported yet (run it with `servicefactory run`)")
     cwd = (base / values.pop("cwd", ".")).resolve()
     if not cwd.is_dir():
         raise reader.error(where + ("cwd",), f"cwd of [services.{name}]: {cwd} is not a directory")
@@ -489,8 +492,6 @@ def _service(reader: _Reader, name: str, table: Any, base: Path, check_targets: 
     command = values.pop("command", None)
     spec = Spec(name=name, target=values.pop("target", None) or "", cwd=str(cwd), env=env or None, user=user,
                 command=command, **values)
-    if instances > 1:
-        spec.instances = instances  # type: ignore[attr-defined]
     if command is not None:
         spec.target = "command: " + shlex.join(command)
         program = command[0]

@@ -82,10 +82,6 @@ def test_each_bad_file_is_one_line_naming_the_file_and_line(tmp_path, monkeypatc
 
     (tmp_path / "svc.py").write_text(SERVICE)
     monkeypatch.chdir(tmp_path)
-    if "instances = 2" in text:
-        from servicefactory.supervise._supervised import Spec
-        if "instances" in Spec.__dataclass_fields__:
-            pytest.skip("Spec.instances has landed: more than one instance is supported")  # then test_app_up covers it
     message = error_of(tmp_path, text)
     assert re.search(expected, message), message
 
