@@ -203,7 +203,9 @@ def test_a_host_cut_off_vanishes_after_the_ttl_keeps_serving_and_returns_when_me
     result = cluster.cli("c", "perform", "Echo", "where")
     assert result.returncode == 0 and json.loads(result.stdout)["pid"] == service.pid, result.stderr
     assert [row["name"] for row in cluster.status("c")] == ["Echo"]  # one record, no duplicate
-    assert "registry unreachable" in cluster.output("a") and "registered again" in cluster.output("a")
+    # it says it came back; whether it also logged the outage depends on whether a keep-alive failed
+    # outright during the cut or hung until the link was mended (then the lease was simply gone)
+    assert "registered again" in cluster.output("a"), cluster.output("a")
 
 
 def test_two_hosts_racing_for_one_name_leave_exactly_one_owner(cluster: Cluster):
