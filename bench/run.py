@@ -32,6 +32,7 @@ from bench import figures_api, figures_cli, figures_http, figures_restart, figur
 from bench import figures_metrics  # noqa: E402
 from bench import figures_etcd  # noqa: E402
 from bench import figures_lifecycle  # noqa: E402
+from bench import figures_instances  # noqa: E402
 from bench.harness import ROOT, FigureResult, Row, Sizes, Skipped  # noqa: E402
 from bench.processes import become_subreaper, reap_leftovers, temporary_directory  # noqa: E402
 
@@ -47,6 +48,7 @@ FIGURES = {
     9: ("rolling restart: one service restarted under 8 clients", figures_restart.figure_9),
     10: ("the peer check of a loopback service (who is calling)", figures_security.figure_10),
     11: ("the cost of counting calls for /metrics (echo counting vs not)", figures_metrics.figure_11),
+    12: ("instances: 1 process vs 2 instances, 8 client threads", figures_instances.figure_12),
     13: ("the etcd registry vs the local one (calls, registration, status of 100)", figures_etcd.figure_13),
     14: ("HTTP layer: CPU per call, each half next to the floor's and Pyro5's", figures_http.figure_14),
     15: ("lifecycle: watch mode and the memory limit on an idle supervisor; save to restart", figures_lifecycle.figure_15),

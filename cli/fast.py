@@ -69,6 +69,13 @@ def parse_size(text: str) -> int:
     return int(text)
 
 
+def parse_instance(text: str) -> int:
+    """`text` as an instance number (1, 2, ...); ValueError otherwise."""
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 999999 or text[0] == "0":
+        raise ValueError(f"{text!r} is not an instance number (1, 2, ...).")
+    return int(text)
+
+
 def parse_file(text: str) -> str:
     """`text` as the path of an existing file (what click's Path(exists=True, dir_okay=False) takes)."""
     import os
@@ -84,6 +91,7 @@ _OPTIONS = {
     "--wait": ("wait", lambda text: parse_seconds(text, MAX_WAIT), DEFAULT_WAIT),
     "--max-body": ("max_body", parse_size, None),
     "--ca-file": ("ca_file", parse_file, None),
+    "--instance": ("instance", parse_instance, None),
 }
 
 
@@ -95,7 +103,8 @@ def parse_perform(arguments: list[str]) -> dict | None:
     `--wait` takes the next argument as its value unless there is none or it looks like an option.
     """
     positional: list[str] = []
-    options: dict = {"timeout": DEFAULT_TIMEOUT, "wait": None, "max_body": DEFAULT_MAX_BODY, "ca_file": None}
+    options: dict = {"timeout": DEFAULT_TIMEOUT, "wait": None, "max_body": DEFAULT_MAX_BODY, "ca_file": None,
+                     "instance": None}
     remaining = list(arguments)
     while remaining:
         argument = remaining.pop(0)
@@ -131,11 +140,18 @@ def parse_perform(arguments: list[str]) -> dict | None:
 # -- the command -----------------------------------------------------------------------------
 
 def perform(name: str, action: str, data: str | None, timeout: float = DEFAULT_TIMEOUT,
-            wait: float | None = None, max_body: int = DEFAULT_MAX_BODY, ca_file: str | None = None) -> None:
-    """Call ACTION on NAME with the JSON text DATA ('-': stdin) and print the JSON result, or exit with an error."""
+            wait: float | None = None, max_body: int = DEFAULT_MAX_BODY, ca_file: str | None = None,
+            instance: int | None = None) -> None:
+    """Call ACTION on NAME (instance `instance` of it, if given) with the JSON text DATA ('-': stdin)
+    and print the JSON result, or exit with an error."""
     import json
 
     from servicefactory import ServiceFactoryError
+
+    if instance is not None:
+        if "/" in name:
+            _fail(f"{name} names an instance already; drop --instance", _USAGE_EXIT)
+        name = f"{name}/{instance}"
 
     value = None if data is None else _decode_data(data, max_body)
     try:

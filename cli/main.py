@@ -93,6 +93,23 @@ class _Size(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+def _instance_option(function: Any) -> Any:
+    """`--instance K`: the command acts on instance K of the service named (NAME/K) only."""
+    return click.option("--instance", type=click.IntRange(1, 999999), metavar="K",
+                        help="Only instance K of the service (NAME/K); by default every instance.")(function)
+
+
+def _expand(names: tuple[str, ...], instance: int | None, registry: Any) -> list[str]:
+    """The names a command acts on: a service run as instances stands for each of them."""
+    from servicefactory.supervise import control
+
+    if instance is not None and len(names) != 1:
+        raise CommandFailed("--instance K goes with exactly one service name", 2)
+    if instance is not None and "/" in names[0]:
+        raise CommandFailed(f"{names[0]} names an instance already; drop --instance", 2)
+    return control.expand(list(names), registry, instance)
+
+
 SECONDS = _Seconds(min=0)
 SECONDS_FROM_0_1 = _Seconds(min=0.1)
 SECONDS_FROM_0_01 = _Seconds(min=0.01)
@@ -103,6 +120,7 @@ Examples:
   servicefactory run TestService:Test             # foreground; Ctrl+C stops it
   servicefactory run mymodule --daemon            # every service in mymodule.py, detached
   servicefactory run path/to/app.py:Api --port 0  # a free port; perform finds it
+  servicefactory run mymodule:Api --instances 4 --port 8000 -d  # Api/1 ... Api/4 share port 8000
 """)
 @click.argument("targets", nargs=-1, required=True)
 @click.option("--daemon", "-d", is_flag=True, help="Detach; return once every service is ready.")
@@ -148,18 +166,21 @@ Examples:
               help="Development: restart a service when a .py file under its directory changes.")
 @click.option("--watch-ignore", multiple=True, metavar="PATTERN",
               help="With --watch: ignore files matching this glob (repeatable; .venv, __pycache__, .git always are).")
+@click.option("--instances", type=click.IntRange(1, 64), metavar="N",
+              help="Run N processes of each service, NAME/1 ... NAME/N (default: the class's "
+                   "Service.policy(instances=), else one, as NAME); a fixed port is shared (SO_REUSEPORT).")
 def run(targets: tuple[str, ...], daemon: bool, name: str | None, host: str | None, port: int | None,
         log_file: str | None, log_level: str | None, restart: str | None, stop_timeout: float | None,
         max_failures: int, backoff: float, backoff_max: float | None, retry_failed_after: float,
         ready_timeout: float, log_max_bytes: int, log_backups: int, tls_cert: str | None = None,
         tls_key: str | None = None, max_memory: int | None = None, watchdog: float | None = None,
         dashboard_port: int | None = None, dashboard_host: str | None = None,
-        watch: bool = False, watch_ignore: tuple[str, ...] = ()) -> None:
+        watch: bool = False, watch_ignore: tuple[str, ...] = (), instances: int | None = None) -> None:
     """Run services (TARGET: module, module:Class, file.py or file.py:Class), each in its own process."""
     from servicefactory.cli import running
     from servicefactory.supervise.supervisor import Settings
 
-    specs = running.specs(targets, name, host, port, log_file, restart, stop_timeout)
+    specs = running.specs(targets, name, host, port, log_file, restart, stop_timeout, instances)
     running.apply_tls(specs, tls_cert, tls_key)
     registry = _registry()
     running.check_free(specs, registry)
@@ -228,10 +249,13 @@ Examples:
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
               help="Verify a TLS service's certificate with this CA file (PEM) [default: "
                    "$SERVICEFACTORY_CA_FILE, else the system's CAs].")
+@click.option("--instance", type=click.IntRange(1, 999999), metavar="K",
+              help="Call instance K of NAME (NAME/K) only; by default calls go to each live instance in turn.")
 def perform(name: str, action: str, data: str | None, timeout: float, wait: float | None, max_body: int,
-            ca_file: str | None = None) -> None:
+            ca_file: str | None = None, instance: int | None = None) -> None:
     """Call ACTION on the running service NAME with JSON DATA ('-' reads stdin); print the JSON result."""
-    _fast.perform(name, action, data, timeout=timeout, wait=wait, max_body=max_body, ca_file=ca_file)
+    _fast.perform(name, action, data, timeout=timeout, wait=wait, max_body=max_body, ca_file=ca_file,
+                  instance=instance)
 
 
 # -- stop ----------------------------------------------------------------------------------
@@ -261,6 +285,7 @@ class _Signal(click.ParamType):
 @cli.command(epilog="""\b
 Examples:
   servicefactory stop Test
+  servicefactory stop Test --instance 2      # Test/2 only; the other instances keep running
   servicefactory stop --all --timeout 5
 """)
 @click.argument("names", nargs=-1)
@@ -270,7 +295,9 @@ Examples:
                    "its Service.policy(stop_timeout) or run --stop-timeout; else 10].")
 @click.option("--signal", "signal_", type=_Signal(), metavar="SIG",
               help="Send this signal (SIGINT, INT, 2, ...) instead of the usual graceful request.")
-def stop(names: tuple[str, ...], all_: bool, timeout: float | None, signal_: int | None = None) -> None:
+@_instance_option
+def stop(names: tuple[str, ...], all_: bool, timeout: float | None, signal_: int | None = None,
+         instance: int | None = None) -> None:
     """Stop services gracefully; SIGKILL (with a warning) those still alive after their stop timeout."""
     from servicefactory.supervise import control
 
@@ -278,12 +305,17 @@ def stop(names: tuple[str, ...], all_: bool, timeout: float | None, signal_: int
         raise CommandFailed("give service names or --all, not both", 2)
     if not names and not all_:
         raise CommandFailed("give the names of the services to stop, or --all", 2)
+    if all_ and instance is not None:
+        raise CommandFailed("--instance K goes with exactly one service name", 2)
     from servicefactory.registry.local import check_name
 
     registry = _registry()
     for name in names:
         check_name(name)
     registry.check_safe()
+    services = [name for name in names if "/" not in name and control.instances(name, registry)]
+    if not all_:
+        names = tuple(_expand(names, instance, registry))
     if not registry.exists():
         # nothing can be registered: say so, and what that means if services were started with it
         for name in names or ["nothing"]:
@@ -296,6 +328,9 @@ def stop(names: tuple[str, ...], all_: bool, timeout: float | None, signal_: int
     # on a terminal, which services are stopped meanwhile and which are still waited for
     outcomes = stopping(lambda: control.stop_all(timeout, registry, signal_) if all_
                         else _stop_each(names, timeout, registry, signal_), None if all_ else list(names), registry)
+    if instance is None:
+        for service in services:  # every instance was asked to stop: the service as a whole is stopped
+            registry.mark_stopped(service)
     if all_ and not outcomes:
         click.echo("nothing is running")
     for outcome in outcomes:
@@ -338,14 +373,20 @@ def _stop_each(names: tuple[str, ...], timeout: float | None, registry: Any, sig
 # -- restart -------------------------------------------------------------------------------
 
 @cli.command(epilog="""\b
-Example:
+Examples:
   servicefactory restart Test
+  servicefactory restart Test --instance 2
 """)
 @click.argument("names", nargs=-1, required=True)
 @click.option("--timeout", type=click.FloatRange(min=0.1),
               help="Seconds a stop may take before SIGKILL  [default: the service's own stop timeout].")
-def restart(names: tuple[str, ...], timeout: float | None) -> None:
-    """Restart services: under their supervisor, or stop and run again with every option they were run with."""
+@_instance_option
+def restart(names: tuple[str, ...], timeout: float | None, instance: int | None = None) -> None:
+    """Restart services: under their supervisor, or stop and run again with every option they were run with.
+
+    The instances of a service are restarted one at a time, each ready again before the next
+    stops, so that the service keeps answering throughout (a rolling restart).
+    """
     from servicefactory.supervise import control
     from servicefactory.errors import ServiceNotRunning
     from servicefactory.registry.base import state_of
@@ -354,7 +395,32 @@ def restart(names: tuple[str, ...], timeout: float | None) -> None:
     registry = _registry()
     for name in names:
         check_name(name)
+    registry.check_safe()
+    if instance is not None:
+        names = tuple(_expand(names, instance, registry))
+    for name in names:
+        check_name(name)
         registry.check_safe()
+        running = control.instances(name, registry) if registry.lookup(name) is None else []
+        if running:
+            rows = control.rolling_restart(name, running, timeout, registry)
+            if rows is None:  # not all under one live supervisor: stop what is left, run it again as it was
+                spec = registry.remembered(name)
+                if not spec:
+                    raise CommandFailed(f"{name}'s instances do not run under one live supervisor, and how "
+                                        f"{name} was run is not known: stop it and run it again", 1)
+                for outcome in _stop_each(tuple(running), timeout, registry):
+                    if outcome.failed:
+                        raise CommandFailed(outcome.message, 1)
+                _run_again(name, spec, registry)
+                continue
+            for row in rows:
+                if row["state"] != "running":
+                    raise CommandFailed(f"{row['name']} did not come back: {row['state']} "
+                                        f"({row.get('error') or 'see its log'}); the rolling restart stopped "
+                                        f"there", 1)
+                click.echo(f"{row['name']} running (pid {row['pid']}, {row['url'] or 'no API'})")
+            continue
         state, record = state_of(registry, name)
         if record is not None and record.supervisor and state != "stale":
             # the supervisor answers once the service is ready or failed, bounded by its own
@@ -436,7 +502,8 @@ Examples:
 @click.argument("names", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
 @click.option("--all", "all_", is_flag=True, help="Include the supervisors themselves.")
-def status(names: tuple[str, ...], as_json: bool, all_: bool) -> None:
+@_instance_option
+def status(names: tuple[str, ...], as_json: bool, all_: bool, instance: int | None = None) -> None:
     """Show services: NAME, STATE, PID, URL, UPTIME, RESTARTS, EXIT, REASON, CPU, MEMORY.
 
     Exits 0 only if every listed service is running (3 otherwise), as `systemctl is-active` does.
@@ -448,6 +515,10 @@ def status(names: tuple[str, ...], as_json: bool, all_: bool) -> None:
     for name in names:
         check_name(name)
     registry.check_safe()
+    if names:
+        names = tuple(_expand(names, instance, registry))
+    elif instance is not None:
+        raise CommandFailed("--instance K goes with exactly one service name", 2)
     rows = control.status(list(names), registry, include_supervisors=all_)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -514,8 +585,11 @@ Examples:
                                              "(2026-11-28T10:00).")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per line: time, service, instance, stream (stdout, stderr, event), message.")
-def logs(name: str | None, follow: bool, lines: int | None, since: str | None = None, as_json: bool = False) -> None:
-    """Show a service's log (or every service's, interleaved, when NAME is omitted)."""
+@_instance_option
+def logs(name: str | None, follow: bool, lines: int | None, since: str | None = None, as_json: bool = False,
+         instance: int | None = None) -> None:
+    """Show a service's log (or every service's, interleaved, when NAME is omitted; every instance's,
+    interleaved, for a service run as instances)."""
     from servicefactory.cli.app import parse_since
     from servicefactory.supervise import logfiles
     from servicefactory.registry.local import check_name
@@ -525,16 +599,23 @@ def logs(name: str | None, follow: bool, lines: int | None, since: str | None = 
         lines = 20 if since_stamp is None else 1 << 62
     registry = _registry()
     registry.check_safe()
+    if name is None and instance is not None:
+        raise CommandFailed("--instance K goes with exactly one service name", 2)
     if name is not None:
         try:
             check_name(name)
         except ServiceFactoryError as exc:
             raise CommandFailed(exc, 2) from None
-        path = registry.log_of(name)
-        if not os.path.lexists(path):
-            raise CommandFailed(f"no log for {name} at {path} (services run with `servicefactory run` have "
-                                f"logs)", 3)
-        sources = {name: path}
+        expanded = _expand((name,), instance, registry)
+        sources = {}
+        for each in expanded:
+            path = registry.log_of(each)
+            if not os.path.lexists(path):
+                raise CommandFailed(f"no log for {each} at {path} (services run with `servicefactory run` have "
+                                    f"logs)", 3)
+            sources[each] = path
+        if len(expanded) > 1:
+            name = None  # several files: interleaved, each line prefixed with its instance
     else:
         if not registry.exists():
             raise CommandFailed(f"no logs: state directory {registry.where} does not exist", 3)

@@ -26,7 +26,8 @@ def load(target: str) -> list:
 
 
 def specs(targets: tuple[str, ...], name: str | None, host: str | None, port: int | None,
-           log_file: str | None, restart: str | None, stop_timeout: float | None) -> list:
+           log_file: str | None, restart: str | None, stop_timeout: float | None,
+           instances: int | None = None) -> list:
     """One Spec per service the targets define, with the one-service options applied; CommandFailed
     (exit 2) on misuse."""
     from servicefactory.service import describe
@@ -44,7 +45,8 @@ def specs(targets: tuple[str, ...], name: str | None, host: str | None, port: in
                               restart=restart or service.policy.restart,
                               stop_timeout=stop_timeout or service.policy.stop_timeout,
                               backoff_max=service.policy.backoff_max, watchdog=service.policy.watchdog,
-                              max_memory=service.policy.max_memory))
+                              max_memory=service.policy.max_memory,
+                              instances=instances or service.policy.instances))
     if len(specs) > 1 and (name or host or port is not None or log_file):
         listed = ", ".join(spec.name for spec in specs)
         raise CommandFailed(f"--name, --host, --port and --log-file apply to one service; these targets "
@@ -61,6 +63,9 @@ def specs(targets: tuple[str, ...], name: str | None, host: str | None, port: in
             check_name(spec.name)
         except ServiceFactoryError as exc:
             raise CommandFailed(exc, 2) from None
+        if "/" in spec.name:
+            raise CommandFailed(f"the name {spec.name!r} holds a '/', which names an instance; run "
+                                f"several instances with --instances", 2)
         if spec.name.startswith("_") or spec.name == "supervisor":
             raise CommandFailed(f"the name {spec.name!r} is reserved for servicefactory's own records; "
                                 f"pick another", 2)
@@ -97,20 +102,23 @@ def check_free(specs: list, registry: Any) -> None:
     from servicefactory.registry.base import state_of
 
     for spec in specs:
-        state, record = state_of(registry, spec.name)
-        if state == "stopping" and record is not None and record.supervisor \
-                and not registry.is_held(record.supervisor):
-            # its supervisor died and it is ending (within its stop timeout): take it over, then run
-            from servicefactory.supervise import control
+        # a service runs either as one process (NAME) or as instances (NAME/1 ...), never as both
+        for name in [spec.name] + [n for n in registry.instances_of(spec.name) if n != spec.name]:
+            state, record = state_of(registry, name)
+            if state == "stopping" and record is not None and record.supervisor \
+                    and not registry.is_held(record.supervisor):
+                # its supervisor died and it is ending (within its stop timeout): take it over, then run
+                from servicefactory.supervise import control
 
-            print(f"{spec.name} lost its supervisor and is stopping; taking it over", file=sys.stderr)
-            outcome = control.stop(spec.name, None, registry)
-            print(("warning: " if outcome.killed else "") + outcome.message, file=sys.stderr)
-            state, record = state_of(registry, spec.name)
-        if state not in ("stopped", "stale"):
+                print(f"{name} lost its supervisor and is stopping; taking it over", file=sys.stderr)
+                outcome = control.stop(name, None, registry)
+                print(("warning: " if outcome.killed else "") + outcome.message, file=sys.stderr)
+                state, record = state_of(registry, name)
+            if state in ("stopped", "stale"):
+                continue
             where = f" (pid {record.pid}, {record.url or 'no API'})" if record and record.pid else ""
             hint = "; use `servicefactory restart`" if state in ("stopped", "failed") else ""
-            raise AlreadyRunning(f"{spec.name} is already {state}{where}{hint}")
+            raise AlreadyRunning(f"{name} is already {state}{where}{hint}")
 
 
 def run_foreground(specs: list, settings: Any, registry: Any) -> None:
@@ -118,9 +126,10 @@ def run_foreground(specs: list, settings: Any, registry: Any) -> None:
     import logging
     import signal
 
+    from servicefactory.supervise._supervised import expand_instances
     from servicefactory.supervise.supervisor import run_supervisor
 
-    printer = Printer([spec.name for spec in specs])
+    printer = Printer([spec.name for spec in expand_instances(specs)])
     handler = logging.Handler()
     handler.emit = lambda record: printer("servicefactory", record.getMessage(), True)  # type: ignore[method-assign]
     logging.getLogger("servicefactory").addHandler(handler)

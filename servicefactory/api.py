@@ -119,6 +119,9 @@ class App:
     #: the registry name callers address this service by (`Servicefactory-Service`, contract C2);
     #: None (an App built without one) answers whatever name a caller sends
     name: str | None = None
+    #: the service's name when this is one of its instances (`Test` for `Test/2`): a call meant for
+    #: any instance of the service is this one's too, one meant for `Test/1` is not
+    service_name: str | None = None
 
     def __init__(self, service: Any, actions: Mapping[str, Action], *, max_body: int = DEFAULT_MAX_BODY,
                  token: str | None = None, require_token: bool | None = None, bound_host: str = "127.0.0.1",
@@ -127,6 +130,7 @@ class App:
                  name: str | None = None, counters: Counters | None = None) -> None:
         self.service = service
         self.name = name
+        self.service_name = name.partition("/")[0] if name and "/" in name else None
         self.actions = actions
         self.max_body = max_body
         self.gate = Gate(token=token, require_token=require_token, bound_host=bound_host,
@@ -156,7 +160,7 @@ class App:
             headers.append(("WWW-Authenticate", 'Bearer realm="servicefactory"'))
         elif status == 429:
             headers.append(("Retry-After", str(environ.get("servicefactory.retry_after", 1))))
-        if status in (401, 429) and "servicefactory.connection" in environ:
+        if status in (401, 421, 429) and "servicefactory.connection" in environ:
             # contract C1: our server then closes the connection, so each guess costs a new one
             # (WSGI forbids hop-by-hop headers to other servers; werkzeug's closes after each anyway)
             headers.append(("Connection", "close"))
@@ -178,7 +182,7 @@ class App:
         if refusal:
             return (*refusal, None, None, None)
         meant = environ.get("HTTP_SERVICEFACTORY_SERVICE")
-        if meant is not None and self.name is not None and meant != self.name:
+        if meant is not None and self.name is not None and meant != self.name and meant != self.service_name:
             # the caller's address is stale (its service died and another took the port): running
             # anything here, even `shutdown`, would act on the wrong service
             return (*_error(421, "Misdirected", f"this address serves another service, not {meant!r}"),

@@ -16,7 +16,7 @@ from servicefactory._logging import ensure_default_output, service_logger
 from servicefactory.http._guard import MIN_TOKEN_BITS, token_bits, weak_token_message
 from servicefactory._names import is_loopback, is_loopback_address
 from servicefactory.supervise._states import RESTART_POLICIES
-from servicefactory.supervise._protocol import SUPERVISED_ENV, StopReason  # SUPERVISED_ENV: the supervisor sets it to the child's name
+from servicefactory.supervise._protocol import REUSE_PORT_ENV, SUPERVISED_ENV, StopReason  # SUPERVISED_ENV: the supervisor sets it to the child's name
 from servicefactory.api import DEFAULT_MAX_BODY, Action, collect_actions, handle
 from servicefactory._metrics import Counters
 from servicefactory.errors import AlreadyRunning, ServiceFactoryError, StartupError, StateError, TokenRequired
@@ -29,6 +29,8 @@ STOP_GRACE = 0.05
 RESERVED = frozenset({"run", "log", "sleep", "stop", "stopping", "perform", "address"})
 
 SERVERS = ("builtin", "werkzeug")
+#: the most instances of one service one supervisor runs
+MAX_INSTANCES = 64
 
 
 class Endpoint(namedtuple("Endpoint", "port host name max_body workers require_token server allow_users tls",
@@ -76,23 +78,25 @@ def endpoint(port: int = 0, host: str = "127.0.0.1", *, name: str | None = None,
 
 
 
-class Policy(namedtuple("Policy", "restart stop_timeout backoff_max max_loop_errors watchdog max_memory",
-                        defaults=("on-failure", 10.0, None, 10, None, None))):
+class Policy(namedtuple("Policy", "restart stop_timeout backoff_max max_loop_errors watchdog max_memory instances",
+                        defaults=("on-failure", 10.0, None, 10, None, None, None))):
     """How a supervisor treats a service: restart policy, stop timeout, longest restart delay, how
     many loop() errors in a row make it unhealthy (then restarted like a crash), the watchdog period
-    (seconds its loop may go without progress) and its memory limit (bytes, with its descendants)."""
+    (seconds its loop may go without progress), its memory limit (bytes, with its descendants), and
+    how many instances (processes) of it to run (None: one, under the plain name)."""
 
     __slots__ = ()
 
 
 def policy(*, restart: str = "on-failure", stop_timeout: float = 10.0, backoff_max: float | None = None,
            max_loop_errors: int = 10, watchdog: float | None = None,
-           max_memory: int | str | None = None) -> Callable[[type], type]:
+           max_memory: int | str | None = None, instances: int | None = None) -> Callable[[type], type]:
     """Class decorator: the restart policy (`on-failure`, `always`, `no`), stop timeout, cap of the
     doubling restart delay (default: the supervisor's `--backoff-max`), the number of consecutive
     loop() errors after which the service is `unhealthy` (0: never) under supervision, `watchdog`
-    (seconds: a loop that makes no progress for that long is restarted) and `max_memory` (`"200M"`:
-    above it, with its descendants, the service is restarted)."""
+    (seconds: a loop that makes no progress for that long is restarted), `max_memory` (`"200M"`:
+    above it, with its descendants, the service is restarted) and how many `instances` `servicefactory
+    run` starts (`Test/1` ... `Test/N`; `run --instances` overrides it)."""
     if restart not in RESTART_POLICIES:
         raise ValueError(f"restart must be one of {', '.join(RESTART_POLICIES)}, not {restart!r}")
     if not 0 < stop_timeout < float("inf"):  # nan fails the comparison too
@@ -106,11 +110,15 @@ def policy(*, restart: str = "on-failure", stop_timeout: float = 10.0, backoff_m
     if max_memory is not None:
         from servicefactory.supervise._limits import parse_size
         max_memory = parse_size(max_memory)
+    if instances is not None and (not isinstance(instances, int) or isinstance(instances, bool)
+                                  or not 1 <= instances <= MAX_INSTANCES):
+        raise ValueError(f"instances must be a whole number from 1 to {MAX_INSTANCES}")
 
     def apply(cls: type) -> type:
         cls._servicefactory_policy = Policy(restart, float(stop_timeout),
                                             None if backoff_max is None else float(backoff_max), max_loop_errors,
-                                            None if watchdog is None else float(watchdog), max_memory)
+                                            None if watchdog is None else float(watchdog), max_memory,
+                                            instances)
         return cls
 
     return apply
@@ -381,14 +389,20 @@ class ServiceBase:
 
     @classmethod
     def perform(cls, action: str, data: Any = None, *, timeout: float = 10.0, name: str | None = None,
-                session: Any = None, registry: Any = None, ca_file: str | None = None) -> Any:
-        """Call `action` with JSON `data` on the running instance of this service; return its result.
+                session: Any = None, registry: Any = None, ca_file: str | None = None,
+                instance: int | None = None) -> Any:
+        """Call `action` with JSON `data` on the running service; return its result. A service run
+        as several instances is called on each in turn; `instance=2` calls `Test/2` only.
 
         Over TLS (the record's or the endpoint's) the certificate is verified against `ca_file`."""
         from servicefactory.http.client import perform
         endpoint_ = cls._servicefactory_endpoint
         fallback = (endpoint_.host, endpoint_.port) if endpoint_ and endpoint_.port else None
-        return perform(name or cls._servicefactory_name(), action, data, timeout=timeout,
+        name = name or cls._servicefactory_name()
+        if instance is not None:
+            from servicefactory.registry.base import instance_id
+            name = instance_id(name, instance)
+        return perform(name, action, data, timeout=timeout,
                        registry=registry, fallback=fallback, session=session,
                        tls=bool(endpoint_ and endpoint_.tls), ca_file=ca_file)
 
@@ -509,7 +523,8 @@ class ServiceBase:
         elif not loopback:
             runtime.log.warning("serving %s:%s off-host over plain HTTP: the token is readable on the wire; "
                                 "serve TLS (--tls-cert/--tls-key or endpoint(tls=...))", host, port)
-        sock = bind(host, port)
+        # one of several instances: a fixed port is shared (SO_REUSEPORT), the kernel spreads connections
+        sock = bind(host, port, reuse_port=bool(port) and os.environ.get(REUSE_PORT_ENV) == "1")
         local = sock.getsockname()[:2]
         if loopback and not is_loopback_address(local[0]):
             # the name resolved to loopback a moment ago, yet the socket is not: refuse, token-less

@@ -114,7 +114,7 @@ def test_a_command_line_the_fast_path_accepts_means_the_same_to_click(arguments:
 def test_the_fast_path_takes_plain_command_lines_and_leaves_the_rest_to_click():
     assert fast.parse_perform(["Test", "echo", "--timeout=2", "-", "--wait"]) == {
         "name": "Test", "action": "echo", "data": "-", "timeout": 2.0, "wait": fast.DEFAULT_WAIT,
-        "max_body": fast.DEFAULT_MAX_BODY, "ca_file": None}
+        "max_body": fast.DEFAULT_MAX_BODY, "ca_file": None, "instance": None}
     assert fast.parse_perform(["--wait", "5", "Test", "echo", "--", "-1"])["data"] == "-1"
     for handed_on in (["Test", "echo", "-1"], ["Test", "echo", "--help"], ["Test"], ["Test", "a", "--timeout", "0"]):
         assert fast.parse_perform(handed_on) is None

@@ -23,6 +23,7 @@ PERFORM_MAY_IMPORT = {
     "servicefactory.errors", "servicefactory._names", "servicefactory.registry.base", "servicefactory.registry.local",
     "servicefactory.http", "servicefactory.registry",  # subpackages whose __init__ imports nothing
     "servicefactory.registry.backends",  # which registry backend: $SERVICEFACTORY_REGISTRY
+    "servicefactory._spread",  # calls spread over a service's instances
     "__future__",  # `from __future__ import annotations` is an import too, a cheap one
     # json
     "json", "json.decoder", "json.encoder", "json.scanner", "_json",

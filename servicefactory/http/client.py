@@ -18,6 +18,7 @@ import struct
 import threading
 import time
 
+from servicefactory import _spread
 from servicefactory._names import connect_host, host_port, valid_action_name
 from servicefactory.errors import (ActionFailed, InvalidData, ProtocolError, ServiceNotRunning,
                                    ServiceTimeout, ServiceUnavailable,
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from servicefactory.registry.base import Registry
 
 DEFAULT_TIMEOUT = 10.0
+#: connections a call to one instance (`Test/2`) on a port its service's instances share may open
+#: until the kernel hands one to that instance (each other instance answers 421 and runs nothing)
+SHARED_PORT_TRIES = 64
 _INFINITY = float("inf")
 #: bodies above this are sent in pieces, watching for an early answer (a 413 sent before the body is read)
 _PIECE = 256 * 1024
@@ -242,12 +246,33 @@ def perform(name: str, action: str, data: Any = None, *, timeout: float = DEFAUL
         token = _tokens[registry_key] if registry_key in _tokens else _token(registry)
     if tls and fallback is not None:
         _secure.add((connect_host(fallback[0]), fallback[1]))
-    address = _addresses.get((registry_key, name)) or resolve(name, registry, fallback)
+    key = (registry_key, name)
+    address = _addresses.get(key)
+    if address is None:
+        # a service run as several instances: each call goes to the next live one
+        spread = _spread.cached(key) or _spread.gather(key, name, registry, _owner_is_dead, _secure)
+        if spread is not None:
+            return _perform_spread(spread, key, name, action, body, timeout, session, token, ca_file, registry)
+        try:
+            address = resolve(name, registry, fallback)
+        except ServiceNotRunning:
+            if _spread.has_instances(name, registry):
+                raise ServiceNotRunning(f"no instance of {name} is running right now (its supervisor may be "
+                                        f"restarting them; see `servicefactory status {name}`)") from None
+            raise
     try:
         return _send(address, name, action, body, timeout, session, token, ca_file)
     except ServiceNotRunning as first:  # nothing ran: refused, another service, or stopping
         _addresses.pop((registry_key, name), None)
         fresh = resolve(name, registry, fallback, fresh=True)  # it may be back elsewhere
+        if fresh == address and isinstance(first, _Misdirected) and _spread.INSTANCE_SEPARATOR in name:
+            # one instance on the port its service's instances share: another one took the
+            # connection (and closed it); a new connection may reach the one meant
+            for _ in range(SHARED_PORT_TRIES):
+                try:
+                    return _send(address, name, action, body, timeout, session, token, ca_file)
+                except _Misdirected:
+                    continue
         if fresh == address and isinstance(first, _Misdirected):
             _addresses.pop((registry_key, name), None)  # the registry still names the other service's port
             raise ServiceNotRunning(f"{name} is not running: {host_port(*address)} now serves another "
@@ -260,6 +285,31 @@ def perform(name: str, action: str, data: Any = None, *, timeout: float = DEFAUL
     except ProtocolError:  # e.g. the port now speaks TLS, or no longer does: read the record again next time
         _addresses.pop((registry_key, name), None)
         raise
+
+
+def _perform_spread(spread: _spread.Spread, key: tuple[str, str], name: str, action: str, body: bytes,
+                    timeout: float, session: Any, token: str | None, ca_file: str | None, registry: Registry) -> Any:
+    """Send the call to the next live instance; one that certainly did not run it (refused, 421, 503)
+    passes it on to the next, each instance tried once, on a fresh view of the registry."""
+    tried: dict[tuple, int] = {}
+    while True:
+        entry = spread.next(tried)
+        if entry is None:
+            raise last  # noqa: F821 - set below: the first entry always exists
+        target, address, sharing = entry
+        try:
+            return _send(address, target, action, body, timeout, session, token, ca_file)
+        except ServiceNotRunning as exc:
+            last = exc
+            tried[target, address] = tried.get((target, address), 0) + 1
+            _spread.forget(key)
+            fresh = _spread.gather(key, name, registry, _owner_is_dead, _secure)
+            if fresh is None:
+                raise
+            spread = fresh
+        except ProtocolError:  # it may have run: never sent again; read the registry next time
+            _spread.forget(key)
+            raise
 
 
 def _head(address: tuple[str, int], name: str, action: str, token: str | None) -> bytes:

@@ -37,8 +37,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def bind(host: str, port: int, backlog: int = 128) -> socket.socket:
-    """Bind and listen on (host, port); raise AddressInUse naming the address if taken."""
+def bind(host: str, port: int, backlog: int = 128, *, reuse_port: bool = False) -> socket.socket:
+    """Bind and listen on (host, port); raise AddressInUse naming the address if taken. With
+    `reuse_port`, other sockets of this user bound with it may share the port (the instances of one
+    service): the kernel spreads new connections over them."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -48,6 +50,8 @@ def bind(host: str, port: int, backlog: int = 128) -> socket.socket:
     try:
         # SO_REUSEADDR lets a restarted service rebind past TIME_WAIT; it never allows two listeners
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.listen(backlog)
     except OSError as exc:

@@ -529,7 +529,7 @@ class LocalRegistry:
 
     def _entries(self) -> list[str]:
         try:
-            return os.listdir(self.home)
+            return os.listdir(self.root)  # a str: `perform` never imports pathlib
         except (FileNotFoundError, NotADirectoryError):
             return []
 

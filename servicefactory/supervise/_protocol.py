@@ -36,6 +36,9 @@ STOP_TIMEOUT_ENV = "SERVICEFACTORY_STOP_TIMEOUT"
 LOG_PATH_ENV = "SERVICEFACTORY_LOG_PATH"
 #: seconds within which the supervisor must hear a `Beat` from the service's loop, else it restarts it
 WATCHDOG_ENV = "SERVICEFACTORY_WATCHDOG"
+#: set to "1" for one of several instances of a service: a fixed port is bound with SO_REUSEPORT,
+#: shared by every instance (the kernel spreads the connections)
+REUSE_PORT_ENV = "SERVICEFACTORY_REUSE_PORT"
 
 
 class StopReason(str, enum.Enum):

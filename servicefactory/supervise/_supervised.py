@@ -43,6 +43,46 @@ class Spec:
     stop_signal: str = "SIGTERM"  # what a stop sends first (SIGKILL follows after stop_timeout)
     depends_on: dict[str, str] | None = None  # name -> condition (see _dependencies)
     user: str | None = None  # run as this user (the supervisor must be root)
+    instances: int | None = None  # run --instances N (or the class's policy): N processes, Test/1 ... Test/N
+    instance: int | None = None  # which of those this one is (set by `expand_instances`)
+
+    @property
+    def service(self) -> str:
+        """The service's name without the instance number (`Test` for `Test/2`)."""
+        return self.name.partition("/")[0]
+
+
+def instance_log_file(log_file: str, number: int) -> str:
+    """Instance `number`'s own file for `--log-file log_file`: `app.log` -> `app@2.log`."""
+    stem, dot, extension = log_file.rpartition(".")
+    return f"{stem}@{number}.{extension}" if dot and "/" not in extension else f"{log_file}@{number}"
+
+
+def service_log_file(log_file: str, number: int) -> str:
+    """The `--log-file` that `instance_log_file` made instance `number`'s file from."""
+    stem, dot, extension = log_file.rpartition(".")
+    if dot and "/" not in extension and stem.endswith(f"@{number}"):
+        return f"{stem[:-len(f'@{number}')]}.{extension}"
+    return log_file[:-len(f"@{number}")] if log_file.endswith(f"@{number}") else log_file
+
+
+def expand_instances(specs: list[Spec]) -> list[Spec]:
+    """One spec per process: a spec with `instances = N` becomes N specs named Test/1 ... Test/N."""
+    import dataclasses
+
+    from servicefactory.registry.base import instance_id
+
+    expanded = []
+    for spec in specs:
+        if spec.instances is None or spec.instance is not None:
+            expanded.append(spec)
+            continue
+        for number in range(1, spec.instances + 1):
+            # one file per process: two writers would rotate each other's file away
+            log_file = instance_log_file(spec.log_file, number) if spec.log_file else None
+            expanded.append(dataclasses.replace(spec, name=instance_id(spec.name, number), instance=number,
+                                                log_file=log_file))
+    return expanded
 
 
 @dataclass

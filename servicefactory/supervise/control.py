@@ -10,7 +10,8 @@ from typing import Any
 from servicefactory.http import client
 from servicefactory.supervise._states import LIVE, ServiceState
 from servicefactory.errors import ServiceFactoryError, ServiceNotRunning, ServiceTimeout, StateError
-from servicefactory.registry.base import SUPERVISOR_PREFIX, Registry, ServiceRecord, state_of
+from servicefactory.registry.base import (INSTANCE_SEPARATOR, SUPERVISOR_PREFIX, Registry, ServiceRecord, instance_id,
+                                          split_instance, state_of)
 
 #: the stop timeout of a service whose record does not say (written by an older version)
 DEFAULT_STOP_TIMEOUT = 10.0
@@ -49,6 +50,48 @@ def own_timeout(record: ServiceRecord | None) -> float:
     """The stop timeout the service itself asked for (its policy or `run --stop-timeout`)."""
     value = getattr(record, "stop_timeout", None)
     return float(value) if isinstance(value, (int, float)) and value > 0 else DEFAULT_STOP_TIMEOUT
+
+
+def instances(name: str, registry: Registry) -> list[str]:
+    """The ids of the instances registered for service `name` (`Test/1`, ...), in order; [] for a
+    name that is an instance's id or runs as one process."""
+    if INSTANCE_SEPARATOR in name or name.startswith(SUPERVISOR_PREFIX):
+        return []
+    return [found for found in registry.instances_of(name) if found != name]
+
+
+def expand(names: list[str], registry: Registry, instance: int | None = None) -> list[str]:
+    """The registry names that `names` stand for: a service run as instances stands for each of
+    them (`Test` -> `Test/1`, `Test/2`), unless `instance` picks one (`Test/2`)."""
+    if instance is not None:
+        return [name if INSTANCE_SEPARATOR in name else instance_id(name, instance) for name in names]
+    expanded: list[str] = []
+    for name in names:
+        found = instances(name, registry)
+        expanded.extend(found if found and registry.lookup(name) is None else [name])
+    return expanded
+
+
+def order(name: str) -> tuple[str, int]:
+    """A sort key: a service's instances follow its name in number order (Test/2 before Test/10)."""
+    service, number = split_instance(name)
+    return service, number or 0
+
+
+def rolling_restart(name: str, names: list[str], timeout: float | None, registry: Registry) -> list[dict] | None:
+    """Restart the instances `names` of service `name` one at a time under their supervisor, each
+    ready again before the next stops; None if they do not all run under one live supervisor."""
+    records = [registry.lookup(instance) for instance in names]
+    supervisors = {record.supervisor for record in records if record is not None}
+    if None in records or len(supervisors) != 1 or not registry.is_held(next(iter(supervisors)) or "_"):
+        return None
+    supervisor = next(iter(supervisors))
+    limit = sum(timeout if timeout is not None else own_timeout(record) for record in records)
+    request: dict[str, Any] = {"names": names, "rolling": True}
+    if timeout is not None:
+        request["timeout"] = timeout
+    # the supervisor bounds each step by the stop and ready timeouts: ours only guards against a hang
+    return call_supervisor(supervisor, "restart", request, limit + 600 * len(names), registry)
 
 
 def stop(name: str, timeout: float | None = None, registry: Registry | None = None,
@@ -352,15 +395,18 @@ def _status(names: list[str] | None, registry: Registry, include_supervisors: bo
                 if not include_supervisors:
                     continue
             names.append(name)
-        # what a supervisor ran before it was signalled or crashed is `stopped`, not gone: it can be restarted
-        names = sorted(set(names) | set(registry.remembered_names()))
+        # what a supervisor ran before it was signalled or crashed is `stopped`, not gone: it can be
+        # restarted; a service remembered as a whole is listed by its instances while they are registered
+        remembered = [name for name in registry.remembered_names() if not instances(name, registry)]
+        names = sorted(set(names) | set(remembered), key=order)
     rows = []
     now = time.time()
     for name in names:
         state, record = state_of(registry, name)
         if state == "stopped" and record is None and registry.remembered(name) is None:
             state = ServiceState.UNKNOWN.value  # a typo must not look like a service that stopped
-        row: dict[str, Any] = {"name": name, "state": state, "pid": None, "host": None, "port": None, "url": None,
+        row: dict[str, Any] = {"name": name, "instance": split_instance(name)[1], "state": state,
+                               "pid": None, "host": None, "port": None, "url": None,
                                "started": None, "uptime": None, "restarts": 0, "last_exit": None,
                                "cpu": None, "memory": None, "supervisor": None, "target": None,
                                "last_reason": None, "history": []}

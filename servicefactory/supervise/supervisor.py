@@ -24,7 +24,8 @@ from typing import Any, Callable
 from servicefactory.supervise import _commands, _dependencies, _notify
 
 from servicefactory.supervise import _reaper
-from servicefactory.supervise._protocol import (LIFELINE_FD_ENV, LOG_PATH_ENV, READY_FD_ENV, STOP_TIMEOUT_ENV, SUPERVISED_ENV,
+from servicefactory.supervise._protocol import (LIFELINE_FD_ENV, LOG_PATH_ENV, READY_FD_ENV, REUSE_PORT_ENV, STOP_TIMEOUT_ENV,
+                                                SUPERVISED_ENV,
                                                 SUPERVISOR_PID_ENV, WATCHDOG_ENV, Beat, Ready, Reloaded, StartFailed,
                                                 StartupReport, Stopping, StopReason, Unhealthy, decode_child, to_line)
 from servicefactory.supervise import _limits
@@ -34,7 +35,8 @@ from servicefactory.errors import AlreadyRunning, ServiceFactoryError, ServiceTi
 from servicefactory.supervise.logfiles import RotatingLog, printable
 from servicefactory.supervise._policy import Exit, RestartPolicy, describe
 from servicefactory.supervise._states import ACTIVE, ServiceState
-from servicefactory.supervise._supervised import Child, Settings, Spec, drain, python_command, readable, stamp, url_of
+from servicefactory.supervise._supervised import (Child, Settings, Spec, drain, expand_instances, python_command, readable,
+                                                  service_log_file, stamp, url_of)
 from servicefactory.registry.base import SUPERVISOR_PREFIX, Registry, ServiceRecord
 from servicefactory.service import ServiceBase, endpoint
 from servicefactory.registry.local import process_start_time
@@ -53,7 +55,7 @@ class Supervisor(ServiceBase):
 
     def __init__(self, specs: list[Spec], settings: Settings | None = None, registry: Registry | None = None,
                  printer: Callable[..., None] | None = None, ready_fd: int | None = None) -> None:
-        self.specs = specs
+        self.specs = expand_instances(specs)  # one spec per process: Test/1 ... Test/N for --instances N
         self.settings = settings or Settings()
         if registry is None:
             from servicefactory.registry.backends import default_registry
@@ -211,7 +213,8 @@ class Supervisor(ServiceBase):
             env.pop("PYTHONUNBUFFERED")
         else:
             env.update({READY_FD_ENV: str(ready_write), LIFELINE_FD_ENV: str(self.lifeline_read),
-                        STOP_TIMEOUT_ENV: repr(spec.stop_timeout), LOG_PATH_ENV: str(child.log.path)})
+                        STOP_TIMEOUT_ENV: repr(spec.stop_timeout), LOG_PATH_ENV: str(child.log.path),
+                        REUSE_PORT_ENV: "1" if spec.instance is not None else ""})
             if spec.watchdog:
                 env[WATCHDOG_ENV] = repr(spec.watchdog)
             # isolated from its working directory (the project's): a module target is put on sys.path
@@ -389,10 +392,14 @@ class Supervisor(ServiceBase):
         self._event(child, f"ready (pid {child.popen.pid}{', ' + url_of(child) if child.port else ''})")
 
     def _remember(self, child: Child) -> None:
+        spec = asdict(child.spec)
+        if child.spec.instance is not None:  # remembered as the whole service (`Test`, instances N)
+            spec.update(name=child.spec.service, instance=None, log_file=child.spec.log_file and
+                        service_log_file(child.spec.log_file, child.spec.instance))
         try:
             # every run option, for `restart` after we are gone: the Spec, the Settings, the log level
-            self.registry.remember(child.spec.name, dict(
-                asdict(child.spec), settings=asdict(self.settings),
+            self.registry.remember(spec["name"], dict(
+                spec, settings=asdict(self.settings),
                 log_level=os.environ.get("SERVICEFACTORY_LOG_LEVEL"), history=child.history))
         except OSError:
             pass
@@ -859,7 +866,7 @@ class Supervisor(ServiceBase):
     def _publish(self, child: Child) -> None:
         popen = child.popen
         record = ServiceRecord(
-            name=child.spec.name, pid=popen.pid if popen else 0,
+            name=child.spec.name, instance=child.spec.instance, pid=popen.pid if popen else 0,
             host=child.host if child.state == ServiceState.RUNNING else None,
             port=child.port if child.state == ServiceState.RUNNING else None,
             create_time=(process_start_time(popen.pid) or 0.0) if popen else 0.0,
@@ -1032,8 +1039,12 @@ class Supervisor(ServiceBase):
 
     @handle("restart", post_only=True)
     def handle_restart(self, data: Any) -> list:
-        """Stop (if running) and start the named services again; answers once they are ready (or not)."""
+        """Stop (if running) and start the named services again; answers once they are ready (or not).
+        With `"rolling": true`, one at a time: each is ready again before the next stops (the
+        instances of a service keep answering throughout); a service that does not come back ends the roll."""
         children, timeout = self._request(data)
+        if isinstance(data, dict) and data.get("rolling") is True:
+            return self._roll(children, timeout)
         for child in children:
             child.settled.clear()
         self._call(lambda: [self._stop_child(child, restart=True, timeout=timeout) for child in children])
@@ -1050,6 +1061,17 @@ class Supervisor(ServiceBase):
     def handle_dashboard(self, data: Any) -> str | None:
         """The address of the web dashboard this supervisor serves, or None."""
         return self.dashboard_url
+
+    def _roll(self, children: list[Child], timeout: float | None) -> list:
+        for child in children:
+            child.settled.clear()
+            self._call(lambda child=child: self._stop_child(child, restart=True, timeout=timeout))
+            child.settled.wait((timeout or child.spec.stop_timeout) + self.settings.ready_timeout + 1.0)
+            if child.state != ServiceState.RUNNING:
+                self._event(child, f"did not come back ({child.state.value}); the rolling restart stops here",
+                            warn=True)
+                break
+        return self.handle_status({"names": [c.spec.name for c in children]})
 
     @handle("status")
     def handle_status(self, data: Any) -> list:
