@@ -53,7 +53,7 @@ def _client(name: str, action: str) -> Callable:
 def figure_12(workdir: Path, sizes: Sizes) -> FigureResult:
     """8 client threads, 1 process vs 2 instances of the same service, a CPU-bound and an echo handler."""
     (workdir / f"{MODULE}.py").write_text(SOURCE)
-    rounds, seconds = (1, 0.3) if sizes.smoke else (sizes.multi_rounds, sizes.multi_seconds)
+    rounds, seconds = (1, 0.2) if sizes.smoke else (sizes.multi_rounds, sizes.multi_seconds)
     with cli_session(workdir) as cli:
         cli.check("run", f"{MODULE}:Burn", "--name", "One", "--daemon")
         cli.check("run", f"{MODULE}:Burn", "--name", "Two", "--instances", "2", "--daemon")
