@@ -53,7 +53,7 @@ def specs(targets: tuple[str, ...], name: str | None, host: str | None, port: in
                             f"define {listed}", 2)
     if specs and len(specs) == 1:
         spec = specs[0]
-        spec.name = name or spec.name
+        spec.name = spec.name if name is None else name  # `--name ''` is a bad name, not no name
         spec.host, spec.port = host, port
         spec.log_file = os.path.abspath(log_file) if log_file else None
     from servicefactory.registry.local import check_name

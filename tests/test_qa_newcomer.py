@@ -29,3 +29,16 @@ def test_reload_of_a_name_never_run_says_so_not_that_it_is_stopped(sf: Cli) -> N
     result = sf("reload", "Countr")
     assert result.returncode == 3, result
     assert result.stderr == f"error: Countr is not running (no service of that name was ever run in {sf.home})\n"
+
+
+def test_a_bad_name_with_a_slash_is_a_bad_name_and_an_empty_name_is_not_the_class_name(sf: Cli) -> None:
+    """`perform ../etc x` was "invalid instance number 'etc'"; `run --name ''` ran the class's own
+    name (and so said "already running" when it was). Both are bad names: one line, exit 2."""
+    result = sf("perform", "../etc", "count")
+    assert (result.returncode, result.stderr) == (2, "error: invalid service name '../etc': use letters, "
+                                                      "digits, '_', '-' and '.'\n"), result
+    shutil.copy(ROOT / "examples" / "counter.py", sf.cwd / "counter.py")
+    result = sf("run", "counter.py", "--daemon", "--name", "")
+    assert result.returncode == 2, result
+    assert result.stderr.startswith("error: invalid service name ''"), result.stderr
+    assert sf("status", "Counter").returncode == 3  # nothing was started under the class's name

@@ -53,6 +53,9 @@ def check_name(name: str) -> str:
     `Test/2`), else raise InvalidName (a usage error, exit 2)."""
     if not isinstance(name, str):
         raise InvalidName(f"invalid service name {name!r}: use letters, digits, '_', '-' and '.'")
+    # the service's part first: `../etc` is a bad name, not a bad instance number of `..`
+    if not _NAME.match(name.partition(INSTANCE_SEPARATOR)[0]):
+        raise InvalidName(f"invalid service name {name!r}: use letters, digits, '_', '-' and '.'")
     try:
         service, _ = split_instance(name)
     except ValueError as exc:
