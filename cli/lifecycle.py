@@ -96,6 +96,12 @@ def serve(target: str, name: str | None, host: str | None, port: int | None, log
     from servicefactory.cli import running
     from servicefactory.errors import ServiceFactoryError
 
+    if name is not None:  # `--name ''` is a bad name, not no name (run() would take the class's)
+        from servicefactory.registry.local import check_name
+        try:
+            check_name(name)
+        except ServiceFactoryError as exc:
+            raise CommandFailed(exc, 2) from None
     classes = running.load(target)
     if len(classes) != 1:
         names = ", ".join(cls.__name__ for cls in classes)

@@ -41,4 +41,7 @@ def test_a_bad_name_with_a_slash_is_a_bad_name_and_an_empty_name_is_not_the_clas
     result = sf("run", "counter.py", "--daemon", "--name", "")
     assert result.returncode == 2, result
     assert result.stderr.startswith("error: invalid service name ''"), result.stderr
+    result = sf("serve", "counter.py", "--name", "", timeout=30)
+    assert result.returncode == 2, result
+    assert result.stderr.startswith("error: invalid service name ''"), result.stderr
     assert sf("status", "Counter").returncode == 3  # nothing was started under the class's name
