@@ -274,12 +274,16 @@ class _Runtime:
 
     def _loop_idle(self) -> bool:
         """Whether the loop's thread neither runs nor waits for a CPU (it waits in a call) over a few ms."""
-        before = self._progress()
-        if before is None:
-            return False  # cannot tell: the grace period decides
-        time.sleep(0.003)
-        after = self._progress()
-        return after is not None and after - before < 0.0005
+        # two windows in a row: a computing thread can sit out one while it waits for the GIL
+        for _ in range(2):
+            before = self._progress()
+            if before is None:
+                return False  # cannot tell: the grace period decides
+            time.sleep(0.003)
+            after = self._progress()
+            if after is None or after - before >= 0.0005:
+                return False
+        return True
 
     def on_signal(self, signum: int, frame: Any) -> None:
         """Signal handler: record the stop request; raise into loop() only when told to, or on a second signal.
