@@ -556,16 +556,8 @@ def _state(row: dict) -> str:
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+    from servicefactory.view._rows import duration  # the views' own: one way to write a duration
+    return duration(seconds)
 
 
 # -- logs ----------------------------------------------------------------------------------
