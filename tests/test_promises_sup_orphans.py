@@ -80,7 +80,9 @@ def test_kill_9_of_the_supervisor_ends_every_service_and_descendant_within_the_s
         return row if row.get("state") == "stopping" else None
     hanging = wait_until(stopping, timeout=STOP_TIMEOUT, message="Hanging shown as stopping")
     assert hanging["pid"] == rows["Hanging"]["pid"], hanging
-    survivors = lambda: {pid: argv for pid, argv in _tree(sf).items() if not gone(pid)}  # noqa: E731
+    # what ran before counts by pid too: a process mid-exit may no longer show as ours (its /proc
+    # environ unreadable) while it has not exited yet
+    survivors = lambda: {pid: argv for pid, argv in {**before, **_tree(sf)}.items() if not gone(pid)}  # noqa: E731
     # the promise is STOP_TIMEOUT + 1 s; one more second of slack for a loaded test machine
     deadline = killed + STOP_TIMEOUT + 2.0
     while survivors() and time.monotonic() < deadline:
