@@ -30,7 +30,7 @@ import time
 from servicefactory.errors import AlreadyRunning, StateError
 from servicefactory.registry.base import (INSTANCE_SEPARATOR, SUPERVISOR_PREFIX, Claim, ServiceRecord,
                                           split_instance)
-from servicefactory.registry.local import LocalRegistry, check_name, is_dead, process_start_time
+from servicefactory.registry.local import LocalRegistry, check_name, is_dead, process_start_time, send_signal
 
 TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
 if TYPE_CHECKING:
@@ -616,14 +616,7 @@ class EtcdRegistry:
         stopped through its API, never by a pid that means another process here."""
         if not self._is_here(record.hostname) or not self.owner_alive(record):
             return False
-        try:
-            if group and os.getpgid(record.pid) == record.pid:
-                os.killpg(record.pid, signum)
-            else:
-                os.kill(record.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
+        return send_signal(record.pid, signum, group=group)
 
     def usage(self, record: ServiceRecord) -> dict[str, Any]:
         """cpu and memory of this host's service; {} for another host's."""

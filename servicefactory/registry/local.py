@@ -193,6 +193,18 @@ def _boot_time() -> float:
     return _boot[0]
 
 
+def send_signal(pid: int, signum: int, *, group: bool = False) -> bool:
+    """Send `signum` to `pid` (its process group too if `group` and it leads one); True if sent."""
+    try:
+        if group and os.getpgid(pid) == pid:
+            os.killpg(pid, signum)
+        else:
+            os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def _readers_only(path: Path) -> bool | None:
     """Whether no exclusive flock is held on `path` (at most readers probing), per /proc/locks; None if unknown."""
     try:
@@ -613,14 +625,7 @@ class LocalRegistry:
         only if it is proven to be the service (`owner_alive`); True if it was sent."""
         if not self.owner_alive(record):
             return False
-        try:
-            if group and os.getpgid(record.pid) == record.pid:
-                os.killpg(record.pid, signum)
-            else:
-                os.kill(record.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
+        return send_signal(record.pid, signum, group=group)
 
     def owner(self, name: str) -> ServiceRecord | None:
         """What the live process holding `name` proves about itself when its record is missing,
