@@ -12,16 +12,12 @@ the same capture of a plain-HTTP service does.
 """
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
 import shutil
 import socket
-import ssl
 import subprocess
-import sys
-import textwrap
 import time
 import uuid
 from pathlib import Path

@@ -292,10 +292,11 @@ def _perform_spread(spread: _spread.Spread, key: tuple[str, str], name: str, act
     """Send the call to the next live instance; one that certainly did not run it (refused, 421, 503)
     passes it on to the next, each instance tried once, on a fresh view of the registry."""
     tried: dict[tuple, int] = {}
+    last = ServiceNotRunning(f"{name} is not running: no live instance")  # until an instance says why
     while True:
         entry = spread.next(tried)
         if entry is None:
-            raise last  # noqa: F821 - set below: the first entry always exists
+            raise last
         target, address, sharing = entry
         try:
             return _send(address, target, action, body, timeout, session, token, ca_file)
