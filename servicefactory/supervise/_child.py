@@ -10,6 +10,7 @@ process behind.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import select
 import signal
@@ -102,7 +103,24 @@ def _write_own_log(name: str, log_path: str) -> None:
                 except OSError:
                     pass
 
-    threading.Thread(target=copy, daemon=True, name="servicefactory-output").start()
+    copier = threading.Thread(target=copy, daemon=True, name="servicefactory-output")
+    copier.start()
+
+    def drain() -> None:
+        # atexit runs while daemon threads still run: without this, the last lines (a finalize()
+        # that ends as the process exits) sat in the pipe when the interpreter froze the copier
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.close(null)
+        copier.join(2)  # a descendant still holding the pipe must not hold up the exit
+
+    atexit.register(drain)
     os.write(log, f"{stamp()} [servicefactory] {name} lost its supervisor; stopping\n".encode())
 
 
