@@ -21,6 +21,8 @@ import textwrap
 import threading
 import time
 
+from ab import echo_pair, interleaved
+
 SCRAPED = textwrap.dedent("""
     from servicefactory import Service
 
@@ -41,51 +43,19 @@ class _NoCounting:
         """Count nothing."""
 
 
-def _calls_per_second(call, seconds: float) -> float:
-    """Calls per second of this process's CPU time (client and service both run here), so that
-    other processes competing for the CPU (a shared machine) barely move the figure."""
-    calls = 0
-    started = time.process_time()
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        call()
-        calls += 1
-    return calls / max(1e-9, time.process_time() - started)
-
-
 def throughput(seconds: float, rounds: int) -> dict[str, float]:
     """Calls/CPU-s with one client through perform(), counting on vs off, interleaved rounds."""
-    from servicefactory import Service, testing
     from servicefactory.http.client import perform
 
-    @Service.API.endpoint(port=0, name="CountOn")
-    class On(Service.base):
-        @Service.API.handle("echo")
-        def echo(self, data):
-            return data
-
-    @Service.API.endpoint(port=0, name="CountOff")
-    class Off(On):
-        pass
-
-    figures: dict[str, list[float]] = {"on": [], "off": []}
-    ratios = []
-    with testing.running(On()) as on_service, testing.running(Off()) as off_service:
+    with echo_pair("Count") as (on_service, off_service):
         off_service._servicefactory_runtime.server.app.counters = _NoCounting()  # the same app, uncounted
-        names = {"on": "CountOn", "off": "CountOff"}
-        for label in names:  # warm up both connections
+        for name in ("CountOn", "CountOff"):  # warm up both connections
             for number in range(200):
-                perform(names[label], "echo", number)
-        for round_ in range(rounds):
-            order = ("on", "off") if round_ % 2 == 0 else ("off", "on")
-            pair = {}
-            for label in order:
-                pair[label] = _calls_per_second(lambda name=names[label]: perform(name, "echo", 1), seconds)
-                figures[label].append(pair[label])
-            ratios.append(pair["on"] / pair["off"])
-        counted = on_service._servicefactory_runtime.counters.totals()["actions"]["echo"]["calls"]
-    return {"on": statistics.median(figures["on"]), "off": statistics.median(figures["off"]),
-            "cost_percent": (1 - statistics.median(ratios)) * 100, "counted_calls": counted}
+                perform(name, "echo", number)
+        result = interleaved({"on": lambda: perform("CountOn", "echo", 1),
+                              "off": lambda: perform("CountOff", "echo", 1)}, seconds, rounds)
+        result["counted_calls"] = on_service._servicefactory_runtime.counters.totals()["actions"]["echo"]["calls"]
+    return result
 
 
 def record_cost(repeat: int = 200_000) -> float:

@@ -12,11 +12,12 @@ import argparse
 import json
 import os
 import socket
-import statistics
 import sys
 import tempfile
 import threading
 import time
+
+from ab import echo_pair, interleaved
 
 
 def _open_sockets(count: int) -> list[socket.socket]:
@@ -57,18 +58,6 @@ def lookups(count: int, repeat: int = 2000) -> dict[str, float]:
             sock.close()
 
 
-def _calls_per_second(call, seconds: float) -> float:
-    """Calls per second of this process's CPU time (client and service both run here): other
-    processes competing for the CPU (a shared machine) then barely move the figure."""
-    calls = 0
-    started = time.process_time()
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        call()
-        calls += 1
-    return calls / max(1e-9, time.process_time() - started)
-
-
 def _fresh_connection_call(port: int) -> None:
     """One call on a new connection, as curl makes it: the peer check runs every time."""
     request = (b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -85,41 +74,17 @@ def throughput(seconds: float, rounds: int) -> dict[str, dict[str, float]]:
     `perform` keeps its connection, so the check runs once; `fresh` opens one per call (curl).
     """
     os.environ.setdefault("SERVICEFACTORY_HOME", tempfile.mkdtemp(prefix="sf-bench-peercred-"))
-    from servicefactory import Service, testing
     from servicefactory.http.client import perform
 
-    @Service.API.endpoint(port=0, name="PeerOn")
-    class On(Service.base):
-        @Service.API.handle("echo")
-        def echo(self, data):
-            return data
-
-    @Service.API.endpoint(port=0, name="PeerOff")
-    class Off(On):
-        pass
-
-    results = {}
-    with testing.running(On()) as on_service, testing.running(Off()) as off_service:
+    with echo_pair("Peer") as (on_service, off_service):
         off_service._servicefactory_runtime.server.app.gate.check_peer = False  # the same app, unchecked
-        ports = {"on": on_service.address[1], "off": off_service.address[1]}
-        names = {"on": "PeerOn", "off": "PeerOff"}
-        for mode in ("perform", "fresh"):
-            figures: dict[str, list[float]] = {"on": [], "off": []}
-            ratios = []
-            for round_ in range(rounds):
-                order = ("on", "off") if round_ % 2 == 0 else ("off", "on")
-                pair = {}
-                for label in order:
-                    if mode == "perform":
-                        call = lambda name=names[label]: perform(name, "echo", 1)  # noqa: E731
-                    else:
-                        call = lambda port=ports[label]: _fresh_connection_call(port)  # noqa: E731
-                    pair[label] = _calls_per_second(call, seconds)
-                    figures[label].append(pair[label])
-                ratios.append(pair["on"] / pair["off"])
-            results[mode] = {"on": statistics.median(figures["on"]), "off": statistics.median(figures["off"]),
-                             "cost_percent": (1 - statistics.median(ratios)) * 100}
-    return results
+        on_port, off_port = on_service.address[1], off_service.address[1]
+        return {
+            "perform": interleaved({"on": lambda: perform("PeerOn", "echo", 1),
+                                    "off": lambda: perform("PeerOff", "echo", 1)}, seconds, rounds),
+            "fresh": interleaved({"on": lambda: _fresh_connection_call(on_port),
+                                  "off": lambda: _fresh_connection_call(off_port)}, seconds, rounds),
+        }
 
 
 def main() -> None:
