@@ -9,6 +9,7 @@ pathlib, with the urllib.parse and ipaddress it imports, ~7 ms: the registry rea
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,42 @@ def test_a_real_call_through_perform_imports_only_the_allowed_modules(tmp_path: 
         assert sorted(imported - PERFORM_MAY_IMPORT) == []
     for heavy in ("click", "typing", "pathlib", "encodings.idna", "werkzeug", "requests", "psutil", "http.client", "tempfile", "logging"):
         assert heavy not in imported
+
+
+# what a command's --help must not pay for: each is imported by the command that needs it, when it runs
+HEAVY = ("werkzeug", "requests", "urllib3", "psutil", "etcd3gw", "prometheus_client", "httptools", "ssl",
+         "rich", "textual", "urwid", "curses", "watchdog", "watchfiles", "tomllib", "tomli", "schemathesis")
+
+HELP_OF_EVERY_COMMAND = """
+import json, sys
+import click
+from servicefactory.cli.main import cli
+names = []
+def walk(group, path):
+    for name, command in sorted(group.commands.items()):
+        names.append([*path, name])
+        if isinstance(command, click.Group):
+            walk(command, [*path, name])
+walk(cli, [])
+print(json.dumps(names))
+"""
+
+
+def test_the_help_of_every_command_imports_nothing_heavy(tmp_path: Path):
+    """`servicefactory COMMAND --help` is what a newcomer types first: it stays a click-only start,
+    for commands added later too (the list is read from the CLI group, not written here)."""
+    listed = subprocess.run([sys.executable, "-c", HELP_OF_EVERY_COMMAND], capture_output=True, text=True,
+                            timeout=30, check=True)
+    commands = json.loads(listed.stdout)
+    assert ["up"] in commands and ["perform"] in commands  # the walk saw the group's commands
+    for command in commands:
+        code = ("import atexit, json, sys\n"
+                "atexit.register(lambda: print(json.dumps(sorted(sys.modules)), file=sys.stderr))\n"
+                f"sys.argv = ['servicefactory', *{command!r}, '--help']\n"
+                "from servicefactory.cli.fast import main\nmain()\n")
+        result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=30,
+                                env={**os.environ, "SERVICEFACTORY_HOME": str(tmp_path / "home")})
+        assert result.returncode == 0 and "Usage:" in result.stdout, (command, result.stderr)
+        imported = json.loads(result.stderr.splitlines()[-1])
+        pulled = sorted(m for m in imported if m.split(".")[0] in HEAVY)
+        assert pulled == [], (command, pulled)
