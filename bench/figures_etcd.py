@@ -125,20 +125,28 @@ def _status_call_seconds(make_registry: Callable, runs: int) -> float:
     return statistics.median(times)
 
 
-def _fleet(registry, count: int, hosts: int) -> list:
-    """`count` instances of Fleet, spread over `hosts` hostnames (this one and made-up others)."""
+def _fleet(make_registry: Callable, count: int, hosts: int) -> list:
+    """`count` instances of Fleet, spread over `hosts` hostnames (this one and made-up others), each
+    claimed and published by a registry object of its own host (so that claim and record agree, as
+    on real hosts); [(registry, claim)]."""
     from servicefactory.registry.base import ServiceRecord
     from servicefactory.registry.local import process_start_time
 
+    registries = []
+    for host in range(hosts):
+        registry = make_registry()
+        if host and hasattr(registry, "hostname"):
+            registry.hostname = f"bench-host-{host}"
+        registries.append(registry)
     claims = []
     for i in range(1, count + 1):
         name = f"Fleet/{i}"
+        registry = registries[i % hosts]
         claim = registry.claim(name)
-        host = i % hosts
         registry.publish(claim, ServiceRecord(name, os.getpid(), instance=i, host="127.0.0.1", port=10000 + i,
                                               started=time.time(), create_time=process_start_time(os.getpid()) or 0,
-                                              hostname=socket.gethostname() if host == 0 else f"bench-host-{host}"))
-        claims.append(claim)
+                                              hostname=getattr(registry, "hostname", None) or socket.gethostname()))
+        claims.append((registry, claim))
     return claims
 
 
@@ -181,15 +189,16 @@ def figure_13(workdir: Path, sizes: Sizes) -> FigureResult:
             (lambda: LocalRegistry(homes["local"])) if kind == "local" else (lambda: EtcdRegistry(url, homes["etcd"])),
             visible) for kind in registries}
         status_times, status_calls = {}, {}
-        for kind, registry in registries.items():
-            claims = _fleet(registry, fleet_size, 3)
+        for kind in registries:
+            def make(kind=kind):
+                return LocalRegistry(homes["local"]) if kind == "local" else EtcdRegistry(url, homes["etcd"])
+            claims = _fleet(make, fleet_size, 3)
             try:
                 status_times[kind] = _cli_seconds(["status", "--json"], envs[kind], runs)
-                status_calls[kind] = _status_call_seconds(
-                    lambda: LocalRegistry(homes["local"]) if kind == "local" else EtcdRegistry(url, homes["etcd"]), runs)
+                status_calls[kind] = _status_call_seconds(make, runs)
             finally:
-                for claim in claims:
-                    registry.release(claim)
+                for owner, claim in claims:
+                    owner.release(claim)
     warm_ratio = ratio(warm["etcd"]["calls_per_s"], warm["local"]["calls_per_s"])
     lookup_cost = {kind: 1.0 / m["calls_per_s"] - 1.0 / warm[kind]["calls_per_s"] for kind, m in looked_up.items()}
     p99 = {kind: percentile(values, 99) for kind, values in latencies.items()}

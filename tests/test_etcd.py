@@ -94,6 +94,30 @@ def test_a_service_in_etcd_is_called_listed_and_stopped_through_the_cli(sf, spaw
     assert registry.names() == [] and registry.lookup("Echo") is None  # a graceful stop withdraws at once
 
 
+# run a command line of the CLI in this interpreter, then print which of the etcd extra's modules it imported
+COMMAND_IMPORTS = """
+import atexit, json, sys
+atexit.register(lambda: print(json.dumps(sorted(m for m in ("requests", "etcd3gw", "urllib3") if m in sys.modules)),
+                              file=sys.stderr))
+sys.argv = ["servicefactory", *sys.argv[1:]]
+from servicefactory.cli.fast import main
+main()
+"""
+
+
+def test_status_and_perform_only_read_etcd_so_they_import_neither_requests_nor_etcd3gw(spawn, registry_env, tmp_path):
+    """Importing etcd3gw and requests was most of a cold status's time: a command that only reads
+    speaks to the gateway with the standard library, and gives the same answers."""
+    proc = start_echo(spawn, registry_env)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    for args, expected in ((["perform", "Echo", "echo", '"light"'], '"light"'), (["status", "--json"], '"running"')):
+        done = subprocess.run([PYTHON, "-c", COMMAND_IMPORTS, *args], env=env, capture_output=True, text=True,
+                              timeout=60, cwd=tmp_path)
+        assert done.returncode == 0 and expected in done.stdout, done.stdout + done.stderr
+        assert json.loads(done.stderr.strip().splitlines()[-1]) == [], done.stderr
+    assert proc.popen.poll() is None
+
+
 def test_after_kill_9_the_record_expires_with_its_lease_and_perform_says_not_running(sf, spawn, registry_env):
     from servicefactory.errors import ServiceNotRunning
     from servicefactory.http import client
@@ -345,7 +369,7 @@ def test_status_reads_etcd_once_for_any_number_of_services_and_answers_as_readin
         expected = [(name, state_of(reader, name)) for name in reader.names()]
         requests = []
         real = reader._request
-        reader._request = lambda call: requests.append(call) or real(call)
+        reader._request = lambda path, payload, **how: requests.append(path) or real(path, payload, **how)
         rows = control.status(registry=reader)
         assert len(requests) <= 2, f"{len(requests)} etcd requests for {len(rows)} services"
         assert sorted((row["name"], row["state"]) for row in rows) == sorted((name, state) for name, (state, _) in expected)

@@ -112,7 +112,7 @@ class Etcd(Backend):
                 "SERVICEFACTORY_HOME": str(self.home)}
 
     def _post(self, path: str, payload: dict) -> dict:
-        return self._raw._request(lambda client: client.post(client.get_url(path), json=payload))
+        return self._raw._request(path, payload)
 
     def _b64(self, text: str) -> str:
         import base64

@@ -27,10 +27,13 @@ def default_registry() -> "Registry":
         from servicefactory.registry.local import LocalRegistry
         return LocalRegistry()
     if kind.startswith("etcd://"):
-        try:
-            from servicefactory.registry.etcd import EtcdRegistry
-        except ImportError as exc:  # etcd3gw (or requests) is not installed
-            raise StateError(f"the etcd registry needs the etcd extra ({exc.name} is missing): "
-                             f"pip install 'servicefactory[etcd]'") from None
+        import importlib.util
+
+        # found, not imported: a command that only reads never imports them (registry/_etcdwire.py)
+        for needed in ("etcd3gw", "requests"):
+            if importlib.util.find_spec(needed) is None:
+                raise StateError(f"the etcd registry needs the etcd extra ({needed} is missing): "
+                                 f"pip install 'servicefactory[etcd]'")
+        from servicefactory.registry.etcd import EtcdRegistry
         return EtcdRegistry(kind)
     raise StateError(f"unknown registry backend {kind!r} in ${REGISTRY_ENV}: use one of {', '.join(BACKENDS)}")

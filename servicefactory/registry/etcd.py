@@ -115,7 +115,8 @@ class EtcdRegistry:
         self.hostname = socket.gethostname()
         #: logs, the token file and a supervisor's working directory stay on this host
         self.local = LocalRegistry(home)
-        self._clients: list[Any] = []
+        self._clients: list[Any] = []  # _etcdwire.Library per endpoint, once this process writes
+        self._readers: list[Any] = []  # _etcdwire.Reader per endpoint, until then
         self._current = 0
         self._held: dict[str, tuple[Claim, _Held]] = {}
         self._unsaved: dict[str, dict[str, Any]] = {}  # `remember`s etcd was away for
@@ -125,43 +126,47 @@ class EtcdRegistry:
 
     # -- the wire: every request goes through _request, which fails over and maps errors --
 
-    def _client(self, index: int) -> Any:
-        if not self._clients:
-            import etcd3gw
-            import requests
+    def _wire(self, index: int, write: bool) -> Any:
+        """Endpoint `index`'s way in: etcd3gw once anything has been written (or is about to be),
+        the standard library's http.client for a process that has only read (see _etcdwire)."""
+        from servicefactory.registry import _etcdwire
 
-            for host, port in self.endpoints:
-                session = requests.Session()
-                session.trust_env = False  # never through an HTTP proxy from the environment
-                # api_path given: no /version round trip per process (etcd >= 3.4 serves /v3/)
-                self._clients.append(etcd3gw.Etcd3Client(host=host, port=port, timeout=REQUEST_TIMEOUT,
-                                                         api_path="/v3/", session=session))
-        return self._clients[index]
+        if write and not self._clients:
+            self._clients = [_etcdwire.Library(host, port, REQUEST_TIMEOUT) for host, port in self.endpoints]
+            for reader in self._readers:
+                reader.close()
+            self._readers = []
+        if self._clients:
+            return self._clients[index]
+        if not self._readers:
+            self._readers = [_etcdwire.Reader(host, port, REQUEST_TIMEOUT) for host, port in self.endpoints]
+        return self._readers[index]
 
-    def _request(self, call: Any) -> Any:
-        """Run `call(client)` against the current endpoint, moving to the next one if it is unreachable."""
-        from etcd3gw import exceptions
+    def _request(self, path: str, payload: dict, *, write: bool = True) -> Any:
+        """Post `payload` to the gateway's `path` at the current endpoint, moving to the next one if
+        it is unreachable; `write=False` for a request that only reads."""
+        from servicefactory.registry._etcdwire import Failed, NoAnswer, Rejected
 
         failures = []
         for attempt in range(len(self.endpoints)):
             index = (self._current + attempt) % len(self.endpoints)
             host, port = self.endpoints[index]
             try:
-                result = call(self._client(index))
-            except exceptions.ConnectionTimeoutError:
+                result = self._wire(index, write).post(path, payload)
+            except NoAnswer:
                 failures.append(f"{host}:{port} (no answer within {REQUEST_TIMEOUT:g} s)")
                 continue
-            except exceptions.ConnectionFailedError as exc:
-                failures.append(f"{host}:{port} ({_why_unreachable(exc)})")
+            except Failed as exc:
+                failures.append(f"{host}:{port} ({exc})")
                 continue
-            except exceptions.Etcd3Exception as exc:
-                detail = _detail(exc)
+            except Rejected as exc:
+                detail = str(exc)
+                if detail.startswith("not JSON"):
+                    raise StateError(f"etcd registry {self.where} answered garbage from {host}:{port} "
+                                     f"({detail}); is it etcd 3.4 or newer?") from None
                 if "Not Found" in detail:
                     detail = f"HTTP 404 from {host}:{port}: not etcd's v3 gateway (etcd 3.4 or newer?)"
                 raise StateError(f"etcd registry {self.where} refused a request: {detail}") from None
-            except ValueError as exc:  # not JSON: not etcd's gateway at that address
-                raise StateError(f"etcd registry {self.where} answered garbage from {host}:{port} ({exc}); "
-                                 f"is it etcd 3.4 or newer?") from None
             self._current = index
             return result
         raise Unreachable(f"etcd registry unreachable: {'; '.join(failures)}")
@@ -181,7 +186,7 @@ class EtcdRegistry:
             payload["range_end"] = _b64(_prefix_end(key))
         if keys_only:
             payload["keys_only"] = True
-        result = self._request(lambda client: client.post(client.get_url("/kv/range"), json=payload))
+        result = self._request("/kv/range", payload, write=False)
         kvs = result.get("kvs") or []
         for kv in kvs:
             kv["key"] = base64.b64decode(kv["key"])
@@ -195,7 +200,7 @@ class EtcdRegistry:
     def _txn(self, compare: list, success: list, failure: list = ()) -> dict:
         self._views.kvs = None  # a write inside `snapshot()`: read what is there from now on
         payload = {"compare": compare, "success": success, "failure": list(failure)}
-        return self._request(lambda client: client.transaction(payload))
+        return self._request("/kv/txn", payload)
 
     @staticmethod
     def _ours(key: str, revision: int) -> dict:
@@ -226,14 +231,13 @@ class EtcdRegistry:
 
     def _grant(self) -> int:
         self._views.kvs = None
-        result = self._request(lambda client: client.post(client.get_url("/lease/grant"),
-                                                          json={"TTL": self.ttl, "ID": 0}))
+        result = self._request("/lease/grant", {"TTL": self.ttl, "ID": 0})
         return int(result["ID"])
 
     def _revoke(self, lease: int) -> None:
         self._views.kvs = None
         try:
-            self._request(lambda client: client.post(client.get_url("/lease/revoke"), json={"ID": lease}))
+            self._request("/lease/revoke", {"ID": lease})
         except StateError:
             pass  # already gone (expired, or etcd lost it): its keys are gone with it
 
@@ -368,7 +372,7 @@ class EtcdRegistry:
     def _keep(self) -> None:
         # its own clients (its own requests sessions): never a session shared with a caller's thread
         keeper = EtcdRegistry.__new__(EtcdRegistry)
-        keeper.__dict__.update(self.__dict__, _clients=[], _held={}, _unsaved={}, _keeper=None,
+        keeper.__dict__.update(self.__dict__, _clients=[], _readers=[], _held={}, _unsaved={}, _keeper=None,
                                _views=threading.local())
         unreachable_since: float | None = None
         delay = self.ttl / 3
@@ -418,7 +422,7 @@ class EtcdRegistry:
         if not held.revision:
             self._retake(claim, held)  # claimed while etcd was away
             return False
-        result = self._request(lambda client: client.post(client.get_url("/lease/keepalive"), json={"ID": held.lease}))
+        result = self._request("/lease/keepalive", {"ID": held.lease})
         if int((result.get("result") or {}).get("TTL", -1)) <= 0:
             self._retake(claim, held)
             return False
@@ -643,7 +647,7 @@ class EtcdRegistry:
     def _save(self, name: str, spec: dict[str, Any]) -> None:
         self._views.kvs = None
         key = self._key("run", name)
-        self._request(lambda client: client.put(key, json.dumps(spec)))
+        self._request("/kv/put", {"key": _b64(key), "value": _b64(json.dumps(spec))})
 
     def remembered(self, name: str) -> dict[str, Any] | None:
         """How `name` was last run, if known."""
@@ -677,7 +681,7 @@ class EtcdRegistry:
 
     def ensure(self) -> None:
         """Check that etcd answers (StateError, exit 10, otherwise) and that this host's directory is usable."""
-        self._request(lambda client: client.post(client.get_url("/maintenance/status"), json={}))
+        self._request("/maintenance/status", {}, write=False)
         self.local.ensure()
 
     def check_safe(self) -> None:
@@ -685,7 +689,7 @@ class EtcdRegistry:
 
     def exists(self) -> bool:
         """True once etcd answers (it can hold records); StateError (exit 10) if it is unreachable."""
-        self._request(lambda client: client.post(client.get_url("/maintenance/status"), json={}))
+        self._request("/maintenance/status", {}, write=False)
         return True
 
     def environment(self) -> dict[str, str]:
@@ -728,22 +732,3 @@ def _prefix_end(prefix: str) -> bytes:
     data = bytearray(prefix.encode())
     data[-1] += 1
     return bytes(data)
-
-
-def _why_unreachable(exc: Exception) -> str:
-    """A few words for why a connection failed, out of requests' long message."""
-    text = str(exc.__context__ or exc).lower()
-    for needle, words in (("refused", "connection refused"), ("timed out", f"no answer within {REQUEST_TIMEOUT:g} s"),
-                          ("name or service not known", "unknown host"), ("resolution", "unknown host"),
-                          ("unreachable", "network unreachable"), ("reset", "connection reset")):
-        if needle in text:
-            return words
-    return _detail(exc)[:80]
-
-
-def _detail(exc: Exception) -> str:
-    """What an etcd3gw error says: its detail text (the answer's body) and reason, else its cause."""
-    parts = [str(part) for part in (getattr(exc, "detail_text", None), *exc.args) if part]
-    if not parts and exc.__context__ is not None:
-        parts = [str(exc.__context__)]
-    return " ".join(" ".join(parts).split())[:200] or type(exc).__name__

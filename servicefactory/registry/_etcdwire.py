@@ -1,0 +1,155 @@
+"""The two ways the etcd registry reaches one endpoint's v3 JSON gateway, behind one `post(path, payload)`.
+
+- `Library`: etcd3gw's client (over a requests session). Everything that writes goes through it:
+  claims, leases and their keep-alives, transactions.
+- `Reader`: one keep-alive connection of the standard library's http.client, for a process that
+  has only read so far (`status`, a cold `perform`): importing etcd3gw and requests costs such a
+  command more than everything else it does (~200 ms of its ~300 ms, measured with -X importtime).
+  It posts the same JSON to the same gateway paths that etcd3gw posts for its own reads; the
+  messages (the key ranges, base64 keys) are built by the registry for both.
+
+Both raise the same three errors, so that the registry maps them to one message each.
+"""
+from __future__ import annotations
+
+import json
+
+TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
+if TYPE_CHECKING:
+    from typing import Any
+
+API_PATH = "/v3/"  # etcd >= 3.4: given, so that no process pays a /version round trip
+
+
+class NoAnswer(Exception):
+    """The endpoint did not answer within the timeout."""
+
+
+class Failed(Exception):
+    """The endpoint could not be reached (refused, unknown host, reset); args[0] says why, in a few words."""
+
+
+class Rejected(Exception):
+    """The endpoint answered, but not with a gateway's JSON success: args[0] is its detail."""
+
+
+def _why(text: str, timeout: float) -> str:
+    """A few words for why a connection failed, out of a long message."""
+    text = text.lower()
+    for needle, words in (("refused", "connection refused"), ("timed out", f"no answer within {timeout:g} s"),
+                          ("name or service not known", "unknown host"), ("resolution", "unknown host"),
+                          ("unreachable", "network unreachable"), ("reset", "connection reset"),
+                          ("certificate", "TLS certificate refused"), ("ssl", "TLS handshake failed")):
+        if needle in text:
+            return words
+    return " ".join(text.split())[:80]
+
+
+class Reader:
+    """Posts to one endpoint's gateway over one keep-alive http.client connection (reads only: a
+    request on a connection the server closed meanwhile is sent again once, which only a read may be)."""
+
+    def __init__(self, host: str, port: int, timeout: float, tls: Any = None, headers: dict | None = None) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self.tls = tls  # an ssl.SSLContext for https, or None
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
+        self._connection: Any = None
+
+    def _connect(self) -> Any:
+        import http.client
+
+        import socket
+
+        if self.tls is not None:
+            connection = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self.tls)
+        else:
+            connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        connection.connect()
+        # http.client sends the head and the body in two writes: with Nagle's algorithm the body
+        # waits for the server's delayed ACK of the head (~40 ms a request; urllib3 sets this too)
+        connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection
+
+    def post(self, path: str, payload: dict) -> Any:
+        """The decoded JSON answer to `payload` posted to `path` (`/kv/range`)."""
+        import http.client
+        import socket
+
+        body = json.dumps(payload).encode()
+        for attempt in (0, 1):
+            reused = self._connection is not None
+            try:
+                if not reused:
+                    self._connection = self._connect()
+                self._connection.request("POST", API_PATH + path.lstrip("/"), body, self.headers)
+                response = self._connection.getresponse()
+                data = response.read()
+            except socket.timeout:
+                self.close()
+                raise NoAnswer() from None
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                if reused and attempt == 0:
+                    continue  # a keep-alive connection the server had closed: once more, on a new one
+                raise Failed(_why(str(exc) or type(exc).__name__, self.timeout)) from None
+            if response.status != 200:
+                raise Rejected(" ".join(f"{data.decode(errors='replace')} {response.reason}".split())[:200])
+            try:
+                return json.loads(data)
+            except ValueError as exc:
+                raise Rejected(f"not JSON ({exc})") from None
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def close(self) -> None:
+        """Close the connection (a new one is made on the next post)."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def __del__(self) -> None:
+        # a registry dropped without closing: its socket closes quietly, as a requests session's does
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Library:
+    """Posts through etcd3gw's client (its own requests session, never through an environment's proxy)."""
+
+    def __init__(self, host: str, port: int, timeout: float, tls: dict | None = None,
+                 headers: dict | None = None) -> None:
+        import etcd3gw
+        import requests
+
+        session = requests.Session()
+        session.trust_env = False  # never through an HTTP proxy from the environment
+        session.headers.update(headers or {})
+        tls = tls or {}
+        if tls.get("ca_file"):
+            session.verify = tls["ca_file"]
+        if tls.get("cert_file"):
+            session.cert = (tls["cert_file"], tls["key_file"]) if tls.get("key_file") else tls["cert_file"]
+        self.timeout = timeout
+        self.client = etcd3gw.Etcd3Client(host=host, port=port, protocol="https" if tls else "http",
+                                          timeout=timeout, api_path=API_PATH, session=session)
+
+    def post(self, path: str, payload: dict) -> Any:
+        """The decoded JSON answer to `payload` posted to `path`."""
+        from etcd3gw import exceptions
+
+        try:
+            return self.client.post(self.client.get_url(path), json=payload)
+        except exceptions.ConnectionTimeoutError:
+            raise NoAnswer() from None
+        except exceptions.ConnectionFailedError as exc:
+            raise Failed(_why(str(exc.__context__ or exc), self.timeout)) from None
+        except exceptions.Etcd3Exception as exc:
+            parts = [str(part) for part in (getattr(exc, "detail_text", None), *exc.args) if part]
+            raise Rejected(" ".join(" ".join(parts).split())[:200] or type(exc).__name__) from None
+        except ValueError as exc:  # not JSON: not etcd's gateway at that address
+            raise Rejected(f"not JSON ({exc})") from None
+
+    def close(self) -> None:
+        """Close the session's connections."""
+        self.client.session.close()
