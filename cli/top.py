@@ -22,7 +22,7 @@ def top(interval: float) -> None:
     """A live view of every service: state, pid, CPU, memory, calls/s, errors/s, restarts, uptime."""
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise CommandFailed("top needs a terminal; use `servicefactory status` (or `status --json`) in scripts", 2)
-    import curses
+    import termios
 
     from servicefactory.view._rows import Sampler
     from servicefactory.view.top import Top, run
@@ -33,7 +33,7 @@ def top(interval: float) -> None:
     sampler.sample()  # a state directory it cannot use is one line here, before the screen is taken
     try:
         run(Top(sampler, interval=interval, where=str(registry.where)))
-    except curses.error as exc:  # an unknown $TERM, a terminal too small to set up
-        raise CommandFailed(f"cannot draw on this terminal ({exc}); use `servicefactory status`", 2) from None
+    except termios.error as exc:  # a terminal whose modes cannot be set
+        raise CommandFailed(f"cannot use this terminal ({exc}); use `servicefactory status`", 2) from None
     finally:
         sampler.close()

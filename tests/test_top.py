@@ -202,22 +202,22 @@ def test_restart_gives_a_new_pid_and_l_follows_the_log_until_escape(sf: Cli, ter
     term.wait_for(r"^NAME\s+STATE")
 
 
-@pytest.mark.parametrize("how", ["q", "C-c", "SIGTERM"])
-def test_q_ctrl_c_and_sigterm_leave_top_with_exit_0_and_the_terminal_restored(sf: Cli, terminal, how):
+@pytest.mark.parametrize("how", ["q", "C-c", "SIGTERM", "SIGHUP"])
+def test_q_ctrl_c_sigterm_and_sighup_leave_top_with_exit_0_and_the_terminal_restored(sf: Cli, terminal, how):
     sf.write("services.py", SERVICES)
     sf.daemon("services.py")
     term = terminal()
     term.wait_for(r"^Alpha\s+running")
-    if how == "SIGTERM":
+    if how.startswith("SIG"):
         shell = term.pid()
         children = subprocess.run(["pgrep", "-P", str(shell)], capture_output=True, text=True).stdout.split()
         (env_or_top,) = [pid for pid in children if "top" in Path(f"/proc/{pid}/cmdline").read_text()]
-        os.kill(int(env_or_top), signal.SIGTERM)
+        os.kill(int(env_or_top), getattr(signal, how))
     else:
         term.keys(how)
     screen = term.wait_for(r"^EXITED=\d+", timeout=10)
     assert "EXITED=0" in screen, screen
-    # curses gave the terminal back: canonical mode and echo are on again, the table is gone
+    # the terminal is given back: canonical mode and echo are on again, the table is gone
     modes = term.wait_for(r"^(-?icanon|-?echo) (-?icanon|-?echo)", timeout=5)
     assert re.search(r"^(icanon echo|echo icanon) ?$", modes, re.M), modes
     assert "NAME" not in modes and "Traceback" not in modes

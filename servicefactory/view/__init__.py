@@ -1,1 +1,1 @@
-"""Live views of the running services: `servicefactory top` (curses) and the web dashboard."""
+"""Live views of the running services: `servicefactory top` (rich) and the web dashboard."""
