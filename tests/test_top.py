@@ -274,3 +274,36 @@ def test_calls_and_errors_per_second_come_from_the_services_counters_not_countin
     finally:
         stop.set()
         thread.join(10)
+
+
+BROKEN = '''
+from servicefactory.registry.local import LocalRegistry
+from servicefactory.view._rows import Sampler
+from servicefactory.view.top import Top, run
+
+
+class Broken(Top):
+    def render(self, height):
+        if self.rows is not None and getattr(self, "drawn", False):
+            raise RuntimeError("a bug while drawing")
+        self.drawn = True
+        return super().render(height)
+
+
+run(Broken(Sampler(LocalRegistry()), interval=0.2))
+'''
+
+
+def test_a_bug_while_drawing_still_gives_the_terminal_back(sf: Cli, tmp_path: Path):
+    """The second frame raises: the traceback is printed on the normal screen, with the modes restored."""
+    script = tmp_path / "broken.py"
+    script.write_text(BROKEN)
+    term = Terminal(tmp_path, [PYTHON, str(script)], {"SERVICEFACTORY_HOME": str(sf.home), "TERM": "xterm-256color"})
+    try:
+        screen = term.wait_for(r"^EXITED=\d+", timeout=15)
+        assert "EXITED=1" in screen and "RuntimeError: a bug while drawing" in screen, screen
+        modes = term.wait_for(r"^(-?icanon|-?echo) (-?icanon|-?echo)", timeout=5)
+        assert re.search(r"^(icanon echo|echo icanon) ?$", modes, re.M), modes
+        assert "servicefactory top" not in modes  # the alternate screen was left
+    finally:
+        term.close()
