@@ -173,7 +173,8 @@ def run_daemon(specs: list, settings: Any, registry: Any, show: Any = None) -> N
             from servicefactory.cli.progress import ready_line
 
             # EOF if the supervisor dies: never a hang; on a terminal, which services are ready meanwhile
-            line = ready_line(ready.fileno(), [spec.name for spec in specs], registry)
+            from servicefactory.supervise._supervised import expand_instances
+            line = ready_line(ready.fileno(), [spec.name for spec in expand_instances(specs)], registry)
     except KeyboardInterrupt:
         # the user gave up waiting: do not leave services starting behind their back
         import signal
