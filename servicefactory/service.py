@@ -399,16 +399,16 @@ class ServiceBase:
         as several instances is called on each in turn; `instance=2` calls `Test/2` only.
 
         Over TLS (the record's or the endpoint's) the certificate is verified against `ca_file`."""
-        from servicefactory.http.client import perform
+        from servicefactory.http import client
         endpoint_ = cls._servicefactory_endpoint
         fallback = (endpoint_.host, endpoint_.port) if endpoint_ and endpoint_.port else None
         name = name or cls._servicefactory_name()
         if instance is not None:
             from servicefactory.registry.base import instance_id
             name = instance_id(name, instance)
-        return perform(name, action, data, timeout=timeout,
-                       registry=registry, fallback=fallback, session=session,
-                       tls=bool(endpoint_ and endpoint_.tls), ca_file=ca_file)
+        return client.default.perform(name, action, data, timeout=timeout,
+                                      registry=registry, fallback=fallback, session=session,
+                                      tls=bool(endpoint_ and endpoint_.tls), ca_file=ca_file)
 
     # -- built-in actions --
 

@@ -24,12 +24,19 @@ def sf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     home = tmp_path / "sf-home"
     monkeypatch.setenv("SERVICEFACTORY_HOME", str(home))
     monkeypatch.delenv("SERVICEFACTORY_TOKEN", raising=False)
-    from servicefactory.http import client
-    client._addresses.clear()
-    client._tokens.clear()
     yield home
-    client.close_connections()
     kill_all(set(processes_using(home)))
+
+
+@pytest.fixture(autouse=True)
+def perform_client(sf_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
+    """Every test calls through a fresh client (`perform()`, `Service.perform`): no address, token or
+    connection remembered from another test; its connections are closed when the test ends."""
+    from servicefactory.http import client
+    fresh = client.Client()
+    monkeypatch.setattr(client, "default", fresh)
+    yield fresh
+    fresh.close_connections()
 
 
 @pytest.fixture

@@ -248,7 +248,7 @@ def test_no_data_arrives_as_none(remote):
 def test_performs_from_one_thread_reuse_one_connection(remote):
     port = remote.address[1]
     Remote.perform("echo", 0)
-    pool = client._local.pool
+    pool = client.default._local.pool
     assert len(pool) == 1
     connection = next(iter(pool.values()))
     local_port = connection.sock.getsockname()[1]
@@ -268,7 +268,7 @@ def test_each_thread_uses_its_own_connection(remote):
     def call() -> None:
         try:
             Remote.perform("echo", 1)
-            sockets.append(next(iter(client._local.pool.values())).sock.getsockname())
+            sockets.append(next(iter(client.default._local.pool.values())).sock.getsockname())
         finally:
             client.close_connections()
 

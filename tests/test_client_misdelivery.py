@@ -123,7 +123,7 @@ def test_a_warm_cache_pointing_at_another_service_raises_not_running_and_runs_no
     for session in (None, requests.Session()):
         with pytest.raises(ServiceNotRunning):
             client.perform("Test", "action", "lost", session=session)
-        client._addresses[(str(sf_home), "Test")] = ("127.0.0.1", old_port)  # warm again, as before
+        client.default._addresses[(str(sf_home), "Test")] = ("127.0.0.1", old_port)  # warm again, as before
     assert runs(tmp_path, "Other") == []
 
 

@@ -17,6 +17,7 @@ import socket
 import struct
 import threading
 import time
+from _weakrefset import WeakSet
 
 from servicefactory import _spread
 from servicefactory._names import connect_host, host_port, valid_action_name
@@ -38,23 +39,6 @@ _INFINITY = float("inf")
 #: bodies above this are sent in pieces, watching for an early answer (a 413 sent before the body is read)
 _PIECE = 256 * 1024
 
-_local = threading.local()
-
-
-def _after_fork_in_child() -> None:
-    # a forked child would otherwise share its parent's kept-open sockets, and read its answers
-    global _local
-    _local = threading.local()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-_addresses: dict[tuple[str, str], tuple[str, int]] = {}
-_tokens: dict[str, str | None] = {}
-_registries: dict[tuple, Any] = {}
-_registry_keys: dict[int, str] = {}
-_heads: dict[tuple, bytes] = {}  # request heads up to "Content-Length: ", per address, name, action, token
-_valid_actions: set[str] = set()
-_secure: set[tuple[str, int]] = set()  # addresses whose service serves TLS (its record, or tls=True)
 # json.dumps(allow_nan=False) builds a new encoder per call (a fifth of a small call's client time)
 _ENCODER = json.JSONEncoder(allow_nan=False)
 _DECODER = json.JSONDecoder()
@@ -139,73 +123,6 @@ def decode_answer(status: int, content_type: str, body: bytes, action: str, name
     raise ProtocolError(f"{name} answered HTTP {status} to {action!r}: {message or body[:200]!r}")
 
 
-def _default_registry() -> Registry:
-    # one registry per environment that decides where the state directory is: no Path per call
-    if _ENVIRON is not None:
-        get = _ENVIRON.get
-        key = (get(b"SERVICEFACTORY_HOME"), get(b"XDG_RUNTIME_DIR"), get(b"HOME"), get(b"SERVICEFACTORY_REGISTRY"))
-    else:
-        key = (os.environ.get("SERVICEFACTORY_HOME"), os.environ.get("XDG_RUNTIME_DIR"), os.environ.get("HOME"),
-               os.environ.get("SERVICEFACTORY_REGISTRY"))
-    if key[0] and key[0][:1] not in (b"/", "/"):
-        key += (os.getcwd(),)  # a relative SERVICEFACTORY_HOME is read against the current directory
-    registry = _registries.get(key)
-    if registry is None:
-        from servicefactory.registry.backends import default_registry
-        registry = _registries[key] = default_registry()
-        _registry_keys[id(registry)] = registry.where  # kept alive by _registries: the id stays its own
-    return registry
-
-
-def _registry_key(registry: Registry) -> str:
-    key = _registry_keys.get(id(registry))
-    return key if key is not None else registry.where
-
-
-def resolve(name: str, registry: Registry | None = None, fallback: tuple[str, int] | None = None,
-            fresh: bool = False) -> tuple[str, int]:
-    """The (host, port) of service `name`: its live record's, else `fallback`, else ServiceNotRunning.
-
-    A record whose process is gone (or whose pid now names another process) is never used: its port
-    may belong to anyone by now. Addresses are cached; `fresh=True` reads the registry again.
-    """
-    if registry is None:
-        registry = _default_registry()
-    key = (_registry_key(registry), name)
-    if not fresh:
-        address = _addresses.get(key)
-        if address is not None:
-            return address
-    record = registry.lookup(name)
-    dead = record is not None and _owner_is_dead(registry, record)
-    if record is not None and not dead and record.address is not None:
-        address = record.address
-        if getattr(record, "tls", False):
-            _secure.add(address)  # from now on only a verified TLS connection is made to it
-        else:
-            _secure.discard(address)
-    elif record is not None and not dead and record.state == "running" and fallback is None:
-        if record.target.startswith("command: "):  # an application file's command service (appfile)
-            raise UnknownAction(f"{name} is a command ({record.target[len('command: '):]}), not a Service "
-                                f"class: it has no actions to perform")
-        raise ServiceNotRunning(f"{name} runs without an API (its class declares no Service.API.endpoint): "
-                                f"there is nothing to perform")
-    elif fallback is not None and fallback[1]:
-        address = (connect_host(fallback[0]), fallback[1])  # the server checks the name we send
-    elif dead and record.supervisor and record.state in ("starting", "running", "backoff"):
-        raise ServiceNotRunning(f"{name} is not running right now: its supervisor is restarting it")
-    elif dead:
-        raise ServiceNotRunning(f"{name} is not running (its record names pid {record.pid}, which has exited)")
-    else:
-        if not registry.exists():
-            raise ServiceNotRunning(f"{name} is not running, or cannot be found: the state directory "
-                                    f"{registry.where} does not exist (deleted? services started with it "
-                                    f"keep running)")
-        raise ServiceNotRunning(f"{name} is not running (nothing registered in {registry.where})")
-    _addresses[key] = address
-    return address
-
-
 def _owner_is_dead(registry: Registry, record: Any) -> bool:
     """Whether the process that published `record` on this host has exited (the registry's proof)."""
     if not record.pid or not record.create_time:
@@ -213,159 +130,6 @@ def _owner_is_dead(registry: Registry, record: Any) -> bool:
     if record.hostname and record.hostname != socket.gethostname():
         return False  # another host's process: this host cannot see it
     return registry.is_gone(record)
-
-
-def _token(registry: Registry) -> str | None:
-    key = _registry_key(registry)
-    if key not in _tokens:
-        _tokens[key] = registry.token()
-    return _tokens[key]
-
-
-def perform(name: str, action: str, data: Any = None, *, timeout: float = DEFAULT_TIMEOUT,
-            registry: Registry | None = None, fallback: tuple[str, int] | None = None, session: Any = None,
-            token: str | None = None, ca_file: str | None = None, tls: bool = False) -> Any:
-    """Call `action` on the running service `name` with JSON `data`; return the decoded result.
-
-    Retried once, on a fresh lookup, only when the action certainly did not run: the address was
-    refused, answered as another service (421), or the service was stopping (503).
-    A service whose record says TLS (or a `fallback` with `tls=True`) is called over TLS, its
-    certificate verified against `ca_file` (else $SERVICEFACTORY_CA_FILE, else the system's CAs).
-    """
-    if registry is None:
-        registry = _default_registry()
-    if not 0 < timeout < _INFINITY:  # also false for nan
-        raise InvalidData(f"timeout must be a positive number of seconds, not {timeout!r}")
-    if action not in _valid_actions:
-        if not valid_action_name(action):
-            raise InvalidData(f"invalid action name {action!r}: use letters, digits, '_', '-' and single dots")
-        _valid_actions.add(action)
-    body = encode(data)
-    registry_key = _registry_key(registry)
-    if token is None:
-        token = _tokens[registry_key] if registry_key in _tokens else _token(registry)
-    if tls and fallback is not None:
-        _secure.add((connect_host(fallback[0]), fallback[1]))
-    key = (registry_key, name)
-    address = _addresses.get(key)
-    if address is None:
-        # a service run as several instances: each call goes to the next live one
-        spread = _spread.cached(key) or _spread.gather(key, name, registry, _owner_is_dead, _secure)
-        if spread is not None:
-            return _perform_spread(spread, key, name, action, body, timeout, session, token, ca_file, registry)
-        try:
-            address = resolve(name, registry, fallback)
-        except ServiceNotRunning:
-            if _spread.has_instances(name, registry):
-                raise ServiceNotRunning(f"no instance of {name} is running right now (its supervisor may be "
-                                        f"restarting them; see `servicefactory status {name}`)") from None
-            raise
-    try:
-        return _send(address, name, action, body, timeout, session, token, ca_file)
-    except ServiceNotRunning as first:  # nothing ran: refused, another service, or stopping
-        _addresses.pop((registry_key, name), None)
-        fresh = resolve(name, registry, fallback, fresh=True)  # it may be back elsewhere
-        if fresh == address and isinstance(first, _Misdirected) and _spread.INSTANCE_SEPARATOR in name:
-            # one instance on the port its service's instances share: another one took the
-            # connection (and closed it); a new connection may reach the one meant
-            for _ in range(SHARED_PORT_TRIES):
-                try:
-                    return _send(address, name, action, body, timeout, session, token, ca_file)
-                except _Misdirected:
-                    continue
-        if fresh == address and isinstance(first, _Misdirected):
-            _addresses.pop((registry_key, name), None)  # the registry still names the other service's port
-            raise ServiceNotRunning(f"{name} is not running: {host_port(*address)} now serves another "
-                                    f"service") from None
-        try:
-            return _send(fresh, name, action, body, timeout, session, token, ca_file)
-        except ServiceNotRunning:
-            _addresses.pop((registry_key, name), None)
-            raise
-    except ProtocolError:  # e.g. the port now speaks TLS, or no longer does: read the record again next time
-        _addresses.pop((registry_key, name), None)
-        raise
-
-
-def _perform_spread(spread: _spread.Spread, key: tuple[str, str], name: str, action: str, body: bytes,
-                    timeout: float, session: Any, token: str | None, ca_file: str | None, registry: Registry) -> Any:
-    """Send the call to the next live instance; one that certainly did not run it (refused, 421, 503)
-    passes it on to the next, each instance tried once, on a fresh view of the registry."""
-    tried: dict[tuple, int] = {}
-    last = ServiceNotRunning(f"{name} is not running: no live instance")  # until an instance says why
-    while True:
-        entry = spread.next(tried)
-        if entry is None:
-            raise last
-        target, address, sharing = entry
-        try:
-            return _send(address, target, action, body, timeout, session, token, ca_file)
-        except ServiceNotRunning as exc:
-            last = exc
-            tried[target, address] = tried.get((target, address), 0) + 1
-            _spread.forget(key)
-            fresh = _spread.gather(key, name, registry, _owner_is_dead, _secure)
-            if fresh is None:
-                raise
-            spread = fresh
-        except ProtocolError:  # it may have run: never sent again; read the registry next time
-            _spread.forget(key)
-            raise
-
-
-def _head(address: tuple[str, int], name: str, action: str, token: str | None) -> bytes:
-    """The request head up to the body's length, built once per address, service, action and token."""
-    key = (address, name, action, token)
-    head = _heads.get(key)
-    if head is None:
-        if not name.isprintable() or not name.isascii() or ":" in name:
-            raise InvalidData(f"invalid service name {name!r}")
-        lines = [f"POST /{action} HTTP/1.1", f"Host: {host_port(*address)}", "Accept: application/json",
-                 "Content-Type: application/json", f"Servicefactory-Service: {name}"]
-        if token:
-            lines.append(f"Authorization: Bearer {token}")
-        lines.append("Content-Length: ")
-        head = "\r\n".join(lines).encode("latin-1")
-        if len(_heads) > 4096:
-            _heads.clear()  # a program calling ever new names: keep the cache bounded
-        _heads[key] = head
-    return head
-
-
-def _send(address: tuple[str, int], name: str, action: str, body: bytes, timeout: float,
-          session: Any, token: str | None, ca_file: str | None = None) -> Any:
-    if session is not None:
-        return _send_requests(session, address, name, action, body, timeout, token, ca_file)
-    request = b"%s%d\r\n\r\n%s" % (_head(address, name, action, token), len(body), body)
-    deadline = time.monotonic() + timeout
-    for attempt in (1, 2):
-        connection, reused = _connection(address, name, timeout, ca_file)
-        try:
-            status, content_type, answer = connection.exchange(request, deadline, timeout)
-        except _Stale:
-            connection.close()
-            if reused and attempt == 1:
-                continue  # the request could not be sent at all: nothing ran, sending again is safe
-            raise ServiceUnavailable(f"{name} closed the connection before {action!r} was sent "
-                                     f"(not run; safe to retry)") from None
-        except _Unread:
-            # a reset with no answer: the server closed with our request still unread (a stopping
-            # service's accept queue or last moment), and it runs nothing it has not read whole
-            connection.close()
-            raise ServiceUnavailable(f"{name} reset the connection without reading {action!r} "
-                                     f"(not run; safe to retry)") from None
-        except (socket.timeout, BlockingIOError):  # BlockingIOError: the kernel's SO_RCVTIMEO ran out
-            connection.close()
-            raise ServiceTimeout(f"{name} did not answer {action!r} within {timeout:g} s") from None
-        except OSError as exc:
-            connection.close()
-            raise ProtocolError(f"{name} closed the connection without a complete answer ({exc}); "
-                                f"{action!r} may or may not have run") from None
-        except BaseException:
-            connection.close()  # half-read: the next call on it would read this call's answer
-            raise
-        return decode_answer(status, content_type, answer, action, name)
-    raise AssertionError("unreachable")
 
 
 def _host_header(address: tuple[str, int]) -> str:
@@ -378,39 +142,6 @@ class _Pool(dict):
     def __del__(self) -> None:
         for connection in self.values():
             connection.close()
-
-
-def _connection(address: tuple[str, int], name: str, timeout: float,
-                ca_file: str | None = None) -> tuple["_Connection", bool]:
-    try:
-        pool = _local.pool
-    except AttributeError:
-        pool = _local.pool = _Pool()
-    # a TLS connection was verified against one CA file: a call trusting another one needs its own
-    key: Any = address if address not in _secure else (address, ca_file or os.environ.get("SERVICEFACTORY_CA_FILE"))
-    connection = pool.get(key)
-    if connection is not None:
-        if connection.usable():
-            return connection, True
-        connection.close()  # closed by the server while idle: never send a request into it
-    host, port = address
-    try:
-        # an ASCII host goes as bytes: for a str, getaddrinfo() loads the idna codec, ~2.5 ms of a
-        # cold `servicefactory perform`; a non-ASCII name still needs it
-        sock = socket.create_connection((host.encode() if host.isascii() else host, port), timeout=min(timeout, 5.0))
-    except ConnectionRefusedError:
-        raise _Refused(f"{name} is not running (connection to {_host_header(address)} refused)") from None
-    except socket.timeout:
-        raise ServiceTimeout(f"connecting to {name} at {_host_header(address)} timed out") from None
-    except OSError as exc:
-        raise ServiceNotRunning(f"{name} cannot be reached at {_host_header(address)}: {exc.strerror or exc}") from None
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if address in _secure:  # only here is ssl imported: a plain call never pays for it
-        from servicefactory.http._tls import TLSConnection, wrap
-        connection = pool[key] = TLSConnection(wrap(sock, host, name, _host_header(address), ca_file))
-        return connection, False
-    connection = pool[address] = _Connection(sock)
-    return connection, False
 
 
 class _Unread(Exception):
@@ -592,37 +323,6 @@ def _header(head: bytes, lower: bytes, key: bytes) -> bytes | None:
     return head[start:end if end >= 0 else len(head)].strip()
 
 
-def _send_requests(session: Any, address: tuple[str, int], name: str, action: str, body: bytes,
-                   timeout: float, token: str | None, ca_file: str | None = None) -> Any:
-    import requests
-
-    headers = {"Accept": "application/json", "Content-Type": "application/json",
-               "Servicefactory-Service": name}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    url = f"http://{_host_header(address)}/{action}"
-    options = {}
-    if address in _secure:
-        from servicefactory.http._tls import verify_option
-        url = "https" + url[4:]
-        options["verify"] = verify_option(ca_file)
-    try:
-        response = session.post(url, data=body, headers=headers, timeout=timeout, **options)
-    except requests.exceptions.SSLError as exc:
-        raise ProtocolError(f"{name} at {_host_header(address)}: the TLS connection failed ({exc}); "
-                            f"is its CA given (--ca-file, $SERVICEFACTORY_CA_FILE)?") from None
-    except requests.exceptions.ConnectionError as exc:
-        if isinstance(exc, requests.exceptions.ConnectTimeout):
-            raise ServiceTimeout(f"connecting to {name} timed out") from None
-        if _caused_by(exc, ConnectionRefusedError):
-            raise _Refused(f"{name} is not running ({url} refused)") from None
-        raise ProtocolError(f"connection to {name} failed: {exc}; {action!r} may or may not have run") from None
-    except requests.exceptions.Timeout:
-        raise ServiceTimeout(f"{name} did not answer {action!r} within {timeout:g} s") from None
-    return decode_answer(response.status_code, response.headers.get("Content-Type", ""),
-                         response.content, action, name)
-
-
 def _caused_by(error: BaseException | None, kind: type, depth: int = 0) -> bool:
     # requests wraps urllib3's errors, which wrap the socket's: look through args, reason and context
     if error is None or depth > 8:
@@ -634,9 +334,340 @@ def _caused_by(error: BaseException | None, kind: type, depth: int = 0) -> bool:
     return any(_caused_by(item, kind, depth + 1) for item in inner if isinstance(item, BaseException))
 
 
+class Client:
+    """A caller's state, kept between calls: addresses, tokens, registries, request heads and one
+    keep-alive connection per thread and address. `default` serves `perform()` and `Service.perform`;
+    a fresh `Client()` starts with nothing remembered (each test gets one)."""
+
+    __slots__ = ("_addresses", "_tokens", "_registries", "_registry_keys", "_heads", "_valid_actions", "_secure",
+                 "_local", "__weakref__")
+
+    def __init__(self) -> None:
+        self._addresses: dict[tuple[str, str], tuple[str, int]] = {}
+        self._tokens: dict[str, str | None] = {}
+        self._registries: dict[tuple, Any] = {}
+        self._registry_keys: dict[int, str] = {}
+        self._heads: dict[tuple, bytes] = {}  # request heads up to "Content-Length: ", per address, name, action, token
+        self._valid_actions: set[str] = set()
+        self._secure: set[tuple[str, int]] = set()  # addresses whose service serves TLS (its record, or tls=True)
+        self._local = threading.local()
+        _clients.add(self)
+
+    def _default_registry(self) -> Registry:
+        # one registry per environment that decides where the state directory is: no Path per call
+        if _ENVIRON is not None:
+            get = _ENVIRON.get
+            key = (get(b"SERVICEFACTORY_HOME"), get(b"XDG_RUNTIME_DIR"), get(b"HOME"), get(b"SERVICEFACTORY_REGISTRY"))
+        else:
+            key = (os.environ.get("SERVICEFACTORY_HOME"), os.environ.get("XDG_RUNTIME_DIR"), os.environ.get("HOME"),
+                   os.environ.get("SERVICEFACTORY_REGISTRY"))
+        if key[0] and key[0][:1] not in (b"/", "/"):
+            key += (os.getcwd(),)  # a relative SERVICEFACTORY_HOME is read against the current directory
+        registry = self._registries.get(key)
+        if registry is None:
+            from servicefactory.registry.backends import default_registry
+            registry = self._registries[key] = default_registry()
+            self._registry_keys[id(registry)] = registry.where  # kept alive by _registries: the id stays its own
+        return registry
+
+    def _registry_key(self, registry: Registry) -> str:
+        key = self._registry_keys.get(id(registry))
+        return key if key is not None else registry.where
+
+    def resolve(self, name: str, registry: Registry | None = None, fallback: tuple[str, int] | None = None,
+                fresh: bool = False) -> tuple[str, int]:
+        """The (host, port) of service `name`: its live record's, else `fallback`, else ServiceNotRunning.
+
+        A record whose process is gone (or whose pid now names another process) is never used: its port
+        may belong to anyone by now. Addresses are cached; `fresh=True` reads the registry again.
+        """
+        if registry is None:
+            registry = self._default_registry()
+        key = (self._registry_key(registry), name)
+        if not fresh:
+            address = self._addresses.get(key)
+            if address is not None:
+                return address
+        record = registry.lookup(name)
+        dead = record is not None and _owner_is_dead(registry, record)
+        if record is not None and not dead and record.address is not None:
+            address = record.address
+            if getattr(record, "tls", False):
+                self._secure.add(address)  # from now on only a verified TLS connection is made to it
+            else:
+                self._secure.discard(address)
+        elif record is not None and not dead and record.state == "running" and fallback is None:
+            if record.target.startswith("command: "):  # an application file's command service (appfile)
+                raise UnknownAction(f"{name} is a command ({record.target[len('command: '):]}), not a Service "
+                                    f"class: it has no actions to perform")
+            raise ServiceNotRunning(f"{name} runs without an API (its class declares no Service.API.endpoint): "
+                                    f"there is nothing to perform")
+        elif fallback is not None and fallback[1]:
+            address = (connect_host(fallback[0]), fallback[1])  # the server checks the name we send
+        elif dead and record.supervisor and record.state in ("starting", "running", "backoff"):
+            raise ServiceNotRunning(f"{name} is not running right now: its supervisor is restarting it")
+        elif dead:
+            raise ServiceNotRunning(f"{name} is not running (its record names pid {record.pid}, which has exited)")
+        else:
+            if not registry.exists():
+                raise ServiceNotRunning(f"{name} is not running, or cannot be found: the state directory "
+                                        f"{registry.where} does not exist (deleted? services started with it "
+                                        f"keep running)")
+            raise ServiceNotRunning(f"{name} is not running (nothing registered in {registry.where})")
+        self._addresses[key] = address
+        return address
+
+    def _token(self, registry: Registry) -> str | None:
+        key = self._registry_key(registry)
+        if key not in self._tokens:
+            self._tokens[key] = registry.token()
+        return self._tokens[key]
+
+    def perform(self, name: str, action: str, data: Any = None, *, timeout: float = DEFAULT_TIMEOUT,
+                registry: Registry | None = None, fallback: tuple[str, int] | None = None, session: Any = None,
+                token: str | None = None, ca_file: str | None = None, tls: bool = False) -> Any:
+        """Call `action` on the running service `name` with JSON `data`; return the decoded result.
+
+        Retried once, on a fresh lookup, only when the action certainly did not run: the address was
+        refused, answered as another service (421), or the service was stopping (503).
+        A service whose record says TLS (or a `fallback` with `tls=True`) is called over TLS, its
+        certificate verified against `ca_file` (else $SERVICEFACTORY_CA_FILE, else the system's CAs).
+        """
+        if registry is None:
+            registry = self._default_registry()
+        if not 0 < timeout < _INFINITY:  # also false for nan
+            raise InvalidData(f"timeout must be a positive number of seconds, not {timeout!r}")
+        if action not in self._valid_actions:
+            if not valid_action_name(action):
+                raise InvalidData(f"invalid action name {action!r}: use letters, digits, '_', '-' and single dots")
+            self._valid_actions.add(action)
+        body = encode(data)
+        registry_key = self._registry_key(registry)
+        if token is None:
+            token = self._tokens[registry_key] if registry_key in self._tokens else self._token(registry)
+        if tls and fallback is not None:
+            self._secure.add((connect_host(fallback[0]), fallback[1]))
+        key = (registry_key, name)
+        address = self._addresses.get(key)
+        if address is None:
+            # a service run as several instances: each call goes to the next live one
+            spread = _spread.cached(key) or _spread.gather(key, name, registry, _owner_is_dead, self._secure)
+            if spread is not None:
+                return self._perform_spread(spread, key, name, action, body, timeout, session, token, ca_file, registry)
+            try:
+                address = self.resolve(name, registry, fallback)
+            except ServiceNotRunning:
+                if _spread.has_instances(name, registry):
+                    raise ServiceNotRunning(f"no instance of {name} is running right now (its supervisor may be "
+                                            f"restarting them; see `servicefactory status {name}`)") from None
+                raise
+        try:
+            return self._send(address, name, action, body, timeout, session, token, ca_file)
+        except ServiceNotRunning as first:  # nothing ran: refused, another service, or stopping
+            self._addresses.pop((registry_key, name), None)
+            fresh = self.resolve(name, registry, fallback, fresh=True)  # it may be back elsewhere
+            if fresh == address and isinstance(first, _Misdirected) and _spread.INSTANCE_SEPARATOR in name:
+                # one instance on the port its service's instances share: another one took the
+                # connection (and closed it); a new connection may reach the one meant
+                for _ in range(SHARED_PORT_TRIES):
+                    try:
+                        return self._send(address, name, action, body, timeout, session, token, ca_file)
+                    except _Misdirected:
+                        continue
+            if fresh == address and isinstance(first, _Misdirected):
+                self._addresses.pop((registry_key, name), None)  # the registry still names the other service's port
+                raise ServiceNotRunning(f"{name} is not running: {host_port(*address)} now serves another "
+                                        f"service") from None
+            try:
+                return self._send(fresh, name, action, body, timeout, session, token, ca_file)
+            except ServiceNotRunning:
+                self._addresses.pop((registry_key, name), None)
+                raise
+        except ProtocolError:  # e.g. the port now speaks TLS, or no longer does: read the record again next time
+            self._addresses.pop((registry_key, name), None)
+            raise
+
+    def _perform_spread(self, spread: _spread.Spread, key: tuple[str, str], name: str, action: str, body: bytes,
+                        timeout: float, session: Any, token: str | None, ca_file: str | None,
+                        registry: Registry) -> Any:
+        """Send the call to the next live instance; one that certainly did not run it (refused, 421, 503)
+        passes it on to the next, each instance tried once, on a fresh view of the registry."""
+        tried: dict[tuple, int] = {}
+        last = ServiceNotRunning(f"{name} is not running: no live instance")  # until an instance says why
+        while True:
+            entry = spread.next(tried)
+            if entry is None:
+                raise last
+            target, address, sharing = entry
+            try:
+                return self._send(address, target, action, body, timeout, session, token, ca_file)
+            except ServiceNotRunning as exc:
+                last = exc
+                tried[target, address] = tried.get((target, address), 0) + 1
+                _spread.forget(key)
+                fresh = _spread.gather(key, name, registry, _owner_is_dead, self._secure)
+                if fresh is None:
+                    raise
+                spread = fresh
+            except ProtocolError:  # it may have run: never sent again; read the registry next time
+                _spread.forget(key)
+                raise
+
+    def _head(self, address: tuple[str, int], name: str, action: str, token: str | None) -> bytes:
+        """The request head up to the body's length, built once per address, service, action and token."""
+        key = (address, name, action, token)
+        head = self._heads.get(key)
+        if head is None:
+            if not name.isprintable() or not name.isascii() or ":" in name:
+                raise InvalidData(f"invalid service name {name!r}")
+            lines = [f"POST /{action} HTTP/1.1", f"Host: {host_port(*address)}", "Accept: application/json",
+                     "Content-Type: application/json", f"Servicefactory-Service: {name}"]
+            if token:
+                lines.append(f"Authorization: Bearer {token}")
+            lines.append("Content-Length: ")
+            head = "\r\n".join(lines).encode("latin-1")
+            if len(self._heads) > 4096:
+                self._heads.clear()  # a program calling ever new names: keep the cache bounded
+            self._heads[key] = head
+        return head
+
+    def _send(self, address: tuple[str, int], name: str, action: str, body: bytes, timeout: float,
+              session: Any, token: str | None, ca_file: str | None = None) -> Any:
+        if session is not None:
+            return self._send_requests(session, address, name, action, body, timeout, token, ca_file)
+        request = b"%s%d\r\n\r\n%s" % (self._head(address, name, action, token), len(body), body)
+        deadline = time.monotonic() + timeout
+        for attempt in (1, 2):
+            connection, reused = self._connection(address, name, timeout, ca_file)
+            try:
+                status, content_type, answer = connection.exchange(request, deadline, timeout)
+            except _Stale:
+                connection.close()
+                if reused and attempt == 1:
+                    continue  # the request could not be sent at all: nothing ran, sending again is safe
+                raise ServiceUnavailable(f"{name} closed the connection before {action!r} was sent "
+                                         f"(not run; safe to retry)") from None
+            except _Unread:
+                # a reset with no answer: the server closed with our request still unread (a stopping
+                # service's accept queue or last moment), and it runs nothing it has not read whole
+                connection.close()
+                raise ServiceUnavailable(f"{name} reset the connection without reading {action!r} "
+                                         f"(not run; safe to retry)") from None
+            except (socket.timeout, BlockingIOError):  # BlockingIOError: the kernel's SO_RCVTIMEO ran out
+                connection.close()
+                raise ServiceTimeout(f"{name} did not answer {action!r} within {timeout:g} s") from None
+            except OSError as exc:
+                connection.close()
+                raise ProtocolError(f"{name} closed the connection without a complete answer ({exc}); "
+                                    f"{action!r} may or may not have run") from None
+            except BaseException:
+                connection.close()  # half-read: the next call on it would read this call's answer
+                raise
+            return decode_answer(status, content_type, answer, action, name)
+        raise AssertionError("unreachable")
+
+    def _connection(self, address: tuple[str, int], name: str, timeout: float,
+                    ca_file: str | None = None) -> tuple["_Connection", bool]:
+        try:
+            pool = self._local.pool
+        except AttributeError:
+            pool = self._local.pool = _Pool()
+        # a TLS connection was verified against one CA file: a call trusting another one needs its own
+        key: Any = address if address not in self._secure else (
+            address, ca_file or os.environ.get("SERVICEFACTORY_CA_FILE"))
+        connection = pool.get(key)
+        if connection is not None:
+            if connection.usable():
+                return connection, True
+            connection.close()  # closed by the server while idle: never send a request into it
+        host, port = address
+        try:
+            # an ASCII host goes as bytes: for a str, getaddrinfo() loads the idna codec, ~2.5 ms of a
+            # cold `servicefactory perform`; a non-ASCII name still needs it
+            sock = socket.create_connection((host.encode() if host.isascii() else host, port),
+                                            timeout=min(timeout, 5.0))
+        except ConnectionRefusedError:
+            raise _Refused(f"{name} is not running (connection to {_host_header(address)} refused)") from None
+        except socket.timeout:
+            raise ServiceTimeout(f"connecting to {name} at {_host_header(address)} timed out") from None
+        except OSError as exc:
+            raise ServiceNotRunning(f"{name} cannot be reached at {_host_header(address)}: "
+                                    f"{exc.strerror or exc}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if address in self._secure:  # only here is ssl imported: a plain call never pays for it
+            from servicefactory.http._tls import TLSConnection, wrap
+            connection = pool[key] = TLSConnection(wrap(sock, host, name, _host_header(address), ca_file))
+            return connection, False
+        connection = pool[address] = _Connection(sock)
+        return connection, False
+
+    def _send_requests(self, session: Any, address: tuple[str, int], name: str, action: str, body: bytes,
+                       timeout: float, token: str | None, ca_file: str | None = None) -> Any:
+        import requests
+
+        headers = {"Accept": "application/json", "Content-Type": "application/json",
+                   "Servicefactory-Service": name}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        url = f"http://{_host_header(address)}/{action}"
+        options = {}
+        if address in self._secure:
+            from servicefactory.http._tls import verify_option
+            url = "https" + url[4:]
+            options["verify"] = verify_option(ca_file)
+        try:
+            response = session.post(url, data=body, headers=headers, timeout=timeout, **options)
+        except requests.exceptions.SSLError as exc:
+            raise ProtocolError(f"{name} at {_host_header(address)}: the TLS connection failed ({exc}); "
+                                f"is its CA given (--ca-file, $SERVICEFACTORY_CA_FILE)?") from None
+        except requests.exceptions.ConnectionError as exc:
+            if isinstance(exc, requests.exceptions.ConnectTimeout):
+                raise ServiceTimeout(f"connecting to {name} timed out") from None
+            if _caused_by(exc, ConnectionRefusedError):
+                raise _Refused(f"{name} is not running ({url} refused)") from None
+            raise ProtocolError(f"connection to {name} failed: {exc}; {action!r} may or may not have run") from None
+        except requests.exceptions.Timeout:
+            raise ServiceTimeout(f"{name} did not answer {action!r} within {timeout:g} s") from None
+        return decode_answer(response.status_code, response.headers.get("Content-Type", ""),
+                             response.content, action, name)
+
+    def close_connections(self) -> None:
+        """Close this thread's keep-alive connections (they are also closed when the thread ends)."""
+        pool = getattr(self._local, "pool", None) or {}
+        for connection in pool.values():
+            connection.close()
+        pool.clear()
+
+
+# every client, so that a forked child drops each one's kept-open sockets (it would read its parent's
+# answers); threading already imported _weakrefset, so it costs `perform` nothing
+_clients: WeakSet = WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_clients):
+        client._local = threading.local()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+#: the client the module's functions (and `Service.perform`) use
+default = Client()
+
+
+def perform(name: str, action: str, data: Any = None, *, timeout: float = DEFAULT_TIMEOUT,
+            registry: Registry | None = None, fallback: tuple[str, int] | None = None, session: Any = None,
+            token: str | None = None, ca_file: str | None = None, tls: bool = False) -> Any:
+    """Call `action` on the running service `name` through the `default` client (see `Client.perform`)."""
+    return default.perform(name, action, data, timeout=timeout, registry=registry, fallback=fallback,
+                           session=session, token=token, ca_file=ca_file, tls=tls)
+
+
+def resolve(name: str, registry: Registry | None = None, fallback: tuple[str, int] | None = None,
+            fresh: bool = False) -> tuple[str, int]:
+    """The (host, port) of service `name`, as the `default` client finds it (see `Client.resolve`)."""
+    return default.resolve(name, registry, fallback, fresh)
+
+
 def close_connections() -> None:
-    """Close this thread's keep-alive connections (they are also closed when the thread ends)."""
-    pool = getattr(_local, "pool", None) or {}
-    for connection in pool.values():
-        connection.close()
-    pool.clear()
+    """Close this thread's keep-alive connections of the `default` client."""
+    default.close_connections()
