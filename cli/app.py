@@ -86,8 +86,10 @@ def _supervisor_of(app: Any, registry: Any) -> str | None:
     """The live supervisor running any of the file's services (`up` ran before), or None."""
     from servicefactory.registry.base import state_of
 
+    from servicefactory.supervise import control
+
     found = set()
-    for name in app.names:
+    for name in control.expand(app.names, registry):
         state, record = state_of(registry, name)
         if record is not None and record.supervisor and state != "stale" and registry.is_held(record.supervisor):
             found.add(record.supervisor)
@@ -114,35 +116,65 @@ def _apply(app: Any, supervisor: str, registry: Any, dry_run: bool) -> None:
 
     from servicefactory.supervise import control
 
-    current = {spec["name"]: spec for spec in control.call_supervisor(supervisor, "specs", None, 10.0, registry)}
+    from servicefactory.supervise._supervised import expand_instances
+
+    processes = control.call_supervisor(supervisor, "specs", None, 10.0, registry)
+    current = _by_service(processes)
     wanted = {spec.name: json.loads(json.dumps(dataclasses.asdict(spec))) for spec in app.specs}
     status = {row["name"]: row for row in control.call_supervisor(supervisor, "status", None, 10.0, registry)}
     plan, keep = [], []
     for name, spec in wanted.items():
         if name not in current:
             plan.append(f"start {name}")
-        elif current[name] != spec:
-            plan.append(f"restart {name} ({', '.join(_differences(current[name], spec))})")
-        else:
+        elif current[name] == spec:
             keep.append(name)
+        elif dict(current[name], instances=spec["instances"]) == spec and current[name]["instances"] \
+                and spec["instances"]:
+            plan.append(f"scale {name} (instances: {current[name]['instances']} -> {spec['instances']}; "
+                        f"the others keep running)")
+        else:
+            rolling = " one instance at a time" if current[name]["instances"] and spec["instances"] else ""
+            plan.append(f"restart {name}{rolling} ({', '.join(_differences(current[name], spec))})")
     removed = [name for name in current if name not in wanted]
     plan += [f"stop {name}" for name in removed]
-    plan += [f"keep {name}" + (f" (pid {status[name]['pid']})" if status.get(name, {}).get("pid") else "")
-             for name in keep]
+    for name in keep:
+        pids = [str(row["pid"]) for row in status.values() if row.get("pid") and
+                row["name"].partition("/")[0] == name]
+        plan.append(f"keep {name}" + (f" (pid {', '.join(pids)})" if pids else ""))
     for line in plan:
         click.echo(line)
     if dry_run or len(keep) == len(wanted) and not removed:
         if not dry_run:
             click.echo("nothing to change")
         return
-    if removed:
-        limit = sum(current[name].get("stop_timeout") or 10.0 for name in removed)
-        control.call_supervisor(supervisor, "stop", {"names": removed}, limit + 15, registry)
+    # processes the file no longer has: its removed services, and instances past a smaller count
+    # (or a service's plain process that now runs as instances, and back)
+    names = {spec.name for spec in expand_instances(app.specs)}
+    going = [spec for spec in processes if spec["name"] not in names]
+    if going:
+        limit = sum(spec.get("stop_timeout") or 10.0 for spec in going)
+        control.call_supervisor(supervisor, "stop", {"names": [spec["name"] for spec in going]}, limit + 15,
+                                registry)
         for name in removed:
             registry.mark_stopped(name)
-    limit = sum(spec.stop_timeout for spec in app.specs) + app.settings.ready_timeout + 30
+    # at worst every process is stopped and started again one after the other (a rolling restart)
+    limit = sum(spec.stop_timeout + app.settings.ready_timeout for spec in expand_instances(app.specs)) + 30
     rows = control.call_supervisor(supervisor, "apply", {"specs": list(wanted.values())}, limit, registry)
     _show_started(rows)
+
+
+def _by_service(processes: list[dict]) -> dict[str, dict]:
+    """The supervisor's specs, one per service: api/1 ... api/N as the `api` they were made from."""
+    from servicefactory.supervise._supervised import service_log_file
+
+    services: dict[str, dict] = {}
+    for spec in processes:
+        number = spec.get("instance")
+        if number is not None:
+            spec = dict(spec, name=spec["name"].partition("/")[0], instance=None,
+                        log_file=spec["log_file"] and service_log_file(spec["log_file"], number))
+        services.setdefault(spec["name"], spec)
+    return services
 
 
 def _show_started(services: list[dict]) -> None:
@@ -190,7 +222,7 @@ def down(file: str | None, environment: str | None, timeout: float | None) -> No
     registry.check_safe()
     by_supervisor: dict[str, list[str]] = {}
     others = []
-    for name in app.names:
+    for name in control.expand(app.names, registry):  # a service run as instances: each of them
         state, record = state_of(registry, name)
         if record is not None and record.supervisor and state != "stale" and registry.is_held(record.supervisor):
             by_supervisor.setdefault(record.supervisor, []).append(name)
@@ -198,6 +230,10 @@ def down(file: str | None, environment: str | None, timeout: float | None) -> No
             others.append(name)
     failed = False
     order = [name for wave in reversed(waves(app.graph)) for name in wave]
+
+    def position(name: str) -> tuple:
+        return order.index(name.partition("/")[0]), control.order(name)[1]
+
     for supervisor, names in by_supervisor.items():
         limit = sum(timeout or _stop_timeout(app, name) for name in names)  # one after the other at worst
         record = registry.lookup(supervisor)
@@ -208,14 +244,14 @@ def down(file: str | None, environment: str | None, timeout: float | None) -> No
                                                                         registry)}
         except ServiceFactoryError as exc:
             raise CommandFailed(f"cannot stop {', '.join(names)} through their supervisor {supervisor}: {exc}", 1)
-        for name in sorted(names, key=order.index):
+        for name in sorted(names, key=position):
             if before.get(name, {}).get("state") in ("stopped", "failed", "blocked"):
                 click.echo(f"{name} was {before[name]['state']}" + (
                     " (completed)" if before[name].get("last_exit") == 0 else ""))
             else:
                 killed = rows.get(name, {}).get("last_exit") == -9
                 click.echo(f"{name} stopped" + (" (killed after its stop timeout)" if killed else ""))
-            registry.mark_stopped(name)
+            registry.mark_stopped(name.partition("/")[0])  # remembered as the service, instances or not
         if set(before) <= set(names):
             # it supervised nothing else: it goes too (it may be going already, having nothing left to do)
             try:
@@ -224,7 +260,7 @@ def down(file: str | None, environment: str | None, timeout: float | None) -> No
                 pass
             if record is not None:
                 control.wait_gone(registry, record, 10.0)
-    for name in sorted(others, key=order.index):
+    for name in sorted(others, key=position):
         outcome = control.stop(name, timeout, registry)
         if outcome.failed:
             failed = True
@@ -238,7 +274,7 @@ def down(file: str | None, environment: str | None, timeout: float | None) -> No
 
 
 def _stop_timeout(app: Any, name: str) -> float:
-    return next(spec.stop_timeout for spec in app.specs if spec.name == name)
+    return next(spec.stop_timeout for spec in app.specs if spec.name == name.partition("/")[0])
 
 
 # -- what `logs` reads in a line: `STAMP NAME | text`, `STAMP NAME ! text`, `STAMP [servicefactory] NAME text` --

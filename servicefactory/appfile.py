@@ -259,7 +259,7 @@ def _ready(reader: _Reader, where: tuple, value: Any) -> dict:
 
 SERVICE_KEYS: dict[str, Check] = {
     "target": _text, "command": _words, "host": _text, "port": _number(0, 65535, integer=True),
-    "instances": _number(1, 1000, integer=True), "env": _environment, "env_file": _files, "cwd": _text,
+    "instances": _number(1, 64, integer=True), "env": _environment, "env_file": _files, "cwd": _text,
     "restart": _choice(RESTART), "stop_timeout": _number(0.1), "stop_signal": _signal, "depends_on": _depends,
     "ready": _ready, "log_file": _text, "backoff_max": _number(0.01), "tls_cert": _text, "tls_key": _text,
     "user": _text,
@@ -466,13 +466,6 @@ def _service(reader: _Reader, name: str, table: Any, base: Path, check_targets: 
             if key in values:
                 raise reader.error(where + (key,), f"{key} in [services.{name}] is for a Service class (target); "
                                                    f"pass a command's own options in its command line")
-    instances = values.pop("instances", 1)
-    if instances > 1:
-        # instances (issue 12) are not on main yet; when they land, dependencies, apply and down
-        # must learn that `api` stands for api/1 ... api/N before this may pass
-        raise reader.error(where + ("instances",), f"instances = {instances} in [services.{name}]: more than one "
-                                                   f"instance of a service in an application file is not "
-                                                   f"supported yet (run it with `servicefactory run`)")
     cwd = (base / values.pop("cwd", ".")).resolve()
     if not cwd.is_dir():
         raise reader.error(where + ("cwd",), f"cwd of [services.{name}]: {cwd} is not a directory")
@@ -551,3 +544,7 @@ def _check_target(reader: _Reader, where: tuple, spec: Any, given: set[str]) -> 
         spec.stop_timeout = service.policy.stop_timeout
     if "backoff_max" not in given and spec.backoff_max is None:
         spec.backoff_max = service.policy.backoff_max
+    # as `run` does: what the class's policy says unless the file says otherwise
+    if "instances" not in given:
+        spec.instances = service.policy.instances
+    spec.watchdog, spec.max_memory = service.policy.watchdog, service.policy.max_memory

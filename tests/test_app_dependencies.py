@@ -45,3 +45,12 @@ def test_a_service_waits_on_every_dependency_not_met_and_is_blocked_by_the_first
     assert waiting_on({"redis": "ready", "migrate": "completed"}, progress) == (["migrate"], None)
     progress["migrate"] = Progress("failed", started=True, ever_ready=True, last_exit=1)
     assert waiting_on({"redis": "ready", "migrate": "completed"}, progress) == (["migrate"], "migrate exited 1")
+
+
+def test_a_service_run_as_instances_is_met_when_every_instance_is_and_blocked_when_one_fails():
+    ready = Progress("running", started=True, ever_ready=True)
+    starting = Progress("starting", started=True)
+    assert waiting_on({"api": "ready"}, {"api": [ready, starting]}) == (["api"], None)
+    assert waiting_on({"api": "ready"}, {"api": [ready, ready]}) == ([], None)
+    failed = Progress("failed", started=True, last_exit=3)
+    assert waiting_on({"api": "ready"}, {"api": [ready, failed]}) == (["api"], "api/2 failed (exited 3)")

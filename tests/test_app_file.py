@@ -75,7 +75,8 @@ def error_of(directory: Path, text: str, **options) -> str:
      r"servicefactory.toml:2: unknown key 'backof' in \[settings\]; did you mean 'backoff'\?"),
     ("title = \"x\"\n", r"servicefactory.toml:1: unknown key 'title'"),
     ("", r"servicefactory.toml: no services"),
-    ("[services.api]\ntarget = \"svc:Api\"\ninstances = 2\n", r"servicefactory.toml:3: instances = 2 in \[services.api\]"),
+    ("[services.api]\ncommand = [\"true\"]\ninstances = 65\n",
+     r"servicefactory.toml:3: instances in \[services.api\] must be a whole number from 1 to 64, not 65"),
 ])
 def test_each_bad_file_is_one_line_naming_the_file_and_line(tmp_path, monkeypatch, text, expected):
     import re

@@ -14,7 +14,7 @@ found before anything starts (`find_cycle`); `waves` is the order `up` shows and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 #: what `depends_on` may wait for
 CONDITIONS = ("started", "ready", "completed", "healthy")
@@ -73,14 +73,23 @@ def verdict(name: str, condition: str, progress: Progress) -> tuple[bool, str | 
     return False, None
 
 
-def waiting_on(depends_on: Mapping[str, str], progress: Mapping[str, Progress]) -> tuple[list[str], str | None]:
-    """(the dependencies not met yet, the first reason the service can never start or None)."""
+def waiting_on(depends_on: Mapping[str, str],
+               progress: Mapping[str, Progress | Sequence[Progress]]) -> tuple[list[str], str | None]:
+    """(the dependencies not met yet, the first reason the service can never start or None). A
+    service run as instances is a list of Progress, one per instance (api/1 ...): met when every
+    instance meets the condition, blocked when any never will."""
     pending = []
     for name, condition in depends_on.items():
-        met, blocked = verdict(name, condition, progress[name])
-        if blocked is not None:
-            return [name], f"{blocked}"
-        if not met:
+        each = progress[name]
+        members = [(name, each)] if isinstance(each, Progress) else \
+            [(f"{name}/{number}", member) for number, member in enumerate(each, 1)]
+        met_all = bool(members)
+        for label, member in members:
+            met, blocked = verdict(label, condition, member)
+            if blocked is not None:
+                return [name], f"{blocked}"
+            met_all = met_all and met
+        if not met_all:
             pending.append(name)
     return pending, None
 

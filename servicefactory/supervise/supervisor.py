@@ -559,7 +559,8 @@ class Supervisor(ServiceBase):
             return
         graph = {name: list(child.spec.depends_on or {}) for name, child in self.children.items()}
         for name, (timeout, signum) in list(self.stop_pending.items()):
-            dependents = [self.children[d] for d in _dependencies.dependents(graph, name)]
+            # depends_on names services: an instance (api/2) is what its dependents wait on as `api`
+            dependents = [self.children[d] for d in _dependencies.dependents(graph, self.children[name].spec.service)]
             if any(d.spec.name in self.stop_pending or (d.popen is not None and d.state == ServiceState.STOPPING)
                    for d in dependents):
                 continue  # a dependent being stopped is not gone yet
@@ -573,13 +574,28 @@ class Supervisor(ServiceBase):
             state=child.state.value, started=child.started_once, ever_ready=child.ever_ready,
             last_exit=child.last_exit, healthy=child.healthy, asked_to_stop=child.user_stopped, error=child.error)
 
+    def _members(self, name: str) -> list[Child]:
+        """The children a service's name stands for: itself, or each of its instances (api/1 ... api/N)."""
+        child = self.children.get(name)
+        if child is not None:
+            return [child]
+        members = [c for c in self.children.values() if c.spec.instance is not None and c.spec.service == name]
+        return sorted(members, key=lambda c: c.spec.instance or 0)
+
+    def _progress_of(self, name: str) -> _dependencies.Progress | list[_dependencies.Progress]:
+        """A dependency's progress: one service's, or one per instance of a service run as instances."""
+        members = self._members(name)
+        if len(members) == 1 and members[0].spec.instance is None:
+            return self._progress(members[0])
+        return [self._progress(member) for member in members]
+
     def _start_waiting(self) -> None:
         """Start each waiting service whose dependencies are met; block those that can never be."""
         for child in self.children.values():
             if child.state != ServiceState.WAITING or child.spec.name in self.stop_pending:
                 continue
             depends_on = child.spec.depends_on or {}
-            progress = {name: self._progress(self.children[name]) for name in depends_on}
+            progress = {name: self._progress_of(name) for name in depends_on}
             pending, blocked = _dependencies.waiting_on(depends_on, progress)
             if blocked is not None:
                 child.error = f"blocked: {blocked}"
@@ -590,7 +606,8 @@ class Supervisor(ServiceBase):
                 continue
             for name in pending:
                 if depends_on[name] == "healthy":
-                    self._probe_health(self.children[name])
+                    for member in self._members(name):
+                        self._probe_health(member)
             if not pending:
                 self._spawn(child)  # WAITING -> STARTING
 
@@ -996,13 +1013,18 @@ class Supervisor(ServiceBase):
             specs = [Spec(**item) for item in items]
         except TypeError as exc:
             raise ServiceFactoryError(f"not a service spec: {exc}") from None
-        touched = self._call(lambda: self._apply(specs))
+        touched, rolled = self._call(lambda: self._apply(specs))
         deadline = time.monotonic() + sum(c.spec.stop_timeout for c in touched) + self.settings.ready_timeout + 1.0
         for child in touched:
             child.settled.wait(max(0.0, deadline - time.monotonic()))
-        return self.handle_status({"names": [c.spec.name for c in touched]})
+        if rolled:
+            self._roll(rolled, None)  # one instance at a time, each ready again before the next stops
+        return self.handle_status({"names": [c.spec.name for c in touched + rolled]})
 
-    def _apply(self, specs: list[Spec]) -> list[Child]:
+    def _apply(self, specs: list[Spec]) -> tuple[list[Child], list[Child]]:
+        """(the children to settle now: new ones, changed ones restarted at once; the running
+        instances whose settings changed, to restart one at a time)."""
+        specs = expand_instances(specs)
         wanted = {spec.name: spec for spec in specs}
         leftover = [name for name, child in self.children.items() if name not in wanted]
         running = [name for name in leftover if self.children[name].popen is not None]
@@ -1013,7 +1035,7 @@ class Supervisor(ServiceBase):
             self._event(child, "no longer in the application: forgotten")
             child.log.close()
             self.registry.release(child.claim)
-        touched = []
+        touched, rolled = [], []
         for spec in specs:
             child = self.children.get(spec.name)
             if child is None:
@@ -1028,14 +1050,20 @@ class Supervisor(ServiceBase):
                 self.children[spec.name] = child
             elif asdict(child.spec) == asdict(spec):
                 continue  # unchanged: not touched (same pid)
+            elif dict(asdict(child.spec), instances=spec.instances) == asdict(spec):
+                child.spec = spec  # only the number of its siblings changed: this one runs on (same pid)
+                continue
             else:
                 self._event(child, "settings changed: restarting it")
                 child.spec = spec
+                if spec.instance is not None and child.popen is not None:
+                    rolled.append(child)
+                    continue
             child.settled.clear()
             touched.append(child)
         for child in touched:
             self._stop_child(child, restart=True)  # no process: started (or waiting) at once
-        return touched
+        return touched, rolled
 
     @handle("restart", post_only=True)
     def handle_restart(self, data: Any) -> list:
