@@ -75,6 +75,7 @@ def up(file: str | None, environment: str | None, foreground: bool, dry_run: boo
     if app.log_level:
         os.environ["SERVICEFACTORY_LOG_LEVEL"] = app.log_level
     app.settings.foreground = foreground
+    app.settings.app_file, app.settings.app_environment = str(app.path), environment  # read again on SIGHUP
     if foreground:
         running.run_foreground(app.specs, app.settings, registry)
     for line in waits:
@@ -159,7 +160,8 @@ def _apply(app: Any, supervisor: str, registry: Any, dry_run: bool) -> None:
             registry.mark_stopped(name)
     # at worst every process is stopped and started again one after the other (a rolling restart)
     limit = sum(spec.stop_timeout + app.settings.ready_timeout for spec in expand_instances(app.specs)) + 30
-    rows = control.call_supervisor(supervisor, "apply", {"specs": list(wanted.values())}, limit, registry)
+    rows = control.call_supervisor(supervisor, "apply", {"specs": list(wanted.values()), "file": str(app.path),
+                                                         "environment": app.environment}, limit, registry)
     _show_started(rows)
 
 

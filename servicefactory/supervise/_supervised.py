@@ -103,6 +103,8 @@ class Settings:
     watch: bool = False  # run --watch: restart a service when a .py file under its directory changes
     watch_ignored: tuple = ()  # --watch-ignore patterns (not named as the option: `restart` passes no list)
     keep_going: bool = False  # an application (`up`): a service failing to start does not stop the others
+    app_file: str | None = None  # started by `up`: the application file (absolute) a SIGHUP reads again
+    app_environment: str | None = None  # and its `--env`
 
 
 class Child:

@@ -92,6 +92,11 @@ class Supervisor(ServiceBase):
         self.broken: dict[str, str] = {}  # changed files that do not compile: path -> error (reported once)
         self.held: set[str] = set()  # changes not acted on while some file does not compile
         self.reload_pending = False  # SIGHUP arrived: reopen the log files (done in the loop's thread)
+        # SIGHUP to a supervisor started by `up`: the file is read again and applied, by one thread at a
+        # time; a SIGHUP while it applies asks for one more pass once it is done (with the newest file)
+        self.reread_lock = threading.Lock()
+        self.reread_again = False
+        self.reread_thread: threading.Thread | None = None
         # in a terminal SIGHUP means the terminal closed: stop, as a shell's jobs do; elsewhere, reload
         self.hangup_stops = self.settings.foreground and os.isatty(1)
 
@@ -757,7 +762,8 @@ class Supervisor(ServiceBase):
     # -- reload: SIGHUP to the supervisor, `servicefactory reload NAME` --
 
     def reload(self) -> None:
-        """SIGHUP: reopen every log file (after logrotate moved them); in a terminal, stop instead."""
+        """SIGHUP: reopen every log file (after logrotate moved them) and, started by `up`, read the
+        application file again and apply it as `up` does; in a terminal, stop instead."""
         if self.hangup_stops:
             self.stop()
             return
@@ -766,6 +772,67 @@ class Supervisor(ServiceBase):
             os.write(self.wake_write, b"x")
         except OSError:
             pass
+        if self.settings.app_file:
+            with self.reread_lock:
+                self.reread_again = True
+                if self.reread_thread is None:
+                    self.reread_thread = threading.Thread(target=self._reread, daemon=True,
+                                                          name="servicefactory-reread")
+                    self.reread_thread.start()
+
+    def _reread(self) -> None:
+        """Thread body: apply the application file until no SIGHUP asked for another pass."""
+        while True:
+            with self.reread_lock:
+                if not self.reread_again or self.stopping:
+                    self.reread_thread = None
+                    return
+                self.reread_again = False
+            try:
+                self._apply_file()
+            except Exception as exc:  # the supervisor runs on, whatever one pass met
+                logger.exception("SIGHUP: applying %s failed", self.settings.app_file)
+                self._say(f"SIGHUP: applying {self.settings.app_file} failed: {exc}", warn=True)
+
+    def _apply_file(self) -> None:
+        """Read the application file (in a process of its own) and apply it as `up` run again does:
+        stop what it no longer declares, restart what changed, start what is new, keep the rest."""
+        from servicefactory.supervise import _reconfigure
+
+        file, environment = self.settings.app_file, self.settings.app_environment
+        assert file is not None
+        items, error = _reconfigure.read(file, environment)
+        if error is not None or items is None:
+            self._say(f"SIGHUP: not applied: {error}; every service runs on as it was", warn=True)
+            return
+        try:
+            specs = [Spec(**item) for item in items]
+        except TypeError as exc:
+            self._say(f"SIGHUP: not applied: {file} gave a spec this supervisor does not know ({exc})", warn=True)
+            return
+        if self.stopping:
+            return
+        before = {name: asdict(child.spec) for name, child in list(self.children.items())}
+        wanted = {spec.name: asdict(spec) for spec in expand_instances(specs)}
+        removed = [name for name in before if name not in wanted]
+        if removed:
+            self.handle_stop({"names": removed})
+            for name in removed:
+                try:
+                    self.registry.mark_stopped(name)
+                except OSError:
+                    pass
+        rows = {row["name"]: row for row in self.handle_apply({"specs": [asdict(spec) for spec in specs]})}
+        started = [name for name in wanted if name not in before]
+        restarted = [name for name in wanted if name in before and before[name] != wanted[name]]
+        kept = [name for name in wanted if before.get(name) == wanted[name]]
+        failed = [name for name, row in rows.items() if row["state"] in ("failed", "blocked")]
+        parts = [f"{label} {', '.join(names)}" for label, names in
+                 (("restarted", restarted), ("started", started), ("stopped", removed), ("kept", kept))
+                 if names]
+        self._say(f"SIGHUP: applied {file}: {'; '.join(parts) or 'nothing to change'}"
+                  + (f"; not running: {', '.join(failed)} (servicefactory logs NAME)" if failed else ""),
+                  warn=bool(failed))
 
     def _reopen_logs(self) -> None:
         if _own_log is not None:
@@ -1013,6 +1080,10 @@ class Supervisor(ServiceBase):
             specs = [Spec(**item) for item in items]
         except TypeError as exc:
             raise ServiceFactoryError(f"not a service spec: {exc}") from None
+        if isinstance(data.get("file"), str):  # `up -f FILE --env NAME`: what a SIGHUP reads from now on
+            environment = data.get("environment")
+            self.settings.app_file = data["file"]
+            self.settings.app_environment = environment if isinstance(environment, str) else None
         touched, rolled = self._call(lambda: self._apply(specs))
         deadline = time.monotonic() + sum(c.spec.stop_timeout for c in touched) + self.settings.ready_timeout + 1.0
         for child in touched:
@@ -1062,7 +1133,8 @@ class Supervisor(ServiceBase):
             child.settled.clear()
             touched.append(child)
         for child in touched:
-            self._stop_child(child, restart=True)  # no process: started (or waiting) at once
+            # no process: started (or waiting) at once
+            self._stop_child(child, restart=True, reason=Reason.CONFIG, detail="settings changed")
         return touched, rolled
 
     @handle("restart", post_only=True)
