@@ -14,7 +14,7 @@ import subprocess
 import textwrap
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -154,8 +154,8 @@ def test_of_five_services_racing_for_one_name_exactly_one_serves(sf, spawn, regi
 
 
 @pytest.mark.parametrize("url", ["etcd://127.0.0.1:{closed}", "etcd://127.0.0.1:{closed},127.0.0.1:{closed2}"])
-def test_commands_fail_in_seconds_with_one_line_when_etcd_is_unreachable(sf, url: str):
-    closed, closed2 = _closed_port(), _closed_port()
+def test_commands_fail_in_seconds_with_one_line_when_etcd_is_unreachable(sf, url: str, closed_port):
+    closed, closed2 = closed_port(), closed_port()
     env = {"SERVICEFACTORY_REGISTRY": url.format(closed=closed, closed2=closed2)}
     for args in (["perform", "Echo", "echo"], ["status"], ["stop", "Echo"]):
         started = time.monotonic()
@@ -183,10 +183,21 @@ def test_a_bad_lease_ttl_is_refused_in_one_line(sf, registry_env):
     assert result.returncode == 10 and "SERVICEFACTORY_LEASE_TTL" in result.stderr, result.stderr
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
+@pytest.fixture
+def closed_port() -> Iterator[Callable[[], int]]:
+    """Ports that refuse connections for the whole test: each is bound and never listened on, so no
+    server of a parallel test can take it in the meantime (a port merely closed again could be)."""
+    held: list[socket.socket] = []
+
+    def port() -> int:
+        sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # closed again on return: nothing listens there
+        held.append(sock)
+        return sock.getsockname()[1]
+
+    yield port
+    for sock in held:
+        sock.close()
 
 
 @pytest.fixture
@@ -265,13 +276,13 @@ def test_a_name_taken_by_another_owner_while_the_lease_was_lost_is_left_to_it(sf
         registry.release(usurper)
 
 
-def test_stop_signals_nothing_for_a_record_of_another_host(sf, registry_env):
+def test_stop_signals_nothing_for_a_record_of_another_host(sf, registry_env, closed_port):
     """A pid in another host's record means nothing here: stop asks its API, never kills a local pid."""
     registry = _registry()
     claim = registry.claim("Far")
     bystander = subprocess.Popen([PYTHON, "-c", "import time; time.sleep(60)"])
     try:
-        far = ServiceRecord("Far", bystander.pid, host="127.0.0.1", port=_closed_port(), started=time.time(),
+        far = ServiceRecord("Far", bystander.pid, host="127.0.0.1", port=closed_port(), started=time.time(),
                             hostname="another-host")
         registry.publish(claim, far)
         assert registry.is_held("Far") and not registry.signal(far, signal.SIGKILL)

@@ -74,7 +74,9 @@ def test_a_client_that_never_reads_its_answers_holds_no_worker():
             time.sleep(0.3)
             with socket.create_connection(address, timeout=5) as client:
                 latencies = [timed_health_call(client) for _ in range(20)]
-            assert max(latencies) < 0.5, latencies
+            # a held worker would make these wait for io_timeout (30 s); the bound is only a safety
+            # net for a loaded machine, where the first call has waited 1.4 s behind the 48 MiB copies
+            assert max(latencies) < 5, latencies
             # and the non-reader still gets its whole answer when it reads at last
             stuck[0].settimeout(10)
             received = 0
