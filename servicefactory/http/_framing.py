@@ -65,22 +65,22 @@ class RequestReader:
     always last: after a framing error nothing more is read from the connection.
     """
 
-    __slots__ = ("parser", "requests", "base", "max_body", "in_message", "in_head", "head_bytes",
-                 "fed_in_head", "environ", "url", "headers", "body", "body_size", "expect_continue",
-                 "continue_sent", "done", "completed", "pending", "chunked")
+    __slots__ = ("parser", "requests", "base", "max_body", "in_message", "in_head", "fed_in_head", "environ",
+                 "url", "fields", "body", "body_size", "expect_continue", "continue_sent", "done", "completed",
+                 "pending", "chunked")
 
     def __init__(self, base: dict[str, Any], max_body: int) -> None:
-        self.parser = httptools.HttpRequestParser(self)
         self.requests: collections.deque = collections.deque()
         self.base = base  # the environ keys every request on this connection shares
         self.max_body = max_body
         self.in_message = False
         self.in_head = False
-        self.head_bytes = 0
         self.fed_in_head = 0
         self.environ: dict[str, Any] = {}
-        self.url = b""
-        self.headers = 0
+        # the open request's target pieces, (name, value) pairs and body pieces, raw: emptied, never
+        # replaced, once it completes, as the parser holds their append methods
+        self.url: list[bytes] = []
+        self.fields: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.body_size = 0
         self.expect_continue = False
@@ -89,6 +89,15 @@ class RequestReader:
         self.done = False  # a Reject is queued or the connection was upgraded: read no more
         self.completed = 0
         self.pending: memoryview | None = None  # received, not yet parsed (see QUEUE_CAP)
+        # llhttp calls back into Python per request and per header field: where a callback only
+        # collects, it is the C method of a list, which costs no Python frame. The body limit holds
+        # without a Python on_body: a Content-Length is checked with the head, a chunk's size in
+        # on_chunk_header (where its size cannot be read, on_body counts it instead)
+        self.parser = httptools.HttpRequestParser(_Callbacks(
+            on_message_begin=self.on_message_begin, on_url=self.url.append, on_header=self.on_header,
+            on_headers_complete=self.on_headers_complete, on_chunk_header=self.on_chunk_header,
+            on_body=self.body.append if _can_peek() else self.on_body,
+            on_message_complete=self.on_message_complete))
 
     def feed(self, data: bytes) -> None:
         """Parse one received segment; complete requests (or a refusal) are appended to `requests`.
@@ -151,51 +160,49 @@ class RequestReader:
         self.in_message = False
         self.requests.append(reject)
 
-    # -- llhttp callbacks --
+    # -- llhttp callbacks: few, and lean, as each is a call from C into Python per request or field --
 
     def on_message_begin(self) -> None:
+        # the rest of the per-request state was reset when the previous request completed
         self.in_message = True
         self.in_head = True
-        self.head_bytes = 0
-        self.fed_in_head = 0
-        self.environ = self.base.copy()
-        self.url = b""
-        self.headers = 0
-        self.body = []
-        self.body_size = 0
-        self.expect_continue = False
-        self.continue_sent = False
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-        self.head_bytes += len(url)
-        if self.head_bytes > MAX_HEAD:
-            raise Reject("431 Request Header Fields Too Large", "request head too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers += 1
-        self.head_bytes += len(name) + len(value) + 4
-        if self.headers > MAX_HEADERS or self.head_bytes > MAX_HEAD:
-            raise Reject("431 Request Header Fields Too Large",
-                         "too many header fields" if self.headers > MAX_HEADERS else "request head too large")
-        key = _KEYS.get(name) or _environ_key(name)
-        environ = self.environ
-        text = value.decode(_ENCODING)
-        if key in environ:
-            if key == "HTTP_HOST" or key == "CONTENT_TYPE":
-                raise Reject("400 Bad Request", f"more than one {name.decode(_ENCODING)} header")
-            environ[key] += "," + text
-        else:
-            environ[key] = text
+        fields = self.fields
+        fields.append((name, value))  # decoded once the head is complete, in one loop
+        if len(fields) > MAX_HEADERS:
+            raise Reject("431 Request Header Fields Too Large", "too many header fields")
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        fields = self.fields
+        pieces = self.url
+        url = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        pieces.clear()
+        if self.fed_in_head:
+            # the head spanned segments, so the segment size did not bound it: count it exactly
+            size = len(url) + sum(len(name) + len(value) + 4 for name, value in fields)
+            if size > MAX_HEAD:
+                raise Reject("431 Request Header Fields Too Large", "request head too large")
+        elif len(url) > MAX_HEAD:
+            raise Reject("431 Request Header Fields Too Large", "request head too large")
+        environ = self.base.copy()
+        self.environ = environ
+        keys = _KEYS
+        for name, value in fields:
+            key = keys.get(name) or _environ_key(name)
+            if key in environ:
+                if key == "HTTP_HOST" or key == "CONTENT_TYPE":
+                    raise Reject("400 Bad Request", f"more than one {name.decode(_ENCODING)} header")
+                environ[key] += "," + value.decode(_ENCODING)
+            else:
+                environ[key] = value.decode(_ENCODING)
+        fields.clear()
         parser = self.parser
         version = parser.get_http_version()
         protocol = _PROTOCOLS.get(version)
         if protocol is None:
             raise Reject("505 HTTP Version Not Supported", "only HTTP/1.0 and HTTP/1.1 are spoken here")
-        environ = self.environ
         environ["SERVER_PROTOCOL"] = protocol
         method = parser.get_method()
         environ["REQUEST_METHOD"] = _METHODS.get(method) or method.decode(_ENCODING)
@@ -218,7 +225,6 @@ class RequestReader:
         expect = environ.get("HTTP_EXPECT")
         if expect is not None and version == "1.1" and expect.lower() == "100-continue":
             self.expect_continue = True
-        url = self.url
         if url[:1] != b"/":
             if b"://" in url:  # absolute-form: the path is what follows the authority
                 rest = url.split(b"://", 1)[1]
@@ -236,11 +242,14 @@ class RequestReader:
 
     def on_chunk_header(self) -> None:
         size = announced_chunk_size(self.parser)
-        if size is not None and self.body_size + size > self.max_body:
+        if size is not None:
+            self.body_size += size  # llhttp holds the chunk to exactly this size
+        if self.body_size > self.max_body:
             # refuse before the client sends (and we wait for) a chunk we would not take
             raise Reject("413 Content Too Large", f"body over the {self.max_body} byte limit")
 
     def on_body(self, body: bytes) -> None:
+        """Where llhttp's chunk sizes cannot be read: count the body as it comes."""
         self.body_size += len(body)
         if self.body_size > self.max_body:
             raise Reject("413 Content Too Large", f"body over the {self.max_body} byte limit")
@@ -250,6 +259,7 @@ class RequestReader:
         environ = self.environ
         body = self.body
         data = body[0] if len(body) == 1 else b"".join(body)
+        body.clear()
         environ["wsgi.input"] = io.BytesIO(data)
         environ["CONTENT_LENGTH"] = str(len(data)) if data else environ.get("CONTENT_LENGTH", "")
         # llhttp matches Connection by tokens; HTTP/1.0 with chunked closes (RFC 9112 6.1)
@@ -257,8 +267,19 @@ class RequestReader:
         self.requests.append((environ, keep_alive))
         self.completed += 1
         self.in_message = False
-        self.body = []
         self.environ = {}
+        self.fed_in_head = 0
+        if self.body_size:
+            self.body_size = 0
+        if self.expect_continue:
+            self.expect_continue = self.continue_sent = False
+
+
+class _Callbacks:
+    """The callbacks an httptools parser is given (it reads them once, by attribute)."""
+
+    def __init__(self, **callbacks: Any) -> None:
+        self.__dict__.update(callbacks)
 
 
 def base_environ(server_name: str, server_port: int, peer: Any, connection: dict) -> dict[str, Any]:
@@ -291,7 +312,21 @@ def answer(status: str, headers: list[tuple[str, str]], body: bytes, keep_alive:
            head_only: bool = False) -> tuple[bytes, bool]:
     """A whole HTTP/1.1 response (Content-Length, Date and Connection set by us), and whether the
     connection stays open: not if `keep_alive` is false or the app's headers say `Connection: close`
-    (contract C1)."""
+    (contract C1).
+
+    Headers given as a tuple (of (name, value) tuples, never changed) are encoded and checked once:
+    an app that answers with the same headers each time (api.App does) passes one constant.
+    """
+    if type(headers) is tuple:
+        cached = _HEADS.get((status, headers))
+        if cached is None:
+            cached = _head(status, headers)
+        head, keeps = cached
+        keep_alive = keep_alive and keeps
+        end = _KEEP_END if keep_alive else _CLOSE_END
+        if head_only:
+            return b"%sContent-Length: %d\r\n%s%s" % (head, len(body), _date_line(), end), keep_alive
+        return b"".join((head, b"Content-Length: %d\r\n" % len(body), _date_line(), end, body)), keep_alive
     parts = [_STATUS_LINES.get(status) or _status_line(status)]
     for header in headers:
         line = _LINES.get(header) if type(header) is tuple else None
@@ -309,6 +344,29 @@ def answer(status: str, headers: list[tuple[str, str]], body: bytes, keep_alive:
     if not head_only:
         parts.append(body)
     return b"".join(parts), keep_alive
+
+
+_HEADS: dict[tuple, tuple[bytes, bool]] = {}
+
+
+def _head(status: str, headers: tuple) -> tuple[bytes, bool]:
+    """(status line and header lines, whether they allow keep-alive) for constant headers, cached."""
+    parts = [_STATUS_LINES.get(status) or _status_line(status)]
+    keeps = True
+    for header in headers:
+        line = _LINES.get(header) if type(header) is tuple else None
+        if line is None:
+            if header[0] == "Content-Length":
+                continue
+            line = _header_line(tuple(header))
+        if line is _ASKS_CLOSE:
+            keeps = False
+        elif line:
+            parts.append(line)
+    cached = (b"".join(parts), keeps)
+    if len(_HEADS) < 64:
+        _HEADS[(status, headers)] = cached
+    return cached
 
 
 def response(status: str, headers: list[tuple[str, str]], body: bytes, keep_alive: bool,
@@ -382,6 +440,13 @@ def announced_chunk_size(parser: httptools.HttpRequestParser) -> int | None:
         _peek.append(_make_peek())
     peek = _peek[0]
     return None if peek is None else peek(parser)
+
+
+def _can_peek() -> bool:
+    """Whether announced_chunk_size() can read sizes on this build (decided once)."""
+    if not _peek:
+        _peek.append(_make_peek())
+    return _peek[0] is not None
 
 
 def _make_peek() -> Any:

@@ -52,11 +52,19 @@ class Gate:
         self.check_peer = self.allowed_uids is not None and not self.require_token
         self.local_address = local_address
         self.throttle = Throttle()
+        self._hosts: dict[str, bool] = {}  # Host header -> allowed_host(), as judged once
 
     def refuse(self, environ: dict) -> tuple[int, str, str] | None:
         """(status, error type, message) if this request may not be served; None if it may."""
-        if self.check_host and not allowed_host(environ.get("HTTP_HOST", ""), self.bound_host):
-            return (403, "Forbidden", "Host header does not name this service (DNS rebinding?)")
+        if self.check_host:
+            host = environ.get("HTTP_HOST", "")
+            allowed = self._hosts.get(host)
+            if allowed is None:
+                allowed = allowed_host(host, self.bound_host)
+                if len(self._hosts) < 64:  # clients send the same Host on every call; bounded, as any may be sent
+                    self._hosts[host] = allowed
+            if not allowed:
+                return (403, "Forbidden", "Host header does not name this service (DNS rebinding?)")
         origin = environ.get("HTTP_ORIGIN")
         if origin is not None and not allowed_origin(origin, self.bound_host):
             return (403, "Forbidden", "cross-origin requests are refused")
