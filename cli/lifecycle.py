@@ -110,6 +110,9 @@ def serve(target: str, name: str | None, host: str | None, port: int | None, log
         raise CommandFailed("--tls-cert and --tls-key go together: give both", 2)
     if log_level:
         os.environ["SERVICEFACTORY_LOG_LEVEL"] = log_level.upper()
+    # a unit may start at boot before any other command made the state directory: make it, or the
+    # service would run unregistered (unreachable by name)
+    _registry().ensure()
     (cls,) = classes
     try:
         service = cls()
@@ -131,16 +134,20 @@ def systemd() -> None:
 
 @systemd.command(name="export", epilog="""\b
 Examples (start at boot, as PM2's startup + save):
+  sudo servicefactory systemd export -f servicefactory.toml && sudo systemctl enable --now servicefactory-myapp.target
   servicefactory systemd export myapp --user && systemctl --user daemon-reload
   systemctl --user enable --now servicefactory-myapp.target   # + `loginctl enable-linger` for boot
   sudo servicefactory systemd export myapp --run-as www-data && sudo systemctl enable --now servicefactory-myapp.target
 """)
-@click.argument("targets", nargs=-1, required=True)
+@click.argument("targets", nargs=-1)
+@click.option("-f", "--file", "file", metavar="FILE",
+              help="Export the services of this application file [default, without TARGET: ./servicefactory.toml].")
 @click.option("--user", "user_units", is_flag=True,
               help="Write user units (~/.config/systemd/user; `systemctl --user`) instead of system units.")
 @click.option("--dir", "directory", type=click.Path(file_okay=False),
               help="Write the files here [default: ~/.config/systemd/user with --user, else /etc/systemd/system].")
-@click.option("--group", help="Name of the target that groups the services [default: the first TARGET's module].")
+@click.option("--group", help="Name of the target that groups the services [default: the first TARGET's module, "
+                               "or the application file's directory].")
 @click.option("--run-as", metavar="USER", help="User= of each service (system units).")
 @click.option("--name", help="Run under this name instead of the class name (one service only).")
 @click.option("--host", callback=_host_option, help="Bind the API to this address (one service only).")
@@ -150,23 +157,22 @@ Examples (start at boot, as PM2's startup + save):
 @click.option("--stop-timeout", type=click.FloatRange(min=0.1), help="TimeoutStopSec= [default: the policy's].")
 @click.option("--max-memory", metavar="SIZE", help="MemoryMax= (200M, 1.5G) [default: the policy's max_memory].")
 @click.option("--watchdog", type=click.FloatRange(min=0.1), help="WatchdogSec= [default: the policy's watchdog].")
-@click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="Environment= for every service (repeatable).")
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE",
+              help="Environment= for every service (repeatable); with a file, `--env NAME` (no `=`) merges its "
+                   "[environments.NAME], as `up --env NAME` does.")
 @click.option("--env-file", "env_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="EnvironmentFile= for every service (repeatable).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--dry-run", is_flag=True, help="Print the files instead of writing them.")
-def export(targets: tuple[str, ...], user_units: bool, directory: str | None, group: str | None,
+def export(targets: tuple[str, ...], file: str | None, user_units: bool, directory: str | None, group: str | None,
            run_as: str | None, name: str | None, host: str | None, port: int | None, restart: str | None,
            stop_timeout: float | None, max_memory: str | None, watchdog: float | None, env: tuple[str, ...],
            env_files: tuple[str, ...], log_level: str | None, dry_run: bool) -> None:
     """Write a systemd unit per service TARGET defines (Type=notify, running `servicefactory serve`),
-    and a target that starts them all."""
-    from pathlib import Path
-
+    and a target that starts them all; without TARGET, one per service of the application file."""
     from servicefactory.cli import running
     from servicefactory.supervise import _systemd
     from servicefactory.supervise._limits import parse_size
-    from servicefactory.supervise._supervised import python_command
 
     memory = None
     if max_memory is not None:
@@ -174,17 +180,57 @@ def export(targets: tuple[str, ...], user_units: bool, directory: str | None, gr
             memory = parse_size(max_memory)
         except ValueError as exc:
             raise CommandFailed(f"--max-memory: {exc}", 2) from None
-    environment = {}
+    from_file = file is not None or not targets
+    if from_file and targets:
+        raise CommandFailed("give TARGETs or -f FILE, not both", 2)
+    environment, app_environment = {}, None
     for assignment in env:
         key, equals, value = assignment.partition("=")
         if not equals:
+            if from_file and app_environment is None:
+                app_environment = assignment  # `--env prod`: the file's environment
+                continue
             raise CommandFailed(f"--env takes KEY=VALUE, not {assignment!r}", 2)
         environment[key] = value
-    specs = running.specs(targets, name, host, port, None, restart, stop_timeout)
     registry = _registry()
     environment.update(SERVICEFACTORY_HOME=str(registry.where), PYTHONUNBUFFERED="1")
     if log_level:
         environment["SERVICEFACTORY_LOG_LEVEL"] = log_level.upper()
+    if from_file:
+        given = [option for option, value in (("--name", name), ("--host", host), ("--port", port),
+                                              ("--restart", restart), ("--stop-timeout", stop_timeout))
+                 if value is not None]
+        if given:
+            raise CommandFailed(f"{', '.join(given)}: with an application file, set that in the file", 2)
+        units, warnings = _file_units(file, app_environment, environment, group, user_units, run_as, memory,
+                                      watchdog, env_files)
+        group = units[0].group if units else group
+    else:
+        specs = running.specs(targets, name, host, port, None, restart, stop_timeout)
+        units, warnings = _target_units(targets, specs, environment, group, run_as, memory, watchdog, env_files)
+        group = units[0].group
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    assert group is not None
+    try:
+        files = {unit.file_name: unit.render() for unit in units}
+        files[_systemd.unit_name(group, "target")] = _systemd.target(
+            group, [name for unit in units for name in unit.started_units()], user_units)
+    except _systemd.UnitError as exc:
+        raise CommandFailed(str(exc), 2) from None
+    _write_units(files, directory, user_units, group, dry_run)
+
+
+def _target_units(targets: tuple[str, ...], specs: list, environment: dict, group: str | None,
+                  run_as: str | None, memory: int | None, watchdog: float | None,
+                  env_files: tuple[str, ...]) -> tuple[list, list[str]]:
+    """The units of `systemd export TARGET...`: one per Service class."""
+    from pathlib import Path
+
+    from servicefactory.cli import running
+    from servicefactory.supervise import _systemd
+    from servicefactory.supervise._supervised import python_command
+
     if group is None:
         module = targets[0].partition(":")[0]
         group = Path(module).stem if module.endswith(".py") else module.rsplit(".", 1)[-1]
@@ -207,12 +253,62 @@ def export(targets: tuple[str, ...], user_units: bool, directory: str | None, gr
             max_memory=memory or spec.max_memory, reloadable=callable(getattr(cls, "reload", None)),
             environment=environment, environment_files=[os.path.abspath(path) for path in env_files],
             user=run_as, group=group))
+    return units, []
+
+
+def _file_units(file: str | None, app_environment: str | None, environment: dict, group: str | None,
+                user_units: bool, run_as: str | None, memory: int | None, watchdog: float | None,
+                env_files: tuple[str, ...]) -> tuple[list, list[str]]:
+    """The units of `systemd export -f FILE`: one per service of the file (a template for instances)."""
+    from servicefactory.cli import running
+    from servicefactory.cli.app import _load
+    from servicefactory.supervise import _systemd
+    from servicefactory.supervise._supervised import python_command
+
+    app = _load(file, app_environment)
+    if group is None:
+        group = app.path.parent.name or "app"
+
+    def serve(spec) -> list[str]:  # type: ignore[no-untyped-def]
+        name = f"{spec.name}/{_systemd.INSTANCE}" if (spec.instances or 1) > 1 else spec.name
+        command = python_command("servicefactory") + ["serve", spec.target, "--name", name]
+        if spec.host:
+            command += ["--host", spec.host]
+        if spec.port is not None:
+            command += ["--port", str(spec.port)]
+        if spec.tls_cert:
+            command += ["--tls-cert", spec.tls_cert, "--tls-key", spec.tls_key]
+        return command
+
+    def reloadable(spec) -> bool:  # type: ignore[no-untyped-def]
+        before = os.getcwd()
+        try:
+            os.chdir(spec.cwd or before)
+            return any(callable(getattr(cls, "reload", None)) for cls in running.load(spec.target))
+        finally:
+            os.chdir(before)
+
+    if app.log_level and "SERVICEFACTORY_LOG_LEVEL" not in environment:
+        environment["SERVICEFACTORY_LOG_LEVEL"] = app.log_level
     try:
-        files = {unit.file_name: unit.render() for unit in units}
-        files[_systemd.unit_name(group, "target")] = _systemd.target(group, [unit.name for unit in units],
-                                                                      user_units)
+        units, warnings = _systemd.app_units(app, group=group, environment=environment, serve=serve,
+                                             reloadable=reloadable, user_units=user_units, run_as=run_as)
     except _systemd.UnitError as exc:
         raise CommandFailed(str(exc), 2) from None
+    for unit in units:
+        unit.max_memory = memory or unit.max_memory
+        if unit.kind == "notify":
+            unit.watchdog = watchdog or unit.watchdog
+        unit.environment_files += [os.path.abspath(path) for path in env_files]
+    return units, warnings
+
+
+def _write_units(files: dict[str, str], directory: str | None, user_units: bool, group: str, dry_run: bool) -> None:
+    """Print the units (--dry-run), or write each atomically and say how to start them at boot."""
+    from pathlib import Path
+
+    from servicefactory.supervise import _systemd
+
     if dry_run:
         for file_name, text in files.items():
             click.echo(f"# {file_name}\n{text}")

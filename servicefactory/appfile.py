@@ -58,6 +58,9 @@ class App:
     log_level: str | None = None
     environment: str | None = None
     graph: dict[str, list[str]] = field(default_factory=dict)  # name -> the services it depends on
+    # name -> its table as written (environment merged in): what `systemd export` needs beyond a Spec
+    # (which env_file names what: a unit reads those files itself)
+    tables: dict[str, dict] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -209,6 +212,23 @@ def _signal(reader: _Reader, where: tuple, value: Any) -> str:
     return name
 
 
+def _size(reader: _Reader, where: tuple, value: Any) -> int:
+    from servicefactory.supervise._limits import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise reader.error(where, f"{where[-1]} in {_table_name(where[:-1])}: {exc}") from None
+
+
+def _patterns(reader: _Reader, where: tuple, value: Any) -> tuple[str, ...]:
+    patterns = [value] if isinstance(value, str) else value
+    if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
+        raise reader.error(where, f"{where[-1]} in {_table_name(where[:-1])} must be a glob such as "
+                                  f"\"generated_*.py\" or a list of them, not {_shown(value)}")
+    return tuple(patterns)
+
+
 def _depends(reader: _Reader, where: tuple, value: Any) -> dict[str, str]:
     from servicefactory.supervise._dependencies import CONDITIONS
 
@@ -262,14 +282,14 @@ SERVICE_KEYS: dict[str, Check] = {
     "instances": _number(1, 64, integer=True), "env": _environment, "env_file": _files, "cwd": _text,
     "restart": _choice(RESTART), "stop_timeout": _number(0.1), "stop_signal": _signal, "depends_on": _depends,
     "ready": _ready, "log_file": _text, "backoff_max": _number(0.01), "tls_cert": _text, "tls_key": _text,
-    "user": _text,
+    "user": _text, "max_memory": _size, "watchdog": _number(0.1),
 }
 
 SETTINGS_KEYS: dict[str, Check] = {
     "max_failures": _number(1, 10**6, integer=True), "backoff": _number(0.01), "backoff_max": _number(0.01),
     "retry_failed_after": _number(0), "ready_timeout": _number(0.1),
     "log_max_bytes": _number(1024, 2**62, integer=True), "log_backups": _number(0, 1000, integer=True),
-    "log_level": _choice(LOG_LEVELS),
+    "log_level": _choice(LOG_LEVELS), "watch_ignore": _patterns,
 }
 
 TOP_KEYS = ("services", "settings", "environments")
@@ -410,7 +430,8 @@ def load(file: str | os.PathLike | None = None, environment: str | None = None, 
         settings_values[key] = SETTINGS_KEYS[key](reader, ("settings", key), value)
     log_level = settings_values.pop("log_level", None)
     settings = Settings(keep_going=True, **{key: value for key, value in settings_values.items()
-                                            if key != "backoff_max"})
+                                            if key not in ("backoff_max", "watch_ignore")})
+    settings.watch_ignored = settings_values.get("watch_ignore", ())  # what `up --watch` ignores too
     if "backoff_max" in settings_values:
         settings.backoff_max = settings_values["backoff_max"]
     specs = []
@@ -432,7 +453,7 @@ def load(file: str | os.PathLike | None = None, environment: str | None = None, 
     if cycle:
         raise reader.error(("services", cycle[0], "depends_on"), f"dependency cycle: {' -> '.join(cycle)}")
     return App(path=path, specs=specs, settings=settings, log_level=log_level, environment=environment,
-               graph=graph)
+               graph=graph, tables=services)
 
 
 def _service(reader: _Reader, name: str, table: Any, base: Path, check_targets: bool) -> Any:
@@ -461,6 +482,9 @@ def _service(reader: _Reader, name: str, table: Any, base: Path, check_targets: 
     if "ready" in values and "command" not in values:
         raise reader.error(where + ("ready",), f"ready in [services.{name}] is for a command; a Service class is "
                                                f"ready when its API answers")
+    if "command" in values and "watchdog" in values:
+        raise reader.error(where + ("watchdog",), f"watchdog in [services.{name}] is for a Service class (target): "
+                                                  f"its loop tells the supervisor it progresses; a command cannot")
     if "command" in values:
         for key in ("host", "port", "tls_cert", "tls_key"):
             if key in values:
@@ -547,4 +571,7 @@ def _check_target(reader: _Reader, where: tuple, spec: Any, given: set[str]) -> 
     # as `run` does: what the class's policy says unless the file says otherwise
     if "instances" not in given:
         spec.instances = service.policy.instances
-    spec.watchdog, spec.max_memory = service.policy.watchdog, service.policy.max_memory
+    if "watchdog" not in given:
+        spec.watchdog = service.policy.watchdog
+    if "max_memory" not in given:
+        spec.max_memory = service.policy.max_memory
