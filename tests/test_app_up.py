@@ -10,7 +10,7 @@ import signal
 import time
 from pathlib import Path
 
-from support import PYTHON, ROOT, Proc, alive, free_port, gone, stamped, supervisor_pid, wait_until
+from support import PYTHON, ROOT, Proc, alive, argv, free_port, gone, stamped, supervisor_pid, wait_until
 
 SERVER = """
 import signal, socket, sys, time
@@ -271,6 +271,51 @@ def test_a_commands_setsid_and_double_forked_children_live_with_it_and_go_with_i
     wait_until(lambda: gone(daemon), timeout=5, message="the setsid'd daemon gone with its command")
     assert gone(escaper)
     assert sf("down").returncode == 0
+
+
+STUBBORN = """
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # it and all it starts ignore a graceful stop
+def daemon(depth):
+    if os.fork() == 0:
+        os.setsid()  # out of the program's process group and session
+        if os.fork() == 0:
+            if depth:
+                daemon(depth - 1)  # a daemon of a daemon
+            open(f"daemon{depth}.pid", "w").write(str(os.getpid()))
+            time.sleep(300)
+        os._exit(0)
+daemon(2)
+if os.fork() == 0:
+    time.sleep(300)  # a plain child, in the program's group
+print("escaped", flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_supervisor_killed_with_9_leaves_nothing_a_command_started_even_what_it_setsid_away(sf):
+    from servicefactory.supervise._reaper import descendants
+
+    sf.write("stubborn.py", STUBBORN)
+    sf.write("servicefactory.toml", f"""
+        [services.stubborn]
+        command = ["{PYTHON}", "stubborn.py"]
+        ready = {{ log = "escaped" }}
+        stop_timeout = 1
+    """)
+    assert sf("up").returncode == 0
+    wait_until(lambda: all((sf.cwd / f"daemon{depth}.pid").exists() for depth in range(3)), message="the daemons")
+    row = sf.row("stubborn")
+    program = row["pid"]
+    assert argv(program)[1:] == ["stubborn.py"]  # status names the program itself, not its keeper
+    keeper = int(Path(f"/proc/{program}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    daemons = [int((sf.cwd / f"daemon{depth}.pid").read_text()) for depth in range(3)]
+    everything = set(descendants(keeper)) | {keeper}
+    assert set(daemons) | {program} <= everything and len(everything) >= 6, everything
+    os.kill(supervisor_pid(row), signal.SIGKILL)
+    # SIGTERM is ignored by all of them: SIGKILL after the stop timeout (1 s), well within the deadline
+    wait_until(lambda: all(gone(pid) for pid in everything), timeout=15,
+               message=f"every process of the command gone: {[p for p in everything if alive(p)]}")
 
 
 TRAPPER = """

@@ -157,6 +157,15 @@ class Child:
         self.started_once = False  # a process of it was started (what `depends_on = "started"` waits for)
         self.healthy = False  # its health action said `running` (what `healthy` waits for)
         self.health_probe_at = 0.0  # monotonic time the next health probe may be sent
+        self.program_pid: int | None = None  # a command's program (its keeper is `popen`), once exec'd
+        self.ready_early = False  # a command's ready check passed before its keeper said the program's pid
+
+    @property
+    def pid(self) -> int | None:
+        """The service's own process: a Service class's, or a command's program (not its keeper)."""
+        if self.popen is None:
+            return None
+        return self.program_pid if self.spec.command else self.popen.pid
 
     def change_state(self, new: ServiceState) -> ServiceState:
         """Move to `new` if TRANSITIONS allows it (else TransitionError), log it and publish it;

@@ -211,10 +211,12 @@ class Supervisor(ServiceBase):
             env.pop(name, None)
         if spec.command:
             try:
-                args = _commands.argv(spec.command, spec.user)
+                args = _commands.argv(spec.command, spec.user, self.lifeline_read, ready_write,
+                                      int(getattr(signal, spec.stop_signal, signal.SIGTERM)), spec.stop_timeout)
             except KeyError:
                 args = []  # the user is gone since the file was read: Popen below fails and says so
-            pass_fds: tuple[int, ...] = tuple(self.registry.inheritable(child.claim))
+            # its keeper reports the program's pid on the status pipe, and ends its tree if we die
+            pass_fds: tuple[int, ...] = (ready_write, *self.registry.inheritable(child.claim), self.lifeline_read)
             env.pop("PYTHONUNBUFFERED")
         else:
             env.update({READY_FD_ENV: str(ready_write), LIFELINE_FD_ENV: str(self.lifeline_read),
@@ -245,6 +247,8 @@ class Supervisor(ServiceBase):
             if child.popen is not None:
                 os.close(ready_write)
         child.started_at = time.monotonic()
+        child.program_pid = None
+        child.ready_early = False
         child.ready_at = None
         child.killed = False
         child.stop_deadline = None
@@ -270,11 +274,22 @@ class Supervisor(ServiceBase):
         # published before the claim names its pid: a reader never sees the new pid there while the
         # record still names no process (it would take the name's owner for an unsupervised one)
         child.change_state(ServiceState.STARTING)
-        self.registry.hand_over(child.claim, child.popen.pid)
         if spec.command:
+            # its output may match a `log` check before the keeper's report is read: watched from now
             child.ready_check = _commands.ReadyCheck(spec.ready, cwd=spec.cwd, env=env)
-            if child.ready_check.at_once:
-                self._became_ready(child)
+        else:
+            self.registry.hand_over(child.claim, child.popen.pid)
+
+    def _command_started(self, child: Child, pid: int) -> None:
+        """The keeper of a command exec'd the program as `pid`: record it; ready at once without a check."""
+        if child.popen is None or child.program_pid is not None:
+            return
+        child.program_pid = pid
+        self.registry.hand_over(child.claim, pid)
+        self._publish(child)
+        if child.ready_check is not None and child.state == ServiceState.STARTING and \
+                (child.ready_check.at_once or child.ready_early):
+            self._became_ready(child)
 
     def _pump(self, child: Child, kind: str = "out") -> None:
         fd = child.output_fd if kind == "out" else child.err_fd
@@ -341,6 +356,11 @@ class Supervisor(ServiceBase):
         child.ready_buffer += data
         *lines, child.ready_buffer = child.ready_buffer.split(b"\n")
         for line in lines:
+            if child.spec.command:  # a command's keeper says one thing: the program's pid
+                pid = _commands.started(line)
+                if pid is not None:
+                    self._command_started(child, pid)
+                continue
             message = decode_child(line)
             if isinstance(message, Beat):
                 child.last_beat = time.monotonic()
@@ -382,6 +402,12 @@ class Supervisor(ServiceBase):
     def _became_ready(self, child: Child, host: str | None = None, port: int | None = None,
                       tls: bool = False) -> None:
         # starting -> running: the child said `ready`, or a command's ready check passed
+        if child.spec.command and child.program_pid is None:
+            # its check passed (it printed, or a port answers) before its keeper's report was read
+            self._read_ready(child)
+            if child.program_pid is None:
+                child.ready_early = True  # ready once the report comes
+                return
         if child.ready_check is not None:
             child.ready_check.close()
             child.ready_check = None
@@ -394,7 +420,7 @@ class Supervisor(ServiceBase):
         child.change_state(ServiceState.RUNNING)
         child.settled.set()
         self._remember(child)
-        self._event(child, f"ready (pid {child.popen.pid}{', ' + url_of(child) if child.port else ''})")
+        self._event(child, f"ready (pid {child.pid}{', ' + url_of(child) if child.port else ''})")
 
     def _remember(self, child: Child) -> None:
         spec = asdict(child.spec)
@@ -420,6 +446,8 @@ class Supervisor(ServiceBase):
         except (ProcessLookupError, PermissionError):
             pass
         code = popen.wait()
+        if child.ready_fd is not None and child.spec.command:  # the program's pid, if not read yet
+            self._read_ready(child)
         if child.ready_check is not None:
             child.ready_check.close()
             child.ready_check = None
@@ -445,6 +473,7 @@ class Supervisor(ServiceBase):
                     break
         self._close_output(child)
         child.popen = None
+        child.program_pid = None
         self._after_exit(child, code)
 
     def _kill_strays(self) -> None:
@@ -516,7 +545,9 @@ class Supervisor(ServiceBase):
         if child.popen is None:
             return
         try:
-            os.killpg(child.popen.pid, signum)  # the whole group: the service's own children too
+            # the whole group: the service's own children too (a command's program, not its keeper,
+            # which forwards what reaches it before it said which pid the program has)
+            os.killpg(child.pid or child.popen.pid, signum)
         except ProcessLookupError:
             pass
         except PermissionError:
@@ -676,9 +707,9 @@ class Supervisor(ServiceBase):
                    and c.state in (ServiceState.STARTING, ServiceState.RUNNING) and c.stop_deadline is None]
         if not limited:
             return
-        usage = _limits.tree_memory([c.popen.pid for c in limited])
+        usage = _limits.tree_memory([c.pid for c in limited if c.pid])
         for child in limited:
-            used = usage.get(child.popen.pid, 0)
+            used = usage.get(child.pid, 0)
             if used > child.spec.max_memory:
                 self._fault_stop(child, Reason.MEMORY, f"memory {_limits.format_size(used)} over its limit of "
                                                        f"{_limits.format_size(child.spec.max_memory)}")
@@ -921,7 +952,7 @@ class Supervisor(ServiceBase):
             report = StartupReport(ready=False, **self.failure)
         else:
             report = StartupReport(ready=True, supervisor=self.name, pid=os.getpid(), services=[
-                {"name": c.spec.name, "pid": c.popen.pid if c.popen else None, "url": url_of(c),
+                {"name": c.spec.name, "pid": c.pid, "url": url_of(c),
                  "state": c.state.value, "ever_ready": c.ever_ready, "error": c.error,
                  "last_exit": c.last_exit} for c in self.children.values()])
         try:
@@ -948,12 +979,12 @@ class Supervisor(ServiceBase):
     # -- records --
 
     def _publish(self, child: Child) -> None:
-        popen = child.popen
+        pid = child.pid
         record = ServiceRecord(
-            name=child.spec.name, instance=child.spec.instance, pid=popen.pid if popen else 0,
+            name=child.spec.name, instance=child.spec.instance, pid=pid or 0,
             host=child.host if child.state == ServiceState.RUNNING else None,
             port=child.port if child.state == ServiceState.RUNNING else None,
-            create_time=(process_start_time(popen.pid) or 0.0) if popen else 0.0,
+            create_time=(process_start_time(pid) or 0.0) if pid else 0.0,
             started=child.ready_wall or time.time(), target=child.spec.target, log_path=str(child.log.path),
             hostname=os.uname().nodename, state=child.state.value, supervisor=self.name, restarts=child.restarts,
             last_exit=child.last_exit, next_try=self._next_try(child),
@@ -1180,9 +1211,8 @@ class Supervisor(ServiceBase):
         # read without the loop thread: it may be busy stopping (and waiting for this very answer)
         rows = []
         for child in self._children_named(names):
-            popen = child.popen
             running = child.state == ServiceState.RUNNING and child.ready_at is not None
-            rows.append({"name": child.spec.name, "state": child.state.value, "pid": popen.pid if popen else None,
+            rows.append({"name": child.spec.name, "state": child.state.value, "pid": child.pid,
                          "restarts": child.restarts, "last_exit": child.last_exit,
                          "url": url_of(child) if child.state == ServiceState.RUNNING else None, "error": child.error,
                          "next_try": self._next_try(child),
