@@ -23,6 +23,39 @@ FILE_HELP = "The application file  [default: ./servicefactory.toml]."
 ENV_HELP = "Merge [environments.NAME] of the file over the rest."
 
 
+#: where the group's `servicefactory -f FILE COMMAND` leaves FILE for the command (click's ctx.meta)
+FILE_META = "servicefactory.app_file"
+
+
+def file_option(short: bool = True) -> Any:
+    """`-f/--file FILE` on a command that takes names (`--file` only where -f means something else:
+    `logs -f` follows); `servicefactory -f FILE COMMAND` works for every command."""
+    flags = ("-f", "--file") if short else ("--file",)
+    return click.option(*flags, "app_file", metavar="FILE",
+                        help="Act on the services this application file declares (no NAME: all of them).")
+
+
+def scoped(names: tuple[str, ...], file: str | None) -> tuple[str, ...]:
+    """The names a command acts on, given an application file (its own -f, else the group's): the
+    file's services when no name is given; else `names`, each one the file declares (`NAME/K`: an
+    instance of one), or exit 2. Without a file: `names` as they are. Only the file's table names
+    are read: a file that does not load as a whole (an env_file missing) still names its services."""
+    if file is None:
+        context = click.get_current_context(silent=True)
+        file = context.meta.get(FILE_META) if context is not None else None
+    if file is None:
+        return names
+    from servicefactory import appfile
+
+    declared = appfile.declared(file)
+    if not names:
+        return tuple(declared)
+    for name in names:
+        if name.partition("/")[0] not in declared:
+            raise CommandFailed(f"{name} is not a service of {file} (it declares {', '.join(declared)})", 2)
+    return names
+
+
 def _load(file: str | None, environment: str | None, check_targets: bool = True) -> Any:
     from servicefactory import appfile
     from servicefactory.supervise.loader import TargetImportError
@@ -50,6 +83,7 @@ def up(file: str | None, environment: str | None, foreground: bool, dry_run: boo
     from servicefactory.errors import AlreadyRunning
     from servicefactory.supervise._dependencies import waves
 
+    file = file if file is not None else click.get_current_context().meta.get(FILE_META)
     app = _load(file, environment)
     order = waves(app.graph)
     waits = [f"{spec.name} waits for " + ", ".join(f"{name} ({condition})" for name, condition
@@ -219,6 +253,7 @@ def down(file: str | None, environment: str | None, timeout: float | None) -> No
     from servicefactory.supervise import control
     from servicefactory.supervise._dependencies import waves
 
+    file = file if file is not None else click.get_current_context().meta.get(FILE_META)
     app = _load(file, environment, check_targets=False)
     registry = _registry()
     registry.check_safe()

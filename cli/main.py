@@ -14,6 +14,7 @@ import click
 
 from servicefactory import __version__
 from servicefactory.supervise._states import RESTART_POLICIES
+from servicefactory.cli import app as _app
 from servicefactory.cli import fast as _fast
 from servicefactory.cli.common import CommandFailed, Group
 from servicefactory.cli.common import host_option as _host_option
@@ -42,7 +43,11 @@ EXIT_CODES = _exit_codes_help()
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(__version__, "--version", "-V", prog_name="servicefactory")
-def cli() -> None:
+@click.option("-f", "--file", "app_file", metavar="FILE",
+              help="An application file (servicefactory.toml): status, logs, stop, restart, up and down act "
+                   "on the services it declares.")
+@click.pass_context
+def cli(ctx: click.Context, app_file: str | None) -> None:
     """Run, call, supervise and stop servicefactory services.
 
     \b
@@ -51,6 +56,8 @@ def cli() -> None:
       servicefactory perform Test action '"hi"'
       servicefactory stop Test
     """
+    if app_file is not None:
+        ctx.meta[_app.FILE_META] = app_file
 
 
 # -- run -----------------------------------------------------------------------------------
@@ -296,11 +303,15 @@ Examples:
 @click.option("--signal", "signal_", type=_Signal(), metavar="SIG",
               help="Send this signal (SIGINT, INT, 2, ...) instead of the usual graceful request.")
 @_instance_option
+@_app.file_option()
 def stop(names: tuple[str, ...], all_: bool, timeout: float | None, signal_: int | None = None,
-         instance: int | None = None) -> None:
+         instance: int | None = None, app_file: str | None = None) -> None:
     """Stop services gracefully; SIGKILL (with a warning) those still alive after their stop timeout."""
     from servicefactory.supervise import control
 
+    if all_ and (app_file or click.get_current_context().meta.get(_app.FILE_META)):
+        raise CommandFailed("give --all or an application file, not both", 2)
+    names = _app.scoped(names, app_file)
     if names and all_:
         raise CommandFailed("give service names or --all, not both", 2)
     if not names and not all_:
@@ -377,11 +388,13 @@ Examples:
   servicefactory restart Test
   servicefactory restart Test --instance 2
 """)
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1)
 @click.option("--timeout", type=click.FloatRange(min=0.1),
               help="Seconds a stop may take before SIGKILL  [default: the service's own stop timeout].")
 @_instance_option
-def restart(names: tuple[str, ...], timeout: float | None, instance: int | None = None) -> None:
+@_app.file_option()
+def restart(names: tuple[str, ...], timeout: float | None, instance: int | None = None,
+            app_file: str | None = None) -> None:
     """Restart services: under their supervisor, or stop and run again with every option they were run with.
 
     The instances of a service are restarted one at a time, each ready again before the next
@@ -392,6 +405,9 @@ def restart(names: tuple[str, ...], timeout: float | None, instance: int | None 
     from servicefactory.registry.base import state_of
     from servicefactory.registry.local import check_name
 
+    names = _app.scoped(names, app_file)
+    if not names:
+        raise CommandFailed("give the names of the services to restart (or -f FILE: every service it declares)", 2)
     registry = _registry()
     for name in names:
         check_name(name)
@@ -503,7 +519,9 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
 @click.option("--all", "all_", is_flag=True, help="Include the supervisors themselves.")
 @_instance_option
-def status(names: tuple[str, ...], as_json: bool, all_: bool, instance: int | None = None) -> None:
+@_app.file_option()
+def status(names: tuple[str, ...], as_json: bool, all_: bool, instance: int | None = None,
+           app_file: str | None = None) -> None:
     """Show services: NAME, STATE, PID, URL, UPTIME, RESTARTS, EXIT, REASON, CPU, MEMORY.
 
     Exits 0 only if every listed service is running (3 otherwise), as `systemctl is-active` does.
@@ -511,6 +529,7 @@ def status(names: tuple[str, ...], as_json: bool, all_: bool, instance: int | No
     from servicefactory.supervise import control
     from servicefactory.registry.local import check_name
 
+    names = _app.scoped(names, app_file)
     registry = _registry()
     for name in names:
         check_name(name)
@@ -578,14 +597,17 @@ Examples:
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per line: time, service, instance, stream (stdout, stderr, event), message.")
 @_instance_option
+@_app.file_option(short=False)
 def logs(name: str | None, follow: bool, lines: int | None, since: str | None = None, as_json: bool = False,
-         instance: int | None = None) -> None:
+         instance: int | None = None, app_file: str | None = None) -> None:
     """Show a service's log (or every service's, interleaved, when NAME is omitted; every instance's,
     interleaved, for a service run as instances)."""
     from servicefactory.cli.app import parse_since
     from servicefactory.supervise import logfiles
     from servicefactory.registry.local import check_name
 
+    declared = _app.scoped((name,) if name else (), app_file)  # with a file, only the services it declares
+    scoped = None if name is not None or declared == () else set(declared)
     since_stamp = parse_since(since) if since else None
     if lines is None:
         lines = 20 if since_stamp is None else 1 << 62
@@ -612,8 +634,11 @@ def logs(name: str | None, follow: bool, lines: int | None, since: str | None = 
         if not registry.exists():
             raise CommandFailed(f"no logs: state directory {registry.where} does not exist", 3)
         sources = registry.logs()
+        if scoped is not None:
+            sources = {source: path for source, path in sources.items() if source.partition("/")[0] in scoped}
         if not sources:
-            raise CommandFailed(f"no service logs in {registry.where}", 3)
+            raise CommandFailed(f"no service logs in {registry.where}" + (" for the application file's services"
+                                                                          if scoped is not None else ""), 3)
     for source, path in sources.items():
         refusal = logfiles.untrusted(path, registry.private_dir())
         if refusal:

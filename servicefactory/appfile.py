@@ -389,6 +389,21 @@ def read_env_file(path: Path, shown: str) -> dict[str, str]:
     return values
 
 
+def declared(file: str | os.PathLike | None = None) -> list[str]:
+    """The names of the services the file declares, in its order (those its environments add
+    last), reading no more than that: AppFileError only for a file that is not TOML or declares none."""
+    shown = str(file) if file is not None else DEFAULT_FILE
+    data, _ = _parse(Path(shown).expanduser().absolute(), shown)
+    names = list(data.get("services") or {}) if isinstance(data.get("services"), dict) else []
+    environments = data.get("environments")
+    for environment in (environments.values() if isinstance(environments, dict) else ()):
+        services = environment.get("services") if isinstance(environment, dict) else None
+        names += [name for name in services or {} if name not in names] if isinstance(services, dict) else []
+    if not names:
+        raise AppFileError(f"{shown}: no services: declare each as a [services.NAME] table")
+    return names
+
+
 def load(file: str | os.PathLike | None = None, environment: str | None = None, *,
          check_targets: bool = True) -> App:
     """Read the application file (default ./servicefactory.toml) into Specs and Settings."""
