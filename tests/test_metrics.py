@@ -114,6 +114,40 @@ def test_counters_move_by_exactly_the_calls_made_also_from_many_threads_at_once(
     assert not any(dict(labels).get("action") == "metrics" for _, labels in after)
 
 
+def raw(port: int, data: bytes) -> bytes:
+    """Send `data` on a new connection and read the answer until the service closes it."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(data)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_answers_the_http_layer_gives_before_any_action_are_counted_too():
+    """A body over the limit (a perform() of too much data) and a malformed request are answered
+    by the server's framing, before the application sees them: each still counts, as a request
+    that reached no action, and `health` counts them as rejected."""
+    with running(Counted()) as service:
+        port = service.address[1]
+        before = scrape(port)
+        with pytest.raises(client.InvalidData, match="413|limit"):
+            Counted.perform("echo", "x" * (2 << 20))
+        head = f"POST /echo HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        assert raw(port, (head + f"Content-Length: {1 << 40}\r\n\r\n").encode()).startswith(b"HTTP/1.1 413 ")
+        assert raw(port, b"NOT HTTP AT ALL\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+        assert raw(port, (head + "Content-Length: 1\r\nContent-Length: 2\r\n\r\n1").encode()).startswith(
+            b"HTTP/1.1 400 ")
+        after = scrape(port)
+        counters = Counted.perform("health")["counters"]
+    assert calls(after, "", 413) - calls(before, "", 413) == 2
+    assert calls(after, "", 400) - calls(before, "", 400) == 2
+    assert calls(after, "echo", 200) == calls(before, "echo", 200)  # none of them ran the handler
+    assert counters["rejected"] >= 4
+
+
 def test_health_answers_the_same_totals_and_the_loop_counts_match_the_scrape():
     with running(Counted()) as service:
         port = service.address[1]
@@ -215,6 +249,27 @@ def test_a_service_that_is_never_scraped_never_imports_prometheus_client(sf):
     samples = scrape(port)
     assert calls(samples, "loaded", 200) == 3
     assert Counted.perform("loaded", name="Quiet") == ["prometheus_client"]
+
+
+def rss_mib(pid: int) -> float:
+    """The resident memory of a live process, from /proc (MiB)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_an_idle_never_scraped_service_stays_within_20_mib_and_a_scrape_is_what_loads_the_library(sf):
+    sf.write("quiet.py", NEVER_SCRAPED)
+    started = sf.start("quiet:Quiet")
+    pid, port = started["pid"], int(started["url"].rsplit(":", 1)[1])
+    assert Counted.perform("health", name="Quiet")["state"] == "running"  # served calls: not merely started
+    idle = rss_mib(pid)
+    assert idle <= 20.0, f"idle RSS {idle:.1f} MiB"
+    assert Counted.perform("loaded", name="Quiet") == []
+    scrape(port)
+    assert rss_mib(pid) > idle  # prometheus-client came with the first scrape, and costs memory
 
 
 def supervisor_of(sf, name: str) -> tuple[int, str]:

@@ -214,6 +214,7 @@ class Selector:
         if reader.requests:
             item = reader.requests[0]
             if type(item) is Reject:
+                self.server.count_reject(item)
                 reader.requests.clear()
                 self._answer_and_close(conn, error_response(item.status, str(item)))
             elif self.draining:

@@ -281,6 +281,7 @@ class Server:
             first = False
             item = requests.popleft()
             if type(item) is Reject:
+                self.count_reject(item)
                 conn.out = error_response(item.status, str(item))
                 conn.close_after = True
                 self._hand_back(conn)
@@ -359,6 +360,13 @@ class Server:
         conn.out = unavailable()
         conn.close_after = True
         self._hand_back(conn)
+
+    def count_reject(self, reject: Reject) -> None:
+        """Count a request refused before it reached the application (a body over the limit, a
+        malformed head) as one that reached no action: the counters hold every answer given."""
+        counters = getattr(self.app, "counters", None)
+        if counters is not None:
+            counters.record(None, int(reject.status.split(" ", 1)[0]), 0.0)
 
     def _run_app(self, environ: dict) -> tuple[str, list, bytes]:
         started: list = []
