@@ -19,7 +19,6 @@ from typing import Any, Callable
 from rich.console import Console, Group
 from rich.layout import Layout
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from servicefactory.view._actions import Outcome, run_action
@@ -154,15 +153,16 @@ class Top:
         names = [row["name"] for row in rows]
         index = names.index(self.selected) if self.selected in names else 0
         first = max(0, min(index - shown + 1, len(rows) - shown)) if index >= shown else 0
-        table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1), expand=False,
-                      header_style="underline", show_header=True)
-        for column in COLUMNS:
-            table.add_column(column, no_wrap=True, overflow="crop")
-        for row in rows[first:first + shown]:
-            text = cells(row)
-            text[1] = Text(text[1], style=_STATE_STYLES.get(row["state"], ""))
-            table.add_row(*text, style="reverse" if row["name"] == self.selected else None)
-        return [header, table]
+        # our own columns, cut at the screen's edge like htop's: a table that shrinks its columns
+        # to fit would squeeze the names out of a narrow terminal; widths over every row, so that
+        # the columns do not move while scrolling
+        table = [list(COLUMNS)] + [cells(row) for row in rows]
+        widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
+        lines = [header, _columns(table[0], widths, "underline")]
+        for row, values in zip(rows[first:first + shown], table[1 + first:1 + first + shown]):
+            lines.append(_columns(values, widths, "reverse" if row["name"] == self.selected else "",
+                                  _STATE_STYLES.get(row["state"], "")))
+        return lines
 
     def _log(self, room: int) -> list[Any]:
         from servicefactory.supervise import logfiles
@@ -181,6 +181,17 @@ class Top:
             return lines + [Text(f"cannot read {path}: {exc.strerror or exc}")]
         # Text, never markup: a service's output never styles, let alone drives, the terminal
         return lines + [Text(logfiles.printable(line)) for line in tail[-(room - 1):]]
+
+
+def _columns(values: list[str], widths: list[int], style: str, state_style: str = "") -> Text:
+    """One line of the table: `values` padded to `widths`, two spaces apart, the state coloured."""
+    text = Text(style=style)
+    for index, (value, width) in enumerate(zip(values, widths)):
+        if index:
+            text.append("  ")
+        last = index == len(values) - 1
+        text.append(value if last else value.ljust(width), style=state_style if index == 1 else "")
+    return text
 
 
 def _line(renderable: Any) -> Any:
