@@ -39,6 +39,16 @@ class Api(Service.base):
 class Worker(Service.base):
     def loop(self):
         self.sleep(0.5)
+
+
+@Service.API.endpoint(port=0)
+class Batch(Service.base):
+    def loop(self):
+        self.sleep(0.5)
+
+
+if __name__ == "__main__":
+    Batch().run()  # standalone: killed with -9 below, nobody restarts it, top shows it stale
 '''
 
 
@@ -57,14 +67,21 @@ def main() -> None:
     try:
         subprocess.run([*sf, "run", "services:Api", "--daemon"], cwd=work, check=True)
         subprocess.run([*sf, "run", "services:Worker", "--instances", "2", "--daemon"], cwd=work, check=True)
+        batch = subprocess.Popen([sys.executable, "services.py"], cwd=work, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        while b"Batch" not in subprocess.run([*sf, "status"], cwd=work, capture_output=True).stdout:
+            time.sleep(0.2)
+        time.sleep(1)
+        batch.kill()
+        batch.wait()
         threading.Thread(target=traffic, args=(stop,), daemon=True).start()
         command = f"env SERVICEFACTORY_HOME={home} TERM=xterm-256color {' '.join(sf)} top; sleep 60"
         subprocess.run(["tmux", "-f", "/dev/null", "-S", socket, "new-session", "-d", "-s", "top",
-                        "-x", "120", "-y", "12", command], check=True)
+                        "-x", "120", "-y", "11", command], check=True)
         time.sleep(8)  # a few readings: CPU and the rates need two
         subprocess.run(["tmux", "-S", socket, "send-keys", "-t", "top", "j"], check=True)
         time.sleep(1.5)
-        screen = subprocess.run(["tmux", "-S", socket, "capture-pane", "-e", "-p", "-t", "top"],
+        screen = subprocess.run(["tmux", "-S", socket, "capture-pane", "-e", "-N", "-p", "-t", "top"],
                                 capture_output=True, text=True, check=True).stdout
         photograph(screen, work, chromium, HERE / "top.png")
     finally:

@@ -283,11 +283,11 @@ from servicefactory.view.top import Top, run
 
 
 class Broken(Top):
-    def render(self, height):
+    def render(self, height, width=0):
         if self.rows is not None and getattr(self, "drawn", False):
             raise RuntimeError("a bug while drawing")
         self.drawn = True
-        return super().render(height)
+        return super().render(height, width)
 
 
 run(Broken(Sampler(LocalRegistry()), interval=0.2))

@@ -30,7 +30,7 @@ def screen_of(top, width: int, height: int) -> list[str]:
     from rich.console import Console
 
     console = Console(file=io.StringIO(), width=width, height=height, color_system=None, legacy_windows=False)
-    lines = console.render_lines(top.render(height), console.options.update_dimensions(width, height))
+    lines = console.render_lines(top.render(height, width), console.options.update_dimensions(width, height))
     return ["".join(segment.text for segment in line).rstrip() for line in lines]
 
 

@@ -126,10 +126,10 @@ class Top:
 
     # -- drawing --
 
-    def render(self, height: int) -> Layout:
+    def render(self, height: int, width: int = 0) -> Layout:
         """The whole screen: the table (or the followed log) above a footer on the last line;
         what does not fit is cut off, never wrapped."""
-        body = self._log(height - 1) if self.following is not None else self._table(height - 1)
+        body = self._log(height - 1) if self.following is not None else self._table(height - 1, width)
         with self.lock:
             message = self.message
         if self.question is not None:
@@ -141,7 +141,7 @@ class Top:
         screen.split_column(Layout(Group(*[_line(part) for part in body])), Layout(_line(footer), size=1))
         return screen
 
-    def _table(self, room: int) -> list[Any]:
+    def _table(self, room: int, width: int = 0) -> list[Any]:
         with self.lock:
             rows = list(self.rows)
         header = Text(f"servicefactory top  {len(rows)} service{'' if len(rows) == 1 else 's'}  "
@@ -160,8 +160,11 @@ class Top:
         widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
         lines = [header, _columns(table[0], widths, "underline")]
         for row, values in zip(rows[first:first + shown], table[1 + first:1 + first + shown]):
-            lines.append(_columns(values, widths, "reverse" if row["name"] == self.selected else "",
-                                  _STATE_STYLES.get(row["state"], "")))
+            line = _columns(values, widths, "reverse" if row["name"] == self.selected else "",
+                            _STATE_STYLES.get(row["state"], ""))
+            if row["name"] == self.selected:
+                line.pad_right(max(0, width - len(line)))  # the selection spans the screen, as in htop
+            lines.append(line)
         return lines
 
     def _log(self, room: int) -> list[Any]:
@@ -229,7 +232,7 @@ def run(top: Top) -> None:
                     top.refresh()
                 if top.dirty or now - drawn >= _REDRAW:
                     top.dirty = False
-                    live.update(top.render(console.size.height), refresh=True)
+                    live.update(top.render(console.size.height, console.size.width), refresh=True)
                     drawn = now
                 for key in keys.read(_TICK):
                     top.key(key)
