@@ -222,3 +222,24 @@ def test_a_request_arriving_one_byte_at_a_time_is_framed_the_same(server_and_app
         sock.shutdown(socket.SHUT_WR)
         assert statuses(read_until_closed(sock)) == [200, 200]
     assert app.seen == [("POST", "/c", b"abc"), ("POST", "/p", b"de")]
+
+
+def test_too_many_header_fields_arriving_in_many_segments_are_refused(server_and_app):
+    """The field count is checked after each segment and at the head's end: 431, nothing runs."""
+    server, app = server_and_app
+    with app.lock:
+        app.seen.clear()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(b"GET /a HTTP/1.1\r\n" + H)
+        try:
+            for batch in range(20):
+                sock.sendall(b"".join(b"X-%d-%d: v\r\n" % (batch, i) for i in range(10)))
+                time.sleep(0.005)  # each batch its own segment
+            sock.sendall(b"\r\n" + GET)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # refused and closed early: what it answered is still to read
+        answered = statuses(read_until_closed(sock))
+    assert answered == [431]
+    assert app.seen == []

@@ -150,6 +150,8 @@ class RequestReader:
                 self.fed_in_head += len(data)
                 if self.fed_in_head > MAX_HEAD + 65536:
                     self._refuse(Reject("431 Request Header Fields Too Large", "request head too large"))
+                elif len(self.fields) > MAX_HEADERS:
+                    self._refuse(Reject("431 Request Header Fields Too Large", "too many header fields"))
 
     def needs_continue(self) -> bool:
         """Whether the client waits for `100 Continue` before sending the body of the open request."""
@@ -158,6 +160,7 @@ class RequestReader:
     def _refuse(self, reject: Reject) -> None:
         self.done = True
         self.in_message = False
+        self.fields.clear()
         self.requests.append(reject)
 
     # -- llhttp callbacks: few, and lean, as each is a call from C into Python per request or field --
@@ -168,24 +171,23 @@ class RequestReader:
         self.in_head = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        fields = self.fields
-        fields.append((name, value))  # decoded once the head is complete, in one loop
-        if len(fields) > MAX_HEADERS:
-            raise Reject("431 Request Header Fields Too Large", "too many header fields")
+        # decoded once the head is complete, in one loop; counted after each segment, so that one
+        # segment's worth is the most a connection holds beyond the limit, and only briefly
+        self.fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         fields = self.fields
+        if len(fields) > MAX_HEADERS:
+            raise Reject("431 Request Header Fields Too Large", "too many header fields")
         pieces = self.url
-        url = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        url = b"".join(pieces)  # one piece is returned as it is
         pieces.clear()
         if self.fed_in_head:
-            # the head spanned segments, so the segment size did not bound it: count it exactly
+            # the head spanned segments; within one, a segment (at most MAX_HEAD) bounds it
             size = len(url) + sum(len(name) + len(value) + 4 for name, value in fields)
             if size > MAX_HEAD:
                 raise Reject("431 Request Header Fields Too Large", "request head too large")
-        elif len(url) > MAX_HEAD:
-            raise Reject("431 Request Header Fields Too Large", "request head too large")
         environ = self.base.copy()
         self.environ = environ
         keys = _KEYS
@@ -258,7 +260,7 @@ class RequestReader:
     def on_message_complete(self) -> None:
         environ = self.environ
         body = self.body
-        data = body[0] if len(body) == 1 else b"".join(body)
+        data = b"".join(body)
         body.clear()
         environ["wsgi.input"] = io.BytesIO(data)
         environ["CONTENT_LENGTH"] = str(len(data)) if data else environ.get("CONTENT_LENGTH", "")
