@@ -295,6 +295,8 @@ class Cli:
 
     def shutdown(self) -> None:
         """Stop everything started with this state directory; SIGKILL whatever outlives the deadline."""
+        if not processes_using(self._home()):
+            return  # nothing runs with it: no `stop --all` (a CLI start) to pay for at every test's end
         try:
             self("stop", "--all", "--timeout", "3", timeout=30)
         except subprocess.TimeoutExpired:
