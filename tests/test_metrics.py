@@ -316,6 +316,34 @@ def test_the_supervisor_answers_metrics_for_every_service_it_runs(sf):
     assert calls(samples, "status", 200) == 1  # its own API's calls are counted as any service's
 
 
+def test_the_supervisor_answers_metrics_per_instance_and_a_kill_9_counts_for_that_instance_only(sf):
+    sf.write("many.py", """
+        from servicefactory import Service
+
+        @Service.API.endpoint(port=0)
+        class Many(Service.base):
+            def loop(self):
+                self.sleep(1)
+    """)
+    sf.daemon("many:Many", "--instances", "2")
+    port, token = supervisor_of(sf, "Many/1")
+    bearer = {"Authorization": f"Bearer {token}"}
+    samples = scrape(port, **bearer)
+    for name in ("Many/1", "Many/2"):
+        assert samples[("servicefactory_supervised_state", (("service", name), ("state", "running")))] == 1
+        assert samples[("servicefactory_supervised_restarts_total", (("service", name),))] == 0
+    assert not [labels for metric, labels in samples if metric == "servicefactory_supervised_state"
+                and dict(labels)["service"] == "Many"]  # instances, not the service as a whole
+    pid = sf.row("Many/2")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: sf.row("Many/2")["state"] == "running" and sf.row("Many/2")["pid"] != pid, timeout=30,
+               message="Many/2 restarted")
+    samples = scrape(port, **bearer)
+    assert samples[("servicefactory_supervised_restarts_total", (("service", "Many/2"),))] == 1
+    assert samples[("servicefactory_supervised_last_exit_code", (("service", "Many/2"),))] == -signal.SIGKILL
+    assert samples[("servicefactory_supervised_restarts_total", (("service", "Many/1"),))] == 0
+
+
 def test_a_latency_on_a_bucket_bound_counts_in_that_bucket_and_exception_types_are_capped():
     counters = Counters()
     counters.record("a", 200, CALL_BUCKETS[0])  # Prometheus buckets are `le`: the bound itself is inside
