@@ -92,7 +92,12 @@ _OPTIONS = {
     "--max-body": ("max_body", parse_size, None),
     "--ca-file": ("ca_file", parse_file, None),
     "--instance": ("instance", parse_instance, None),
+    "--registry": ("registry", lambda text: text.strip() or _refuse(text), None),
 }
+
+
+def _refuse(text: str) -> str:
+    raise ValueError(f"{text!r} is not a registry.")
 
 
 def parse_perform(arguments: list[str]) -> dict | None:
@@ -104,7 +109,7 @@ def parse_perform(arguments: list[str]) -> dict | None:
     """
     positional: list[str] = []
     options: dict = {"timeout": DEFAULT_TIMEOUT, "wait": None, "max_body": DEFAULT_MAX_BODY, "ca_file": None,
-                     "instance": None}
+                     "instance": None}  # and "registry", only if given: click's context does not show it
     remaining = list(arguments)
     while remaining:
         argument = remaining.pop(0)
@@ -141,12 +146,16 @@ def parse_perform(arguments: list[str]) -> dict | None:
 
 def perform(name: str, action: str, data: str | None, timeout: float = DEFAULT_TIMEOUT,
             wait: float | None = None, max_body: int = DEFAULT_MAX_BODY, ca_file: str | None = None,
-            instance: int | None = None) -> None:
+            instance: int | None = None, registry: str | None = None) -> None:
     """Call ACTION on NAME (instance `instance` of it, if given) with the JSON text DATA ('-': stdin)
-    and print the JSON result, or exit with an error."""
+    and print the JSON result, or exit with an error; `registry` stands for $SERVICEFACTORY_REGISTRY."""
     import json
 
     from servicefactory import ServiceFactoryError
+
+    if registry is not None:
+        import os
+        os.environ["SERVICEFACTORY_REGISTRY"] = registry
 
     if instance is not None:
         if "/" in name:

@@ -522,7 +522,8 @@ Examples:
 @_app.file_option()
 def status(names: tuple[str, ...], as_json: bool, all_: bool, instance: int | None = None,
            app_file: str | None = None) -> None:
-    """Show services: NAME, STATE, PID, URL, UPTIME, RESTARTS, EXIT, REASON, CPU, MEMORY.
+    """Show services: NAME, STATE, PID, URL, UPTIME, RESTARTS, EXIT, REASON, CPU, MEMORY (and HOST
+    where many hosts share the registry: etcd).
 
     Exits 0 only if every listed service is running (3 otherwise), as `systemctl is-active` does.
     """
@@ -545,18 +546,23 @@ def status(names: tuple[str, ...], as_json: bool, all_: bool, instance: int | No
         click.echo(f"no services (state directory {registry.where}" + (")" if registry.exists() else
                    " does not exist: nothing was started with it yet, or it was deleted)"))
     else:
-        _print_table(rows)
+        _print_table(rows, hosts=registry.where.startswith("etcd://"))
     if any(row["state"] != "running" for row in rows):
         sys.exit(3)
 
 
-def _print_table(rows: list[dict]) -> None:
+def _print_table(rows: list[dict], hosts: bool = False) -> None:
+    """The table; with `hosts` (a registry many hosts share) a HOST column says where each one runs."""
     headers = ["NAME", "STATE", "PID", "URL", "UPTIME", "RESTARTS", "EXIT", "REASON", "CPU", "MEMORY"]
     table = [[row["name"], _state(row), str(row["pid"] or "-"), row["url"] or "-", _duration(row["uptime"]),
               str(row["restarts"]), "-" if row["last_exit"] is None else str(row["last_exit"]),
               row.get("last_reason") or "-",
               "-" if row["cpu"] is None else f"{row['cpu']:.2f}s",
               "-" if row["memory"] is None else f"{row['memory'] / 1048576:.1f}M"] for row in rows]
+    if hosts:
+        headers.insert(2, "HOST")
+        for line, row in zip(table, rows):
+            line.insert(2, row.get("hostname") or "-")
     widths = [max(len(line[i]) for line in [headers] + table) for i in range(len(headers))]
     for line in [headers] + table:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
@@ -767,8 +773,29 @@ from servicefactory.cli.describe import describe as _describe  # noqa: E402
 cli.add_command(_describe)
 
 
+def _use_registry(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """`--registry`: this command, and what it starts, use that registry ($SERVICEFACTORY_REGISTRY's job)."""
+    if value is not None:
+        if not value.strip():
+            raise click.BadParameter("give a registry: local or etcd://host:2379[,host2:2379][/prefix]")
+        os.environ["SERVICEFACTORY_REGISTRY"] = value.strip()
+
+
+def _registry_option_everywhere(group: click.Group) -> None:
+    """Give every command (those other modules added too) the `--registry` option, once."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _registry_option_everywhere(command)
+        elif not any(param.name == "registry_url" for param in command.params):
+            command.params.append(click.Option(
+                ["--registry", "registry_url"], metavar="URL", expose_value=False, is_eager=True,
+                callback=_use_registry, help="The registry: local (the default) or etcd://host:2379[,host2:2379]"
+                "[/prefix]; instead of $SERVICEFACTORY_REGISTRY."))
+
+
 def main() -> None:
     """Console-script entry point; Ctrl+C exits 130, as shells expect."""
+    _registry_option_everywhere(cli)
     try:
         cli.main(prog_name="servicefactory", standalone_mode=False)
     except click.exceptions.Abort:
@@ -782,6 +809,8 @@ def main() -> None:
     except BrokenPipeError:
         sys.exit(141)
 
+
+_registry_option_everywhere(cli)  # after every command joined the group (main() adds it to any added later)
 
 if __name__ == "__main__":
     main()

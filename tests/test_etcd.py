@@ -94,6 +94,38 @@ def test_a_service_in_etcd_is_called_listed_and_stopped_through_the_cli(sf, spaw
     assert registry.names() == [] and registry.lookup("Echo") is None  # a graceful stop withdraws at once
 
 
+def test_registry_option_stands_for_the_variable_on_every_command_and_status_shows_the_host(sf, spawn, registry_env):
+    proc = start_echo(spawn, registry_env)
+    url = registry_env["SERVICEFACTORY_REGISTRY"]
+    unset = {"SERVICEFACTORY_REGISTRY": ""}  # the local registry, unless --registry says otherwise
+    assert sf("perform", "Echo", "pid", env=unset).returncode == 3  # not in the local registry
+    for args in (["perform", "Echo", "pid", "--registry", url],  # the fast path
+                 ["perform", "--registry=" + url, "--timeout", "5", "Echo", "pid"],
+                 ["perform", "Echo", "pid", "--max-body", "x", "--registry", url]):  # click's path (bad option)
+        result = sf(*args, env=unset)
+        if "x" in args:
+            assert result.returncode == 2 and "--max-body" in result.stderr, result.stderr
+        else:
+            assert (result.returncode, result.stdout.strip()) == (0, str(proc.pid)), result.stderr
+    result = sf("status", "--registry", url, env=unset)
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.splitlines()
+    assert header.split()[:4] == ["NAME", "STATE", "HOST", "PID"], header
+    assert row.split()[:4] == ["Echo", "running", socket.gethostname(), str(proc.pid)], row
+    (row,) = json.loads(sf("status", "--json", "--registry", url, env=unset).stdout)
+    assert row["hostname"] == socket.gethostname()
+    local = sf("status", env=unset)
+    assert "HOST" not in local.stdout  # one host's own registry: no column that says nothing
+    for args in (["status", "--registry", ""], ["perform", "Echo", "pid", "--registry", " "]):
+        result = sf(*args, env=unset)
+        assert result.returncode == 2 and "registry" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    result = sf("status", "--registry", "zookeeper://x", env=unset)
+    assert result.returncode == 10 and "unknown registry backend" in result.stderr, result.stderr
+    result = sf("stop", "Echo", "--registry", url, env=unset)
+    assert result.returncode == 0 and "Echo stopped" in result.stdout, result.stderr
+    assert proc.wait(10) == 0
+
+
 # run a command line of the CLI in this interpreter, then print which of the etcd extra's modules it imported
 COMMAND_IMPORTS = """
 import atexit, json, sys

@@ -371,7 +371,8 @@ def _in_parallel(calls: list[tuple]) -> dict[str, StopOutcome]:
 
 def status(names: list[str] | None = None, registry: Registry | None = None,
            include_supervisors: bool = False) -> list[dict[str, Any]]:
-    """One row per service: name, state, pid, host, port, url, started, uptime, restarts, last exit, cpu, memory."""
+    """One row per service: name, state, pid, hostname (where it runs), host and port (where it
+    listens), url, started, uptime, restarts, last exit, cpu, memory."""
     registry = registry or _default()
     snapshot = getattr(registry, "snapshot", None)  # a remote backend's one read of every record (etcd)
     if snapshot is None:
@@ -406,7 +407,7 @@ def _status(names: list[str] | None, registry: Registry, include_supervisors: bo
         if state == "stopped" and record is None and registry.remembered(name) is None:
             state = ServiceState.UNKNOWN.value  # a typo must not look like a service that stopped
         row: dict[str, Any] = {"name": name, "instance": split_instance(name)[1], "state": state,
-                               "pid": None, "host": None, "port": None, "url": None,
+                               "pid": None, "hostname": None, "host": None, "port": None, "url": None,
                                "started": None, "uptime": None, "restarts": 0, "last_exit": None,
                                "cpu": None, "memory": None, "supervisor": None, "target": None,
                                "last_reason": None, "history": []}
@@ -416,7 +417,8 @@ def _status(names: list[str] | None, registry: Registry, include_supervisors: bo
                 row.update(history=history, last_reason=history[-1].get("reason"))
         if record is not None:
             live = state in LIVE
-            row.update(pid=record.pid if live and record.pid else None, host=record.host, port=record.port,
+            row.update(pid=record.pid if live and record.pid else None, hostname=record.hostname or None,
+                       host=record.host, port=record.port,
                        url=record.url if state == "running" else None, started=record.started,
                        restarts=record.restarts, last_exit=record.last_exit, supervisor=record.supervisor,
                        target=record.target, last_reason=record.last_reason, history=list(record.history or []))
