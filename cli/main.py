@@ -176,18 +176,22 @@ Examples:
 @click.option("--instances", type=click.IntRange(1, 64), metavar="N",
               help="Run N processes of each service, NAME/1 ... NAME/N (default: the class's "
                    "Service.policy(instances=), else one, as NAME); a fixed port is shared (SO_REUSEPORT).")
+@click.option("--first-instance", type=click.IntRange(1, 999999), metavar="K",
+              help="With --instances N: number them K ... K+N-1 (another host runs the others, through "
+                   "a registry many hosts share).")
 def run(targets: tuple[str, ...], daemon: bool, name: str | None, host: str | None, port: int | None,
         log_file: str | None, log_level: str | None, restart: str | None, stop_timeout: float | None,
         max_failures: int, backoff: float, backoff_max: float | None, retry_failed_after: float,
         ready_timeout: float, log_max_bytes: int, log_backups: int, tls_cert: str | None = None,
         tls_key: str | None = None, max_memory: int | None = None, watchdog: float | None = None,
         dashboard_port: int | None = None, dashboard_host: str | None = None,
-        watch: bool = False, watch_ignore: tuple[str, ...] = (), instances: int | None = None) -> None:
+        watch: bool = False, watch_ignore: tuple[str, ...] = (), instances: int | None = None,
+        first_instance: int | None = None) -> None:
     """Run services (TARGET: module, module:Class, file.py or file.py:Class), each in its own process."""
     from servicefactory.cli import running
     from servicefactory.supervise.supervisor import Settings
 
-    specs = running.specs(targets, name, host, port, log_file, restart, stop_timeout, instances)
+    specs = running.specs(targets, name, host, port, log_file, restart, stop_timeout, instances, first_instance)
     running.apply_tls(specs, tls_cert, tls_key)
     registry = _registry()
     running.check_free(specs, registry)
@@ -546,7 +550,7 @@ def status(names: tuple[str, ...], as_json: bool, all_: bool, instance: int | No
         click.echo(f"no services (state directory {registry.where}" + (")" if registry.exists() else
                    " does not exist: nothing was started with it yet, or it was deleted)"))
     else:
-        _print_table(rows, hosts=registry.where.startswith("etcd://"))
+        _print_table(rows, hosts=registry.many_hosts)
     if any(row["state"] != "running" for row in rows):
         sys.exit(3)
 

@@ -27,7 +27,7 @@ def load(target: str) -> list:
 
 def specs(targets: tuple[str, ...], name: str | None, host: str | None, port: int | None,
            log_file: str | None, restart: str | None, stop_timeout: float | None,
-           instances: int | None = None) -> list:
+           instances: int | None = None, first_instance: int | None = None) -> list:
     """One Spec per service the targets define, with the one-service options applied; CommandFailed
     (exit 2) on misuse."""
     from servicefactory.service import describe
@@ -47,6 +47,14 @@ def specs(targets: tuple[str, ...], name: str | None, host: str | None, port: in
                               backoff_max=service.policy.backoff_max, watchdog=service.policy.watchdog,
                               max_memory=service.policy.max_memory,
                               instances=instances or service.policy.instances))
+    if first_instance is not None:
+        for spec in specs:
+            if not spec.instances and first_instance != 1:  # 1 is what `restart` passes back for any run
+                raise CommandFailed(f"--first-instance goes with --instances ({spec.name} runs as one process)", 2)
+            if spec.instances and first_instance + spec.instances - 1 > 999999:
+                raise CommandFailed(f"--first-instance {first_instance} with {spec.instances} instances "
+                                    f"goes past instance 999999", 2)
+            spec.first_instance = first_instance if spec.instances else 1
     if len(specs) > 1 and (name or host or port is not None or log_file):
         listed = ", ".join(spec.name for spec in specs)
         raise CommandFailed(f"--name, --host, --port and --log-file apply to one service; these targets "
@@ -101,9 +109,17 @@ def check_free(specs: list, registry: Any) -> None:
     from servicefactory.errors import AlreadyRunning
     from servicefactory.registry.base import state_of
 
+    from servicefactory.registry.base import instance_id
+
     for spec in specs:
-        # a service runs either as one process (NAME) or as instances (NAME/1 ...), never as both
-        for name in [spec.name] + [n for n in registry.instances_of(spec.name) if n != spec.name]:
+        # a service runs either as one process (NAME) or as instances (NAME/1 ...), never as both;
+        # its instances may run on several hosts, each its own numbers (--first-instance)
+        if spec.instances:
+            numbers = range(spec.first_instance, spec.first_instance + spec.instances)
+            names = [spec.name] + [instance_id(spec.name, number) for number in numbers]
+        else:
+            names = [spec.name] + [n for n in registry.instances_of(spec.name) if n != spec.name]
+        for name in names:
             state, record = state_of(registry, name)
             if state == "stopping" and record is not None and record.supervisor \
                     and not registry.is_held(record.supervisor):

@@ -85,9 +85,10 @@ class Cluster:
         """What Echo on `host` printed."""
         return (self.tmp_path / f"echo-{host}.log").read_text(errors="replace")
 
-    def cli(self, host: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        """`servicefactory ARGS` on `host`."""
-        return self.network.run(host, [*COMMAND, *args], self.env(host), timeout=timeout)
+    def cli(self, host: str, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+        """`servicefactory ARGS` on `host` (`env` on top of the host's own)."""
+        return self.network.run(host, [*COMMAND, *args], {**self.env(host), **(env or {})}, timeout=timeout)
 
     def status(self, host: str) -> list[dict]:
         """`status --json` rows as `host` sees them."""
@@ -219,3 +220,86 @@ def test_two_hosts_racing_for_one_name_leave_exactly_one_owner(cluster: Cluster)
     assert services[loser].returncode == 1 and "Echo is already running" in cluster.output(loser)
     result = cluster.cli("c", "perform", "Echo", "where")
     assert result.returncode == 0 and json.loads(result.stdout)["hostname"] == running[0], result.stderr
+
+
+def test_a_supervised_service_on_host_a_is_stopped_and_restarted_from_host_c_with_the_token_only(cluster: Cluster):
+    """Its supervisor's control API listens beyond loopback only with the shared token (etcd holds
+    no token): from host c, stop and restart go through it; without the token they are refused."""
+    started = cluster.cli("a", "run", "echo:Echo", "--daemon")
+    assert started.returncode == 0, started.stdout + started.stderr
+    first = cluster.registered("c")
+    assert first and first["hostname"] == "a" and first["supervisor"].startswith("_supervisor-a-"), first
+    supervisor = cluster.registered("c", first["supervisor"])
+    assert supervisor["host"] == cluster.network.hosts["a"], supervisor  # reachable, not 127.0.0.1
+    secret = cluster.network.run("c", [PYTHON, "-c", "from servicefactory.registry.backends import "
+                                       "default_registry as d; print(d().secret(__import__('sys').argv[1]))",
+                                       first["supervisor"]], cluster.env("c"))
+    assert secret.stdout.strip() == "None", secret.stdout  # the token is nowhere in etcd
+    (row,) = [row for row in cluster.status("c") if row["name"] == "Echo"]
+    assert (row["state"], row["hostname"]) == ("running", "a")
+    tokenless = {"SERVICEFACTORY_TOKEN": ""}
+    for command in ("stop", "restart"):
+        refused = cluster.cli("c", command, "Echo", env=tokenless)
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused.stdout + refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert cluster.registered("c")["pid"] == first["pid"]  # nothing happened to it
+    restarted = cluster.cli("c", "restart", "Echo")
+    assert restarted.returncode == 0 and "Echo running" in restarted.stdout, restarted.stdout + restarted.stderr
+    again = cluster.registered("c")
+    assert again["hostname"] == "a" and again["pid"] != first["pid"], again  # a new process, on host a
+    result = cluster.cli("c", "perform", "Echo", "where")
+    assert result.returncode == 0 and json.loads(result.stdout) == {"hostname": "a", "pid": again["pid"]}, result.stderr
+    stopped = cluster.cli("c", "stop", "Echo")
+    assert stopped.returncode == 0 and "Echo stopped" in stopped.stdout, stopped.stdout + stopped.stderr
+    assert cluster.registered("c") is None
+    assert cluster.cli("c", "perform", "Echo", "where").returncode == 3
+
+
+CALLER = """
+import json, os, sys, time
+from servicefactory.errors import ServiceFactoryError
+from servicefactory.http import client
+done, calls, failures, seen = sys.argv[1], 0, [], {}
+print("calling", flush=True)
+while not os.path.exists(done):
+    try:
+        answer = client.perform("Echo", "where", timeout=10)
+        seen[answer["hostname"]] = seen.get(answer["hostname"], 0) + 1
+        calls += 1
+    except ServiceFactoryError as exc:
+        failures.append(f"{type(exc).__name__}: {exc}")
+    time.sleep(0.005)
+print(json.dumps({"calls": calls, "failures": failures, "seen": seen}), flush=True)
+"""
+
+
+def test_a_rolling_restart_across_two_hosts_fails_no_call_of_a_client_on_a_third(cluster: Cluster):
+    """Echo/1-2 on host a, Echo/3-4 on host b (--first-instance), each host's own supervisor; `restart
+    Echo` from host c restarts them one at a time, host by host, while c calls Echo throughout."""
+    for host, first in (("a", "1"), ("b", "3")):
+        started = cluster.cli(host, "run", "echo:Echo", "--instances", "2", "--first-instance", first, "--daemon")
+        assert started.returncode == 0, started.stdout + started.stderr
+    alone = cluster.cli("b", "run", "echo:Echo", "--first-instance", "5")
+    assert alone.returncode == 2 and "--first-instance goes with --instances" in alone.stderr, alone.stderr
+    clash = cluster.cli("b", "run", "echo:Echo", "--instances", "2", "--daemon")  # Echo/1 is host a's
+    assert clash.returncode != 0 and "Echo/1 is already running" in clash.stderr, clash.stdout + clash.stderr
+    before = {row["name"]: row for row in cluster.status("c")}
+    assert {name: row["hostname"] for name, row in before.items()} == {
+        "Echo/1": "a", "Echo/2": "a", "Echo/3": "b", "Echo/4": "b"}, before
+    done = cluster.tmp_path / "done"
+    caller = cluster.network.popen("c", [PYTHON, "-c", CALLER, str(done)], cluster.env("c"),
+                                   stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    assert caller.stdout.readline().strip() == "calling"
+    try:
+        restarted = cluster.cli("c", "restart", "Echo", timeout=180)
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        assert [line.split()[0] for line in restarted.stdout.splitlines()] == ["Echo/1", "Echo/2", "Echo/3", "Echo/4"]
+        time.sleep(0.5)  # calls to the last one restarted, too
+    finally:
+        done.touch()
+    outcome = json.loads(caller.stdout.readline())
+    caller.wait(30)
+    assert outcome["failures"] == [] and outcome["calls"] > 20, outcome
+    assert set(outcome["seen"]) == {"a", "b"}, outcome  # spread over both hosts
+    after = {row["name"]: row for row in cluster.status("c")}
+    assert all(after[name]["state"] == "running" and after[name]["pid"] != before[name]["pid"] for name in before), after

@@ -354,7 +354,7 @@ def test_a_child_handed_the_claim_is_proven_the_owner_while_its_starter_keeps_th
     try:
         registry.hand_over(claim, child.pid)
         wait_until(lambda: process_start_time(child.pid) is not None, timeout=5, message="child")
-        record = record_of("Child", child.pid, supervisor=f"_supervisor-{os.getpid()}")
+        record = record_of("Child", child.pid, supervisor=registry.supervisor_name(os.getpid()))
         registry.publish(claim, record)
         assert registry.owner_alive(record)
         child.stdin.close()

@@ -123,11 +123,17 @@ class Registry(Protocol):
 
     #: where the records are kept (a directory, a URL): for messages, and as a cache key
     where: str
+    #: whether other hosts share it (etcd): a record may then be another host's, reached over the network
+    many_hosts: bool
 
     # -- owning a name --
 
     def claim(self, name: str) -> Claim:
         """Own `name` while this process lives, or raise AlreadyRunning (StateError if unusable)."""
+
+    def supervisor_name(self, pid: int) -> str:
+        """The registry name of the supervisor that is process `pid` here: `_supervisor-PID`, with
+        this host in it where many hosts share the registry (their pids are not one namespace)."""
 
     def inheritable(self, claim: Claim) -> tuple[int, ...]:
         """The descriptors a child process started under `claim` must inherit (`pass_fds`): holding

@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -106,6 +107,9 @@ class _Held:
 
 class EtcdRegistry:
     """The registry kept in etcd, shared by every host that uses the same endpoints and prefix."""
+
+    #: every host that uses the same endpoints and prefix shares it
+    many_hosts = True
 
     def __init__(self, url: str, home: Path | str | None = None) -> None:
         self.endpoints, self.prefix = parse_url(url)
@@ -276,6 +280,12 @@ class EtcdRegistry:
             self._held[claim.name] = (claim, claim.handle)
             self._start_keeper()
         return claim
+
+    def supervisor_name(self, pid: int, hostname: str | None = None) -> str:
+        """`_supervisor-HOST-PID` (this host's, or `hostname`'s): pids repeat across hosts (a
+        container's supervisor is often pid 1 on each), names in one etcd must not."""
+        host = re.sub(r"[^A-Za-z0-9_.-]", "_", self.hostname if hostname is None else hostname) or "_"
+        return f"{SUPERVISOR_PREFIX}{host}-{pid}"
 
     def inheritable(self, claim: Claim) -> tuple[int, ...]:
         """Nothing: a child proves itself through the claim key, which `hand_over` points at it."""
@@ -550,7 +560,7 @@ class EtcdRegistry:
         if claim is None or not isinstance(claim.get("pid"), int):
             return None
         pid, holder, hostname = claim["pid"], claim.get("holder"), claim.get("hostname") or ""
-        supervisor = f"{SUPERVISOR_PREFIX}{holder}" if isinstance(holder, int) and holder != pid else None
+        supervisor = self.supervisor_name(holder, hostname) if isinstance(holder, int) and holder != pid else None
         if self._is_here(hostname) and is_dead(ServiceRecord(name, pid, create_time=claim.get("create_time") or 0.0)):
             if supervisor is None:
                 return None
@@ -564,7 +574,7 @@ class EtcdRegistry:
         if (claim.get("hostname") or "") != (record.hostname or claim.get("hostname") or ""):
             return False
         if record.supervisor:
-            return record.supervisor == f"{SUPERVISOR_PREFIX}{claim.get('holder')}"
+            return record.supervisor == self.supervisor_name(claim.get("holder"), claim.get("hostname") or "")
         return claim.get("pid") == record.pid
 
     def is_current(self, record: ServiceRecord) -> bool:

@@ -290,6 +290,9 @@ def is_dead(record: ServiceRecord) -> bool:
 class LocalRegistry:
     """The registry kept in one directory on this host (pidfiles, metadata, logs)."""
 
+    #: one host's directory: never shared with another host
+    many_hosts = False
+
     #: how often an owner checks that its record is still there and intact (and rewrites it if not)
     KEEP_INTERVAL = 1.0
 
@@ -427,6 +430,10 @@ class LocalRegistry:
             raise _unusable(self.pidfile(name), exc) from None
         _CLAIMED.add(fd)
         return Claim(name=name, handle=fd)
+
+    def supervisor_name(self, pid: int) -> str:
+        """`_supervisor-PID`: one host's state directory, one host's pids."""
+        return f"{SUPERVISOR_PREFIX}{pid}"
 
     def inheritable(self, claim: Claim) -> tuple[int, ...]:
         """The claim's locked pidfile: a child holding it open is proven to be the service (`owner_alive`)."""

@@ -45,6 +45,7 @@ class Spec:
     user: str | None = None  # run as this user (the supervisor must be root)
     instances: int | None = None  # run --instances N (or the class's policy): N processes, Test/1 ... Test/N
     instance: int | None = None  # which of those this one is (set by `expand_instances`)
+    first_instance: int = 1  # run --first-instance K: they are Test/K ... Test/K+N-1 (other hosts run the rest)
 
     @property
     def service(self) -> str:
@@ -67,7 +68,8 @@ def service_log_file(log_file: str, number: int) -> str:
 
 
 def expand_instances(specs: list[Spec]) -> list[Spec]:
-    """One spec per process: a spec with `instances = N` becomes N specs named Test/1 ... Test/N."""
+    """One spec per process: a spec with `instances = N` becomes N specs named Test/1 ... Test/N
+    (Test/K ... from `first_instance` K)."""
     import dataclasses
 
     from servicefactory.registry.base import instance_id
@@ -77,7 +79,7 @@ def expand_instances(specs: list[Spec]) -> list[Spec]:
         if spec.instances is None or spec.instance is not None:
             expanded.append(spec)
             continue
-        for number in range(1, spec.instances + 1):
+        for number in range(spec.first_instance, spec.first_instance + spec.instances):
             # one file per process: two writers would rotate each other's file away
             log_file = instance_log_file(spec.log_file, number) if spec.log_file else None
             expanded.append(dataclasses.replace(spec, name=instance_id(spec.name, number), instance=number,

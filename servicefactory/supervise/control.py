@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -79,19 +80,29 @@ def order(name: str) -> tuple[str, int]:
 
 
 def rolling_restart(name: str, names: list[str], timeout: float | None, registry: Registry) -> list[dict] | None:
-    """Restart the instances `names` of service `name` one at a time under their supervisor, each
-    ready again before the next stops; None if they do not all run under one live supervisor."""
+    """Restart the instances `names` of service `name` one at a time, each ready again before the
+    next stops: by each supervisor in turn (on a registry many hosts share, one per host), the
+    others' instances answering meanwhile; None if some instance has no live supervisor. A
+    supervisor whose instance did not come back ends the roll there (its rows say so)."""
     records = [registry.lookup(instance) for instance in names]
-    supervisors = {record.supervisor for record in records if record is not None}
-    if None in records or len(supervisors) != 1 or not registry.is_held(next(iter(supervisors)) or "_"):
+    if any(record is None or not record.supervisor for record in records):
         return None
-    supervisor = next(iter(supervisors))
-    limit = sum(timeout if timeout is not None else own_timeout(record) for record in records)
-    request: dict[str, Any] = {"names": names, "rolling": True}
-    if timeout is not None:
-        request["timeout"] = timeout
-    # the supervisor bounds each step by the stop and ready timeouts: ours only guards against a hang
-    return call_supervisor(supervisor, "restart", request, limit + 600 * len(names), registry)
+    by_supervisor: dict[str, list[ServiceRecord]] = {}
+    for record in records:
+        by_supervisor.setdefault(record.supervisor, []).append(record)
+    if not all(registry.is_held(supervisor) for supervisor in by_supervisor):
+        return None
+    rows: list[dict] = []
+    for supervisor, group in by_supervisor.items():
+        limit = sum(timeout if timeout is not None else own_timeout(record) for record in group)
+        request: dict[str, Any] = {"names": [record.name for record in group], "rolling": True}
+        if timeout is not None:
+            request["timeout"] = timeout
+        # the supervisor bounds each step by the stop and ready timeouts: ours only guards against a hang
+        rows += call_supervisor(supervisor, "restart", request, limit + 600 * len(group), registry)
+        if any(row.get("state") != "running" for row in rows):
+            break
+    return rows
 
 
 def stop(name: str, timeout: float | None = None, registry: Registry | None = None,
@@ -188,6 +199,11 @@ def call_supervisor(supervisor: str, action: str, data: Any, timeout: float, reg
     if registry.is_suspended(record):  # it would take the request, hang us, and act on it once resumed
         raise ServiceFactoryError(f"supervisor {supervisor} is suspended (SIGSTOP); resume it "
                                   f"(kill -CONT {record.pid}) or `stop --all`")
+    if registry.many_hosts and record.hostname and record.hostname != socket.gethostname() and \
+            record.host in ("127.0.0.1", "::1", "localhost"):
+        raise ServiceFactoryError(f"{supervisor} runs on host {record.hostname} with its control API on its "
+                                  f"loopback only (it was started without SERVICEFACTORY_TOKEN): do this on "
+                                  f"{record.hostname}, or run it there with SERVICEFACTORY_TOKEN set")
     return client.perform(supervisor, action, data, timeout=timeout, registry=registry,
                           token=registry.secret(supervisor))
 

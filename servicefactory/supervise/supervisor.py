@@ -1,9 +1,10 @@
 """The supervisor: runs each service in its own process, restarts crashes with backoff, keeps logs.
 
 It is itself a service (its API takes `stop`, `restart` and `status` from the CLI), registered as
-`_supervisor-<pid>`. One thread does all the child work: a selector waits on every child's exit
-(pidfd), readiness pipe and output pipe at once, so 50 idle services cost no polling. API
-handlers hand their requests to that thread and wait for the outcome.
+`_supervisor-<pid>` (`_supervisor-<host>-<pid>` on a registry many hosts share). One thread does
+all the child work: a selector waits on every child's exit (pidfd), readiness pipe and output pipe
+at once, so 50 idle services cost no polling. API handlers hand their requests to that thread and
+wait for the outcome.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from servicefactory.supervise._policy import Exit, RestartPolicy, describe
 from servicefactory.supervise._states import ACTIVE, ServiceState
 from servicefactory.supervise._supervised import (Child, Settings, Spec, drain, expand_instances, python_command, readable,
                                                   service_log_file, stamp, url_of)
-from servicefactory.registry.base import SUPERVISOR_PREFIX, Registry, ServiceRecord
+from servicefactory.registry.base import Registry, ServiceRecord
 from servicefactory.service import ServiceBase, endpoint
 from servicefactory.registry.local import process_start_time
 
@@ -81,7 +82,7 @@ class Supervisor(ServiceBase):
         self.stop_pending: dict[str, tuple[float | None, int | None]] = {}
         self.failure: dict | None = None
         self.exit_code = 0
-        self.name = f"{SUPERVISOR_PREFIX}{os.getpid()}"
+        self.name = registry.supervisor_name(os.getpid())
         # systemd should hear READY=1 when the services are ready, not when our own API is
         self.notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
         # the control API can stop everything: only who can read our secret (the owner) may call it
@@ -1265,6 +1266,13 @@ def run_supervisor(specs: list[Spec], settings: Settings, *, printer: Callable[.
     """Claim the names, run the supervisor until it stops, return its exit code."""
     supervisor = Supervisor(specs, settings, registry=registry, printer=printer, ready_fd=ready_fd)
     supervisor.claim_all()
+    host = "127.0.0.1"
+    shared = supervisor.registry.token() if supervisor.registry.many_hosts else None
+    if shared:
+        # a registry many hosts share, and the token every host has: `stop`/`restart` from another
+        # host reach this control API with that token, so it listens beyond loopback and requires
+        # it (published as no secret: etcd never holds a token); without one it stays on loopback
+        host, supervisor.token = "0.0.0.0", shared
     dashboard = None
     try:
         if settings.dashboard_port is not None:
@@ -1277,8 +1285,9 @@ def run_supervisor(specs: list[Spec], settings: Settings, *, printer: Callable[.
             logger.info("dashboard at %s (`servicefactory dashboard` prints it with its token)",
                         supervisor.dashboard_url)
         # never interrupted: its loop is what stops the children
-        supervisor.run(name=supervisor.name, host="127.0.0.1", port=0, registry=supervisor.registry,
-                       token=supervisor.token, drain=supervisor.stop_children, interruptible=False)
+        supervisor.run(name=supervisor.name, host=host, port=0, registry=supervisor.registry,
+                       token=None if shared else supervisor.token, drain=supervisor.stop_children,
+                       interruptible=False)
     except BaseException:
         supervisor.release_all()
         raise
