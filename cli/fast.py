@@ -241,6 +241,7 @@ def _call(name: str, action: str, value: object, timeout: float, wait: float | N
 
     from servicefactory.http import client
 
+    client.follow_registries = False  # one call, then exit: a watch would cost more than it saves
     deadline = None if wait is None else time.monotonic() + wait
     while True:
         try:

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from servicefactory.registry.base import Registry
 
 #: seconds a gathered list of instances is used before the registry is read again (an instance
-#: restarted elsewhere, or a new one, is seen within this); a failed call reads it at once
+#: restarted elsewhere, or a new one, is seen within this); a failed call reads it at once. A
+#: registry that a watch keeps current (etcd's `follow`) says instead when it changed (`version`)
 REFRESH = 1.0
 #: the same while some registered instance is not running (restarting): it is back within this
 REFRESH_INCOMPLETE = 0.1
@@ -33,14 +34,18 @@ class Spread:
     """The live instances of one service as (name to send, address, how many instances listen
     there) entries, and whose turn it is."""
 
-    __slots__ = ("entries", "turn", "made", "ttl")
+    __slots__ = ("entries", "turn", "made", "ttl", "version", "seen")
 
-    def __init__(self, entries: list[tuple[str, tuple[str, int], int]], ttl: float = REFRESH) -> None:
+    def __init__(self, entries: list[tuple[str, tuple[str, int], int]], ttl: float = REFRESH,
+                 version: "Callable[[], int | None] | None" = None) -> None:
         self.entries = entries
         start = int.from_bytes(os.urandom(2), "little") % len(entries)  # not `random`: ~1 ms of import
         self.turn = itertools.count(start)  # next() on a count is atomic: threads share it
         self.made = time.monotonic()
         self.ttl = ttl
+        # a registry kept current by a watch (etcd's `follow`): true until its version changes
+        self.version = version
+        self.seen = version() if version is not None else None
 
     def next(self, tried: "dict[tuple, int] | None" = None) -> tuple[str, tuple[str, int], int] | None:
         """The next entry in turn that was `tried` ((name, address): times) fewer times than
@@ -55,7 +60,13 @@ class Spread:
 def cached(key: tuple[str, str]) -> Spread | None:
     """The spread gathered for `key` (registry, service name) less than its `ttl` ago."""
     spread = _spreads.get(key)
-    if spread is not None and time.monotonic() - spread.made < spread.ttl:
+    if spread is None:
+        return None
+    if spread.seen is not None:
+        if spread.version() == spread.seen:  # nothing changed in a registry a watch keeps current
+            return spread
+        return None
+    if time.monotonic() - spread.made < spread.ttl:
         return spread
     return None
 
@@ -96,7 +107,8 @@ def gather(key: tuple[str, str], name: str, registry: Registry, is_dead: Callabl
     # a port shared by several instances is the service's: any of them may answer a call to it
     entries = [(instances[0] if len(instances) == 1 else name, address, len(instances))
                for address, instances in by_address.items()]
-    spread = _spreads[key] = Spread(entries, REFRESH_INCOMPLETE if missing else REFRESH)
+    spread = _spreads[key] = Spread(entries, REFRESH_INCOMPLETE if missing else REFRESH,
+                                    getattr(registry, "version", None))
     return spread
 
 

@@ -47,8 +47,9 @@ class Etcd:
     """One etcd server process; `url()` gives a registry URL with a key prefix of its own."""
 
     def __init__(self, host: str = "127.0.0.1", command_prefix: tuple[str, ...] = (),
-                 namespace: str | None = None) -> None:
+                 namespace: str | None = None, tls: "Pki | None" = None) -> None:
         self.host = host
+        self.tls = tls  # serve TLS only, with this PKI's server certificate, asking clients for theirs
         self.command_prefix = command_prefix
         self.namespace = namespace  # the network namespace it runs in: probed from there
         self.data_dir = tempfile.mkdtemp(prefix="sf-etcd-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
@@ -63,18 +64,25 @@ class Etcd:
 
     def url(self, prefix: str | None = None) -> str:
         """An etcd registry URL on this server, under `prefix` (a fresh one by default)."""
-        return f"etcd://{self.endpoint}/{prefix or 'sf-' + uuid.uuid4().hex[:12]}"
+        return f"etcd{'s' if self.tls else ''}://{self.endpoint}/{prefix or 'sf-' + uuid.uuid4().hex[:12]}"
+
+    def _tls_arguments(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return ["--cert-file", str(self.tls.server[0]), "--key-file", str(self.tls.server[1]),
+                "--trusted-ca-file", str(self.tls.ca[0]), "--client-cert-auth"]
 
     def _launch(self, timeout: float) -> bool:
         """Start etcd on self.port (and a free peer port); True once it answers, False if it exited."""
         peer = free_port(self.host) if self.namespace is None else 2380
-        client_url, peer_url = f"http://{self.host}:{self.port}", f"http://{self.host}:{peer}"
+        client_url = f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+        peer_url = f"http://{self.host}:{peer}"
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [*self.command_prefix, ETCD, "--name", "sf-test", "--data-dir", os.path.join(self.data_dir, "data"),
                  "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
                  "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-                 "--initial-cluster", f"sf-test={peer_url}"],
+                 "--initial-cluster", f"sf-test={peer_url}", *self._tls_arguments()],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
                 env=_plain_environment())
         deadline = time.monotonic() + timeout
@@ -103,7 +111,10 @@ class Etcd:
                      "sys.exit(json.loads(c.getresponse().read()).get('health') != 'true')")
             return subprocess.run(["ip", "netns", "exec", self.namespace, sys.executable, "-c", probe, self.host,
                                    str(self.port)], capture_output=True, timeout=20).returncode == 0
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=1)  # never through a proxy
+        if self.tls is not None:
+            connection = http.client.HTTPSConnection(self.host, self.port, timeout=1, context=self.tls.context())
+        else:
+            connection = http.client.HTTPConnection(self.host, self.port, timeout=1)  # never through a proxy
         try:
             connection.request("GET", "/health")
             return json.loads(connection.getresponse().read()).get("health") == "true"
@@ -144,6 +155,59 @@ class Etcd:
         self.process = None
         if remove:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _openssl(*args: str, cwd: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60, cwd=cwd)
+
+
+class Pki:
+    """A test CA (made with the `openssl` command) and two certificates it signed for 127.0.0.1:
+    etcd's (`server`) and a client's (`client`), each (certificate, key)."""
+
+    def __init__(self, directory: str) -> None:
+        if shutil.which("openssl") is None:
+            pytest.skip("needs the openssl command to make a test CA")
+        self.directory = directory
+        self.ca = self._make("ca", None, "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n")
+        # clientAuth too: etcd's JSON gateway calls etcd's gRPC server with the server's own certificate
+        self.server = self._make("server", self.ca, "subjectAltName=IP:127.0.0.1\n"
+                                                    "extendedKeyUsage=serverAuth,clientAuth\n")
+        self.client = self._make("client", self.ca, "extendedKeyUsage=clientAuth\n")
+
+    def _make(self, name: str, ca: tuple[str, str] | None, extensions: str) -> tuple[str, str]:
+        key, cert = os.path.join(self.directory, f"{name}.key"), os.path.join(self.directory, f"{name}.pem")
+        ext = os.path.join(self.directory, f"{name}.ext")
+        with open(ext, "w") as handle:
+            handle.write(extensions)
+        # the client's without a CN: etcd refuses a gateway request whose certificate names a user
+        # that way (it would be ignored there) while its authentication is on
+        subject = f"/O={name}" if name == "client" else f"/CN={name}"
+        common = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", subject,
+                  "-keyout", key]
+        if ca is None:
+            _openssl("req", "-x509", *common, "-days", "2", "-extensions", "v3", "-config", self._config(ext),
+                     "-out", cert, cwd=self.directory)
+        else:
+            csr = os.path.join(self.directory, f"{name}.csr")
+            _openssl("req", "-new", *common, "-out", csr, cwd=self.directory)
+            _openssl("x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial", "-days", "2",
+                     "-extfile", ext, "-out", cert, cwd=self.directory)
+        return cert, key
+
+    def _config(self, ext: str) -> str:
+        config = ext + ".cnf"
+        with open(ext) as source, open(config, "w") as handle:
+            handle.write("[req]\ndistinguished_name=dn\n[dn]\n[v3]\n" + source.read())
+        return config
+
+    def context(self):
+        """An ssl context that trusts the CA and shows the client certificate."""
+        import ssl
+
+        context = ssl.create_default_context(cafile=self.ca[0])
+        context.load_cert_chain(*self.client)
+        return context
 
 
 @contextlib.contextmanager

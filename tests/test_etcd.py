@@ -20,6 +20,7 @@ import pytest
 
 from etcd_support import TEST_TTL, Etcd, running_etcd
 from servicefactory.registry.base import ServiceRecord
+from servicefactory.registry.local import process_start_time
 from support import PYTHON, wait_until
 
 ECHO = """
@@ -396,7 +397,6 @@ def test_a_supervisor_restarts_a_service_killed_while_etcd_is_away_and_publishes
 
 def test_status_reads_etcd_once_for_any_number_of_services_and_answers_as_reading_each(registry_env):
     from servicefactory.registry.base import state_of
-    from servicefactory.registry.local import process_start_time
     from servicefactory.supervise import control
 
     registry = _registry()
@@ -426,3 +426,114 @@ def test_status_reads_etcd_once_for_any_number_of_services_and_answers_as_readin
     finally:
         for claim in claims:
             registry.release(claim)
+
+
+def _counting(registry) -> list[str]:
+    """The paths of the requests `registry` makes from now on."""
+    made: list[str] = []
+    real = registry._request
+    registry._request = lambda path, payload, **how: made.append(path) or real(path, payload, **how)
+    return made
+
+
+def _record(name: str) -> ServiceRecord:
+    return ServiceRecord(name, os.getpid(), host="127.0.0.1", port=9, started=time.time(),
+                         create_time=process_start_time(os.getpid()) or 0.0, hostname=socket.gethostname())
+
+
+def test_a_following_client_sees_changes_through_its_watch_and_makes_no_request_per_read(registry_env):
+    reader, writer = _registry(), _registry()
+    reader.follow()
+    first = wait_until(reader.version, timeout=20, message="the watch to be up")
+    made = _counting(reader)
+    claim = writer.claim("Watched/1")
+    writer.publish(claim, _record("Watched/1"))
+    found = wait_until(lambda: reader.lookup("Watched/1"), timeout=10, message="the watch to bring the record")
+    assert found.port == 9 and reader.version() != first
+    version = reader.version()
+    for _ in range(200):  # a warm client's reads: answered from the copy
+        assert reader.instances_of("Watched") == ["Watched/1"] and reader.is_held("Watched/1")
+    assert made == [] and reader.version() == version  # no request, and nothing changed
+    writer.release(claim)
+    wait_until(lambda: reader.lookup("Watched/1") is None and not reader.is_held("Watched/1"), timeout=10,
+               message="the watch to bring the release")
+    assert made == [] and reader.version() != version
+    mine = reader.claim("Mine")  # its own write: read back at once, never an older copy
+    reader.publish(mine, _record("Mine"))
+    assert reader.lookup("Mine") is not None and "/kv/txn" in made
+    reader.release(mine)
+    assert reader.lookup("Mine") is None
+
+
+def test_a_following_client_reads_etcd_itself_while_its_watch_is_down_and_follows_again_after(own_etcd):
+    server, _ = own_etcd
+    reader, writer = _registry(), _registry()
+    reader.follow()
+    wait_until(reader.version, timeout=20, message="the watch to be up")
+    server.kill()
+    wait_until(lambda: reader.version() is None, timeout=20, message="the copy to stop answering")
+    from servicefactory.errors import StateError
+    with pytest.raises(StateError, match="unreachable"):  # never an answer from a copy nobody updates
+        reader.lookup("Later")
+    server.restart()
+    claim = writer.claim("Later")
+    writer.publish(claim, _record("Later"))
+    wait_until(reader.version, timeout=20, message="the watch to be up again")
+    made = _counting(reader)
+    assert wait_until(lambda: reader.lookup("Later"), timeout=10, message="the record, through the copy")
+    assert made == []
+    writer.release(claim)
+
+
+def _gateway(server: Etcd, path: str, payload: dict, token: str | None = None) -> dict:
+    """POST to `server`'s v3 gateway over TLS with the test client certificate (the test's own setup)."""
+    import http.client
+
+    connection = http.client.HTTPSConnection(server.host, server.port, timeout=10, context=server.tls.context())
+    try:
+        headers = {"Content-Type": "application/json", **({"Authorization": token} if token else {})}
+        connection.request("POST", "/v3" + path, json.dumps(payload), headers)
+        response = connection.getresponse()
+        body = json.loads(response.read())
+        assert response.status == 200, body
+        return body
+    finally:
+        connection.close()
+
+
+def test_over_tls_with_a_client_certificate_and_etcds_authentication_services_register_and_commands_read(
+        sf, spawn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from etcd_support import Pki
+
+    pki = Pki(str(tmp_path))
+    with running_etcd(tls=pki) as server:
+        for path, payload in (("/auth/user/add", {"name": "root", "password": "root-password"}),
+                              ("/auth/role/add", {"name": "root"}),
+                              ("/auth/user/grant", {"user": "root", "role": "root"}), ("/auth/enable", {})):
+            _gateway(server, path, payload)
+        env = use_etcd(server.url(), monkeypatch)
+        env.update(SERVICEFACTORY_ETCD_CA_FILE=pki.ca[0], SERVICEFACTORY_ETCD_CERT_FILE=pki.client[0],
+                   SERVICEFACTORY_ETCD_KEY_FILE=pki.client[1], SERVICEFACTORY_ETCD_USER="root",
+                   SERVICEFACTORY_ETCD_PASSWORD="root-password")
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        assert env["SERVICEFACTORY_REGISTRY"].startswith("etcds://")
+        proc = start_echo(spawn, env)  # claimed, leased, kept alive: through etcd3gw, over TLS, authenticated
+        result = sf("perform", "Echo", "echo", '"over tls"')  # a cold read: http.client, over TLS, authenticated
+        assert (result.returncode, result.stdout.strip()) == (0, '"over tls"'), result.stderr
+        (row,) = sf.status()
+        assert (row["name"], row["state"], row["pid"]) == ("Echo", "running", proc.pid)
+        token = _gateway(server, "/auth/authenticate", {"name": "root", "password": "root-password"})["token"]
+        keys = _gateway(server, "/kv/range", {"key": "AA==", "range_end": "AA==", "keys_only": True}, token)
+        assert any(b"record/Echo" in __import__("base64").b64decode(kv["key"]) for kv in keys["kvs"])
+        for change, says in (({"SERVICEFACTORY_ETCD_PASSWORD": "wrong"}, "authentication failed"),
+                             ({"SERVICEFACTORY_ETCD_CERT_FILE": "", "SERVICEFACTORY_ETCD_KEY_FILE": ""}, "unreachable"),
+                             ({"SERVICEFACTORY_ETCD_CA_FILE": ""}, "TLS"),
+                             ({"SERVICEFACTORY_ETCD_CA_FILE": str(tmp_path / "missing.pem")}, "cannot be read"),
+                             ({"SERVICEFACTORY_ETCD_PASSWORD": ""}, "needs both")):
+            refused = sf("status", env=change)
+            assert refused.returncode == 10 and says in refused.stderr, (change, refused.stderr)
+            assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+        result = sf("stop", "Echo")
+        assert result.returncode == 0 and "Echo stopped" in result.stdout, result.stderr
+        assert proc.wait(10) == 0

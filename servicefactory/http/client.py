@@ -35,6 +35,9 @@ DEFAULT_TIMEOUT = 10.0
 #: connections a call to one instance (`Test/2`) on a port its service's instances share may open
 #: until the kernel hands one to that instance (each other instance answers 421 and runs nothing)
 SHARED_PORT_TRIES = 64
+#: whether the registry a client finds for itself keeps its view current through a watch when it
+#: can (etcd's `follow`: a thread and a stream); the one-shot CLI turns it off
+follow_registries = True
 _INFINITY = float("inf")
 #: bodies above this are sent in pieces, watching for an early answer (a 413 sent before the body is read)
 _PIECE = 256 * 1024
@@ -368,6 +371,8 @@ class Client:
             from servicefactory.registry.backends import default_registry
             registry = self._registries[key] = default_registry()
             self._registry_keys[id(registry)] = registry.where  # kept alive by _registries: the id stays its own
+            if follow_registries and hasattr(registry, "follow"):
+                registry.follow()  # etcd: a watch keeps this process's view current (not the one-shot CLI)
         return registry
 
     def _registry_key(self, registry: Registry) -> str:

@@ -8,7 +8,8 @@
   It posts the same JSON to the same gateway paths that etcd3gw posts for its own reads; the
   messages (the key ranges, base64 keys) are built by the registry for both.
 
-Both raise the same three errors, so that the registry maps them to one message each.
+Both raise the same three errors, so that the registry maps them to one message each, and both
+connect as `Security` says (TLS, etcd's authentication token).
 """
 from __future__ import annotations
 
@@ -19,6 +20,32 @@ if TYPE_CHECKING:
     from typing import Any
 
 API_PATH = "/v3/"  # etcd >= 3.4: given, so that no process pays a /version round trip
+
+
+class Security:
+    """How every connection to the endpoints is made: TLS (`etcds://`, with a CA, and a client
+    certificate if given) and etcd's own authentication (a token from user and password, sent with
+    each request; `auth` is shared by every wire of one registry and updated when it expires)."""
+
+    def __init__(self, tls: bool = False, ca_file: str | None = None, cert_file: str | None = None,
+                 key_file: str | None = None, user: str | None = None, password: str | None = None) -> None:
+        self.tls, self.ca_file, self.cert_file, self.key_file = tls, ca_file, cert_file, key_file
+        self.user, self.password = user, password
+        self.auth: dict[str, str] = {}  # {"Authorization": token} once authenticated
+        self._context: Any = None
+
+    def context(self) -> Any:
+        """The ssl context for http.client (made once), or None without TLS."""
+        if not self.tls:
+            return None
+        if self._context is None:
+            import ssl
+
+            context = ssl.create_default_context(cafile=self.ca_file)
+            if self.cert_file:
+                context.load_cert_chain(self.cert_file, self.key_file)
+            self._context = context
+        return self._context
 
 
 class NoAnswer(Exception):
@@ -49,10 +76,9 @@ class Reader:
     """Posts to one endpoint's gateway over one keep-alive http.client connection (reads only: a
     request on a connection the server closed meanwhile is sent again once, which only a read may be)."""
 
-    def __init__(self, host: str, port: int, timeout: float, tls: Any = None, headers: dict | None = None) -> None:
+    def __init__(self, host: str, port: int, timeout: float, security: Security) -> None:
         self.host, self.port, self.timeout = host, port, timeout
-        self.tls = tls  # an ssl.SSLContext for https, or None
-        self.headers = {"Content-Type": "application/json", **(headers or {})}
+        self.security = security
         self._connection: Any = None
 
     def _connect(self) -> Any:
@@ -60,8 +86,9 @@ class Reader:
 
         import socket
 
-        if self.tls is not None:
-            connection = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self.tls)
+        if self.security.tls:
+            connection = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+                                                     context=self.security.context())
         else:
             connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         connection.connect()
@@ -81,7 +108,8 @@ class Reader:
             try:
                 if not reused:
                     self._connection = self._connect()
-                self._connection.request("POST", API_PATH + path.lstrip("/"), body, self.headers)
+                self._connection.request("POST", API_PATH + path.lstrip("/"), body,
+                                         {"Content-Type": "application/json", **self.security.auth})
                 response = self._connection.getresponse()
                 data = response.read()
             except socket.timeout:
@@ -117,21 +145,19 @@ class Reader:
 class Library:
     """Posts through etcd3gw's client (its own requests session, never through an environment's proxy)."""
 
-    def __init__(self, host: str, port: int, timeout: float, tls: dict | None = None,
-                 headers: dict | None = None) -> None:
+    def __init__(self, host: str, port: int, timeout: float, security: Security) -> None:
         import etcd3gw
         import requests
 
         session = requests.Session()
         session.trust_env = False  # never through an HTTP proxy from the environment
-        session.headers.update(headers or {})
-        tls = tls or {}
-        if tls.get("ca_file"):
-            session.verify = tls["ca_file"]
-        if tls.get("cert_file"):
-            session.cert = (tls["cert_file"], tls["key_file"]) if tls.get("key_file") else tls["cert_file"]
+        if security.ca_file:
+            session.verify = security.ca_file
+        if security.cert_file:
+            session.cert = (security.cert_file, security.key_file) if security.key_file else security.cert_file
         self.timeout = timeout
-        self.client = etcd3gw.Etcd3Client(host=host, port=port, protocol="https" if tls else "http",
+        self.security = security
+        self.client = etcd3gw.Etcd3Client(host=host, port=port, protocol="https" if security.tls else "http",
                                           timeout=timeout, api_path=API_PATH, session=session)
 
     def post(self, path: str, payload: dict) -> Any:
@@ -139,11 +165,13 @@ class Library:
         from etcd3gw import exceptions
 
         try:
-            return self.client.post(self.client.get_url(path), json=payload)
+            return self.client.post(self.client.get_url(path), json=payload, headers=dict(self.security.auth))
         except exceptions.ConnectionTimeoutError:
             raise NoAnswer() from None
         except exceptions.ConnectionFailedError as exc:
             raise Failed(_why(str(exc.__context__ or exc), self.timeout)) from None
+        except requests_errors() as exc:  # e.g. an unusable CA or certificate file, raised before any connection
+            raise Failed(_why(str(exc), self.timeout)) from None
         except exceptions.Etcd3Exception as exc:
             parts = [str(part) for part in (getattr(exc, "detail_text", None), *exc.args) if part]
             raise Rejected(" ".join(" ".join(parts).split())[:200] or type(exc).__name__) from None
@@ -153,3 +181,10 @@ class Library:
     def close(self) -> None:
         """Close the session's connections."""
         self.client.session.close()
+
+
+def requests_errors() -> tuple:
+    """What requests raises that etcd3gw passes on (an SSL error, a bad certificate file)."""
+    import requests
+
+    return (requests.exceptions.RequestException, OSError)

@@ -1,7 +1,8 @@
 """Which registry backend a process uses: chosen here, and nowhere else.
 
 $SERVICEFACTORY_REGISTRY names it: `local` (the default: the state directory on this host) or
-`etcd://host:2379[,host2:2379][/prefix]` (etcd v3, shared by many hosts; needs the `etcd` extra).
+`etcd://host:2379[,host2:2379][/prefix]` (etcd v3, shared by many hosts; needs the `etcd` extra;
+`etcds://` over TLS).
 The registry's interface is `registry.Registry`; this module alone knows the backends' classes.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 #: the environment variable that names the backend
 REGISTRY_ENV = "SERVICEFACTORY_REGISTRY"
 #: every backend, by the name $SERVICEFACTORY_REGISTRY gives it
-BACKENDS = ("local", "etcd://host:2379")
+BACKENDS = ("local", "etcd://host:2379", "etcds://host:2379")
 
 
 def default_registry() -> "Registry":
@@ -26,7 +27,7 @@ def default_registry() -> "Registry":
     if kind == "local":
         from servicefactory.registry.local import LocalRegistry
         return LocalRegistry()
-    if kind.startswith("etcd://"):
+    if kind.startswith(("etcd://", "etcds://")):
         import importlib.util
 
         # found, not imported: a command that only reads never imports them (registry/_etcdwire.py)

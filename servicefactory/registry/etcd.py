@@ -49,8 +49,10 @@ DEFAULT_PREFIX = "/servicefactory/"
 
 
 def parse_url(url: str) -> tuple[list[tuple[str, int]], str]:
-    """The endpoints and key prefix of `etcd://host:port[,host:port...][/prefix]`; StateError if malformed."""
-    rest = url[len("etcd://"):] if url.startswith("etcd://") else None
+    """The endpoints and key prefix of `etcd://host:port[,host:port...][/prefix]` (or `etcds://`:
+    the same over TLS); StateError if malformed."""
+    scheme = "etcds://" if url.startswith("etcds://") else "etcd://"
+    rest = url[len(scheme):] if url.startswith(scheme) else None
     if not rest:
         raise StateError(f"malformed etcd registry URL {url!r}: use etcd://host:2379[,host2:2379][/prefix]")
     hosts, _, path = rest.partition("/")
@@ -79,6 +81,34 @@ def lease_ttl() -> int:
     if not 1 <= ttl <= 3600:
         raise StateError(f"${LEASE_TTL_ENV} must be a whole number of seconds from 1 to 3600, not {raw!r}")
     return ttl
+
+
+#: TLS and etcd's authentication, for every host's processes alike (never in the URL: it is shown)
+CA_FILE_ENV = "SERVICEFACTORY_ETCD_CA_FILE"  # the CA that signed etcd's certificate (else the system's)
+CERT_FILE_ENV = "SERVICEFACTORY_ETCD_CERT_FILE"  # a client certificate, if etcd asks for one
+KEY_FILE_ENV = "SERVICEFACTORY_ETCD_KEY_FILE"  # its key (else in the certificate's file)
+USER_ENV = "SERVICEFACTORY_ETCD_USER"  # etcd's authentication: a user ...
+PASSWORD_ENV = "SERVICEFACTORY_ETCD_PASSWORD"  # ... and its password
+
+
+def security(url: str) -> Any:
+    """How to connect (`_etcdwire.Security`): TLS for `etcds://`, the files and the user from the
+    environment; StateError (exit 10) for a file that cannot be read or a user without a password."""
+    from servicefactory.registry._etcdwire import Security
+
+    files = {}
+    for variable in (CA_FILE_ENV, CERT_FILE_ENV, KEY_FILE_ENV):
+        path = os.environ.get(variable, "").strip() or None
+        if path is not None and not os.access(path, os.R_OK):
+            raise StateError(f"${variable} names {path}, which cannot be read")
+        files[variable] = path
+    tls = url.startswith("etcds://")
+    if not tls and any(files.values()):
+        raise StateError(f"${CA_FILE_ENV}/${CERT_FILE_ENV} are for TLS: use etcds://... in the registry URL")
+    user, password = os.environ.get(USER_ENV) or None, os.environ.get(PASSWORD_ENV) or None
+    if bool(user) != bool(password):
+        raise StateError(f"etcd's authentication needs both ${USER_ENV} and ${PASSWORD_ENV}")
+    return Security(tls, files[CA_FILE_ENV], files[CERT_FILE_ENV], files[KEY_FILE_ENV], user, password)
 
 
 class Unreachable(StateError):
@@ -113,6 +143,7 @@ class EtcdRegistry:
 
     def __init__(self, url: str, home: Path | str | None = None) -> None:
         self.endpoints, self.prefix = parse_url(url)
+        self.security = security(url)
         #: the registry's `where`: the URL, as given
         self.where = url
         self.ttl = lease_ttl()
@@ -127,6 +158,8 @@ class EtcdRegistry:
         self._views = threading.local()  # `snapshot()`'s view, per thread
         self._keeping = threading.Lock()
         self._keeper: threading.Thread | None = None
+        self._mirror: Any = None  # _etcdwatch.Mirror, once `follow()` was called
+        self._written = 0  # the revision of this process's last write: a mirror behind it is not read
 
     # -- the wire: every request goes through _request, which fails over and maps errors --
 
@@ -136,19 +169,39 @@ class EtcdRegistry:
         from servicefactory.registry import _etcdwire
 
         if write and not self._clients:
-            self._clients = [_etcdwire.Library(host, port, REQUEST_TIMEOUT) for host, port in self.endpoints]
+            self._clients = [_etcdwire.Library(host, port, REQUEST_TIMEOUT, self.security)
+                             for host, port in self.endpoints]
             for reader in self._readers:
                 reader.close()
             self._readers = []
         if self._clients:
             return self._clients[index]
         if not self._readers:
-            self._readers = [_etcdwire.Reader(host, port, REQUEST_TIMEOUT) for host, port in self.endpoints]
+            self._readers = [_etcdwire.Reader(host, port, REQUEST_TIMEOUT, self.security)
+                             for host, port in self.endpoints]
         return self._readers[index]
 
     def _request(self, path: str, payload: dict, *, write: bool = True) -> Any:
         """Post `payload` to the gateway's `path` at the current endpoint, moving to the next one if
-        it is unreachable; `write=False` for a request that only reads."""
+        it is unreachable; `write=False` for a request that only reads. With etcd's authentication,
+        a token is fetched first, and again when etcd says it expired."""
+        if self.security.user and not self.security.auth:
+            self._authenticate()
+        try:
+            return self._post(path, payload, write)
+        except StateError as exc:
+            if not (self.security.user and "invalid auth token" in str(exc)):
+                raise
+            self._authenticate()  # simple tokens expire (etcd's --auth-token-ttl): once more with a new one
+            return self._post(path, payload, write)
+
+    def _authenticate(self) -> None:
+        self.security.auth.clear()
+        result = self._post("/auth/authenticate", {"name": self.security.user, "password": self.security.password},
+                            False)
+        self.security.auth["Authorization"] = str(result.get("token") or "")
+
+    def _post(self, path: str, payload: dict, write: bool) -> Any:
         from servicefactory.registry._etcdwire import Failed, NoAnswer, Rejected
 
         failures = []
@@ -172,6 +225,8 @@ class EtcdRegistry:
                     detail = f"HTTP 404 from {host}:{port}: not etcd's v3 gateway (etcd 3.4 or newer?)"
                 raise StateError(f"etcd registry {self.where} refused a request: {detail}") from None
             self._current = index
+            if write and isinstance(result, dict):
+                self._written = max(self._written, int((result.get("header") or {}).get("revision") or 0))
             return result
         raise Unreachable(f"etcd registry unreachable: {'; '.join(failures)}")
 
@@ -180,6 +235,8 @@ class EtcdRegistry:
 
     def _range(self, key: str, prefix: bool = False, keys_only: bool = False) -> list[dict]:
         view = getattr(self._views, "kvs", None)
+        if view is None and self._mirror is not None:
+            view = self._mirror.view(self._written)  # `follow()`: the watched copy, while it is current
         if view is not None and key.startswith(self.prefix):  # inside `snapshot()`: no round trip
             wanted = key.encode()
             if prefix:
@@ -218,6 +275,46 @@ class EtcdRegistry:
     @staticmethod
     def _delete(key: str) -> dict:
         return {"request_delete_range": {"key": _b64(key)}}
+
+    def follow(self) -> None:
+        """Keep a copy of the prefix fresh through an etcd watch (a thread of its own, see
+        _etcdwatch) and answer reads from it while it is current: a long-lived client then reads
+        etcd only when something changed. Idempotent."""
+        with self._keeping:
+            if self._mirror is not None:
+                return
+            from servicefactory.registry._etcdwatch import Mirror
+
+            # its own connections: never a session or a connection shared with a caller's thread
+            watcher = EtcdRegistry.__new__(EtcdRegistry)
+            watcher.__dict__.update(self.__dict__, _clients=[], _readers=[], _held={}, _unsaved={}, _keeper=None,
+                                    _views=threading.local(), _mirror=None)
+
+            def read() -> tuple[list[dict], int]:
+                payload = {"key": _b64(self.prefix), "range_end": _b64(_prefix_end(self.prefix))}
+                result = watcher._request("/kv/range", payload)  # through etcd3gw's session, as the stream
+                kvs = result.get("kvs") or []
+                for kv in kvs:
+                    kv["key"] = base64.b64decode(kv["key"])
+                    kv["value"] = base64.b64decode(kv.get("value", ""))
+                return kvs, int(result["header"]["revision"])
+
+            def post_stream(path: str, payload: dict, idle: float) -> Any:
+                client = watcher._wire(watcher._current, True).client
+                if self.security.user and not self.security.auth:
+                    watcher._authenticate()
+                response = client.session.post(client.get_url(path), json=payload, stream=True,
+                                               timeout=(REQUEST_TIMEOUT, idle), headers=dict(self.security.auth))
+                response.raise_for_status()
+                return response
+
+            self._mirror = Mirror(self.prefix, read, post_stream)
+
+    def version(self) -> int | None:
+        """A number that changes whenever the followed copy changes (None unless `follow()`ing and
+        current): a view cached while it stays the same is still true."""
+        mirror = self._mirror
+        return mirror.version if mirror is not None and mirror.live else None
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -383,7 +480,7 @@ class EtcdRegistry:
         # its own clients (its own requests sessions): never a session shared with a caller's thread
         keeper = EtcdRegistry.__new__(EtcdRegistry)
         keeper.__dict__.update(self.__dict__, _clients=[], _readers=[], _held={}, _unsaved={}, _keeper=None,
-                               _views=threading.local())
+                               _views=threading.local(), _mirror=None)
         unreachable_since: float | None = None
         delay = self.ttl / 3
         while True:
