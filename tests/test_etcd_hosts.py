@@ -303,3 +303,10 @@ def test_a_rolling_restart_across_two_hosts_fails_no_call_of_a_client_on_a_third
     assert set(outcome["seen"]) == {"a", "b"}, outcome  # spread over both hosts
     after = {row["name"]: row for row in cluster.status("c")}
     assert all(after[name]["state"] == "running" and after[name]["pid"] != before[name]["pid"] for name in before), after
+    for line in restarted.stdout.splitlines():  # where other hosts reach it, not its supervisor's loopback view
+        assert f"http://{cluster.network.hosts[after[line.split()[0]]['hostname']]}:" in line, restarted.stdout
+    stopped = cluster.cli("c", "stop", "Echo")  # four at once, each through its host's supervisor
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert sorted(line.split()[0] for line in stopped.stdout.splitlines() if " stopped" in line) == [
+        "Echo/1", "Echo/2", "Echo/3", "Echo/4"], stopped.stdout
+    assert [row for row in cluster.status("c") if row["state"] == "running"] == []
