@@ -439,7 +439,7 @@ def restart(names: tuple[str, ...], timeout: float | None, instance: int | None 
                     raise CommandFailed(f"{row['name']} did not come back: {row['state']} "
                                         f"({row.get('error') or 'see its log'}); the rolling restart stopped "
                                         f"there", 1)
-                click.echo(f"{row['name']} running (pid {row['pid']}, {row['url'] or 'no API'})")
+                click.echo(f"{row['name']} running (pid {row['pid']}, {_url(row, registry) or 'no API'})")
             continue
         state, record = state_of(registry, name)
         if record is not None and record.supervisor and state != "stale":
@@ -463,7 +463,7 @@ def restart(names: tuple[str, ...], timeout: float | None, instance: int | None 
             if row["state"] != "running":
                 raise CommandFailed(f"{name} did not come back: {row['state']} "
                                     f"({row.get('error') or 'see its log'})", 1)
-            click.echo(f"{name} running (pid {row['pid']}, {row['url'] or 'no API'})")
+            click.echo(f"{name} running (pid {row['pid']}, {_url(row, registry) or 'no API'})")
             continue
         spec = registry.remembered(name) or {}
         if record is not None and state != "stale":
@@ -477,6 +477,15 @@ def restart(names: tuple[str, ...], timeout: float | None, instance: int | None 
             raise ServiceNotRunning(f"{name} is not running and was never run by `servicefactory run` "
                                     f"in {registry.where}; start it with `servicefactory run`")
         _run_again(name, spec, registry)
+
+
+def _url(row: dict, registry: Any) -> str | None:
+    """Where `row`'s service answers: as its supervisor sees it, or as other hosts reach it (its record)."""
+    if registry.many_hosts:
+        record = registry.lookup(row["name"])
+        if record is not None and record.url:
+            return record.url
+    return row.get("url")
 
 
 def _run_again(name: str, spec: dict, registry: Any) -> None:
@@ -547,7 +556,8 @@ def status(names: tuple[str, ...], as_json: bool, all_: bool, instance: int | No
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     elif not rows:
-        click.echo(f"no services (state directory {registry.where}" + (")" if registry.exists() else
+        click.echo(f"no services ({'registry' if registry.many_hosts else 'state directory'} {registry.where}"
+                   + (")" if registry.exists() else
                    " does not exist: nothing was started with it yet, or it was deleted)"))
     else:
         _print_table(rows, hosts=registry.many_hosts)

@@ -73,13 +73,30 @@ def _why(text: str, timeout: float) -> str:
 
 
 class Reader:
-    """Posts to one endpoint's gateway over one keep-alive http.client connection (reads only: a
-    request on a connection the server closed meanwhile is sent again once, which only a read may be)."""
+    """Posts to one endpoint's gateway over a keep-alive http.client connection per thread (an
+    http.client connection serves one request at a time: `stop --all` reads from many threads).
+    Reads only: a request on a connection the server closed meanwhile is sent again once, which
+    only a read may be."""
 
     def __init__(self, host: str, port: int, timeout: float, security: Security) -> None:
+        import threading
+
         self.host, self.port, self.timeout = host, port, timeout
         self.security = security
-        self._connection: Any = None
+        self._local = threading.local()
+        self._every: list[Any] = []  # every thread's, to close them all when the reader goes
+        self._every_lock = threading.Lock()
+
+    @property
+    def _connection(self) -> Any:
+        return getattr(self._local, "connection", None)
+
+    @_connection.setter
+    def _connection(self, connection: Any) -> None:
+        self._local.connection = connection
+        if connection is not None:
+            with self._every_lock:
+                self._every.append(connection)
 
     def _connect(self) -> Any:
         import http.client
@@ -129,15 +146,25 @@ class Reader:
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def close(self) -> None:
-        """Close the connection (a new one is made on the next post)."""
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        """Close this thread's connection (a new one is made on its next post)."""
+        connection = self._connection
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+            with self._every_lock:
+                self._every.remove(connection)
+
+    def close_all(self) -> None:
+        """Close every thread's connection."""
+        with self._every_lock:
+            every, self._every = self._every, []
+        for connection in every:
+            connection.close()
 
     def __del__(self) -> None:
-        # a registry dropped without closing: its socket closes quietly, as a requests session's does
+        # a registry dropped without closing: its sockets close quietly, as a requests session's do
         try:
-            self.close()
+            self.close_all()
         except Exception:
             pass
 

@@ -172,7 +172,7 @@ class EtcdRegistry:
             self._clients = [_etcdwire.Library(host, port, REQUEST_TIMEOUT, self.security)
                              for host, port in self.endpoints]
             for reader in self._readers:
-                reader.close()
+                reader.close_all()
             self._readers = []
         if self._clients:
             return self._clients[index]
