@@ -1,6 +1,7 @@
 """`servicefactory top`: the live terminal view (servicefactory.view.top does the drawing)."""
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -22,6 +23,9 @@ def top(interval: float) -> None:
     """A live view of every service: state, pid, CPU, memory, calls/s, errors/s, restarts, uptime."""
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise CommandFailed("top needs a terminal; use `servicefactory status` (or `status --json`) in scripts", 2)
+    if os.environ.get("TERM", "").lower() in ("dumb", "unknown"):  # rich would draw nothing there
+        raise CommandFailed(f"top needs a terminal that can redraw its screen (TERM={os.environ['TERM']}); "
+                            f"use `servicefactory status`", 2)
     import termios
 
     from servicefactory.view._rows import Sampler

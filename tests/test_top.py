@@ -223,11 +223,52 @@ def test_q_ctrl_c_sigterm_and_sighup_leave_top_with_exit_0_and_the_terminal_rest
     assert "NAME" not in modes and "Traceback" not in modes
 
 
+def test_ctrl_z_gives_the_shell_its_terminal_back_and_fg_takes_it_again(sf: Cli, tmp_path: Path):
+    """In an interactive shell (job control): Ctrl+Z stops top with the terminal's modes and the
+    normal screen restored; `fg` brings the live table back, and its keys work again."""
+    sf.write("services.py", SERVICES)
+    sf.daemon("services.py")
+    env = {"SERVICEFACTORY_HOME": str(sf.home), "TERM": "xterm-256color", "PS1": "PROMPT$ "}
+    term = Terminal(tmp_path, ["bash", "--norc", "--noprofile", "-i"], env)
+    try:
+        term.wait_for(r"^PROMPT\$")
+        term.keys(f"{shlex.join(COMMAND)} top --interval 0.3", "Enter")
+        term.wait_for(r"^Alpha\s+running")
+        term.keys("C-z")
+        term.wait_for(r"Stopped\s")
+        modes = "stty -a | grep -o -w -e -icanon -e icanon -e -echo -e echo | tr '\\n' ' '; echo"
+        term.keys(modes, "Enter")
+        screen = term.wait_for(r"^(-?icanon|-?echo) (-?icanon|-?echo) ?$")
+        assert re.search(r"^icanon echo ?$", screen, re.M), screen
+        assert not re.search(r"^NAME\s+STATE", screen, re.M), screen  # the normal screen, not top's
+        term.keys("fg", "Enter")
+        term.wait_for(r"^Alpha\s+running")
+        term.keys("j", "s")
+        term.wait_for(r"^stop Beta\? y/N")  # it reads keys again
+        term.keys("n", "q")
+        term.wait_for(r"^PROMPT\$\s*$")  # a bare prompt: top has ended
+        term.keys("echo EXIT=$?", "Enter")
+        assert "EXIT=0" in term.wait_for(r"^EXIT=\d+")
+    finally:
+        term.close()
+
+
 def test_top_without_a_terminal_is_one_line_and_exit_2(sf: Cli):
     result = sf("top")
     assert result.returncode == 2
     assert result.stderr.strip() == ("error: top needs a terminal; use `servicefactory status` "
                                      "(or `status --json`) in scripts"), result.stderr
+
+
+def test_top_on_a_dumb_terminal_is_one_line_and_exit_2_not_a_blank_screen(sf: Cli, tmp_path: Path):
+    term = Terminal(tmp_path, [*COMMAND, "top"], {"SERVICEFACTORY_HOME": str(sf.home), "TERM": "dumb"})
+    try:
+        screen = term.wait_for(r"^EXITED=\d+", timeout=15)
+        assert "EXITED=2" in screen, screen
+        assert "error: top needs a terminal that can redraw its screen (TERM=dumb); use `servicefactory status`" \
+            in screen, screen
+    finally:
+        term.close()
 
 
 def calling(name: str, stop: threading.Event, deadline: float = 30.0) -> threading.Thread:

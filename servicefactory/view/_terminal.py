@@ -55,9 +55,13 @@ class Keys:
         self.closed = False  # the terminal went away (a hangup): no key will ever come
 
     def __enter__(self) -> "Keys":
+        self.enter()
+        return self
+
+    def enter(self) -> None:
+        """Save the terminal's modes and switch to cbreak (again after a suspension)."""
         self.saved = termios.tcgetattr(self.fd)
         tty.setcbreak(self.fd, termios.TCSANOW)
-        return self
 
     def __exit__(self, *_: Any) -> None:
         self.restore()

@@ -1,6 +1,6 @@
 """`servicefactory top`: a refreshing terminal table of every service, with keys to stop, restart
 (each asks first) and follow a service's log; `q`, Ctrl+C, SIGTERM or SIGHUP leave it, and the
-terminal is restored (also when it fails).
+terminal is restored (also when it fails; on Ctrl+Z too, until `fg`).
 
 Drawn with rich (a Live display on the alternate screen); keys are read by view._terminal, since
 rich reads none. rich was chosen among the kept TUI libraries by start-up time: a first frame of a
@@ -212,11 +212,17 @@ def run(top: Top) -> None:
     def resized(*_: Any) -> None:
         top.dirty = True
 
+    suspended = threading.Event()  # Ctrl+Z: the loop gives the terminal back before it stops
+
+    def suspend(*_: Any) -> None:
+        suspended.set()
+
     # a signal handler only records; the loop (which wakes every _TICK) leaves, and the `with`
     # blocks restore the screen and the terminal's modes
     previous = {signum: signal.signal(signum, lambda *_: finished.set())
                 for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     previous[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, resized)
+    previous[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, suspend)
     # the terminal's own size (and its changes), even where an exported COLUMNS/LINES says otherwise
     for variable in ("COLUMNS", "LINES"):
         os.environ.pop(variable, None)
@@ -236,8 +242,24 @@ def run(top: Top) -> None:
                     drawn = now
                 for key in keys.read(_TICK):
                     top.key(key)
+                if suspended.is_set():
+                    suspended.clear()
+                    _suspend(live, keys, suspend)
+                    top.dirty = True
                 if keys.closed:  # a hangup: nobody is looking any more
                     finished.set()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _suspend(live: Live, keys: Keys, handler: Any) -> None:
+    """Stop this process as Ctrl+Z asked, with the terminal as it was before top (the shell's
+    prompt on the normal screen); take the screen again once continued (`fg`)."""
+    live.stop()
+    keys.restore()
+    signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTSTP)  # stops here, until SIGCONT
+    signal.signal(signal.SIGTSTP, handler)
+    keys.enter()
+    live.start()
