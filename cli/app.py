@@ -77,7 +77,12 @@ Examples:
 @click.option("--env", "environment", metavar="NAME", help=ENV_HELP)
 @click.option("--foreground", is_flag=True, help="Stay in the foreground, printing every service's output.")
 @click.option("--dry-run", is_flag=True, help="Check the file and print the start order; start nothing.")
-def up(file: str | None, environment: str | None, foreground: bool, dry_run: bool) -> None:
+@click.option("--watch", is_flag=True, help="Development: restart a service when a .py file under its directory "
+                                            "changes (and what depends on it); apply the file when it changes.")
+@click.option("--watch-ignore", multiple=True, metavar="PATTERN",
+              help="With --watch: ignore files matching this glob too (repeatable; [settings] watch_ignore).")
+def up(file: str | None, environment: str | None, foreground: bool, dry_run: bool, watch: bool = False,
+       watch_ignore: tuple[str, ...] = ()) -> None:
     """Start every service the application file declares, in dependency order."""
     from servicefactory.cli import running
     from servicefactory.errors import AlreadyRunning
@@ -92,9 +97,9 @@ def up(file: str | None, environment: str | None, foreground: bool, dry_run: boo
     registry = _registry()
     supervisor = _supervisor_of(app, registry)
     if supervisor is not None:  # up already: apply the file's changes
-        if foreground:
+        if foreground or watch:
             raise CommandFailed(f"the application is up already (supervisor {supervisor}): `servicefactory "
-                                f"down` first to run it in the foreground", 9)
+                                f"down` first to run it {'in the foreground' if foreground else 'with --watch'}", 9)
         _apply(app, supervisor, registry, dry_run)
         return
     if dry_run:
@@ -109,6 +114,8 @@ def up(file: str | None, environment: str | None, foreground: bool, dry_run: boo
     if app.log_level:
         os.environ["SERVICEFACTORY_LOG_LEVEL"] = app.log_level
     app.settings.foreground = foreground
+    app.settings.watch = watch
+    app.settings.watch_ignored = tuple(app.settings.watch_ignored) + tuple(watch_ignore)
     app.settings.app_file, app.settings.app_environment = str(app.path), environment  # read again on SIGHUP
     if foreground:
         running.run_foreground(app.specs, app.settings, registry)

@@ -143,6 +143,9 @@ class Child:
         self.ever_ready = False
         self.ready_wall = 0.0
         self.restart_after_stop = False
+        # watch mode: dependency -> since when (monotonic) it must have started again before this one
+        # starts (it restarts with its dependency, after it: the old run's readiness does not count)
+        self.fresh_deps: dict[str, float] = {}
         self.exited = threading.Event()
         self.settled = threading.Event()  # ready, failed or stopped: what a restart waits for
         self.tail: list[str] = []

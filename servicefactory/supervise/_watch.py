@@ -106,14 +106,34 @@ def syntax_error(path: str) -> str | None:
     return None
 
 
-class Watcher:
-    """Watches `roots` recursively and calls `on_change(path)` (in watchdog's thread) for each relevant change."""
+def runs_python(program: str, cwd: str | None = None) -> bool:
+    """Whether a command's program is Python: an interpreter (python3, python3.11, pypy3), or a
+    script whose `#!` line names one (what pip installs for uvicorn, gunicorn, celery, flask)."""
+    import shutil
 
-    def __init__(self, roots: list[str], ignore: list[str], on_change: Callable[[str], None]) -> None:
+    name = os.path.basename(program)
+    if name.startswith(("python", "pypy")):
+        return True
+    path = os.path.join(cwd or os.getcwd(), program) if os.sep in program else shutil.which(program)
+    try:
+        with open(path or "", "rb") as handle:
+            first = handle.readline(256)
+    except OSError:
+        return False
+    return first.startswith(b"#!") and (b"python" in first or b"pypy" in first)
+
+
+class Watcher:
+    """Watches `roots` recursively and calls `on_change(path)` (in watchdog's thread) for each relevant
+    change, and for any change of one of `files` (the application file)."""
+
+    def __init__(self, roots: list[str], ignore: list[str], on_change: Callable[[str], None],
+                 files: list[str] = ()) -> None:  # type: ignore[assignment]
         from watchdog.events import FileSystemEventHandler
         from watchdog.observers import Observer
 
         self.roots = sorted({os.path.realpath(root) for root in roots})
+        self.files = {os.path.realpath(path) for path in files}
         self.ignore = list(ignore)
         watcher = self
 
@@ -123,14 +143,14 @@ class Watcher:
                     return
                 for path in (event.src_path, getattr(event, "dest_path", "")):
                     path = os.fsdecode(path) if path else ""
-                    if path and relevant(path, watcher.roots, watcher.ignore):
+                    if path and (path in watcher.files or relevant(path, watcher.roots, watcher.ignore)):
                         on_change(path)
 
         # one recursive watch per root: each watch is an inotify instance and a thread of watchdog's
         # (at most 128 instances per user; a thread each wakes every second). Ignored directories
         # (.venv, ...) cost inotify watches, not CPU: their events are dropped by relevant()
         self.observer = Observer()
-        for root in _outermost(self.roots):
+        for root in _outermost(self.roots + sorted({os.path.dirname(path) for path in self.files})):
             self.observer.schedule(Handler(), root, recursive=True)
         self.observer.daemon = True
 

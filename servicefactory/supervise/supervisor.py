@@ -80,6 +80,8 @@ class Supervisor(ServiceBase):
         self.begun = False
         # name -> (stop timeout, signal): stopped once its dependents are gone
         self.stop_pending: dict[str, tuple[float | None, int | None]] = {}
+        # name -> (reason, detail): of those, the ones to start again once stopped (watch mode's restarts)
+        self.restart_pending: dict[str, tuple[Reason, str]] = {}
         self.failure: dict | None = None
         self.exit_code = 0
         self.name = registry.supervisor_name(os.getpid())
@@ -97,6 +99,7 @@ class Supervisor(ServiceBase):
         # time; a SIGHUP while it applies asks for one more pass once it is done (with the newest file)
         self.reread_lock = threading.Lock()
         self.reread_again = False
+        self.reread_cause = "SIGHUP"
         self.reread_thread: threading.Thread | None = None
         # in a terminal SIGHUP means the terminal closed: stop, as a shell's jobs do; elsewhere, reload
         self.hangup_stops = self.settings.foreground and os.isatty(1)
@@ -202,6 +205,7 @@ class Supervisor(ServiceBase):
     def _spawn(self, child: Child) -> None:
         spec = child.spec
         child.retry_at = None
+        child.fresh_deps = {}
         child.unhealthy = False
         child.healthy = False
         ready_read, ready_write = os.pipe()
@@ -536,7 +540,10 @@ class Supervisor(ServiceBase):
             child.user_stopped = False
             child.fast_failures = 0
             child.restarts += 1
-            self._spawn(child)  # STOPPED -> STARTING
+            if child.fresh_deps:
+                child.change_state(ServiceState.WAITING)  # STOPPED -> WAITING: for its restarted dependencies
+            else:
+                self._spawn(child)  # STOPPED -> STARTING
         if child.state in (ServiceState.FAILED, ServiceState.STOPPED):
             child.settled.set()
 
@@ -602,11 +609,24 @@ class Supervisor(ServiceBase):
                    for d in dependents):
                 continue  # a dependent being stopped is not gone yet
             del self.stop_pending[name]
-            self._stop_child(self.children[name], timeout=timeout, signum=signum)
+            if name in self.restart_pending:
+                reason, detail = self.restart_pending.pop(name)
+                self._stop_child(self.children[name], restart=True, reason=reason, detail=detail)
+            else:
+                self._stop_child(self.children[name], timeout=timeout, signum=signum)
 
     # -- dependencies: who starts when --
 
-    def _progress(self, child: Child) -> _dependencies.Progress:
+    def _progress(self, child: Child, since: float | None = None) -> _dependencies.Progress:
+        """What `child` has done as a dependency; with `since`, only its runs started since count (a
+        dependency restarted in watch mode: its dependents wait for the new run, not the old one's)."""
+        if since is not None:
+            if not (child.started_once and child.started_at >= since):
+                return _dependencies.Progress(state=ServiceState.WAITING.value)  # not started again yet
+            return _dependencies.Progress(
+                state=child.state.value, started=True, ever_ready=child.ready_at is not None,
+                last_exit=child.last_exit if child.popen is None else None, healthy=child.healthy,
+                asked_to_stop=child.user_stopped, error=child.error)
         return _dependencies.Progress(
             state=child.state.value, started=child.started_once, ever_ready=child.ever_ready,
             last_exit=child.last_exit, healthy=child.healthy, asked_to_stop=child.user_stopped, error=child.error)
@@ -619,12 +639,12 @@ class Supervisor(ServiceBase):
         members = [c for c in self.children.values() if c.spec.instance is not None and c.spec.service == name]
         return sorted(members, key=lambda c: c.spec.instance or 0)
 
-    def _progress_of(self, name: str) -> _dependencies.Progress | list[_dependencies.Progress]:
+    def _progress_of(self, name: str, since: float | None = None) -> _dependencies.Progress | list[_dependencies.Progress]:
         """A dependency's progress: one service's, or one per instance of a service run as instances."""
         members = self._members(name)
         if len(members) == 1 and members[0].spec.instance is None:
-            return self._progress(members[0])
-        return [self._progress(member) for member in members]
+            return self._progress(members[0], since)
+        return [self._progress(member, since) for member in members]
 
     def _start_waiting(self) -> None:
         """Start each waiting service whose dependencies are met; block those that can never be."""
@@ -632,7 +652,7 @@ class Supervisor(ServiceBase):
             if child.state != ServiceState.WAITING or child.spec.name in self.stop_pending:
                 continue
             depends_on = child.spec.depends_on or {}
-            progress = {name: self._progress_of(name) for name in depends_on}
+            progress = {name: self._progress_of(name, child.fresh_deps.get(name)) for name in depends_on}
             pending, blocked = _dependencies.waiting_on(depends_on, progress)
             if blocked is not None:
                 child.error = f"blocked: {blocked}"
@@ -728,9 +748,18 @@ class Supervisor(ServiceBase):
     # -- watch mode: restart a service when its source changes --
 
     def _roots(self) -> dict[str, str]:
-        """Each service's source directory: a file target's own, else where `run` was typed."""
+        """Each service's source directory: a file target's own, else where `run` was typed (or the
+        file's `cwd`). A command is watched only if it runs Python (its program is a Python
+        interpreter, or a script whose first line names one, as uvicorn's or celery's does): a .py
+        file saved must not restart a redis-server."""
+        from servicefactory.supervise import _watch
+
         roots = {}
         for name, child in self.children.items():
+            if child.spec.command:
+                if _watch.runs_python(child.spec.command[0], child.spec.cwd):
+                    roots[name] = os.path.realpath(child.spec.cwd or os.getcwd())
+                continue
             module = child.spec.target.rpartition(":")[0] or child.spec.target
             if module.endswith(".py") or os.sep in module:
                 roots[name] = os.path.realpath(os.path.dirname(module))
@@ -750,10 +779,12 @@ class Supervisor(ServiceBase):
             except OSError:
                 pass
 
-        self.watch_roots = self._roots()
-        self.watcher = _watch.Watcher(list(self.watch_roots.values()), list(self.settings.watch_ignored), changed)
+        roots = sorted(set(self._roots().values()))
+        files = [self.settings.app_file] if self.settings.app_file else []
+        self.watcher = _watch.Watcher(roots, list(self.settings.watch_ignored), changed, files=files)
         self.watcher.start()
-        self._say(f"watching {', '.join(sorted(set(self.watch_roots.values())))} for changes of .py files")
+        self._say(f"watching {', '.join(roots) or 'no directory'} for changes of .py files"
+                  + (f" and {files[0]}" if files else ""))
 
     def _check_changes(self, now: float) -> None:
         from servicefactory.supervise import _watch
@@ -761,6 +792,11 @@ class Supervisor(ServiceBase):
         batch = self.changes.due(now) if self.changes is not None else None
         if not batch:
             return
+        app_file = os.path.realpath(self.settings.app_file) if self.settings.app_file else None
+        if app_file in batch:
+            batch.remove(app_file)
+            self._say(f"{os.path.basename(app_file)} changed: applying it")
+            self._reread_soon("watch")  # as a SIGHUP does: a broken file is said once and changes nothing
         self.held.update(batch)
         for path in set(batch) | set(self.broken):
             error = _watch.syntax_error(path)
@@ -772,17 +808,69 @@ class Supervisor(ServiceBase):
         if self.broken:
             return
         changed, self.held = sorted(self.held), set()
+        if not changed:
+            return
         names = ", ".join(os.path.basename(path) for path in changed[:3]) + (
             f" and {len(changed) - 3} more" if len(changed) > 3 else "")
-        for name, child in self.children.items():
-            root = self.watch_roots.get(name)
-            if root is None or child.state == ServiceState.STOPPED and child.user_stopped:
-                continue
-            if any(_watch.under(path, root) for path in changed):
+        roots = self._roots()
+        hit = [child for name, child in self.children.items()
+               if name in roots and not (child.state == ServiceState.STOPPED and child.user_stopped)
+               and any(_watch.under(path, roots[name]) for path in changed)]
+        self._restart_changed(hit, names)
+
+    def _restart_changed(self, hit: list[Child], names: str) -> None:
+        """Restart the services whose files changed and, after them, every service that depends on
+        them (transitively): dependents stop first and start again once what they wait for is back
+        (a new run's readiness, not the old one's). The instances of a service nothing else is
+        restarted with roll, one at a time, each ready before the next stops."""
+        now = time.monotonic()
+        affected = {child.spec.name: child for child in hit}
+        services = {child.spec.service for child in hit}
+        graph = {name: list(child.spec.depends_on or {}) for name, child in self.children.items()}
+        frontier = list(services)
+        while frontier:
+            service = frontier.pop()
+            for dependent in _dependencies.dependents(graph, service):
+                child = self.children[dependent]
+                if dependent in affected or child.state == ServiceState.STOPPED and child.user_stopped:
+                    continue
+                affected[dependent] = child
+                if child.spec.service not in services:
+                    services.add(child.spec.service)
+                    frontier.append(child.spec.service)
+        by_service: dict[str, list[Child]] = {}
+        for child in affected.values():
+            by_service.setdefault(child.spec.service, []).append(child)
+        for child in affected.values():
+            child.settled.clear()
+            child.fast_failures = 0  # a fixed bug deserves a fresh start, not the old backoff
+            if child in hit:
+                reason, detail = Reason.FILE_CHANGE, f"changed: {names}"
                 self._event(child, f"{names} changed; restarting it (reason: file-change)")
-                child.settled.clear()
-                child.fast_failures = 0  # a fixed bug deserves a fresh start, not the old backoff
-                self._stop_child(child, restart=True, reason=Reason.FILE_CHANGE, detail=f"changed: {names}")
+            else:
+                needed = sorted(set(child.spec.depends_on or {}) & services)
+                reason, detail = Reason.DEPENDENCY, f"{', '.join(needed)} restarted ({names} changed)"
+                self._event(child, f"{', '.join(needed)} restarting ({names} changed); restarting it after "
+                                   f"(reason: dependency)")
+            child.fresh_deps = {name: now for name in child.spec.depends_on or {} if name in services}
+            members = by_service[child.spec.service]
+            alone = len(members) > 1 and not child.fresh_deps and not any(
+                d in affected for d in _dependencies.dependents(graph, child.spec.service))
+            if alone:
+                continue  # rolled below
+            if child.popen is None:
+                self._stop_child(child, restart=True, reason=reason, detail=detail)
+            else:
+                self.restart_pending[child.spec.name] = (reason, detail)
+                self.stop_pending.setdefault(child.spec.name, (None, None))
+        self._stop_due()  # dependents first: each stops once none of its own dependents still runs
+        for service, members in by_service.items():
+            if len(members) > 1 and not any(child.spec.name in self.restart_pending or child.fresh_deps
+                                            for child in members) and members[0] in hit:
+                threading.Thread(target=self._roll, args=(sorted(members, key=lambda c: c.spec.instance or 0),
+                                                          None),
+                                 kwargs={"reason": Reason.FILE_CHANGE, "detail": f"changed: {names}"},
+                                 daemon=True, name=f"servicefactory-roll-{service}").start()
 
     def _say(self, text: str, warn: bool = False) -> None:
         """One line of the supervisor's own, not about one service (the foreground shows it once)."""
@@ -805,12 +893,17 @@ class Supervisor(ServiceBase):
         except OSError:
             pass
         if self.settings.app_file:
-            with self.reread_lock:
-                self.reread_again = True
-                if self.reread_thread is None:
-                    self.reread_thread = threading.Thread(target=self._reread, daemon=True,
-                                                          name="servicefactory-reread")
-                    self.reread_thread.start()
+            self._reread_soon("SIGHUP")
+
+    def _reread_soon(self, cause: str) -> None:
+        """Apply the application file again, in a thread of its own (after the pass under way, if any);
+        `cause` starts what it logs."""
+        with self.reread_lock:
+            self.reread_cause = cause
+            self.reread_again = True
+            if self.reread_thread is None:
+                self.reread_thread = threading.Thread(target=self._reread, daemon=True, name="servicefactory-reread")
+                self.reread_thread.start()
 
     def _reread(self) -> None:
         """Thread body: apply the application file until no SIGHUP asked for another pass."""
@@ -823,8 +916,8 @@ class Supervisor(ServiceBase):
             try:
                 self._apply_file()
             except Exception as exc:  # the supervisor runs on, whatever one pass met
-                logger.exception("SIGHUP: applying %s failed", self.settings.app_file)
-                self._say(f"SIGHUP: applying {self.settings.app_file} failed: {exc}", warn=True)
+                logger.exception("%s: applying %s failed", self.reread_cause, self.settings.app_file)
+                self._say(f"{self.reread_cause}: applying {self.settings.app_file} failed: {exc}", warn=True)
 
     def _apply_file(self) -> None:
         """Read the application file (in a process of its own) and apply it as `up` run again does:
@@ -835,12 +928,12 @@ class Supervisor(ServiceBase):
         assert file is not None
         items, error = _reconfigure.read(file, environment)
         if error is not None or items is None:
-            self._say(f"SIGHUP: not applied: {error}; every service runs on as it was", warn=True)
+            self._say(f"{self.reread_cause}: not applied: {error}; every service runs on as it was", warn=True)
             return
         try:
             specs = [Spec(**item) for item in items]
         except TypeError as exc:
-            self._say(f"SIGHUP: not applied: {file} gave a spec this supervisor does not know ({exc})", warn=True)
+            self._say(f"{self.reread_cause}: not applied: {file} gave a spec this supervisor does not know ({exc})", warn=True)
             return
         if self.stopping:
             return
@@ -862,7 +955,7 @@ class Supervisor(ServiceBase):
         parts = [f"{label} {', '.join(names)}" for label, names in
                  (("restarted", restarted), ("started", started), ("stopped", removed), ("kept", kept))
                  if names]
-        self._say(f"SIGHUP: applied {file}: {'; '.join(parts) or 'nothing to change'}"
+        self._say(f"{self.reread_cause}: applied {file}: {'; '.join(parts) or 'nothing to change'}"
                   + (f"; not running: {', '.join(failed)} (servicefactory logs NAME)" if failed else ""),
                   warn=bool(failed))
 
@@ -1194,10 +1287,12 @@ class Supervisor(ServiceBase):
         """The address of the web dashboard this supervisor serves, or None."""
         return self.dashboard_url
 
-    def _roll(self, children: list[Child], timeout: float | None) -> list:
+    def _roll(self, children: list[Child], timeout: float | None, reason: Reason = Reason.MANUAL,
+              detail: str = "") -> list:
         for child in children:
             child.settled.clear()
-            self._call(lambda child=child: self._stop_child(child, restart=True, timeout=timeout))
+            self._call(lambda child=child: self._stop_child(child, restart=True, timeout=timeout, reason=reason,
+                                                            detail=detail))
             child.settled.wait((timeout or child.spec.stop_timeout) + self.settings.ready_timeout + 1.0)
             if child.state != ServiceState.RUNNING:
                 self._event(child, f"did not come back ({child.state.value}); the rolling restart stops here",
