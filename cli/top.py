@@ -34,9 +34,13 @@ def top(interval: float) -> None:
     registry = _registry()
     registry.check_safe()
     sampler = Sampler(registry)
-    sampler.sample()  # a state directory it cannot use is one line here, before the screen is taken
+    rows = sampler.sample()  # a state directory it cannot use is one line here, before the screen is taken
+    screen = Top(sampler, interval=interval, where=str(registry.where))
+    # the first screen shows these rows; the rates (CPU %) come one interval later, measured over
+    # an interval, not over the few milliseconds until a second reading
+    screen.refresh(rows)
     try:
-        run(Top(sampler, interval=interval, where=str(registry.where)))
+        run(screen)
     except termios.error as exc:  # a terminal whose modes cannot be set
         raise CommandFailed(f"cannot use this terminal ({exc}); use `servicefactory status`", 2) from None
     finally:

@@ -253,6 +253,37 @@ def test_ctrl_z_gives_the_shell_its_terminal_back_and_fg_takes_it_again(sf: Cli,
         term.close()
 
 
+def test_a_resized_terminal_is_redrawn_to_its_new_size_with_the_footer_on_the_last_line(sf: Cli, terminal):
+    sf.write("services.py", SERVICES)
+    sf.daemon("services.py")
+    term = terminal("--interval", "60")  # no reading is due: only the resize can redraw
+    term.wait_for(r"^Beta\s+running")
+    term.tmux("resize-window", "-t", "top", "-x", "50", "-y", "5")
+
+    def small() -> list[str] | None:
+        lines = term.screen().rstrip("\n").split("\n")
+        # tmux first shows the old screen's bottom lines cut to the new size: wait for our redraw
+        return lines if len(lines) == 5 and lines[-1].startswith("up/down select") and \
+            lines[2].startswith("Alpha") else None
+    lines = wait_until(small, timeout=10, message="the 50x5 screen")
+    assert all(len(line) <= 50 for line in lines) and lines[1].startswith("NAME") and lines[2].startswith("Alpha"), lines
+    term.tmux("resize-window", "-t", "top", "-x", "120", "-y", "30")
+    screen = term.wait_for(r"^Beta\s+running.*http://127\.0\.0\.1:\d+$", timeout=10)
+    assert screen.rstrip("\n").split("\n")[-1].startswith("up/down select"), screen
+
+
+def test_the_first_rates_are_measured_over_a_whole_interval_not_over_the_first_milliseconds(sf: Cli, terminal):
+    """The first screen has no CPU % or calls/s yet ('-'): a rate over the few milliseconds between
+    two back-to-back readings showed a service's start-up as 150 % CPU."""
+    sf.write("services.py", SERVICES)
+    sf.daemon("services.py")
+    term = terminal("--interval", "3")
+    cells = row(term.wait_for(r"^Beta\s+running"), "Alpha")
+    assert cells[3] == "-" and cells[5] == "-", cells
+    cells = row(term.wait_for(r"^Alpha\s+running\s+\d+\s+\d+\.\d\s", timeout=15), "Alpha")
+    assert 0.0 <= float(cells[3]) <= 100.0 * os.cpu_count(), cells
+
+
 def test_top_without_a_terminal_is_one_line_and_exit_2(sf: Cli):
     result = sf("top")
     assert result.returncode == 2

@@ -57,13 +57,15 @@ class Top:
 
     # -- data --
 
-    def refresh(self) -> None:
-        """Read the rows now (errors are shown, not raised: the view outlives a bad moment)."""
-        try:
-            rows = self.sampler.sample()
-        except Exception as exc:  # a state directory deleted meanwhile, a record half-written, ...
-            self.message = f"cannot read the services: {exc}"
-            rows = []
+    def refresh(self, rows: list[dict[str, Any]] | None = None) -> None:
+        """Read the rows now, or show `rows` just read (errors are shown, not raised: the view
+        outlives a bad moment); the next reading is one interval later."""
+        if rows is None:
+            try:
+                rows = self.sampler.sample()
+            except Exception as exc:  # a state directory deleted meanwhile, a record half-written, ...
+                self.message = f"cannot read the services: {exc}"
+                rows = []
         with self.lock:
             self.rows = rows
             names = [row["name"] for row in rows]
