@@ -463,6 +463,13 @@ def test_a_following_client_sees_changes_through_its_watch_and_makes_no_request_
     assert reader.lookup("Mine") is not None and "/kv/txn" in made
     reader.release(mine)
     assert reader.lookup("Mine") is None
+    watching = reader._mirror._thread
+    del reader, made
+    import gc
+    # a registry nobody holds any more (its keeper, which held it, ends with its last claim) ends
+    # its watch, rather than follow etcd for the rest of the process
+    wait_until(lambda: gc.collect() is not None and not watching.is_alive(), timeout=15,
+               message="the watch of a registry nobody holds to end")
 
 
 def test_a_following_client_reads_etcd_itself_while_its_watch_is_down_and_follows_again_after(own_etcd):

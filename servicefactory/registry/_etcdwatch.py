@@ -33,6 +33,10 @@ IDLE = 15.0
 RETRY = 1.0
 
 
+class _Silent(Exception):
+    """The watch sent nothing for IDLE seconds (etcd sends progress notices only every few minutes)."""
+
+
 class Mirror:
     """The prefix's keys (bytes -> kv dict with decoded key and value), and whether they are current."""
 
@@ -46,14 +50,22 @@ class Mirror:
         self.version = 0  # changes with each change of the copy
         self.lock = threading.Lock()
         self._stop = threading.Event()
+        self._down = False  # an outage was logged: not again until the copy is current again
+        self._response: Any = None  # the open watch stream
         self._thread = threading.Thread(target=self._run, daemon=True, name="servicefactory-etcd-watch")
         self._thread.start()
 
     def stop(self) -> None:
-        """End the thread (at its next event or timeout) and stop answering."""
+        """Stop answering, and end the thread (its stream is closed under it)."""
         self._stop.set()
         with self.lock:
             self.live = False
+        response = self._response
+        if response is not None:
+            try:
+                response.close()  # the blocked read ends with an error, which the stopped thread ignores
+            except Exception:
+                pass
 
     def view(self, written: int) -> dict[bytes, dict] | None:
         """A copy of the keys if they are current and include revision `written` (this process's last
@@ -64,17 +76,18 @@ class Mirror:
             return dict(self.kvs)
 
     def _run(self) -> None:
-        down = False
         while not self._stop.is_set():
             try:
                 self._follow()
+            except _Silent:
+                continue  # quiet past IDLE: made anew at once, and not an outage
             except Exception as exc:  # any failure of read or stream: the copy stops answering, then again
-                if not down:
+                if not self._down:  # once per outage
                     logger.info("registry watch interrupted, reading etcd directly meanwhile: %s", exc)
-                down = True
-            with self.lock:
-                self.live = False
-            self._stop.wait(RETRY)
+                self._down = True
+                with self.lock:
+                    self.live = False
+                self._stop.wait(RETRY)
 
     def _follow(self) -> None:
         kvs, revision = self._read()
@@ -82,24 +95,33 @@ class Mirror:
         end[-1] += 1
         request = {"create_request": {"key": _b64(self.prefix.encode()), "range_end": _b64(bytes(end)),
                                       "start_revision": revision + 1, "progress_notify": True}}
-        response = self._post_stream("/watch", request, IDLE)
+        response = self._response = self._post_stream("/watch", request, IDLE)
         try:
             with self.lock:
                 self.kvs = {kv["key"]: kv for kv in kvs}
                 self.revision, self.live = revision, True
                 self.version += 1
-            for line in response.iter_lines():
-                if self._stop.is_set():
-                    return
-                if not line.strip():
-                    continue
-                result = json.loads(line).get("result") or {}
-                if result.get("canceled") or int(result.get("compact_revision") or 0):
-                    raise RuntimeError("the watch was cancelled or compacted away")
-                self._apply(result)
+            self._down = False
+            try:
+                for line in response.iter_lines():
+                    if self._stop.is_set():
+                        return
+                    if not line.strip():
+                        continue
+                    result = json.loads(line).get("result") or {}
+                    if result.get("canceled") or int(result.get("compact_revision") or 0):
+                        raise RuntimeError("the watch was cancelled or compacted away")
+                    self._apply(result)
+            except Exception as exc:
+                if "timed out" in str(exc).lower():
+                    raise _Silent() from None  # the read timeout: nothing came for IDLE seconds
+                raise
             raise RuntimeError("the watch stream ended")
         finally:
             response.close()
+            if self._stop.is_set():
+                with self.lock:
+                    self.live = False
 
     def _apply(self, result: dict) -> None:
         events = result.get("events") or []

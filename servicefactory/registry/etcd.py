@@ -285,13 +285,14 @@ class EtcdRegistry:
                 return
             from servicefactory.registry._etcdwatch import Mirror
 
-            # its own connections: never a session or a connection shared with a caller's thread
+            # its own connections: never a session or a connection shared with a caller's thread;
+            # and nothing of `self`, so that a registry nobody uses any more ends its watch (__del__)
             watcher = EtcdRegistry.__new__(EtcdRegistry)
             watcher.__dict__.update(self.__dict__, _clients=[], _readers=[], _held={}, _unsaved={}, _keeper=None,
                                     _views=threading.local(), _mirror=None)
 
             def read() -> tuple[list[dict], int]:
-                payload = {"key": _b64(self.prefix), "range_end": _b64(_prefix_end(self.prefix))}
+                payload = {"key": _b64(watcher.prefix), "range_end": _b64(_prefix_end(watcher.prefix))}
                 result = watcher._request("/kv/range", payload)  # through etcd3gw's session, as the stream
                 kvs = result.get("kvs") or []
                 for kv in kvs:
@@ -301,14 +302,19 @@ class EtcdRegistry:
 
             def post_stream(path: str, payload: dict, idle: float) -> Any:
                 client = watcher._wire(watcher._current, True).client
-                if self.security.user and not self.security.auth:
+                if watcher.security.user and not watcher.security.auth:
                     watcher._authenticate()
                 response = client.session.post(client.get_url(path), json=payload, stream=True,
-                                               timeout=(REQUEST_TIMEOUT, idle), headers=dict(self.security.auth))
+                                               timeout=(REQUEST_TIMEOUT, idle), headers=dict(watcher.security.auth))
                 response.raise_for_status()
                 return response
 
             self._mirror = Mirror(self.prefix, read, post_stream)
+
+    def __del__(self) -> None:
+        mirror = self.__dict__.get("_mirror")
+        if mirror is not None:
+            mirror.stop()
 
     def version(self) -> int | None:
         """A number that changes whenever the followed copy changes (None unless `follow()`ing and
