@@ -298,12 +298,12 @@ class App:
         if not body:
             return None
         try:
-            value = _decode(body.decode("utf-8"))
+            value = _decode(body.decode())  # UTF-8, by its fast path
         except RecursionError:
             raise _BadRequest(400, "BadRequest", "JSON nested too deeply") from None
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
             raise _BadRequest(400, "BadRequest", cut(f"malformed JSON: {exc}", 300)) from None
-        if _SURROGATE_ESCAPE.search(body) and _has_lone_surrogate(value):
+        if b"\\u" in body and _SURROGATE_ESCAPE.search(body) and _has_lone_surrogate(value):
             raise _BadRequest(400, "BadRequest", "malformed JSON: a lone surrogate (\\ud800-\\udfff) "
                                                  "is not a character and cannot be encoded as UTF-8")
         return value

@@ -326,9 +326,10 @@ def answer(status: str, headers: list[tuple[str, str]], body: bytes, keep_alive:
         head, keeps = cached
         keep_alive = keep_alive and keeps
         end = _KEEP_END if keep_alive else _CLOSE_END
+        length = _LENGTHS.get(len(body)) or _length_line(len(body))
         if head_only:
-            return b"%sContent-Length: %d\r\n%s%s" % (head, len(body), _date_line(), end), keep_alive
-        return b"".join((head, b"Content-Length: %d\r\n" % len(body), _date_line(), end, body)), keep_alive
+            return b"".join((head, length, _date_line(), end)), keep_alive
+        return b"".join((head, length, _date_line(), end, body)), keep_alive
     parts = [_STATUS_LINES.get(status) or _status_line(status)]
     for header in headers:
         line = _LINES.get(header) if type(header) is tuple else None
@@ -349,6 +350,14 @@ def answer(status: str, headers: list[tuple[str, str]], body: bytes, keep_alive:
 
 
 _HEADS: dict[tuple, tuple[bytes, bool]] = {}
+_LENGTHS: dict[int, bytes] = {}  # body length -> its Content-Length line, for the small bodies most answers have
+
+
+def _length_line(length: int) -> bytes:
+    line = b"Content-Length: %d\r\n" % length
+    if length < 4096:
+        _LENGTHS[length] = line
+    return line
 
 
 def _head(status: str, headers: tuple) -> tuple[bytes, bool]:

@@ -372,7 +372,7 @@ class Server:
         started: list = []
 
         def start_response(status: str, headers: list, exc_info: Any = None) -> Callable:
-            started[:] = [status, headers]
+            started.append((status, headers))  # a second call (with exc_info) replaces the first
             return _no_write
 
         try:
@@ -382,7 +382,7 @@ class Server:
             return _internal_error()
         try:
             body = b"".join(result)
-            status, headers = started
+            status, headers = started[-1]
             return status, headers, body
         except Exception:
             logger.exception("WSGI app failed")
