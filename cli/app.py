@@ -255,14 +255,19 @@ Examples:
               help="Seconds each stop may take before SIGKILL  [default: each service's stop_timeout].")
 def down(file: str | None, environment: str | None, timeout: float | None) -> None:
     """Stop every service the application file declares, dependents first."""
-    from servicefactory.errors import ServiceFactoryError
+    from servicefactory import appfile
     from servicefactory.registry.base import state_of
     from servicefactory.supervise import control
     from servicefactory.supervise._dependencies import waves
 
     file = file if file is not None else click.get_current_context().meta.get(FILE_META)
-    app = _load(file, environment, check_targets=False)
     registry = _registry()
+    try:
+        app = _load(file, environment, check_targets=False)
+    except appfile.AppFileError as exc:
+        registry.check_safe()
+        _down_unreadable(file, exc, timeout, registry)
+        return
     registry.check_safe()
     by_supervisor: dict[str, list[str]] = {}
     others = []
@@ -272,39 +277,12 @@ def down(file: str | None, environment: str | None, timeout: float | None) -> No
             by_supervisor.setdefault(record.supervisor, []).append(name)
         else:
             others.append(name)
-    failed = False
     order = [name for wave in reversed(waves(app.graph)) for name in wave]
-
-    def position(name: str) -> tuple:
-        return order.index(name.partition("/")[0]), control.order(name)[1]
-
+    stop_timeouts = {spec.name: spec.stop_timeout for spec in app.specs}
     for supervisor, names in by_supervisor.items():
-        limit = sum(timeout or _stop_timeout(app, name) for name in names)  # one after the other at worst
-        record = registry.lookup(supervisor)
-        try:
-            before = {row["name"]: row for row in control.call_supervisor(supervisor, "status", None, 10.0, registry)}
-            request = {"names": names, **({"timeout": timeout} if timeout else {})}
-            rows = {row["name"]: row for row in control.call_supervisor(supervisor, "stop", request, limit + 15,
-                                                                        registry)}
-        except ServiceFactoryError as exc:
-            raise CommandFailed(f"cannot stop {', '.join(names)} through their supervisor {supervisor}: {exc}", 1)
-        for name in sorted(names, key=position):
-            if before.get(name, {}).get("state") in ("stopped", "failed", "blocked"):
-                click.echo(f"{name} was {before[name]['state']}" + (
-                    " (completed)" if before[name].get("last_exit") == 0 else ""))
-            else:
-                killed = rows.get(name, {}).get("last_exit") == -9
-                click.echo(f"{name} stopped" + (" (killed after its stop timeout)" if killed else ""))
-            registry.mark_stopped(name.partition("/")[0])  # remembered as the service, instances or not
-        if set(before) <= set(names):
-            # it supervised nothing else: it goes too (it may be going already, having nothing left to do)
-            try:
-                control.call_supervisor(supervisor, "shutdown", None, 5.0, registry)
-            except ServiceFactoryError:
-                pass
-            if record is not None:
-                control.wait_gone(registry, record, 10.0)
-    for name in sorted(others, key=position):
+        _stop_under(supervisor, names, order, stop_timeouts, timeout, registry)
+    failed = False
+    for name in sorted(others, key=lambda name: _position(order, name)):
         outcome = control.stop(name, timeout, registry)
         if outcome.failed:
             failed = True
@@ -317,8 +295,83 @@ def down(file: str | None, environment: str | None, timeout: float | None) -> No
         sys.exit(1)
 
 
-def _stop_timeout(app: Any, name: str) -> float:
-    return next(spec.stop_timeout for spec in app.specs if spec.name == name.partition("/")[0])
+def _position(order: list[str], name: str) -> tuple[int, int]:
+    """Where `name` (a service, or an instance of one: api/2) comes in `order`, a list of services."""
+    from servicefactory.supervise import control
+
+    service = name.partition("/")[0]
+    return (order.index(service) if service in order else len(order)), control.order(name)[1]
+
+
+def _stop_under(supervisor: str, names: list[str], order: list[str], stop_timeouts: dict[str, float],
+                timeout: float | None, registry: Any) -> None:
+    """Stop `names` through their supervisor (it orders them: dependents first), say how each went,
+    and shut the supervisor down too if it ran nothing else."""
+    from servicefactory.errors import ServiceFactoryError
+    from servicefactory.supervise import control
+
+    # one after the other at worst
+    limit = sum(timeout or stop_timeouts.get(name.partition("/")[0], 10.0) for name in names)
+    record = registry.lookup(supervisor)
+    try:
+        before = {row["name"]: row for row in control.call_supervisor(supervisor, "status", None, 10.0, registry)}
+        request = {"names": names, **({"timeout": timeout} if timeout else {})}
+        rows = {row["name"]: row for row in control.call_supervisor(supervisor, "stop", request, limit + 15,
+                                                                    registry)}
+    except ServiceFactoryError as exc:
+        raise CommandFailed(f"cannot stop {', '.join(names)} through their supervisor {supervisor}: {exc}", 1)
+    for name in sorted(names, key=lambda name: _position(order, name)):
+        if before.get(name, {}).get("state") in ("stopped", "failed", "blocked"):
+            click.echo(f"{name} was {before[name]['state']}" + (
+                " (completed)" if before[name].get("last_exit") == 0 else ""))
+        else:
+            killed = rows.get(name, {}).get("last_exit") == -9
+            click.echo(f"{name} stopped" + (" (killed after its stop timeout)" if killed else ""))
+        registry.mark_stopped(name.partition("/")[0])  # remembered as the service, instances or not
+    if set(before) <= set(names):
+        # it supervised nothing else: it goes too (it may be going already, having nothing left to do)
+        try:
+            control.call_supervisor(supervisor, "shutdown", None, 5.0, registry)
+        except ServiceFactoryError:
+            pass
+        if record is not None:
+            control.wait_gone(registry, record, 10.0)
+
+
+def _down_unreadable(file: str | None, error: Exception, timeout: float | None, registry: Any) -> None:
+    """`down` on a file that does not load (a syntax error, an unknown key, deleted): stop what the
+    last `up` of that file started, as its supervisor knows it; the file's error if none runs."""
+    from pathlib import Path
+
+    from servicefactory import appfile
+    from servicefactory.errors import ServiceFactoryError
+    from servicefactory.registry.base import SUPERVISOR_PREFIX
+    from servicefactory.supervise import control
+    from servicefactory.supervise._dependencies import waves
+
+    path = str(Path(file if file is not None else appfile.DEFAULT_FILE).expanduser().absolute())
+    found = []
+    for name in registry.names():
+        if not name.startswith(SUPERVISOR_PREFIX) or not registry.is_held(name):
+            continue
+        try:
+            info = control.call_supervisor(name, "application", None, 5.0, registry)
+        except ServiceFactoryError:
+            continue  # gone meanwhile, or too old to say
+        if isinstance(info, dict) and info.get("file") == path:
+            found.append(name)
+    if not found:
+        raise error
+    for supervisor in found:
+        services = _by_service(control.call_supervisor(supervisor, "specs", None, 10.0, registry))
+        click.echo(f"warning: {error}; stopping what `up` started from it, as its supervisor {supervisor} "
+                   f"knows it: {', '.join(services)}", err=True)
+        graph = {name: [need for need in (spec.get("depends_on") or {}) if need in services]
+                 for name, spec in services.items()}
+        order = [name for wave in reversed(waves(graph)) for name in wave]
+        processes = [row["name"] for row in control.call_supervisor(supervisor, "status", None, 10.0, registry)]
+        stop_timeouts = {name: spec.get("stop_timeout") or 10.0 for name, spec in services.items()}
+        _stop_under(supervisor, processes, order, stop_timeouts, timeout, registry)
 
 
 # -- what `logs` reads in a line: `STAMP NAME | text`, `STAMP NAME ! text`, `STAMP [servicefactory] NAME text` --

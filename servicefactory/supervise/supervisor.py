@@ -1188,6 +1188,12 @@ class Supervisor(ServiceBase):
             rows.append(row)
         return rows
 
+    @handle("application")
+    def handle_application(self, data: Any) -> dict:
+        """The application file this supervisor was started from (`up`) and its `--env`; None for `run`.
+        What `down` finds it by when that file no longer loads."""
+        return {"file": self.settings.app_file, "environment": self.settings.app_environment}
+
     @handle("specs")
     def handle_specs(self, data: Any) -> list:
         """Every supervised service's Spec: what `up` compares an application file with."""
