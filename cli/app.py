@@ -56,6 +56,25 @@ def scoped(names: tuple[str, ...], file: str | None) -> tuple[str, ...]:
     return names
 
 
+def stop_waves(names: tuple[str, ...] | list[str], registry: Any) -> list[list[str]]:
+    """`names` in the order `stop` ends them: a service another of them depends on (its
+    `depends_on`, as remembered from its run) comes in a later wave than that dependent."""
+    services = {name.partition("/")[0] for name in names}
+    if len(services) < 2:
+        return [list(names)]
+    from servicefactory.supervise._dependencies import waves
+
+    graph = {}
+    for service in services:
+        needs = (registry.remembered(service) or {}).get("depends_on")
+        graph[service] = [need for need in needs or () if need in services and need != service]
+    try:
+        order = list(reversed(waves(graph)))
+    except ValueError:  # a cycle (remembered from different runs): all at once, as before
+        return [list(names)]
+    return [[name for name in names if name.partition("/")[0] in wave] for wave in order]
+
+
 def _load(file: str | None, environment: str | None, check_targets: bool = True) -> Any:
     from servicefactory import appfile
     from servicefactory.supervise.loader import TargetImportError
@@ -97,7 +116,7 @@ def up(file: str | None, environment: str | None, foreground: bool, dry_run: boo
     registry = _registry()
     supervisor = _supervisor_of(app, registry)
     if supervisor is not None:  # up already: apply the file's changes
-        if foreground or watch:
+        if (foreground or watch) and not dry_run:
             raise CommandFailed(f"the application is up already (supervisor {supervisor}): `servicefactory "
                                 f"down` first to run it {'in the foreground' if foreground else 'with --watch'}", 9)
         _apply(app, supervisor, registry, dry_run)

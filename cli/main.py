@@ -377,11 +377,12 @@ def _stop_each(names: tuple[str, ...], timeout: float | None, registry: Any, sig
         except OSError as exc:  # never a traceback, and never a missing outcome
             outcomes[name] = StopOutcome(name, False, message=f"{name}: {exc}", failed=True)
 
-    threads = [threading.Thread(target=one, args=(name,)) for name in names]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    for wave in _app.stop_waves(names, registry):  # dependents first; each wave's names in parallel
+        threads = [threading.Thread(target=one, args=(name,)) for name in wave]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     return [outcomes[name] for name in names]
 
 
