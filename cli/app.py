@@ -338,7 +338,18 @@ def _stop_under(supervisor: str, names: list[str], order: list[str], stop_timeou
         rows = {row["name"]: row for row in control.call_supervisor(supervisor, "stop", request, limit + 15,
                                                                     registry)}
     except ServiceFactoryError as exc:
-        raise CommandFailed(f"cannot stop {', '.join(names)} through their supervisor {supervisor}: {exc}", 1)
+        if not control.supervisor_died(registry, supervisor, within=5.0):
+            raise CommandFailed(f"cannot stop {', '.join(names)} through their supervisor {supervisor}: {exc}", 1)
+        # it was going already (nothing left to run, or killed): each name is stopped, or an orphan, now
+        failed = False
+        for name in sorted(names, key=lambda name: _position(order, name)):
+            outcome = control.stop(name, timeout, registry)
+            failed = failed or outcome.failed
+            click.echo(f"error: {outcome.message}" if outcome.failed else
+                       outcome.message if outcome.was_running else f"{name} was stopped", err=outcome.failed)
+        if failed:
+            sys.exit(1)
+        return
     for name in sorted(names, key=lambda name: _position(order, name)):
         if before.get(name, {}).get("state") in ("stopped", "failed", "blocked"):
             click.echo(f"{name} was {before[name]['state']}" + (
