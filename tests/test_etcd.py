@@ -544,3 +544,36 @@ def test_over_tls_with_a_client_certificate_and_etcds_authentication_services_re
         result = sf("stop", "Echo")
         assert result.returncode == 0 and "Echo stopped" in result.stdout, result.stderr
         assert proc.wait(10) == 0
+
+
+def test_a_following_client_keeps_calling_known_instances_through_an_etcd_outage_within_its_lease_ttl(
+        sf, own_etcd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh-enough view keeps serving: the watched copy answers for up to the lease TTL (10 s
+    here) after etcd went away, so calls spread over the known instances go on; then, with etcd
+    still away, the client fails in one line instead of trusting an old copy."""
+    from servicefactory.errors import StateError
+    from servicefactory.http import client
+
+    server, _ = own_etcd
+    monkeypatch.setenv("SERVICEFACTORY_LEASE_TTL", "10")
+    (tmp_path / "echo.py").write_text(textwrap.dedent(ECHO))
+    started = sf("run", "echo:Echo", "--instances", "2", "--daemon")
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert len({client.perform("Echo", "pid") for _ in range(20)}) == 2  # both, through the followed copy
+    (registry,) = client.default._registries.values()
+    wait_until(registry.version, timeout=20, message="the watch to be up")
+    server.kill()
+    outage = time.monotonic()
+    answered = set()
+    while time.monotonic() - outage < 3:  # well within the grace of 10 s
+        answered.add(client.perform("Echo", "pid"))
+        time.sleep(0.02)
+    assert len(answered) == 2
+    wait_until(lambda: registry.version() is None, timeout=30, message="the copy's grace to end")
+    assert time.monotonic() - outage >= 9  # not before its grace
+    with pytest.raises(StateError, match="unreachable"):
+        client.perform("Echo", "pid")
+    server.restart()
+    wait_until(registry.version, timeout=20, message="the watch to be up again")
+    assert len({client.perform("Echo", "pid") for _ in range(20)}) == 2
+    assert sf("stop", "Echo").returncode == 0

@@ -6,12 +6,16 @@ is up, the registry answers reads from the copy (no round trip); `version` chang
 event, so that a cached view (the spread of a service's instances) is gathered again at once when
 something changed, and never merely because time passed.
 
+While the watch is down the copy still answers for up to `grace` seconds (the lease TTL: what
+etcd would have dropped by then may be in it), so that a client calling known instances keeps
+calling through a short etcd outage; then reads go to etcd, and fail as it does.
+
 The stream is read with requests (etcd3gw's session), not with etcd3gw's `Watcher`: that one
 reads its stream in a pool thread of its own and gives no sign when the stream ends (etcd
 restarted, the link was cut) or fails, and it waits for the first answer without a timeout, so
 a copy fed by it could go stale without anyone knowing. Here a stream that ends, breaks, is
-compacted away or stays silent past `IDLE` is dropped, the copy stops answering (reads go to
-etcd again) until a new read and watch have been made.
+compacted away or stays silent past `IDLE` is dropped and made anew; until then the copy
+answers only within its grace.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import base64
 import json
 import logging
 import threading
+import time
 
 TYPE_CHECKING = False  # typing is for type checkers only: importing it would slow `servicefactory perform`
 if TYPE_CHECKING:
@@ -40,8 +45,13 @@ class _Silent(Exception):
 class Mirror:
     """The prefix's keys (bytes -> kv dict with decoded key and value), and whether they are current."""
 
-    def __init__(self, prefix: str, read: Callable[[], tuple[list[dict], int]], post_stream: Callable[..., Any]) -> None:
+    def __init__(self, prefix: str, read: Callable[[], tuple[list[dict], int]], post_stream: Callable[..., Any],
+                 grace: float = 0.0) -> None:
         self.prefix = prefix
+        # seconds the copy still answers once its watch is down (etcd away): what etcd itself would
+        # have dropped by then (a lease that lapsed) may be in it, so no longer than the lease TTL
+        self.grace = grace
+        self._lost_at: float | None = None  # when the copy stopped being current, if it was once
         self._read = read  # () -> (decoded kvs of the prefix, the revision they were read at)
         self._post_stream = post_stream  # (path, payload, read_timeout) -> a streaming requests response
         self.kvs: dict[bytes, dict] = {}
@@ -67,11 +77,23 @@ class Mirror:
             except Exception:
                 pass
 
+    def usable(self) -> bool:
+        """Whether the copy answers: current, or current less than `grace` seconds ago (a client
+        with a fresh-enough view keeps calling while etcd is away)."""
+        with self.lock:
+            return self._usable()
+
+    def _usable(self) -> bool:
+        if self.live:
+            return True
+        return (self._lost_at is not None and not self._stop.is_set()
+                and time.monotonic() - self._lost_at < self.grace)
+
     def view(self, written: int) -> dict[bytes, dict] | None:
-        """A copy of the keys if they are current and include revision `written` (this process's last
+        """A copy of the keys if `usable` and they include revision `written` (this process's last
         write: a process reads its own writes), else None (then etcd is read)."""
         with self.lock:
-            if not self.live or self.revision < written:
+            if not self._usable() or self.revision < written:
                 return None
             return dict(self.kvs)
 
@@ -86,6 +108,8 @@ class Mirror:
                     logger.info("registry watch interrupted, reading etcd directly meanwhile: %s", exc)
                 self._down = True
                 with self.lock:
+                    if self.live:
+                        self._lost_at = time.monotonic()
                     self.live = False
                 self._stop.wait(RETRY)
 
@@ -99,7 +123,7 @@ class Mirror:
         try:
             with self.lock:
                 self.kvs = {kv["key"]: kv for kv in kvs}
-                self.revision, self.live = revision, True
+                self.revision, self.live, self._lost_at = revision, True, None
                 self.version += 1
             self._down = False
             try:

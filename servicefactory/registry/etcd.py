@@ -309,7 +309,7 @@ class EtcdRegistry:
                 response.raise_for_status()
                 return response
 
-            self._mirror = Mirror(self.prefix, read, post_stream)
+            self._mirror = Mirror(self.prefix, read, post_stream, grace=float(self.ttl))
 
     def __del__(self) -> None:
         mirror = self.__dict__.get("_mirror")
@@ -318,9 +318,9 @@ class EtcdRegistry:
 
     def version(self) -> int | None:
         """A number that changes whenever the followed copy changes (None unless `follow()`ing and
-        current): a view cached while it stays the same is still true."""
+        the copy answers, see _etcdwatch): a view cached while it stays the same is still true."""
         mirror = self._mirror
-        return mirror.version if mirror is not None and mirror.live else None
+        return mirror.version if mirror is not None and mirror.usable() else None
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:
