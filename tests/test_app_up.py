@@ -318,6 +318,41 @@ def test_a_supervisor_killed_with_9_leaves_nothing_a_command_started_even_what_i
                message=f"every process of the command gone: {[p for p in everything if alive(p)]}")
 
 
+def test_a_command_killed_with_9_is_seen_so_and_a_killed_keeper_takes_the_program_and_its_daemons(sf):
+    sf.write("escaper.py", ESCAPER)
+    sf.write("servicefactory.toml", f"""
+        [settings]
+        backoff = 0.1
+
+        [services.escaper]
+        command = ["{PYTHON}", "escaper.py"]
+        ready = {{ log = "escaped" }}
+    """)
+    assert sf("up").returncode == 0
+
+    def daemon() -> int:
+        wait_until(lambda: (sf.cwd / "daemon.pid").exists() and (sf.cwd / "daemon.pid").read_text(),
+                   message="the daemon's pid")
+        return int((sf.cwd / "daemon.pid").read_text())
+
+    first, program = daemon(), sf.row("escaper")["pid"]
+    (sf.cwd / "daemon.pid").unlink()
+    os.kill(program, signal.SIGKILL)  # the program itself: its keeper dies the same way, and says so
+    wait_until(lambda: sf.row("escaper")["state"] == "running" and sf.row("escaper")["pid"] != program,
+               timeout=15, message="restarted")
+    assert sf.row("escaper")["last_exit"] == -9 and "escaper killed by SIGKILL" in sf.log("escaper"), sf.log("escaper")
+    assert "Traceback" not in sf.log("escaper")
+    wait_until(lambda: gone(first), timeout=5, message="the first daemon gone with its program")
+    second, program = daemon(), sf.row("escaper")["pid"]
+    keeper = int(Path(f"/proc/{program}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    os.kill(keeper, signal.SIGKILL)  # its keeper: the kernel ends the program, the supervisor its orphans
+    wait_until(lambda: gone(program) and gone(second), timeout=10, message="the program and its daemon gone")
+    wait_until(lambda: sf.row("escaper")["state"] == "running" and sf.row("escaper")["pid"] != program,
+               timeout=15, message="restarted again")
+    assert sf("down").returncode == 0
+    assert not sf.ours()
+
+
 TRAPPER = """
 import signal, sys, time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
