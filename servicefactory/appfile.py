@@ -116,10 +116,12 @@ class _Reader:
         self.prefix: tuple[str, ...] = ()  # an environment's tables are written under environments.NAME
 
     def line(self, where: tuple[str, ...]) -> int | None:
-        for key in (self.prefix + where, where):
-            for depth in range(len(key), 0, -1):
-                if key[:depth] in self.lines:
-                    return self.lines[key[:depth]]
+        # the deepest key written, the environment's own first at each depth: a service's key the
+        # environment does not override is on the service's line, not the environment's header
+        for depth in range(len(where), 0, -1):
+            for key in (self.prefix + where[:depth], where[:depth]):
+                if key in self.lines:
+                    return self.lines[key]
         return None
 
     def error(self, where: tuple[str, ...], message: str) -> AppFileError:
@@ -164,6 +166,7 @@ def _choice(options: tuple[str, ...]) -> Check:
 
 
 def _words(reader: _Reader, where: tuple, value: Any) -> list[str]:
+    given = value
     if isinstance(value, str):
         try:
             value = shlex.split(value)
@@ -172,7 +175,7 @@ def _words(reader: _Reader, where: tuple, value: Any) -> list[str]:
                                       f"{exc}") from None
     if not isinstance(value, list) or not value or not all(isinstance(word, str) for word in value) or not value[0]:
         raise reader.error(where, f"{where[-1]} in {_table_name(where[:-1])} must be a list of strings "
-                                  f"(the program first), not {_shown(value)}")
+                                  f"(the program first), not {_shown(given)}")
     return value
 
 
@@ -297,9 +300,9 @@ TOP_KEYS = ("services", "settings", "environments")
 
 def _shown(value: Any) -> str:
     if isinstance(value, dict):
-        return "a table"
+        return "a table" if value else "an empty table"
     if isinstance(value, list):
-        return "a list"
+        return "a list" if value else "an empty list"
     if isinstance(value, str):
         return repr(value)
     return f"{value!r} ({type(value).__name__})"
@@ -419,17 +422,20 @@ def load(file: str | os.PathLike | None = None, environment: str | None = None, 
     environments = data.get("environments", {})
     if not isinstance(environments, dict):
         raise reader.error(("environments",), "environments must hold one table per environment")
+    for name, override in environments.items():  # each one's shape, even when another is chosen
+        if not isinstance(override, dict):
+            raise reader.error(("environments", name), f"[environments.{name}] must be a table")
+        for key, value in override.items():
+            if key not in ("services", "settings"):
+                raise _unknown(reader, ("environments", name), key, ("services", "settings"))
+            if not isinstance(value, dict):
+                raise reader.error(("environments", name, key), f"{key} in [environments.{name}] must be a table "
+                                                                 f"([environments.{name}.{key}...])")
     if environment is not None:
         if environment not in environments:
             defined = ", ".join(environments) or "none"
             raise AppFileError(f"{shown}: no environment {environment!r} (environments defined: {defined})")
-        override = environments[environment]
-        if not isinstance(override, dict):
-            raise reader.error(("environments", environment), f"[environments.{environment}] must be a table")
-        for key in override:
-            if key not in ("services", "settings"):
-                raise _unknown(reader, ("environments", environment), key, ("services", "settings"))
-        data = _merge(data, override)
+        data = _merge(data, environments[environment])  # its shape was checked above
         reader.prefix = ("environments", environment)  # a key the override wrote is found there first
     services = data.get("services")
     if not isinstance(services, dict) or not services:

@@ -75,6 +75,13 @@ def error_of(directory: Path, text: str, **options) -> str:
      r"servicefactory.toml:2: unknown key 'backof' in \[settings\]; did you mean 'backoff'\?"),
     ("title = \"x\"\n", r"servicefactory.toml:1: unknown key 'title'"),
     ("", r"servicefactory.toml: no services"),
+    ("[services.a]\ncommand = \"\"\n", r"servicefactory.toml:2: command in \[services.a\] must be a list of strings "
+                                      r"\(the program first\), not ''"),
+    ("[services.a]\ncommand = []\n", r"servicefactory.toml:2: .* not an empty list"),
+    ("[services.a]\ncommand = [\"true\"]\n[environments.x]\nservices = 1\n",
+     r"servicefactory.toml:4: services in \[environments.x\] must be a table"),
+    ("[services.a]\ncommand = [\"true\"]\n[environments.x]\nservice = {}\n",
+     r"servicefactory.toml:4: unknown key 'service' in \[environments.x\]; did you mean 'services'\?"),
     ("[services.api]\ncommand = [\"true\"]\ninstances = 65\n",
      r"servicefactory.toml:3: instances in \[services.api\] must be a whole number from 1 to 64, not 65"),
 ])
@@ -218,3 +225,24 @@ def test_dry_run_prints_the_start_order_and_who_waits_for_whom(tmp_path):
                                           "api waits for redis (ready), migrate (completed)",
                                           "migrate waits for redis (ready)"]
     assert sf.status() == []  # nothing started
+
+
+def test_a_cycle_an_environment_closes_is_named_with_a_line_of_a_service_in_it(tmp_path):
+    write(tmp_path, """\
+        [services.a]
+        command = ["true"]
+        depends_on = ["b"]
+
+        [services.b]
+        command = ["true"]
+        depends_on = { c = "completed" }
+
+        [services.c]
+        command = ["true"]
+
+        [environments.loop.services.c]
+        depends_on = ["a"]
+    """)
+    assert appfile.load(tmp_path / "servicefactory.toml").graph == {"a": ["b"], "b": ["c"], "c": []}
+    with pytest.raises(AppFileError, match=r"servicefactory.toml:3: dependency cycle: a -> b -> c -> a$"):
+        appfile.load(tmp_path / "servicefactory.toml", "loop")
