@@ -728,9 +728,13 @@ class Supervisor(ServiceBase):
                    and c.state in (ServiceState.STARTING, ServiceState.RUNNING) and c.stop_deadline is None]
         if not limited:
             return
-        usage = _limits.tree_memory([c.pid for c in limited if c.pid])
+        # measured from the process we started: a command's keeper adopts what the program's children
+        # double-fork or setsid away (they are no longer below the program), but is not itself counted
+        usage = _limits.tree_memory([c.popen.pid for c in limited])
         for child in limited:
-            used = usage.get(child.pid, 0)
+            used = usage.get(child.popen.pid, 0)
+            if child.pid != child.popen.pid:
+                used -= _limits.rss(child.popen.pid)
             if used > child.spec.max_memory:
                 self._fault_stop(child, Reason.MEMORY, f"memory {_limits.format_size(used)} over its limit of "
                                                        f"{_limits.format_size(child.spec.max_memory)}")
