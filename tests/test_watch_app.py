@@ -167,3 +167,39 @@ def test_a_saved_application_file_is_applied_under_watch(sf):
     sf.write("servicefactory.toml", APP.replace("{seconds}", "301"))
     assert sf("down").returncode == 0
     assert not sf.ours()
+
+
+ROLLED = """
+import time
+from servicefactory import Service
+import helper
+
+@Service.API.endpoint(port=0)
+class App(Service.base):
+    def loop(self):
+        self.sleep(0.1)
+
+    def finalize(self):
+        time.sleep(0.3)  # a stop that takes a moment: a roll shows in the stamps
+
+    @Service.API.handle("version")
+    def version(self, data):
+        return helper.VERSION
+"""
+
+
+def test_the_instances_of_a_changed_service_roll_one_at_a_time(sf):
+    sf.write("app.py", ROLLED)
+    sf.write("helper.py", "VERSION = 1\n")
+    sf.daemon("app", "--watch", "--instances", "2")
+    wait_until(lambda: "watching" in _supervisor_log(sf), message="the watch line")
+    before = _rows(sf)
+    assert set(before) == {"App/1", "App/2"}, before
+    sf.write("helper.py", "VERSION = 2\n")
+    after = _settled(sf, before, {"App/1", "App/2"})
+    assert all(row["last_reason"] == "file-change" for row in after.values()), after
+    # one at a time: the first was ready again before the second was stopped
+    first_ready = stamped(sf.log("App@1"), r"\[servicefactory\] App/1 ready")[-1]
+    second_stopped = stamped(sf.log("App@2"), r"\[servicefactory\] App/2 stopped")[-1]
+    assert first_ready <= second_stopped, (first_ready, second_stopped)
+    assert {sf("perform", "App", "version").stdout.strip() for _ in range(6)} == {"2"}
