@@ -54,6 +54,14 @@ def test_more_rows_than_fit_scroll_so_that_the_selected_one_stays_on_screen_abov
     lines = screen_of(top, 100, 10)
     assert lines[1].startswith("NAME") and lines[-1] == KEYS_HELP  # header and footer stay put
     assert lines[8].startswith("S25 ") and lines[2].startswith("S19 "), lines
+    for _ in range(3):
+        top.key("up")
+    lines = screen_of(top, 100, 10)
+    assert lines[2].startswith("S19 ") and lines[8].startswith("S25 "), lines  # moving within it: it stays
+    for _ in range(4):
+        top.key("k")
+    lines = screen_of(top, 100, 10)
+    assert lines[2].startswith("S18 ") and lines[8].startswith("S24 "), lines  # past its top: one row up
 
 
 def test_a_narrow_terminal_cuts_lines_instead_of_wrapping_them():

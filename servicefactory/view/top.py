@@ -53,6 +53,7 @@ class Top:
         self.finished = threading.Event()  # q, Ctrl+C, SIGTERM or SIGHUP
         self.due = 0.0  # when the rows are read next
         self.dirty = True  # something changed since the screen was last drawn
+        self.first = 0  # the first row on the screen, when there are more than fit
         self.lock = threading.Lock()  # an action's thread reports here while the screen draws
 
     # -- data --
@@ -154,7 +155,8 @@ class Top:
         shown = max(1, room - 2)
         names = [row["name"] for row in rows]
         index = names.index(self.selected) if self.selected in names else 0
-        first = max(0, min(index - shown + 1, len(rows) - shown)) if index >= shown else 0
+        first = min(self.first, index) if index < self.first + shown else index - shown + 1
+        first = self.first = max(0, min(first, len(rows) - shown))  # the window moves only when it must
         # our own columns, cut at the screen's edge like htop's: a table that shrinks its columns
         # to fit would squeeze the names out of a narrow terminal; widths over every row, so that
         # the columns do not move while scrolling
