@@ -328,6 +328,11 @@ def test_the_supervisor_answers_metrics_per_instance_and_a_kill_9_counts_for_tha
     sf.daemon("many:Many", "--instances", "2")
     port, token = supervisor_of(sf, "Many/1")
     bearer = {"Authorization": f"Bearer {token}"}
+    # the supervisor's /metrics: its token, and the Host/Origin rules of every API, token or not
+    assert request(port, "GET", "/metrics")[0] == 401
+    assert request(port, "GET", "/metrics", Host="evil.example", **bearer)[0] == 403
+    assert request(port, "GET", "/metrics", Origin="http://evil.example", **bearer)[0] == 403
+    assert request(port, "GET", "/metrics", **{"Sec-Fetch-Site": "cross-site"}, **bearer)[0] == 403
     samples = scrape(port, **bearer)
     for name in ("Many/1", "Many/2"):
         assert samples[("servicefactory_supervised_state", (("service", name), ("state", "running")))] == 1
