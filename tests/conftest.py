@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from support import PYTHON, Cli, Proc, kill_all, processes_using
+from support import KEEPER, MODULE_COMMAND, PYTHON, Cli, Proc, kill_all, processes_using
 
 
 # files holding the suite's longest tests (measured with --durations), collected first: under xdist a
@@ -79,3 +79,11 @@ def spawn(tmp_path: Path, sf_home: Path) -> Iterator:
     yield start
     for proc in procs:
         proc.kill()
+
+
+@pytest.fixture
+def keeper(tmp_path: Path) -> Iterator[Path]:
+    """tmp_path holding keeper.py (support.KEEPER); whatever was started from there is stopped at the end."""
+    (tmp_path / "keeper.py").write_text(textwrap.dedent(KEEPER))
+    yield tmp_path
+    Cli(command=MODULE_COMMAND, timeout=90)("stop", "--all", "--timeout", "2", cwd=tmp_path)

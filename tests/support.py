@@ -15,9 +15,10 @@ import sys
 import textwrap
 import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -27,6 +28,84 @@ COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [PYTHON, "-m", "servicefactory"]
 MODULE_COMMAND = [PYTHON, "-m", "servicefactory"]
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}) ")
 RUNNING_LINE = re.compile(r"^(?P<name>\S+) running \(pid (?P<pid>\d+), (?P<url>http://127\.0\.0\.1:\d+)\)$")
+
+
+# -- service modules more than one test file runs -------------------------------------------------
+
+#: Echo (`python echo.py`, or `run echo`): `echo` answers what was sent, `pid` the process id
+ECHO = """
+import os
+from servicefactory import Service
+
+
+@Service.API.endpoint(port=0)
+class Echo(Service.base):
+    def loop(self):
+        self.sleep(1)
+
+    @Service.API.handle("echo")
+    def echo(self, data):
+        return data
+
+    @Service.API.handle("pid")
+    def pid(self, data):
+        return os.getpid()
+
+if __name__ == "__main__":
+    Echo().run()
+"""
+
+#: Keeper (keeper.py): its own stop timeout ($POLICY_STOP_TIMEOUT) and a finalize() that takes
+#: $FINALIZE_SECONDS, logging `finalizing for N s` and then `finalized`; `pid` answers its pid
+KEEPER = """
+import os, time
+from servicefactory import Service
+
+@Service.API.endpoint(port=0)
+@Service.policy(stop_timeout=float(os.environ.get("POLICY_STOP_TIMEOUT", "10")))
+class Keeper(Service.base):
+    def loop(self):
+        self.sleep(0.2)
+
+    def finalize(self):
+        seconds = float(os.environ.get("FINALIZE_SECONDS", "0"))
+        self.log(f"finalizing for {seconds} s")
+        time.sleep(seconds)
+        self.log("finalized")
+
+    @Service.API.handle("pid")
+    def pid(self, data):
+        return os.getpid()
+
+if __name__ == "__main__":
+    Keeper().run()
+"""
+
+#: Alpha (logs a tick, `echo`, `fail` raises ValueError) and Beta, in one module (services.py)
+ALPHA_AND_BETA = """
+from servicefactory import Service
+
+
+@Service.API.endpoint(port=0)
+class Alpha(Service.base):
+    def loop(self):
+        self.log("alpha tick")
+        self.sleep(0.3)
+
+    @Service.API.handle("echo")
+    def echo(self, data):
+        return data
+
+    @Service.API.handle("fail")
+    def fail(self, data):
+        raise ValueError("on purpose")
+
+
+@Service.API.endpoint(port=0)
+class Beta(Service.base):
+    def loop(self):
+        self.sleep(0.3)
+"""
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, message: str = "condition"):
@@ -52,6 +131,52 @@ def exchange(port: int, data: bytes, timeout: float = 5.0) -> tuple[int, dict, b
             return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
         finally:
             response.close()
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None, **headers: str) -> tuple[int, dict, bytes]:
+    """One HTTP request to 127.0.0.1:PORT: (status, lower-cased headers, body)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+class Calls:
+    """What the calling threads of `calling()` got, in order: answers, failures (every exception)."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self.answers: list[Any] = []
+        self.failures: list[BaseException] = []
+
+
+@contextmanager
+def calling(call: Callable[[], Any], threads: int = 4) -> Iterator[Calls]:
+    """`threads` threads calling `call()` over and over until the block ends (then joined, bounded)."""
+    calls = Calls(threads)
+    done = threading.Event()
+
+    def caller() -> None:
+        while not done.is_set():
+            try:
+                calls.answers.append(call())
+            except BaseException as exc:  # noqa: BLE001 - every failure counts
+                calls.failures.append(exc)
+
+    workers = [threading.Thread(target=caller) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    try:
+        yield calls
+    finally:
+        done.set()
+        for worker in workers:
+            worker.join(15)
 
 
 def free_port() -> int:

@@ -4,10 +4,9 @@ calling throughout sees no failed call), a changed count starts or stops only th
 `down` stops them all."""
 from __future__ import annotations
 
-import threading
 import time
 
-from support import wait_until
+from support import calling, wait_until
 from servicefactory.http import client
 
 WHO = """
@@ -77,30 +76,13 @@ def test_up_again_restarts_instances_one_at_a_time_and_a_caller_sees_no_failed_c
     assert plan.returncode == 0 and plan.stdout.splitlines()[0] == "restart Who one instance at a time (env)", plan
     assert _pids(sf) == before
 
-    failures: list[BaseException] = []
-    answers: list[dict] = []
-    done = threading.Event()
-
-    def caller() -> None:
-        while not done.is_set():
-            try:
-                answers.append(client.perform("Who", "who", timeout=10))
-            except BaseException as exc:  # noqa: BLE001 - every failure counts
-                failures.append(exc)
-
-    threads = [threading.Thread(target=caller) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    try:
+    with calling(lambda: client.perform("Who", "who", timeout=10), threads=4) as calls:
+        answers, failures = calls.answers, calls.failures
         wait_until(lambda: len(answers) > 20, message="calls flowing")
         result = sf("up")
         count = len(answers)
         wait_until(lambda: {a["colour"] for a in answers[count:]} == {"blue"} and len(answers) > count + 20,
                    timeout=20, message="only the new instances answering")
-    finally:
-        done.set()
-        for thread in threads:
-            thread.join(15)
     assert result.returncode == 0, result
     assert not failures, failures[:3]
     now = _pids(sf)

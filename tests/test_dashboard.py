@@ -18,34 +18,9 @@ from typing import Any
 
 import pytest
 
-from support import Cli, exchange, wait_until
+from support import ALPHA_AND_BETA, Cli, exchange, wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-SERVICES = '''
-from servicefactory import Service
-
-
-@Service.API.endpoint(port=0)
-class Alpha(Service.base):
-    def loop(self):
-        self.log("alpha tick")
-        self.sleep(0.3)
-
-    @Service.API.handle("echo")
-    def echo(self, data):
-        return data
-
-    @Service.API.handle("fail")
-    def fail(self, data):
-        raise ValueError("on purpose")
-
-
-@Service.API.endpoint(port=0)
-class Beta(Service.base):
-    def loop(self):
-        self.sleep(0.3)
-'''
 
 
 class Browser:
@@ -200,7 +175,7 @@ def cell(browser: Browser, name: str, column: str) -> Any:
 
 
 def test_the_page_shows_every_service_and_restart_asks_then_gives_a_new_pid(sf: Cli, dashboard, browser, tmp_path):
-    sf.write("services.py", SERVICES)
+    sf.write("services.py", ALPHA_AND_BETA)
     sf.daemon("services.py")
     rows = {row["name"]: row for row in sf.status()}
     address = dashboard()
@@ -232,7 +207,7 @@ def test_the_page_shows_every_service_and_restart_asks_then_gives_a_new_pid(sf: 
 
 
 def test_stop_from_the_page_stops_the_service_and_its_log_and_health_are_shown(sf: Cli, dashboard, browser):
-    sf.write("services.py", SERVICES)
+    sf.write("services.py", ALPHA_AND_BETA)
     sf.daemon("services.py")
     browser.go(dashboard())
     browser.wait("document.body.dataset.loaded === 'true'")
@@ -251,7 +226,7 @@ def test_stop_from_the_page_stops_the_service_and_its_log_and_health_are_shown(s
 def test_calls_per_second_and_the_latency_sparkline_follow_the_traffic(sf: Cli, dashboard, browser):
     from test_top import calling
 
-    sf.write("services.py", SERVICES)
+    sf.write("services.py", ALPHA_AND_BETA)
     sf.daemon("services.py")
     browser.go(dashboard())
     browser.wait("document.body.dataset.loaded === 'true'")
@@ -283,7 +258,7 @@ def _request(port: int, method: str, path: str, headers: dict[str, str] | None =
 
 
 def test_the_api_needs_the_token_and_refuses_cross_site_requests_while_the_page_refuses_framing(sf: Cli, dashboard):
-    sf.write("services.py", SERVICES)
+    sf.write("services.py", ALPHA_AND_BETA)
     sf.daemon("services.py")
     port, token = _port_and_token(dashboard())
     bearer = {"Authorization": f"Bearer {token}"}
@@ -338,7 +313,7 @@ def test_with_a_configured_token_the_address_carries_no_token_and_that_token_ope
 def test_a_supervisor_serves_the_dashboard_and_servicefactory_dashboard_prints_its_address(sf: Cli):
     import socket
 
-    sf.write("services.py", SERVICES)
+    sf.write("services.py", ALPHA_AND_BETA)
     sf.daemon("services.py", "--dashboard-port", "0")
     printed = sf("dashboard")  # finds the supervisor's, prints it and returns: it serves nothing itself
     assert printed.returncode == 0, printed.stderr
@@ -365,7 +340,7 @@ def test_a_supervisor_serves_the_dashboard_and_servicefactory_dashboard_prints_i
 
 
 def test_run_with_a_dashboard_off_loopback_and_no_token_is_refused_before_anything_starts(sf: Cli):
-    sf.write("services.py", SERVICES)
+    sf.write("services.py", ALPHA_AND_BETA)
     result = sf("run", "services.py", "--daemon", "--dashboard-port", "0", "--dashboard-host", "0.0.0.0")
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: serving the dashboard on 0.0.0.0 needs a token"), result.stderr

@@ -21,28 +21,7 @@ import pytest
 from etcd_support import TEST_TTL, Etcd, running_etcd
 from servicefactory.registry.base import ServiceRecord
 from servicefactory.registry.local import process_start_time
-from support import PYTHON, wait_until
-
-ECHO = """
-    import os
-    from servicefactory import Service
-
-    @Service.API.endpoint(port=0)
-    class Echo(Service.base):
-        def loop(self):
-            self.sleep(1)
-
-        @Service.API.handle("echo")
-        def echo(self, data):
-            return data
-
-        @Service.API.handle("pid")
-        def pid(self, data):
-            return os.getpid()
-
-    if __name__ == "__main__":
-        Echo().run()
-"""
+from support import ECHO, PYTHON, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support import wait_until
+from support import ECHO, wait_until
 
 # every module `servicefactory perform` may import, beyond a bare interpreter's own
 PERFORM_MAY_IMPORT = {
@@ -44,20 +44,6 @@ atexit.register(lambda: print(json.dumps(sorted(set(sys.modules) - baseline)), f
 sys.argv = ["servicefactory", "perform", *sys.argv[1:]]
 from servicefactory.cli.fast import main
 main()
-"""
-
-ECHO = """
-from servicefactory import Service
-
-
-@Service.API.endpoint(port=0)
-class Echo(Service.base):
-    def loop(self):
-        self.sleep(1)
-
-    @Service.API.handle("echo")
-    def echo(self, data):
-        return data
 """
 
 

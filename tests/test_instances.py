@@ -7,12 +7,11 @@ import collections
 import json
 import os
 import signal
-import threading
 import time
 
 import pytest
 
-from support import exchange, free_port, wait_until
+from support import calling, exchange, free_port, wait_until
 from servicefactory.errors import ProtocolError, ServiceNotRunning
 from servicefactory.http import client
 
@@ -96,21 +95,8 @@ def test_an_instance_answers_421_to_a_call_meant_for_another_instance_and_runs_n
 def test_kill_9_of_one_instance_fails_only_the_calls_in_flight_on_it_and_its_supervisor_restarts_it(sf):
     rows = _start(sf, "--instances", "2")
     pids = _pids(rows)
-    failures: list[BaseException] = []
-    answers: list[int] = []
-    done = threading.Event()
-
-    def caller() -> None:
-        while not done.is_set():
-            try:
-                answers.append(client.perform("Who", "who", timeout=5))
-            except BaseException as exc:  # noqa: BLE001 - every failure counts
-                failures.append(exc)
-
-    threads = [threading.Thread(target=caller) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    try:
+    with calling(lambda: client.perform("Who", "who", timeout=5), threads=3) as calls:
+        answers, failures = calls.answers, calls.failures
         wait_until(lambda: len(answers) > 50, message="calls flowing")
         os.kill(pids["Who/1"], signal.SIGKILL)
         back = wait_until(lambda: (lambda row: row if row and row["state"] == "running"
@@ -118,13 +104,9 @@ def test_kill_9_of_one_instance_fails_only_the_calls_in_flight_on_it_and_its_sup
                           timeout=20, message="Who/1 restarted")
         after = len(answers)
         wait_until(lambda: back["pid"] in answers[after:], timeout=10, message="calls reaching the new Who/1")
-    finally:
-        done.set()
-        for thread in threads:
-            thread.join(10)
     # a call already sent to Who/1 when it died cannot be sent again (it may have run): it fails,
     # saying so; at most one per calling thread, and every other call is answered
-    assert len(failures) <= len(threads), failures
+    assert len(failures) <= calls.threads, failures
     assert all(isinstance(exc, ProtocolError) and "Who/1" in str(exc) and "may or may not have run" in str(exc)
                for exc in failures), failures
     assert back["restarts"] == 1 and back["last_exit"] == -signal.SIGKILL
@@ -134,21 +116,8 @@ def test_kill_9_of_one_instance_fails_only_the_calls_in_flight_on_it_and_its_sup
 def test_a_rolling_restart_under_load_fails_no_call(sf):
     rows = _start(sf, "--instances", "2")
     before = _pids(rows)
-    failures: list[BaseException] = []
-    answers: list[int] = []
-    done = threading.Event()
-
-    def caller() -> None:
-        while not done.is_set():
-            try:
-                answers.append(client.perform("Who", "slow", timeout=10))
-            except BaseException as exc:  # noqa: BLE001 - every failure counts
-                failures.append(exc)
-
-    threads = [threading.Thread(target=caller) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    try:
+    with calling(lambda: client.perform("Who", "slow", timeout=10), threads=4) as calls:
+        answers, failures = calls.answers, calls.failures
         wait_until(lambda: len(answers) > 20, message="calls flowing")
         started = time.monotonic()
         result = sf("restart", "Who")
@@ -157,10 +126,6 @@ def test_a_rolling_restart_under_load_fails_no_call(sf):
         # the callers see the instance restarted last within a moment (their view is refreshed)
         wait_until(lambda: set(answers[after:]) == set(_pids(sf.status("Who")).values()), timeout=10,
                    message="both new instances answering")
-    finally:
-        done.set()
-        for thread in threads:
-            thread.join(15)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith("Who/1 running"), result.stdout
     assert not failures, failures[:3]

@@ -1,7 +1,6 @@
 """GET /metrics: live services scraped over real sockets, parsed with prometheus_client's own parser."""
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -12,7 +11,7 @@ from typing import Any, Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support import wait_until
+from support import request, wait_until
 from servicefactory import Service
 from servicefactory._metrics import CALL_BUCKETS, MAX_ERROR_TYPES, Counters
 from servicefactory.registry.backends import default_registry
@@ -49,16 +48,6 @@ class Counted(Service.base):
 def _close_client_connections() -> Iterator[None]:
     yield
     client.close_connections()
-
-
-def request(port: int, method: str, path: str, body: bytes | None = None, **headers: str) -> tuple[int, dict, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request(method, path, body=body, headers=headers)
-        response = connection.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        connection.close()
 
 
 def scrape(port: int, **headers: str) -> dict[tuple[str, tuple], float]:

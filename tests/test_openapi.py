@@ -2,7 +2,6 @@
 live service against its own document."""
 from __future__ import annotations
 
-import http.client
 import json
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ from typing import Any, Iterator, Literal
 
 import pytest
 
+from support import request
 from servicefactory import Service
 from servicefactory._schema import translate
 from servicefactory.errors import InvalidData
@@ -108,16 +108,6 @@ def _close_client_connections() -> Iterator[None]:
 def typed() -> Iterator[Typed]:
     with running(Typed()) as service:
         yield service
-
-
-def request(port: int, method: str, path: str, body: bytes | None = None, **headers: str) -> tuple[int, dict, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request(method, path, body=body, headers=headers)
-        response = connection.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        connection.close()
 
 
 def post(port: int, path: str, body: bytes) -> tuple[int, Any]:

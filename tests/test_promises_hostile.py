@@ -15,31 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from support import MODULE_COMMAND, PYTHON, Cli, alive, wait_until
+from support import KEEPER, MODULE_COMMAND, PYTHON, Cli, alive, wait_until
 
-KEEPER = """
-import os, time
-from servicefactory import Service
-
-@Service.API.endpoint(port=0)
-@Service.policy(stop_timeout=float(os.environ.get("POLICY_STOP_TIMEOUT", "10")))
-class Keeper(Service.base):
-    def loop(self):
-        self.sleep(0.2)
-
-    def finalize(self):
-        time.sleep(float(os.environ.get("FINALIZE_SECONDS", "0")))
-        self.log("finalized")
-"""
 
 sf = Cli(command=MODULE_COMMAND, timeout=90)
-
-
-@pytest.fixture
-def module(tmp_path):
-    (tmp_path / "keeper.py").write_text(textwrap.dedent(KEEPER))
-    yield tmp_path
-    sf("stop", "--all", "--timeout", "2", cwd=tmp_path)
 
 
 def read_only(home: Path, *command: str) -> list[str]:
@@ -54,17 +33,17 @@ def status_row(cwd: Path, name: str) -> dict:
     return json.loads(sf("status", name, "--json", cwd=cwd).stdout)[0]
 
 
-def test_status_reports_on_a_read_only_state_directory_holding_a_dead_supervisors_files(module, sf_home):
+def test_status_reports_on_a_read_only_state_directory_holding_a_dead_supervisors_files(keeper, sf_home):
     """Found: `status` exited 10 ("cannot use _supervisor-N.pid: Read-only file system") because it
     tried to remove a dead supervisor's record first; it only reads, so it must still report."""
-    assert sf("run", "keeper.py", "--daemon", cwd=module).returncode == 0
-    row = status_row(module, "Keeper")
+    assert sf("run", "keeper.py", "--daemon", cwd=keeper).returncode == 0
+    row = status_row(keeper, "Keeper")
     supervisor = int(row["supervisor"].rsplit("-", 1)[1])
     os.kill(supervisor, signal.SIGKILL)
     wait_until(lambda: not alive(row["pid"]), timeout=30, message="the service to follow its supervisor")
     assert list(sf_home.glob("_supervisor-*.pid"))  # the dead supervisor's leftovers are still there
     for args in (["status"], ["status", "--all"], ["status", "Keeper", "--json"]):
-        result = subprocess.run(read_only(sf_home, *MODULE_COMMAND, *args), cwd=module, capture_output=True,
+        result = subprocess.run(read_only(sf_home, *MODULE_COMMAND, *args), cwd=keeper, capture_output=True,
                                 text=True, timeout=60, env=sf.env)
         assert result.returncode == 3, (args, result.stdout, result.stderr)
         assert "Keeper" in result.stdout and "Traceback" not in result.stderr, (args, result.stderr)
@@ -114,7 +93,7 @@ def test_a_worker_forked_by_a_killed_script_does_not_hold_its_name(spawn, sf, tm
 
 
 @pytest.mark.parametrize("kind", ["directory", "symlink", "fifo"])
-def test_a_token_file_that_is_not_a_regular_file_is_named_as_such_and_nothing_waits_on_it(module, sf_home, kind):
+def test_a_token_file_that_is_not_a_regular_file_is_named_as_such_and_nothing_waits_on_it(keeper, sf_home, kind):
     """Found: a directory at `token` was refused as "readable by others; run: chmod 600" (a chmod
     that would not help); a FIFO there must not make anything wait on it."""
     sf_home.mkdir(mode=0o700)
@@ -123,14 +102,14 @@ def test_a_token_file_that_is_not_a_regular_file_is_named_as_such_and_nothing_wa
         token.mkdir()
         token.chmod(0o755)  # as mkdir makes it: "readable by others" was the wrong complaint
     elif kind == "symlink":
-        target = module / "elsewhere"
+        target = keeper / "elsewhere"
         target.write_text("x" * 64)
         target.chmod(0o600)
         token.symlink_to(target)
     else:
         os.mkfifo(token, 0o600)
     for args in (["run", "keeper.py", "--daemon"], ["perform", "Keeper", "health"]):
-        result = sf(*args, cwd=module, timeout=30)
+        result = sf(*args, cwd=keeper, timeout=30)
         assert result.returncode != 0 and "Traceback" not in result.stderr, (args, result.stderr)
         assert "not a regular file" in result.stderr, (args, result.stderr)
 
@@ -143,13 +122,13 @@ dd if=/dev/zero of="$HOME_DIR/filler" bs=4k 2>/dev/null
 """
 
 
-def test_a_run_refused_on_a_full_disk_leaves_no_phantom_stale_service(module, sf_home):
+def test_a_run_refused_on_a_full_disk_leaves_no_phantom_stale_service(keeper, sf_home):
     """Found: `run` on a full state directory failed with one line (right), but left an empty
     Keeper.pid, so `status` showed a `stale` Keeper that never ran (exit 3)."""
     if os.geteuid() != 0 or not shutil.which("unshare"):
         pytest.skip("needs root and unshare(1) to mount a small file system")
     sf_home.mkdir(mode=0o700)
-    result = subprocess.run(["unshare", "-m", "sh", "-c", FULL, "sh", *MODULE_COMMAND], cwd=module,
+    result = subprocess.run(["unshare", "-m", "sh", "-c", FULL, "sh", *MODULE_COMMAND], cwd=keeper,
                             capture_output=True, text=True, timeout=120, env=dict(sf.env, HOME_DIR=str(sf_home)))
     assert "run 10" in result.stdout and "No space left" in result.stderr, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
@@ -158,33 +137,33 @@ def test_a_run_refused_on_a_full_disk_leaves_no_phantom_stale_service(module, sf
 
 
 @pytest.mark.parametrize("command", [["restart", "Keeper"], ["reload", "Keeper"]])
-def test_restart_or_reload_through_a_suspended_supervisor_fails_fast_and_queues_nothing(module, sf_home, command):
+def test_restart_or_reload_through_a_suspended_supervisor_fails_fast_and_queues_nothing(keeper, sf_home, command):
     """Found: `restart` through a SIGSTOPped supervisor hung (its deadline was ten minutes), and once the
     supervisor was resumed it restarted the service anyway; `stop` had been fixed for this (9.13)."""
-    assert sf("run", "keeper.py", "--daemon", cwd=module).returncode == 0
-    row = status_row(module, "Keeper")
+    assert sf("run", "keeper.py", "--daemon", cwd=keeper).returncode == 0
+    row = status_row(keeper, "Keeper")
     supervisor = int(row["supervisor"].rsplit("-", 1)[1])
     os.kill(supervisor, signal.SIGSTOP)
     try:
-        result = sf(*command, cwd=module, timeout=30)
+        result = sf(*command, cwd=keeper, timeout=30)
         assert result.returncode == 1, (result.stdout, result.stderr)
         assert "suspended" in result.stderr and "Traceback" not in result.stderr, result.stderr
     finally:
         os.kill(supervisor, signal.SIGCONT)
     time.sleep(1.5)
-    after = status_row(module, "Keeper")
+    after = status_row(keeper, "Keeper")
     assert after["state"] == "running" and after["pid"] == row["pid"] and after["restarts"] == 0, after
 
 
 @pytest.mark.parametrize("daemon", [True, False])
-def test_a_hard_link_at_the_pidfile_is_refused_and_its_target_survives(module, sf_home, daemon):
+def test_a_hard_link_at_the_pidfile_is_refused_and_its_target_survives(keeper, sf_home, daemon):
     """Found: a symlink at NAME.pid was refused (9.7) but a hard link was not: `run` wrote its pid
     over the linked file's contents."""
     sf_home.mkdir(mode=0o700)
-    precious = module / "precious.txt"
+    precious = keeper / "precious.txt"
     precious.write_text("do not overwrite\n")
     os.link(precious, sf_home / "Keeper.pid")
-    result = sf("run", "keeper.py", *(["--daemon"] if daemon else []), cwd=module, timeout=60)
+    result = sf("run", "keeper.py", *(["--daemon"] if daemon else []), cwd=keeper, timeout=60)
     assert result.returncode == 10, (result.stdout, result.stderr)
     assert "hard link" in result.stderr and "Traceback" not in result.stderr + result.stdout
     assert precious.read_text() == "do not overwrite\n"

@@ -19,31 +19,8 @@ import pytest
 
 from support import MODULE_COMMAND, Cli, alive, wait_until
 
-MODULE = """
-import os, time
-from servicefactory import Service
-
-@Service.API.endpoint(port=0)
-@Service.policy(stop_timeout=float(os.environ.get("POLICY_STOP_TIMEOUT", "10")))
-class Keeper(Service.base):
-    def loop(self):
-        self.sleep(0.2)
-
-    def finalize(self):
-        seconds = float(os.environ.get("FINALIZE_SECONDS", "0"))
-        self.log(f"finalizing for {seconds} s")
-        time.sleep(seconds)
-        self.log("finalized")
-"""
 
 sf = Cli(command=MODULE_COMMAND, timeout=90)
-
-
-@pytest.fixture
-def module(tmp_path):
-    (tmp_path / "keeper.py").write_text(textwrap.dedent(MODULE))
-    yield tmp_path
-    sf("stop", "--all", "--timeout", "2", cwd=tmp_path)
 
 
 def start(cwd: Path, env: dict) -> tuple[int, int]:
@@ -67,13 +44,13 @@ def leftovers(home: Path) -> list[str]:
 
 @pytest.mark.parametrize("finalize", ["2", "0.2"])
 @pytest.mark.parametrize("command", [["stop", "Keeper"], ["stop", "--all"]])
-def test_a_stop_whose_supervisor_is_killed_mid_way_takes_the_service_over(module, sf_home, command, finalize):
+def test_a_stop_whose_supervisor_is_killed_mid_way_takes_the_service_over(keeper, sf_home, command, finalize):
     """0.2.0 (and main before this fix): `error: ... closed the connection without a complete answer;
     'stop' may or may not have run`, exit 1, Keeper and the dead supervisor's files left behind. With a
     short finalize() the service may be gone before the command looks: still "stopped", not "was not
     running"."""
-    service, supervisor = start(module, {"FINALIZE_SECONDS": finalize})
-    stopping = sf.popen(*command, cwd=module)
+    service, supervisor = start(keeper, {"FINALIZE_SECONDS": finalize})
+    stopping = sf.popen(*command, cwd=keeper)
     try:
         kill_supervisor_while_it_stops(sf_home, supervisor)
         out, err = stopping.communicate(timeout=60)
@@ -86,16 +63,16 @@ def test_a_stop_whose_supervisor_is_killed_mid_way_takes_the_service_over(module
     assert not alive(service)
     assert "finalized" in (sf_home / "Keeper.log").read_text()  # it was let finish, not killed
     assert leftovers(sf_home) == []
-    row = json.loads(sf("status", "Keeper", "--json", cwd=module).stdout)[0]
+    row = json.loads(sf("status", "Keeper", "--json", cwd=keeper).stdout)[0]
     assert row["state"] == "stopped", row
 
 
 @pytest.mark.parametrize("command", [["stop", "Keeper"], ["stop", "--all"]])
-def test_a_hanging_service_whose_supervisor_dies_mid_stop_is_killed_at_its_stop_timeout(module, sf_home, command):
+def test_a_hanging_service_whose_supervisor_dies_mid_stop_is_killed_at_its_stop_timeout(keeper, sf_home, command):
     """The service hangs in finalize(): the command kills it once its own stop timeout has passed,
     says so, and leaves no files."""
-    service, supervisor = start(module, {"FINALIZE_SECONDS": "600", "POLICY_STOP_TIMEOUT": "2"})
-    stopping = sf.popen(*command, cwd=module)
+    service, supervisor = start(keeper, {"FINALIZE_SECONDS": "600", "POLICY_STOP_TIMEOUT": "2"})
+    stopping = sf.popen(*command, cwd=keeper)
     try:
         kill_supervisor_while_it_stops(sf_home, supervisor)
         killed_at = time.monotonic()
@@ -112,10 +89,10 @@ def test_a_hanging_service_whose_supervisor_dies_mid_stop_is_killed_at_its_stop_
     assert leftovers(sf_home) == []
 
 
-def test_a_restart_whose_supervisor_is_killed_mid_way_brings_the_service_back(module, sf_home):
+def test_a_restart_whose_supervisor_is_killed_mid_way_brings_the_service_back(keeper, sf_home):
     """`restart` too: the old instance is taken over and ended, and the service runs again."""
-    service, supervisor = start(module, {"FINALIZE_SECONDS": "2"})
-    restarting = sf.popen("restart", "Keeper", cwd=module)
+    service, supervisor = start(keeper, {"FINALIZE_SECONDS": "2"})
+    restarting = sf.popen("restart", "Keeper", cwd=keeper)
     try:
         kill_supervisor_while_it_stops(sf_home, supervisor)
         out, err = restarting.communicate(timeout=90)
@@ -125,7 +102,7 @@ def test_a_restart_whose_supervisor_is_killed_mid_way_brings_the_service_back(mo
     assert restarting.returncode == 0, out + err
     assert "Traceback" not in err and "may or may not" not in err, out + err
     assert not alive(service)
-    row = json.loads(sf("status", "Keeper", "--json", cwd=module).stdout)[0]
+    row = json.loads(sf("status", "Keeper", "--json", cwd=keeper).stdout)[0]
     assert row["state"] == "running" and row["pid"] != service, row
     assert int(row["supervisor"].rsplit("-", 1)[1]) != supervisor
     assert not list(sf_home.glob(f"_supervisor-{supervisor}.*"))

@@ -14,36 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from support import COMMAND, PYTHON, Cli, wait_until
+from support import ALPHA_AND_BETA, COMMAND, PYTHON, Cli, wait_until
 from servicefactory.registry.base import state_of
 from servicefactory.registry.local import LocalRegistry
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
 
-SERVICES = '''
-from servicefactory import Service
-
-
-@Service.API.endpoint(port=0)
-class Alpha(Service.base):
-    def loop(self):
-        self.log("alpha tick")
-        self.sleep(0.3)
-
-    @Service.API.handle("echo")
-    def echo(self, data):
-        return data
-
-    @Service.API.handle("fail")
-    def fail(self, data):
-        raise ValueError("on purpose")
-
-
-@Service.API.endpoint(port=0)
-class Beta(Service.base):
-    def loop(self):
-        self.sleep(0.3)
-'''
 
 SOLO = '''
 from servicefactory import Service
@@ -133,7 +109,7 @@ def row(screen: str, name: str) -> list[str]:
 
 
 def test_top_shows_every_service_and_a_kill_9_turns_into_stale_or_a_new_pid_within_seconds(sf: Cli, spawn, terminal):
-    sf.write("services.py", SERVICES)
+    sf.write("services.py", ALPHA_AND_BETA)
     sf.daemon("services.py")
     solo = spawn(args=[PYTHON, "solo.py"], files={"solo.py": SOLO})
     registry = LocalRegistry(sf.home)
@@ -159,7 +135,7 @@ def test_top_shows_every_service_and_a_kill_9_turns_into_stale_or_a_new_pid_with
 
 
 def test_stop_asks_first_no_keeps_it_running_yes_stops_it(sf: Cli, terminal):
-    sf.write("services.py", SERVICES)
+    sf.write("services.py", ALPHA_AND_BETA)
     sf.daemon("services.py")
     term = terminal()
     term.wait_for(r"^Beta\s+running")
@@ -177,7 +153,7 @@ def test_stop_asks_first_no_keeps_it_running_yes_stops_it(sf: Cli, terminal):
 
 
 def test_restart_gives_a_new_pid_and_l_follows_the_log_until_escape(sf: Cli, terminal):
-    sf.write("services.py", SERVICES)
+    sf.write("services.py", ALPHA_AND_BETA)
     sf.daemon("services.py")
     before = sf.row("Alpha")["pid"]
     term = terminal()
@@ -204,7 +180,7 @@ def test_restart_gives_a_new_pid_and_l_follows_the_log_until_escape(sf: Cli, ter
 
 @pytest.mark.parametrize("how", ["q", "C-c", "SIGTERM", "SIGHUP"])
 def test_q_ctrl_c_sigterm_and_sighup_leave_top_with_exit_0_and_the_terminal_restored(sf: Cli, terminal, how):
-    sf.write("services.py", SERVICES)
+    sf.write("services.py", ALPHA_AND_BETA)
     sf.daemon("services.py")
     term = terminal()
     term.wait_for(r"^Alpha\s+running")
@@ -326,7 +302,7 @@ def calling(name: str, stop: threading.Event, deadline: float = 30.0) -> threadi
 
 
 def test_calls_and_errors_per_second_come_from_the_services_counters_not_counting_tops_own(sf: Cli, terminal):
-    sf.write("services.py", SERVICES)
+    sf.write("services.py", ALPHA_AND_BETA)
     sf.daemon("services.py")
     term = terminal()
     term.wait_for(r"^Beta\s+running")
