@@ -202,7 +202,7 @@ def test_q_ctrl_c_sigterm_and_sighup_leave_top_with_exit_0_and_the_terminal_rest
 def test_ctrl_z_gives_the_shell_its_terminal_back_and_fg_takes_it_again(sf: Cli, tmp_path: Path):
     """In an interactive shell (job control): Ctrl+Z stops top with the terminal's modes and the
     normal screen restored; `fg` brings the live table back, and its keys work again."""
-    sf.write("services.py", SERVICES)
+    sf.write("services.py", ALPHA_AND_BETA)
     sf.daemon("services.py")
     env = {"SERVICEFACTORY_HOME": str(sf.home), "TERM": "xterm-256color", "PS1": "PROMPT$ "}
     term = Terminal(tmp_path, ["bash", "--norc", "--noprofile", "-i"], env)
