@@ -20,6 +20,8 @@ import pytest
 
 from support import ALPHA_AND_BETA, Cli, exchange, wait_until
 
+SERVICES = ALPHA_AND_BETA  # Alpha and Beta, from support.py (test_top and test_dashboard both run them)
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
@@ -175,7 +177,7 @@ def cell(browser: Browser, name: str, column: str) -> Any:
 
 
 def test_the_page_shows_every_service_and_restart_asks_then_gives_a_new_pid(sf: Cli, dashboard, browser, tmp_path):
-    sf.write("services.py", ALPHA_AND_BETA)
+    sf.write("services.py", SERVICES)
     sf.daemon("services.py")
     rows = {row["name"]: row for row in sf.status()}
     address = dashboard()
@@ -207,7 +209,7 @@ def test_the_page_shows_every_service_and_restart_asks_then_gives_a_new_pid(sf: 
 
 
 def test_stop_from_the_page_stops_the_service_and_its_log_and_health_are_shown(sf: Cli, dashboard, browser):
-    sf.write("services.py", ALPHA_AND_BETA)
+    sf.write("services.py", SERVICES)
     sf.daemon("services.py")
     browser.go(dashboard())
     browser.wait("document.body.dataset.loaded === 'true'")
@@ -226,7 +228,7 @@ def test_stop_from_the_page_stops_the_service_and_its_log_and_health_are_shown(s
 def test_calls_per_second_and_the_latency_sparkline_follow_the_traffic(sf: Cli, dashboard, browser):
     from test_top import calling
 
-    sf.write("services.py", ALPHA_AND_BETA)
+    sf.write("services.py", SERVICES)
     sf.daemon("services.py")
     browser.go(dashboard())
     browser.wait("document.body.dataset.loaded === 'true'")
@@ -258,7 +260,7 @@ def _request(port: int, method: str, path: str, headers: dict[str, str] | None =
 
 
 def test_the_api_needs_the_token_and_refuses_cross_site_requests_while_the_page_refuses_framing(sf: Cli, dashboard):
-    sf.write("services.py", ALPHA_AND_BETA)
+    sf.write("services.py", SERVICES)
     sf.daemon("services.py")
     port, token = _port_and_token(dashboard())
     bearer = {"Authorization": f"Bearer {token}"}
@@ -313,7 +315,7 @@ def test_with_a_configured_token_the_address_carries_no_token_and_that_token_ope
 def test_a_supervisor_serves_the_dashboard_and_servicefactory_dashboard_prints_its_address(sf: Cli):
     import socket
 
-    sf.write("services.py", ALPHA_AND_BETA)
+    sf.write("services.py", SERVICES)
     sf.daemon("services.py", "--dashboard-port", "0")
     printed = sf("dashboard")  # finds the supervisor's, prints it and returns: it serves nothing itself
     assert printed.returncode == 0, printed.stderr
@@ -340,7 +342,7 @@ def test_a_supervisor_serves_the_dashboard_and_servicefactory_dashboard_prints_i
 
 
 def test_run_with_a_dashboard_off_loopback_and_no_token_is_refused_before_anything_starts(sf: Cli):
-    sf.write("services.py", ALPHA_AND_BETA)
+    sf.write("services.py", SERVICES)
     result = sf("run", "services.py", "--daemon", "--dashboard-port", "0", "--dashboard-host", "0.0.0.0")
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: serving the dashboard on 0.0.0.0 needs a token"), result.stderr

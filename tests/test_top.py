@@ -18,6 +18,8 @@ from support import ALPHA_AND_BETA, COMMAND, PYTHON, Cli, wait_until
 from servicefactory.registry.base import state_of
 from servicefactory.registry.local import LocalRegistry
 
+SERVICES = ALPHA_AND_BETA  # Alpha and Beta, from support.py (test_top and test_dashboard both run them)
+
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)")
 
 
@@ -109,7 +111,7 @@ def row(screen: str, name: str) -> list[str]:
 
 
 def test_top_shows_every_service_and_a_kill_9_turns_into_stale_or_a_new_pid_within_seconds(sf: Cli, spawn, terminal):
-    sf.write("services.py", ALPHA_AND_BETA)
+    sf.write("services.py", SERVICES)
     sf.daemon("services.py")
     solo = spawn(args=[PYTHON, "solo.py"], files={"solo.py": SOLO})
     registry = LocalRegistry(sf.home)
@@ -135,7 +137,7 @@ def test_top_shows_every_service_and_a_kill_9_turns_into_stale_or_a_new_pid_with
 
 
 def test_stop_asks_first_no_keeps_it_running_yes_stops_it(sf: Cli, terminal):
-    sf.write("services.py", ALPHA_AND_BETA)
+    sf.write("services.py", SERVICES)
     sf.daemon("services.py")
     term = terminal()
     term.wait_for(r"^Beta\s+running")
@@ -153,7 +155,7 @@ def test_stop_asks_first_no_keeps_it_running_yes_stops_it(sf: Cli, terminal):
 
 
 def test_restart_gives_a_new_pid_and_l_follows_the_log_until_escape(sf: Cli, terminal):
-    sf.write("services.py", ALPHA_AND_BETA)
+    sf.write("services.py", SERVICES)
     sf.daemon("services.py")
     before = sf.row("Alpha")["pid"]
     term = terminal()
@@ -180,7 +182,7 @@ def test_restart_gives_a_new_pid_and_l_follows_the_log_until_escape(sf: Cli, ter
 
 @pytest.mark.parametrize("how", ["q", "C-c", "SIGTERM", "SIGHUP"])
 def test_q_ctrl_c_sigterm_and_sighup_leave_top_with_exit_0_and_the_terminal_restored(sf: Cli, terminal, how):
-    sf.write("services.py", ALPHA_AND_BETA)
+    sf.write("services.py", SERVICES)
     sf.daemon("services.py")
     term = terminal()
     term.wait_for(r"^Alpha\s+running")
@@ -202,7 +204,7 @@ def test_q_ctrl_c_sigterm_and_sighup_leave_top_with_exit_0_and_the_terminal_rest
 def test_ctrl_z_gives_the_shell_its_terminal_back_and_fg_takes_it_again(sf: Cli, tmp_path: Path):
     """In an interactive shell (job control): Ctrl+Z stops top with the terminal's modes and the
     normal screen restored; `fg` brings the live table back, and its keys work again."""
-    sf.write("services.py", ALPHA_AND_BETA)
+    sf.write("services.py", SERVICES)
     sf.daemon("services.py")
     env = {"SERVICEFACTORY_HOME": str(sf.home), "TERM": "xterm-256color", "PS1": "PROMPT$ "}
     term = Terminal(tmp_path, ["bash", "--norc", "--noprofile", "-i"], env)
@@ -302,7 +304,7 @@ def calling(name: str, stop: threading.Event, deadline: float = 30.0) -> threadi
 
 
 def test_calls_and_errors_per_second_come_from_the_services_counters_not_counting_tops_own(sf: Cli, terminal):
-    sf.write("services.py", ALPHA_AND_BETA)
+    sf.write("services.py", SERVICES)
     sf.daemon("services.py")
     term = terminal()
     term.wait_for(r"^Beta\s+running")
