@@ -198,13 +198,22 @@ def _apply(app: Any, supervisor: str, registry: Any, dry_run: bool) -> None:
             plan.append(f"restart {name}{rolling} ({', '.join(_differences(current[name], spec))})")
     removed = [name for name in current if name not in wanted]
     plan += [f"stop {name}" for name in removed]
+    # unchanged, but not running: stopped by `stop`, failed, blocked, or a job that did not complete.
+    # `up` is "start them all": these start again (a job that completed does not run twice)
+    down = {name: [row for row in status.values() if row["name"].partition("/")[0] == name
+                   and _is_down(row)] for name in keep}
+    revive = [name for name in keep if down[name]]
+    for name in revive:
+        states = sorted({row["state"] for row in down[name]})
+        plan.append(f"start {name} (it is {', '.join(states)})")
+    keep = [name for name in keep if name not in revive]
     for name in keep:
         pids = [str(row["pid"]) for row in status.values() if row.get("pid") and
                 row["name"].partition("/")[0] == name]
         plan.append(f"keep {name}" + (f" (pid {', '.join(pids)})" if pids else ""))
     for line in plan:
         click.echo(line)
-    if dry_run or len(keep) == len(wanted) and not removed:
+    if dry_run or len(keep) == len(wanted) and not removed and not revive:
         if not dry_run:
             click.echo("nothing to change")
         return
@@ -222,7 +231,17 @@ def _apply(app: Any, supervisor: str, registry: Any, dry_run: bool) -> None:
     limit = sum(spec.stop_timeout + app.settings.ready_timeout for spec in expand_instances(app.specs)) + 30
     rows = control.call_supervisor(supervisor, "apply", {"specs": list(wanted.values()), "file": str(app.path),
                                                          "environment": app.environment}, limit, registry)
+    if revive:
+        again = [row["name"] for name in revive for row in down[name]]
+        rows += control.call_supervisor(supervisor, "restart", {"names": again}, limit, registry)
     _show_started(rows)
+
+
+def _is_down(row: dict) -> bool:
+    """Whether a process `up` should start again: stopped (but not a job that completed), failed, blocked."""
+    if row["state"] in ("failed", "blocked"):
+        return True
+    return row["state"] == "stopped" and row.get("last_reason") != "exit"
 
 
 def _by_service(processes: list[dict]) -> dict[str, dict]:

@@ -2,7 +2,7 @@
 `stop` of several names ends dependents first, `up --dry-run` never changes or refuses anything."""
 from __future__ import annotations
 
-from support import PYTHON
+from support import PYTHON, wait_until
 
 DB = """
 import os, signal, sys, time
@@ -59,4 +59,48 @@ def test_up_dry_run_in_the_foreground_while_up_prints_the_plan_and_changes_nothi
     assert plan.returncode == 0 and plan.stdout.splitlines() == [
         f"keep db (pid {pids['db']})", f"keep web (pid {pids['web']})"], plan
     assert {row["name"]: row["pid"] for row in sf.status()} == pids
+    assert sf("down").returncode == 0
+
+
+UP_AGAIN = """
+[settings]
+backoff = 0.1
+
+[services.a]
+command = ["sleep", "300"]
+
+[services.b]
+command = ["sleep", "300"]
+
+[services.job]
+command = ["sh", "-c", "echo ran >> runs"]
+restart = "no"
+
+[services.flaky]
+command = ["sh", "-c", "test -e fixed"]
+restart = "no"
+"""
+
+
+def test_up_again_starts_what_was_stopped_or_failed_but_not_a_job_that_completed(sf):
+    sf.write("servicefactory.toml", UP_AGAIN)
+    # a job is ready at once (no ready check): up may see flaky ready (0) or already failed (1)
+    assert sf("up").returncode in (0, 1)
+    wait_until(lambda: sf.row("flaky")["state"] == "failed" and sf.row("job")["state"] == "stopped",
+               message="both jobs ended")
+    assert sf.row("flaky")["last_exit"] == 1 and sf.row("job")["last_exit"] == 0
+    assert sf("stop", "a").returncode == 0
+    b = sf.row("b")["pid"]
+    plan = sf("up", "--dry-run")
+    assert plan.stdout.splitlines() == ["start a (it is stopped)", "start flaky (it is failed)",
+                                        f"keep b (pid {b})", "keep job"], plan.stdout
+    (sf.cwd / "fixed").touch()
+    again = sf("up")
+    assert again.returncode == 0, again
+    assert "a running" in again.stdout and "flaky " in again.stdout, again.stdout
+    wait_until(lambda: sf.row("flaky")["state"] == "stopped", message="flaky ended")
+    assert sf.row("flaky")["last_exit"] == 0
+    assert sf.row("b")["pid"] == b and sf.row("a")["state"] == "running"
+    assert (sf.cwd / "runs").read_text() == "ran\n"  # the job that completed did not run twice
+    assert sf("up").stdout.splitlines()[-1] == "nothing to change"
     assert sf("down").returncode == 0

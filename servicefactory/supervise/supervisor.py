@@ -1225,6 +1225,8 @@ class Supervisor(ServiceBase):
             child.settled.wait(max(0.0, deadline - time.monotonic()))
         if rolled:
             self._roll(rolled, None)  # one instance at a time, each ready again before the next stops
+        if not touched + rolled:
+            return []  # nothing changed (status of no names would be every one's)
         return self.handle_status({"names": [c.spec.name for c in touched + rolled]})
 
     def _apply(self, specs: list[Spec]) -> tuple[list[Child], list[Child]]:
