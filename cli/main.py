@@ -456,6 +456,7 @@ def restart(names: tuple[str, ...], timeout: float | None, instance: int | None 
             except ServiceFactoryError:
                 if not control.supervisor_died(registry, record.supervisor):
                     raise
+                _refuse_elsewhere(name, record, registry)
                 # killed mid-way (kill -9): take the service over and run it again, as below
                 control.stop(name, timeout, registry)
                 _run_again(name, registry.remembered(name) or {"target": record.target, "cwd": None}, registry)
@@ -471,6 +472,7 @@ def restart(names: tuple[str, ...], timeout: float | None, instance: int | None 
             if not record.target or record.target.startswith("__main__:"):
                 raise CommandFailed(f"{name} was started as a script ({record.target or 'unknown target'}), "
                                     f"not by `servicefactory run`: restart it the way you started it", 1)
+            _refuse_elsewhere(name, record, registry)
             if spec.get("target") != record.target:
                 spec = {"target": record.target, "cwd": None}
             control.stop(name, timeout, registry)
@@ -478,6 +480,15 @@ def restart(names: tuple[str, ...], timeout: float | None, instance: int | None 
             raise ServiceNotRunning(f"{name} is not running and was never run by `servicefactory run` "
                                     f"in {registry.where}; start it with `servicefactory run`")
         _run_again(name, spec, registry)
+
+
+def _refuse_elsewhere(name: str, record: Any, registry: Any) -> None:
+    """A service of another host with no supervisor to ask: running it again would move it here."""
+    import socket
+
+    if registry.many_hosts and record.hostname and record.hostname != socket.gethostname():
+        raise CommandFailed(f"{name} runs on host {record.hostname} with no supervisor to restart it: restart "
+                            f"it there (`stop` works from here)", 1)
 
 
 def _url(row: dict, registry: Any) -> str | None:

@@ -310,3 +310,18 @@ def test_a_rolling_restart_across_two_hosts_fails_no_call_of_a_client_on_a_third
     assert sorted(line.split()[0] for line in stopped.stdout.splitlines() if " stopped" in line) == [
         "Echo/1", "Echo/2", "Echo/3", "Echo/4"], stopped.stdout
     assert [row for row in cluster.status("c") if row["state"] == "running"] == []
+
+
+def test_restart_from_another_host_of_a_service_without_a_supervisor_is_refused_not_moved(cluster: Cluster):
+    """`serve` runs Echo on host a with no supervisor: restart from host c cannot restart it there,
+    and running it again on c would move it; refused in one line, and Echo keeps running on a."""
+    served = cluster.network.popen("a", [*COMMAND, "serve", "echo:Echo"], cluster.env("a"),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    record = wait_registered(cluster, "c", served)
+    result = cluster.cli("c", "restart", "Echo")
+    assert result.returncode == 1 and "runs on host a with no supervisor" in result.stderr, result.stdout + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert cluster.registered("c")["pid"] == record["pid"] and served.poll() is None
+    stopped = cluster.cli("c", "stop", "Echo")
+    assert stopped.returncode == 0 and "Echo stopped" in stopped.stdout, stopped.stdout + stopped.stderr
+    assert served.wait(15) == 0
