@@ -318,6 +318,7 @@ def down(file: str | None, environment: str | None, timeout: float | None) -> No
     order = [name for wave in reversed(waves(app.graph)) for name in wave]
     stop_timeouts = {spec.name: spec.stop_timeout for spec in app.specs}
     for supervisor, names in by_supervisor.items():
+        names = _whole_application(supervisor, app, names, registry)
         _stop_under(supervisor, names, order, stop_timeouts, timeout, registry)
     failed = False
     for name in sorted(others, key=lambda name: _position(order, name)):
@@ -331,6 +332,22 @@ def down(file: str | None, environment: str | None, timeout: float | None) -> No
             click.echo(outcome.message)
     if failed:
         sys.exit(1)
+
+
+def _whole_application(supervisor: str, app: Any, names: list[str], registry: Any) -> list[str]:
+    """Everything `supervisor` runs when `up` of this very file started it (an `--env` may have added
+    services the file alone does not declare: `down` without it stops them too); else `names`."""
+    from servicefactory.errors import ServiceFactoryError
+    from servicefactory.supervise import control
+
+    try:
+        info = control.call_supervisor(supervisor, "application", None, 5.0, registry)
+        if isinstance(info, dict) and info.get("file") == str(app.path):
+            rows = control.call_supervisor(supervisor, "status", None, 10.0, registry)
+            return names + [row["name"] for row in rows if row["name"] not in names]
+    except ServiceFactoryError:
+        pass  # going away, or too old to say: the file's names
+    return names
 
 
 def _position(order: list[str], name: str) -> tuple[int, int]:

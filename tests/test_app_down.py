@@ -51,3 +51,16 @@ def test_down_on_a_broken_file_stops_what_its_last_up_started(sf, how):
     assert again.returncode == 2 and again.stderr.startswith("error: servicefactory.toml"), again
     assert sf("down", "-f", "other.toml").returncode == 0
     assert not sf.ours()
+
+
+def test_down_without_the_env_up_was_given_stops_the_services_only_that_environment_added(sf):
+    sf.write("servicefactory.toml", APP + '\n[environments.debug.services.tracer]\ncommand = ["sleep", "300"]\n')
+    assert sf("up", "--env", "debug").returncode == 0
+    tracer = sf.row("tracer")["pid"]
+    result = sf("down")
+    assert result.returncode == 0, result
+    assert set(result.stdout.splitlines()) == {"web stopped", "db stopped", "tracer stopped"}, result.stdout
+    from support import gone
+
+    assert gone(tracer)
+    assert not sf.ours()
