@@ -293,6 +293,7 @@ SETTINGS_KEYS: dict[str, Check] = {
     "retry_failed_after": _number(0), "ready_timeout": _number(0.1),
     "log_max_bytes": _number(1024, 2**62, integer=True), "log_backups": _number(0, 1000, integer=True),
     "log_level": _choice(LOG_LEVELS), "watch_ignore": _patterns,
+    "dashboard_port": _number(0, 65535, integer=True), "dashboard_host": _text,  # run --dashboard-port/-host
 }
 
 TOP_KEYS = ("services", "settings", "environments")

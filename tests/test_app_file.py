@@ -246,3 +246,12 @@ def test_a_cycle_an_environment_closes_is_named_with_a_line_of_a_service_in_it(t
     assert appfile.load(tmp_path / "servicefactory.toml").graph == {"a": ["b"], "b": ["c"], "c": []}
     with pytest.raises(AppFileError, match=r"servicefactory.toml:3: dependency cycle: a -> b -> c -> a$"):
         appfile.load(tmp_path / "servicefactory.toml", "loop")
+
+
+def test_the_dashboard_options_of_run_have_settings_keys(tmp_path):
+    write(tmp_path, '[settings]\ndashboard_port = 0\ndashboard_host = "127.0.0.1"\n[services.a]\ncommand = ["true"]\n')
+    settings = appfile.load(tmp_path / "servicefactory.toml").settings
+    assert (settings.dashboard_port, settings.dashboard_host) == (0, "127.0.0.1")
+    write(tmp_path, '[settings]\ndashboard_port = 70000\n[services.a]\ncommand = ["true"]\n')
+    with pytest.raises(AppFileError, match=r"servicefactory.toml:2: dashboard_port in \[settings\] must be a whole"):
+        appfile.load(tmp_path / "servicefactory.toml")
