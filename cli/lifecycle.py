@@ -39,6 +39,12 @@ def reload(names: tuple[str, ...], timeout: float) -> None:
     failed = False
     for name in names:
         state, record = state_of(registry, name)
+        members = [member for member in registry.instances_of(name) if member != name]
+        if record is None and members:
+            # a service run as instances: each of them, through their supervisor (one that has to restart
+            # them rolls them, one at a time)
+            failed = _reload_instances(name, members, timeout, registry) or failed
+            continue
         if record is None and state == "stopped" and registry.remembered(name) is None:
             # as `stop` says it: a name never run here is most likely a typo, not a stopped service
             raise ServiceNotRunning(f"{name} is not running (no service of that name was ever run in "
@@ -48,19 +54,7 @@ def reload(names: tuple[str, ...], timeout: float) -> None:
         if record.supervisor:
             row = control.call_supervisor(record.supervisor, "reload", {"names": [name], "timeout": timeout},
                                           timeout + 600, registry)[0]
-            if row.get("restarted"):
-                if row["state"] != "running":
-                    click.echo(f"error: {name} defines no reload(); restarted, but it is {row['state']} "
-                               f"({row.get('error') or 'see its log'})", err=True)
-                    failed = True
-                else:
-                    click.echo(f"{name} defines no reload(): restarted (pid {row['pid']})")
-            elif row.get("reloaded"):
-                click.echo(f"{name} reloaded (pid {row['pid']})")
-            else:
-                click.echo(f"error: {name} reload failed: {row.get('reload_error')}; it runs on with its old "
-                           f"settings", err=True)
-                failed = True
+            failed = not _said(row) or failed
         elif record.reloadable:
             if not registry.signal(record, signal.SIGHUP):
                 raise ServiceNotRunning(f"{name} is not running")
@@ -70,6 +64,48 @@ def reload(names: tuple[str, ...], timeout: float) -> None:
                                 f"restart it the way you started it", 1)
     if failed:
         sys.exit(1)
+
+
+def _said(row: dict) -> bool:
+    """Print how one service's reload went; whether it went well."""
+    name = row["name"]
+    if row.get("restarted"):
+        if row["state"] != "running":
+            click.echo(f"error: {name} defines no reload(); restarted, but it is {row['state']} "
+                       f"({row.get('error') or 'see its log'})", err=True)
+            return False
+        click.echo(f"{name} defines no reload(): restarted (pid {row['pid']})")
+    elif row.get("reloaded"):
+        click.echo(f"{name} reloaded (pid {row['pid']})")
+    else:
+        click.echo(f"error: {name} reload failed: {row.get('reload_error')}; it runs on with its old "
+                   f"settings", err=True)
+        return False
+    return True
+
+
+def _reload_instances(name: str, members: list[str], timeout: float, registry) -> bool:  # type: ignore[no-untyped-def]
+    """Reload every running instance of `name`, one request per supervisor; whether any failed."""
+    from servicefactory.errors import ServiceNotRunning
+    from servicefactory.registry.base import state_of
+    from servicefactory.supervise import control
+
+    by_supervisor: dict[str, list[str]] = {}
+    for member in members:
+        state, record = state_of(registry, member)
+        if record is not None and state == "running":
+            if not record.supervisor:
+                raise CommandFailed(f"{member} has no supervisor: reload it by its own name", 1)
+            by_supervisor.setdefault(record.supervisor, []).append(member)
+    if not by_supervisor:
+        raise ServiceNotRunning(f"no instance of {name} is running: nothing to reload")
+    ok = True
+    for supervisor, running in by_supervisor.items():
+        limit = len(running) * (timeout + 600)
+        for row in control.call_supervisor(supervisor, "reload", {"names": running, "timeout": timeout}, limit,
+                                           registry):
+            ok = _said(row) and ok
+    return not ok
 
 
 @click.command(epilog="""\b

@@ -11,7 +11,7 @@ import signal
 import sys
 import time
 
-from support import alive, processes_using, supervisor_pid, wait_until
+from support import alive, processes_using, stamped, supervisor_pid, wait_until
 
 CONFIGURED = """
 import json, time
@@ -178,3 +178,21 @@ def test_sighups_at_a_supervisor_while_its_services_start_neither_kill_nor_stop_
                message=f"both running (now {states()})")
     log = (sf.home / "supervisor.log").read_text()
     assert set(re.findall(r"reason: ([\w-]+)", log)) <= {"config"} and "failed" not in log, log
+
+
+def test_reload_of_a_service_run_as_instances_without_reload_rolls_them_one_at_a_time(sf):
+    sf.write("plain.py", PLAIN)
+    sf.daemon("plain", "--instances", "2")
+    before = {row["name"]: row["pid"] for row in sf.status()}
+    result = sf("reload", "Plain")
+    assert result.returncode == 0, result
+    lines = result.stdout.splitlines()
+    assert [line.split(" (pid")[0] for line in lines] == ["Plain/1 defines no reload(): restarted",
+                                                          "Plain/2 defines no reload(): restarted"], lines
+    rows = {row["name"]: row for row in sf.status()}
+    assert all(rows[name]["pid"] != before[name] and rows[name]["last_reason"] == "config" for name in before), rows
+    first_ready = stamped(sf.log("Plain@1"), r"\[servicefactory\] Plain/1 ready")[-1]
+    second_stopped = stamped(sf.log("Plain@2"), r"\[servicefactory\] Plain/2 stopped")[-1]
+    assert first_ready <= second_stopped, (first_ready, second_stopped)  # rolled: one at a time
+    missing = sf("reload", "Nothing")
+    assert missing.returncode == 3 and "Traceback" not in missing.stderr, missing

@@ -1180,7 +1180,19 @@ class Supervisor(ServiceBase):
         each said how its reload went (or is ready again)."""
         children, timeout = self._request(data)
         limit = timeout or 30.0
-        outcomes = self._call(lambda: [self._reload_child(child, limit) for child in children])
+        # instances without reload() restart one at a time, each ready before the next stops
+        rolled = [child for child in children if not child.reloadable and child.spec.instance is not None]
+        rolled = rolled if len(rolled) > 1 else []
+        for child in rolled:
+            if child.state != ServiceState.RUNNING or child.popen is None:
+                raise ServiceFactoryError(f"{child.spec.name} is {child.state.value}, not running: nothing to reload")
+        outcomes = self._call(lambda: [self._reload_child(child, limit) for child in children if child not in rolled])
+        if rolled:
+            for child in rolled:
+                self._event(child, "defines no reload(); restarting it, one instance at a time (reason: config)")
+            self._roll(rolled, None, reason=Reason.CONFIG, detail="reload without reload()")
+        by_name = {outcome["name"]: outcome for outcome in outcomes}
+        outcomes = [by_name.get(child.spec.name) or {"name": child.spec.name, "restarted": True} for child in children]
         deadline = time.monotonic() + limit + self.settings.ready_timeout
         rows = []
         for child, outcome in zip(children, outcomes):
