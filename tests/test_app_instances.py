@@ -123,3 +123,25 @@ def _alive(pid: int) -> bool:
     from support import alive
 
     return alive(pid)
+
+
+def test_a_dependent_on_healthy_instances_starts_once_each_instance_said_it_is_running(sf):
+    sf.write("who.py", WHO)
+    sf.write("servicefactory.toml", APP.format(instances=2, colour="red").replace('Who = "ready"', 'Who = "healthy"'))
+    result = sf("up")
+    assert result.returncode == 0, result
+    rows = {row["name"]: row for row in sf.status()}
+    assert rows["after"]["state"] == "running", rows
+    log = sf.home.joinpath("Who@1.log").read_text() + sf.home.joinpath("Who@2.log").read_text()
+    ready = max(stamped_times(log, " ready "))
+    started = min(stamped_times(sf.log("after"), " ready "))
+    assert started >= ready, (ready, started)
+    assert sf("down").returncode == 0
+
+
+def stamped_times(log: str, pattern: str) -> list[float]:
+    from support import stamped
+
+    times = stamped(log, pattern)
+    assert times, log
+    return times
