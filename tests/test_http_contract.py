@@ -93,3 +93,20 @@ def test_ordinary_app_headers_arrive_as_sent_and_ours_replace_its_length_and_dat
         assert headers["x-tab"] == "a\tb" and headers["x-list"] == "from a list"
         assert headers["content-length"] == "4" and headers["date"] != "yesterday"
     assert parsed.bodies == [b"body", b"body"]
+
+
+def test_headers_given_as_a_constant_tuple_are_sent_checked_and_may_close_like_a_list():
+    """api.App answers with one constant tuple of headers, encoded once; the same rules hold for it."""
+    app = _answering("200 OK", (("X-Kind", "constant"), ("Content-Length", "999"), ["X-List", "in a tuple"]))
+    with serving(app) as server:
+        parsed = responses(send_all_then_read(server.port, GET * 3))
+    assert parsed.statuses == [200, 200, 200]
+    for headers in parsed.headers:
+        assert headers["x-kind"] == "constant" and headers["x-list"] == "in a tuple"
+        assert headers["content-length"] == "4" and "connection" not in headers
+    for headers in [(("X-Echo", "a\r\nSet-Cookie: evil=1"),), (("Connection", "close"),)]:
+        with serving(_answering("200 OK", headers)) as server:
+            data = send_all_then_read(server.port, GET * 2, half_close=False)
+        parsed = responses(data)
+        assert len(parsed.statuses) == 1 and parsed.headers[0]["connection"] == "close" and b"evil" not in data
+        assert parsed.statuses == ([500] if b"evil" in repr(headers).encode() else [200])

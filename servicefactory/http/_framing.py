@@ -320,7 +320,10 @@ def answer(status: str, headers: list[tuple[str, str]], body: bytes, keep_alive:
     an app that answers with the same headers each time (api.App does) passes one constant.
     """
     if type(headers) is tuple:
-        cached = _HEADS.get((status, headers))
+        try:
+            cached = _HEADS.get((status, headers))
+        except TypeError:  # a header that is a list: unhashable, so encoded each time
+            cached = _head(status, headers, remember=False)
         if cached is None:
             cached = _head(status, headers)
         head, keeps = cached
@@ -360,7 +363,7 @@ def _length_line(length: int) -> bytes:
     return line
 
 
-def _head(status: str, headers: tuple) -> tuple[bytes, bool]:
+def _head(status: str, headers: tuple, remember: bool = True) -> tuple[bytes, bool]:
     """(status line and header lines, whether they allow keep-alive) for constant headers, cached."""
     parts = [_STATUS_LINES.get(status) or _status_line(status)]
     keeps = True
@@ -375,7 +378,7 @@ def _head(status: str, headers: tuple) -> tuple[bytes, bool]:
         elif line:
             parts.append(line)
     cached = (b"".join(parts), keeps)
-    if len(_HEADS) < 64:
+    if remember and len(_HEADS) < 64:
         _HEADS[(status, headers)] = cached
     return cached
 
