@@ -331,7 +331,7 @@ def _parse(path: Path, shown: str) -> tuple[dict, str]:
     except OSError as exc:
         raise AppFileError(f"{shown}: cannot read it: {exc.strerror}") from None
     try:
-        text = raw.decode()
+        text = raw.decode("utf-8-sig")  # a leading BOM (editors on Windows) is not TOML
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
         raise AppFileError(f"{shown}:{line}: not UTF-8 text ({exc.reason})") from None
@@ -365,7 +365,7 @@ def read_env_file(path: Path, shown: str) -> dict[str, str]:
     """A dotenv file as a dict: `NAME=value` lines, `export` allowed, quotes stripped (double quotes
     take \\n escapes), `#` comments; AppFileError naming the file and line for anything else."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (editors on Windows) is no part of a name
     except FileNotFoundError:
         raise AppFileError(f"{shown}: env_file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:

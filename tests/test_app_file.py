@@ -255,3 +255,10 @@ def test_the_dashboard_options_of_run_have_settings_keys(tmp_path):
     write(tmp_path, '[settings]\ndashboard_port = 70000\n[services.a]\ncommand = ["true"]\n')
     with pytest.raises(AppFileError, match=r"servicefactory.toml:2: dashboard_port in \[settings\] must be a whole"):
         appfile.load(tmp_path / "servicefactory.toml")
+
+
+def test_a_file_and_an_env_file_saved_with_a_bom_and_crlf_line_ends_read_as_any_other(tmp_path):
+    (tmp_path / ".env").write_bytes(b"\xef\xbb\xbfA=one\r\nB=two\r\n")
+    (tmp_path / "servicefactory.toml").write_bytes(b'\xef\xbb\xbf[services.job]\r\ncommand = ["true"]\r\n'
+                                                   b'env_file = ".env"\r\n')
+    assert appfile.load(tmp_path / "servicefactory.toml").specs[0].env == {"A": "one", "B": "two"}
