@@ -8,7 +8,6 @@ the template's ExecStart for two instances sharing a port, the ExecStartPost wai
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import signal
