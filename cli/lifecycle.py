@@ -362,6 +362,18 @@ def _write_units(files: dict[str, str], directory: str | None, user_units: bool,
         raise CommandFailed(f"cannot write the units to {where}: {exc.strerror or exc}", 10) from None
     for file_name in files:
         click.echo(str(where / file_name))
+    # a service gone from the file since the last export: its unit would linger, enabled, and start
+    # at the next boot outside the group; only units of this group (PartOf= its target) are removed
+    part_of = f"PartOf={_systemd.unit_name(group, 'target')}"
+    for path in sorted(where.glob(f"{_systemd.PREFIX}*.service")):
+        if path.name in files:
+            continue
+        try:
+            if part_of in path.read_text(errors="replace").splitlines():
+                path.unlink()
+                click.echo(f"removed {path} (no longer exported)")
+        except OSError:
+            pass
     manager = "systemctl --user" if user_units else "systemctl"
     click.echo(f"start them now and at boot: {manager} daemon-reload && {manager} enable --now "
                f"{_systemd.unit_name(group, 'target')}", err=True)

@@ -233,3 +233,19 @@ def test_export_of_a_file_refuses_mistakes_in_one_line(sf, tmp_path):
     result = sf("systemd", "export", "--dir", str(tmp_path / "u"))
     assert result.returncode == 2 and "watchdog in [services.db] is for a Service class" in result.stderr
     assert not (tmp_path / "u").exists()
+
+
+def test_a_service_gone_from_the_file_loses_its_unit_and_other_groups_keep_theirs(sf, tmp_path):
+    units = tmp_path / "units"
+    sf.write("servicefactory.toml", '[services.one]\ncommand = ["sleep", "300"]\n[services.two]\n'
+                                    'command = ["sleep", "300"]\n')
+    assert sf("systemd", "export", "--dir", str(units), "--group", "shop").returncode == 0
+    sf.write("other.toml", '[services.else]\ncommand = ["sleep", "300"]\n')
+    assert sf("systemd", "export", "-f", "other.toml", "--dir", str(units), "--group", "other").returncode == 0
+    sf.write("servicefactory.toml", '[services.one]\ncommand = ["sleep", "300"]\n')
+    result = sf("systemd", "export", "--dir", str(units), "--group", "shop")
+    assert result.returncode == 0 and f"removed {units / 'servicefactory-two.service'}" in result.stdout, result
+    assert sorted(path.name for path in units.iterdir()) == [
+        "servicefactory-else.service", "servicefactory-one.service", "servicefactory-other.target",
+        "servicefactory-shop.target"]
+    assert _verify(sorted(units.iterdir())).returncode == 0
