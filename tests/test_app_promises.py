@@ -104,3 +104,27 @@ def test_up_again_starts_what_was_stopped_or_failed_but_not_a_job_that_completed
     assert (sf.cwd / "runs").read_text() == "ran\n"  # the job that completed did not run twice
     assert sf("up").stdout.splitlines()[-1] == "nothing to change"
     assert sf("down").returncode == 0
+
+
+def test_a_command_sees_exactly_the_supervisors_environment_then_env_file_then_env(sf):
+    import json
+
+    sf.write("dump.py", "import json, os\njson.dump(dict(os.environ), open('seen.json', 'w'))\n")
+    sf.write(".env", "FROM_FILE=file\nBOTH=file\nOUTER=file\n")
+    sf.write("servicefactory.toml", f"""
+        [services.dump]
+        command = ["{PYTHON}", "dump.py"]
+        restart = "no"
+        env_file = ".env"
+        env = {{ BOTH = "env", ONLY_ENV = "env" }}
+    """)
+    typed = dict(sf.env, OUTER="outer", KEPT="outer")
+    assert sf("up", env={"OUTER": "outer", "KEPT": "outer"}).returncode == 0
+    wait_until(lambda: (sf.cwd / "seen.json").exists() and sf.row("dump")["state"] == "stopped",
+               message="the command's environment")
+    seen = json.loads((sf.cwd / "seen.json").read_text())
+    expected = dict(typed, FROM_FILE="file", BOTH="env", OUTER="file", ONLY_ENV="env",
+                    SERVICEFACTORY_SUPERVISED="dump")
+    assert seen.pop("SERVICEFACTORY_SUPERVISOR_PID").isdigit()
+    assert seen == expected, set(seen.items()) ^ set(expected.items())
+    assert sf("down").returncode == 0

@@ -222,7 +222,10 @@ class Supervisor(ServiceBase):
                 args = []  # the user is gone since the file was read: Popen below fails and says so
             # its keeper reports the program's pid on the status pipe, and ends its tree if we die
             pass_fds: tuple[int, ...] = (ready_write, *self.registry.inheritable(child.claim), self.lifeline_read)
-            env.pop("PYTHONUNBUFFERED")
+            if "PYTHONUNBUFFERED" not in (spec.env or {}):  # ours is for our Python: theirs, or none
+                env.pop("PYTHONUNBUFFERED")
+                if "PYTHONUNBUFFERED" in os.environ:
+                    env["PYTHONUNBUFFERED"] = os.environ["PYTHONUNBUFFERED"]
         else:
             env.update({READY_FD_ENV: str(ready_write), LIFELINE_FD_ENV: str(self.lifeline_read),
                         STOP_TIMEOUT_ENV: repr(spec.stop_timeout), LOG_PATH_ENV: str(child.log.path),
