@@ -161,10 +161,31 @@ def test_a_saved_application_file_is_applied_under_watch(sf):
     after = _settled(sf, before, {"cache"})
     assert after["cache"]["last_reason"] == "config"
     assert "watch: applied" in _supervisor_log(sf) and "restarted cache" in _supervisor_log(sf)
+    # a service new to the file, in a directory nobody watched: watched from now on
+    sf.write("extra/extra.py", WEB.replace("web up", "extra up"))
+    sf.write("servicefactory.toml", APP.replace("{seconds}", "301") + f"""
+[services.extra]
+command = ["{PYTHON}", "extra.py"]
+cwd = "extra"
+ready = {{ log = "^extra up" }}
+""")
+    extra = wait_until(lambda: (r := sf.row("extra")) and r["state"] == "running" and r, timeout=30,
+                       message="extra started")
+    wait_until(lambda: _supervisor_log(sf).count("for changes of .py files") >= 2, timeout=15,
+               message="extra's directory watched")
+    sf.write("extra/mod.py", "Y = 1\n")
+    row = wait_until(lambda: (r := sf.row("extra")) and r["pid"] != extra["pid"] and r["state"] == "running" and r,
+                     timeout=30, message="extra restarted by its file")
+    assert row["last_reason"] == "file-change", row
+    after = _rows(sf)
     sf.write("servicefactory.toml", "[services.db\n")  # broken: nothing changes
     wait_until(lambda: "watch: not applied" in _supervisor_log(sf), timeout=20, message="refused")
     assert {name: row["pid"] for name, row in _rows(sf).items()} == {name: row["pid"] for name, row in after.items()}
-    sf.write("servicefactory.toml", APP.replace("{seconds}", "301"))
+    sf.write("servicefactory.toml", APP.replace("{seconds}", "301") + f"""
+[services.extra]
+command = ["{PYTHON}", "extra.py"]
+cwd = "extra"
+""")
     assert sf("down").returncode == 0
     assert not sf.ours()
 

@@ -762,7 +762,7 @@ class Supervisor(ServiceBase):
         from servicefactory.supervise import _watch
 
         roots = {}
-        for name, child in self.children.items():
+        for name, child in list(self.children.items()):  # also read by the thread that applies the file
             if child.spec.command:
                 if _watch.runs_python(child.spec.command[0], child.spec.cwd):
                     roots[name] = os.path.realpath(child.spec.cwd or os.getcwd())
@@ -778,18 +778,26 @@ class Supervisor(ServiceBase):
         from servicefactory.supervise import _watch
 
         self.changes = _watch.Debouncer()
+        self._watch(sorted(set(self._roots().values())))
 
-        def changed(path: str) -> None:  # in the watcher's thread
-            self.changes.add(path, time.monotonic())
-            try:
-                os.write(self.wake_write, b"x")
-            except OSError:
-                pass
+    def _changed(self, path: str) -> None:
+        """A watched file changed (called in the watcher's thread): note it and wake the loop."""
+        self.changes.add(path, time.monotonic())
+        try:
+            os.write(self.wake_write, b"x")
+        except OSError:
+            pass
 
-        roots = sorted(set(self._roots().values()))
+    def _watch(self, roots: list[str]) -> None:
+        """Watch `roots` (and the application file) from now on, in place of what was watched before."""
+        from servicefactory.supervise import _watch
+
         files = [self.settings.app_file] if self.settings.app_file else []
-        self.watcher = _watch.Watcher(roots, list(self.settings.watch_ignored), changed, files=files)
-        self.watcher.start()
+        watcher = _watch.Watcher(roots, list(self.settings.watch_ignored), self._changed, files=files)
+        watcher.start()
+        previous, self.watcher = self.watcher, watcher
+        if previous is not None:
+            previous.stop()
         self._say(f"watching {', '.join(roots) or 'no directory'} for changes of .py files"
                   + (f" and {files[0]}" if files else ""))
 
@@ -962,6 +970,10 @@ class Supervisor(ServiceBase):
         parts = [f"{label} {', '.join(names)}" for label, names in
                  (("restarted", restarted), ("started", started), ("stopped", removed), ("kept", kept))
                  if names]
+        if self.watcher is not None:  # a service new to the file may live in a directory not watched yet
+            roots = sorted(set(self._roots().values()))
+            if roots != self.watcher.roots:
+                self._watch(roots)
         self._say(f"{self.reread_cause}: applied {file}: {'; '.join(parts) or 'nothing to change'}"
                   + (f"; not running: {', '.join(failed)} (servicefactory logs NAME)" if failed else ""),
                   warn=bool(failed))
