@@ -61,11 +61,10 @@ def started(line: bytes) -> int | None:
 
 def user_ids(user: str) -> tuple[int, int, list[int]]:
     """`user`'s uid, primary gid and supplementary groups (KeyError if there is no such user)."""
-    import grp
     import pwd
 
     entry = pwd.getpwnam(user)
-    groups = [g.gr_gid for g in grp.getgrall() if user in g.gr_mem]
+    groups = os.getgrouplist(user, entry.pw_gid)  # one NSS query, not a walk of every group
     return entry.pw_uid, entry.pw_gid, groups
 
 

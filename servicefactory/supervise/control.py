@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from servicefactory._names import is_loopback_literal
 from servicefactory.http import client
 from servicefactory.supervise._states import LIVE, ServiceState
 from servicefactory.errors import ServiceFactoryError, ServiceNotRunning, ServiceTimeout, StateError
@@ -200,7 +201,7 @@ def call_supervisor(supervisor: str, action: str, data: Any, timeout: float, reg
         raise ServiceFactoryError(f"supervisor {supervisor} is suspended (SIGSTOP); resume it "
                                   f"(kill -CONT {record.pid}) or `stop --all`")
     if registry.many_hosts and record.hostname and record.hostname != socket.gethostname() and \
-            record.host in ("127.0.0.1", "::1", "localhost"):
+            is_loopback_literal(record.host):
         raise ServiceFactoryError(f"{supervisor} runs on host {record.hostname} with its control API on its "
                                   f"loopback only (it was started without SERVICEFACTORY_TOKEN): do this on "
                                   f"{record.hostname}, or run it there with SERVICEFACTORY_TOKEN set")

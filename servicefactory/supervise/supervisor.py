@@ -210,7 +210,7 @@ class Supervisor(ServiceBase):
         child.healthy = False
         ready_read, ready_write = os.pipe()
         # the supervisor's environment, then the app file's env_file and env (spec.env, merged in that order)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **(spec.env or {}), **{
+        env = dict(os.environ, **(spec.env or {}), **{
             SUPERVISED_ENV: spec.name, SUPERVISOR_PID_ENV: str(os.getpid())})
         for name in ("WATCHDOG_USEC", "WATCHDOG_PID", WATCHDOG_ENV):  # systemd watches us, not our children
             env.pop(name, None)
@@ -218,15 +218,17 @@ class Supervisor(ServiceBase):
             try:
                 args = _commands.argv(spec.command, spec.user, self.lifeline_read, ready_write,
                                       int(getattr(signal, spec.stop_signal, signal.SIGTERM)), spec.stop_timeout)
-            except KeyError:
-                args = []  # the user is gone since the file was read: Popen below fails and says so
+            except KeyError:  # the user is gone since the file was read
+                os.close(ready_read)
+                os.close(ready_write)
+                child.error = f"cannot start: there is no user {spec.user!r} on this host"
+                self._after_exit(child, 127)
+                return
             # its keeper reports the program's pid on the status pipe, and ends its tree if we die
             pass_fds: tuple[int, ...] = (ready_write, *self.registry.inheritable(child.claim), self.lifeline_read)
-            if "PYTHONUNBUFFERED" not in (spec.env or {}):  # ours is for our Python: theirs, or none
-                env.pop("PYTHONUNBUFFERED")
-                if "PYTHONUNBUFFERED" in os.environ:
-                    env["PYTHONUNBUFFERED"] = os.environ["PYTHONUNBUFFERED"]
         else:
+            if "PYTHONUNBUFFERED" not in (spec.env or {}):  # for our own Python child only: a command gets
+                env["PYTHONUNBUFFERED"] = "1"             # the supervisor's and the file's, as they are
             env.update({READY_FD_ENV: str(ready_write), LIFELINE_FD_ENV: str(self.lifeline_read),
                         STOP_TIMEOUT_ENV: repr(spec.stop_timeout), LOG_PATH_ENV: str(child.log.path),
                         REUSE_PORT_ENV: "1" if spec.instance is not None else ""})
