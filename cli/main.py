@@ -420,8 +420,6 @@ def restart(names: tuple[str, ...], timeout: float | None, instance: int | None 
     if instance is not None:
         names = tuple(_expand(names, instance, registry))
     for name in names:
-        check_name(name)
-        registry.check_safe()
         running = control.instances(name, registry) if registry.lookup(name) is None else []
         if running:
             rows = control.rolling_restart(name, running, timeout, registry)

@@ -398,11 +398,15 @@ def declared(file: str | os.PathLike | None = None) -> list[str]:
     last), reading no more than that: AppFileError only for a file that is not TOML or declares none."""
     shown = str(file) if file is not None else DEFAULT_FILE
     data, _ = _parse(Path(shown).expanduser().absolute(), shown)
-    names = list(data.get("services") or {}) if isinstance(data.get("services"), dict) else []
+    def tables(services: object) -> list[str]:  # `a = 3` under [services] is no service (load says so)
+        return [name for name, value in services.items() if isinstance(value, dict)] \
+            if isinstance(services, dict) else []
+
+    names = tables(data.get("services"))
     environments = data.get("environments")
     for environment in (environments.values() if isinstance(environments, dict) else ()):
         services = environment.get("services") if isinstance(environment, dict) else None
-        names += [name for name in services or {} if name not in names] if isinstance(services, dict) else []
+        names += [name for name in tables(services) if name not in names]
     if not names:
         raise AppFileError(f"{shown}: no services: declare each as a [services.NAME] table")
     return names

@@ -67,3 +67,12 @@ def test_stop_and_restart_with_a_file_act_on_its_services_only(sf):
     assert sf("-f", "second.toml", "down").returncode == 0
     assert sf("down", "-f", "first.toml").returncode == 0
     assert not sf.ours()
+
+
+def test_a_value_that_is_not_a_table_under_services_names_no_service(sf):
+    """`a = 3` under [services] is no service: -f FILE status says the file declares none (exit 2),
+    not a row `a unknown` with exit 3."""
+    sf.write("bad.toml", "[services]\na = 3\n")
+    result = sf("-f", "bad.toml", "status")
+    assert result.returncode == 2 and "no services" in result.stderr and "Traceback" not in result.stderr, \
+        (result.stdout, result.stderr)
