@@ -66,7 +66,7 @@ def translate(hint: Any, seen: frozenset = frozenset()) -> tuple[dict, Check | N
         return {"type": "number"}, _check_number
     if hint is str:
         return {"type": "string"}, _check_str
-    if hint in (list, tuple) or hint in _SEQUENCES:
+    if hint in _SEQUENCES:
         return {"type": "array"}, _check_array
     if hint in _MAPPINGS:
         return {"type": "object"}, _check_object
@@ -146,6 +146,13 @@ def _check_object(value: Any, where: str) -> Any:
     return value
 
 
+def _check_in_place(container: Any, key: Any, item: Any, check: Check, where: str) -> None:
+    """Check one member of a decoded body, putting back what the check made of it (the body is ours)."""
+    checked = check(item, where)
+    if checked is not item:
+        container[key] = checked
+
+
 def _array(item_hint: Any, seen: frozenset) -> tuple[dict, Check]:
     item_schema, item_check = translate(item_hint, seen)
     schema = {"type": "array", "items": item_schema} if item_schema else {"type": "array"}
@@ -156,9 +163,7 @@ def _array(item_hint: Any, seen: frozenset) -> tuple[dict, Check]:
         if type(value) is not list:
             raise _fail(where, "an array", value)
         for index, item in enumerate(value):
-            checked = item_check(item, f"{where}[{index}]")
-            if checked is not item:
-                value[index] = checked  # the decoded body is ours to change
+            _check_in_place(value, index, item, item_check, f"{where}[{index}]")
         return value
 
     return schema, check
@@ -183,9 +188,7 @@ def _array_of_length(length: int, checks: list[Check | None]) -> Check:
             raise Invalid(f"{where}: expected an array of {length}, got {len(value)} item{'s' * (len(value) != 1)}")
         for index, (item, item_check) in enumerate(zip(value, checks)):
             if item_check is not None:
-                checked = item_check(item, f"{where}[{index}]")
-                if checked is not item:
-                    value[index] = checked
+                _check_in_place(value, index, item, item_check, f"{where}[{index}]")
         return value
 
     return check
@@ -200,10 +203,8 @@ def _object(value_hint: Any, seen: frozenset) -> tuple[dict, Check]:
     def check(value: Any, where: str) -> Any:
         if type(value) is not dict:
             raise _fail(where, "an object", value)
-        for key, item in value.items():
-            checked = value_check(item, f"{where}[{key!r}]")
-            if checked is not item:
-                value[key] = checked  # same keys: changing values while iterating is safe
+        for key, item in value.items():  # same keys: changing values while iterating is safe
+            _check_in_place(value, key, item, value_check, f"{where}[{key!r}]")
         return value
 
     return schema, check
@@ -230,10 +231,7 @@ def _typed_dict(hint: Any, seen: frozenset) -> tuple[dict, Check]:
                 raise Invalid(f"{where}: the key {name!r} is missing")
         for name, field_check in checks.items():
             if name in value:
-                item = value[name]
-                checked = field_check(item, f"{where}[{name!r}]")
-                if checked is not item:
-                    value[name] = checked
+                _check_in_place(value, name, value[name], field_check, f"{where}[{name!r}]")
         return value
 
     return schema, check

@@ -208,7 +208,7 @@ def test_a_body_far_over_the_limit_is_refused_as_over_the_limit_not_as_a_dropped
     assert (outcome["before"], outcome["after"]) == (1000, 10)
 
 
-@pytest.mark.parametrize("timeout", [0, -1, float("inf"), float("nan")])
+@pytest.mark.parametrize("timeout", [0, -1, float("inf"), float("nan"), "5", None])
 def test_a_timeout_that_is_not_a_positive_finite_number_is_invalid_data(timeout):
     with pytest.raises(InvalidData, match="timeout"):
         client.perform("Named", "act", timeout=timeout, fallback=("127.0.0.1", 9))

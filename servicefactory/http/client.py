@@ -440,7 +440,7 @@ class Client:
         """
         if registry is None:
             registry = self._default_registry()
-        if not 0 < timeout < _INFINITY:  # also false for nan
+        if not isinstance(timeout, (int, float)) or not 0 < timeout < _INFINITY:  # also false for nan
             raise InvalidData(f"timeout must be a positive number of seconds, not {timeout!r}")
         if action not in self._valid_actions:
             if not valid_action_name(action):

@@ -57,11 +57,9 @@ def check_name(name: str) -> str:
     if not _NAME.match(name.partition(INSTANCE_SEPARATOR)[0]):
         raise InvalidName(f"invalid service name {name!r}: use letters, digits, '_', '-' and '.'")
     try:
-        service, _ = split_instance(name)
+        split_instance(name)  # the instance part: its service part was matched above
     except ValueError as exc:
         raise InvalidName(str(exc)) from None
-    if not _NAME.match(service):
-        raise InvalidName(f"invalid service name {service!r}: use letters, digits, '_', '-' and '.'")
     return name
 
 
