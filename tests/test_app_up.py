@@ -7,8 +7,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
+import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 from support import PYTHON, ROOT, Proc, alive, argv, free_port, gone, stamped, supervisor_pid, wait_until
 
@@ -479,3 +483,24 @@ def test_up_again_restarts_what_changed_starts_what_is_new_stops_what_went_and_k
     assert "web running (pid" in applied.stdout and "extra running (pid" in applied.stdout, applied.stdout
     assert sf("down").returncode == 0
     assert not sf.ours()
+
+
+def test_a_command_whose_user_is_deleted_while_it_runs_says_so_when_it_restarts(sf):
+    """The user existed when the file was read; userdel, then the command exits and is started
+    again: one clear reason ('there is no user'), not 'list index out of range' from an empty argv."""
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        pytest.skip("needs root and useradd to create and delete a user")
+    user = f"sfgone{os.getpid()}"
+    subprocess.run(["useradd", "-M", "-r", "-s", "/bin/false", user], check=True, capture_output=True, timeout=30)
+    try:
+        sf.write("servicefactory.toml", f'[settings]\nbackoff = 0.2\n\n[services.gone]\n'
+                                        f'command = ["sh", "-c", "sleep 1; exit 1"]\nuser = "{user}"\n'
+                                        f'restart = "always"\n')
+        assert sf("up").returncode == 0
+    finally:
+        subprocess.run(["userdel", "-f", user], capture_output=True, timeout=30)
+    wait_until(lambda: "there is no user" in (sf.home / "supervisor.log").read_text(), timeout=20,
+               message="the restart's reason in the supervisor's log")
+    log = (sf.home / "supervisor.log").read_text()
+    assert "list index out of range" not in log and "Traceback" not in log, log
+    assert sf("down").returncode == 0

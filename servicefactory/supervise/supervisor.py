@@ -219,10 +219,7 @@ class Supervisor(ServiceBase):
                 args = _commands.argv(spec.command, spec.user, self.lifeline_read, ready_write,
                                       int(getattr(signal, spec.stop_signal, signal.SIGTERM)), spec.stop_timeout)
             except KeyError:  # the user is gone since the file was read
-                os.close(ready_read)
-                os.close(ready_write)
-                child.error = f"cannot start: there is no user {spec.user!r} on this host"
-                self._after_exit(child, 127)
+                self._start_failed(child, f"there is no user {spec.user!r} on this host", ready_read, ready_write)
                 return
             # its keeper reports the program's pid on the status pipe, and ends its tree if we die
             pass_fds: tuple[int, ...] = (ready_write, *self.registry.inheritable(child.claim), self.lifeline_read)
@@ -247,11 +244,8 @@ class Supervisor(ServiceBase):
                     cwd=spec.cwd if spec.cwd and os.path.isdir(spec.cwd) else None,
                     pass_fds=pass_fds, start_new_session=True,
                     **({} if spec.command else _commands.user_options(spec.user)))
-        except (OSError, KeyError, ValueError, IndexError) as exc:
-            os.close(ready_read)
-            os.close(ready_write)
-            child.error = f"cannot start: {exc}"
-            self._after_exit(child, 127)
+        except (OSError, KeyError, ValueError) as exc:
+            self._start_failed(child, str(exc), ready_read, ready_write)
             return
         finally:
             if child.popen is not None:
@@ -513,6 +507,15 @@ class Supervisor(ServiceBase):
                     os.waitpid(pid, os.WNOHANG)
                 except ChildProcessError:
                     pass
+
+    def _start_failed(self, child: Child, why: str, *pipe: int) -> None:
+        """No process could be started: say why in the log (the exit line alone said only 127), then
+        treat it as an exit with 127, as a shell does for a program it cannot run."""
+        for fd in pipe:
+            os.close(fd)
+        child.error = f"cannot start: {why}"
+        self._event(child, child.error, warn=True)
+        self._after_exit(child, 127)
 
     def _after_exit(self, child: Child, code: int) -> None:
         child.last_exit = code
