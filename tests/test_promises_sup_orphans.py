@@ -126,7 +126,12 @@ def test_kill_9_of_a_foreground_run_ends_every_service_and_descendant_too(sf, sp
     proc.wait_for(r"Forker\s+\| forked", timeout=20)
     proc.wait_for(r"Stubborn ready")
     proc.wait_for(r"Hanging ready")
-    before = _tree(sf)
+    # "forked" is printed once the forks are made; a grandchild may not have exec'd sleep yet
+    def three_sleepers():
+        tree = _tree(sf)
+        return tree if sum(argv.startswith("sleep 100") for argv in tree.values()) == 3 else None
+
+    before = wait_until(three_sleepers, timeout=10, message="three sleepers exec'd")
     assert len([argv for argv in before.values() if argv.startswith("sleep 100")]) == 3, before
 
     os.kill(proc.pid, signal.SIGKILL)
